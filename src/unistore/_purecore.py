@@ -1,0 +1,358 @@
+"""The hot paths in plain Python: the record layout, header-only query matching
+and Redis-style glob matching.
+
+This is the reference twin of the native core (``ext/``); ``unistore.core``
+decides which one runs. Everything here works on bytes and integers only, so
+the two twins can be held against each other on random inputs.
+
+Record layout, version 1 (little-endian)::
+
+    offset size
+     0     1    format version (1)
+     1     1    flags (bit 0: has expiry)
+     2     2    reserved, 0
+     4     4    tag count
+     8     8    surrogate id (unsigned), the item's id inside indexes
+    16    16    UUID, the item's public id
+    32     8    created_at, microseconds since the Unix epoch (signed)
+    40     8    updated_at, microseconds
+    48     8    expires_at, microseconds (0 when there is no expiry)
+    56     4    key length
+    60     4    content type length
+    64     4    tags section length
+    68          key, content type (UTF-8), then the tags section:
+                per tag (sorted by key) u32 key length, key, u32 value length, value;
+                then the msgpack payload up to the end of the record.
+
+The fixed part sits at fixed offsets so that a reader (or a Redis Lua script)
+can take the ids and times without parsing the rest.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from .errors import StorageCorruptionError
+
+FORMAT_VERSION = 1
+FLAG_EXPIRES = 0x01
+
+HEADER = struct.Struct("<BBHIQ16sqqqIII")
+HEADER_SIZE = HEADER.size
+_U32 = struct.Struct("<I")
+
+#: Redis refuses to recurse through more than this many ``*`` (util.c, "abusive patterns").
+GLOB_MAX_NESTING = 1000
+
+
+class RecordFields(NamedTuple):
+    """Everything a record holds, as the record format stores it."""
+
+    sid: int
+    uuid: bytes
+    created: int
+    updated: int
+    expires: int | None
+    key: bytes
+    content_type: bytes
+    tags: list[tuple[bytes, bytes]]
+    payload: bytes
+
+
+def pack_record(
+    sid: int,
+    uuid: bytes,
+    created: int,
+    updated: int,
+    expires: int | None,
+    key: bytes,
+    content_type: bytes,
+    tags: Sequence[tuple[bytes, bytes]],
+    payload: bytes,
+) -> bytes:
+    """Lay out one record. ``tags`` must already be sorted by key."""
+    tag_parts: list[bytes] = []
+    for tag_key, tag_value in tags:
+        tag_parts += (_U32.pack(len(tag_key)), tag_key, _U32.pack(len(tag_value)), tag_value)
+    tag_section = b"".join(tag_parts)
+    head = HEADER.pack(
+        FORMAT_VERSION,
+        FLAG_EXPIRES if expires is not None else 0,
+        0,
+        len(tags),
+        sid,
+        uuid,
+        created,
+        updated,
+        expires if expires is not None else 0,
+        len(key),
+        len(content_type),
+        len(tag_section),
+    )
+    return b"".join((head, key, content_type, tag_section, payload))
+
+
+def _corrupt(why: str) -> StorageCorruptionError:
+    return StorageCorruptionError(f"corrupt record: {why}")
+
+
+def _check_header(record: bytes) -> tuple[Any, ...]:
+    if len(record) < HEADER_SIZE:
+        raise _corrupt(f"{len(record)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    fields = HEADER.unpack_from(record)
+    if fields[0] != FORMAT_VERSION:
+        raise _corrupt(f"unknown format version {fields[0]}")
+    if fields[1] & ~FLAG_EXPIRES or fields[2]:
+        raise _corrupt(f"unknown flags {fields[1]:#x}/{fields[2]:#x}")
+    if HEADER_SIZE + fields[9] + fields[10] + fields[11] > len(record):
+        raise _corrupt("section lengths run past the end")
+    return fields
+
+
+def _parse_tags(record: bytes, start: int, end: int, count: int) -> list[tuple[bytes, bytes]]:
+    tags = []
+    pos = start
+    try:
+        for _ in range(count):
+            (size,) = _U32.unpack_from(record, pos)
+            tag_key = record[pos + 4 : pos + 4 + size]
+            pos += 4 + size
+            (size,) = _U32.unpack_from(record, pos)
+            tags.append((tag_key, record[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+    except struct.error as exc:
+        raise _corrupt("tags section is truncated") from exc
+    if pos != end:
+        raise _corrupt("tags section length does not match its tags")
+    return tags
+
+
+def unpack_record(record: bytes) -> RecordFields:
+    """Split a record into its fields, checking every length.
+
+    Raises:
+        StorageCorruptionError: the bytes are not a version-1 record.
+    """
+    head = _check_header(record)
+    key_end = HEADER_SIZE + head[9]
+    type_end = key_end + head[10]
+    tags_end = type_end + head[11]
+    return RecordFields(
+        sid=head[4],
+        uuid=head[5],
+        created=head[6],
+        updated=head[7],
+        expires=head[8] if head[1] & FLAG_EXPIRES else None,
+        key=record[HEADER_SIZE:key_end],
+        content_type=record[key_end:type_end],
+        tags=_parse_tags(record, type_end, tags_end, head[3]),
+        payload=record[tags_end:],
+    )
+
+
+# -- glob ---------------------------------------------------------------------
+
+_STAR = None  # a token that is not a byte-set regex
+
+
+def _signed(byte: int) -> int:
+    # Redis compares range bounds as C `char`, which is signed on the platforms
+    # it ships for: b"\xff" sorts below b"a" inside a [x-y] range.
+    return byte - 256 if byte >= 0x80 else byte
+
+
+def _byte_class(members: set[int], negate: bool) -> bytes:
+    if negate:
+        members = set(range(256)) - members
+    if not members:
+        return b"(?!)"
+    return b"[" + b"".join(b"\\x%02x" % m for m in sorted(members)) + b"]"
+
+
+def _glob_tokens(pattern: bytes) -> list[bytes | None]:
+    """One regex per pattern element (each matching exactly one byte), ``None`` for ``*``.
+
+    Follows Redis 7's ``stringmatchlen`` (util.c) step for step, including its
+    treatment of unterminated classes, ``[a-]`` ranges and trailing backslashes.
+    """
+    tokens: list[bytes | None] = []
+    size = len(pattern)
+    i = 0
+    while i < size:
+        char = pattern[i]
+        if char == 0x2A:  # '*': runs of stars are one star
+            while i + 1 < size and pattern[i + 1] == 0x2A:
+                i += 1
+            tokens.append(_STAR)
+        elif char == 0x3F:  # '?'
+            tokens.append(b".")
+        elif char == 0x5B:  # '['
+            i += 1
+            negate = i < size and pattern[i] == 0x5E
+            if negate:
+                i += 1
+            members: set[int] = set()
+            while True:
+                if i < size and pattern[i] == 0x5C and size - i >= 2:
+                    i += 1
+                    members.add(pattern[i])
+                elif i < size and pattern[i] == 0x5D:
+                    break
+                elif i >= size:  # unterminated: the rest of the pattern was the class
+                    i -= 1
+                    break
+                elif size - i >= 3 and pattern[i + 1] == 0x2D:
+                    low, high = sorted((_signed(pattern[i]), _signed(pattern[i + 2])))
+                    members.update(b for b in range(256) if low <= _signed(b) <= high)
+                    i += 2
+                else:
+                    members.add(pattern[i])
+                i += 1
+            tokens.append(_byte_class(members, negate))
+        else:
+            if char == 0x5C and size - i >= 2:  # '\x': x literally
+                i += 1
+            tokens.append(re.escape(pattern[i : i + 1]))
+        i += 1
+    return tokens
+
+
+class Glob:
+    """A compiled Redis glob. ``Glob(p).match(s)`` equals Redis ``SCAN MATCH p`` on key ``s``.
+
+    Stars split the pattern into fixed-length segments; the first is anchored at
+    the start, the last at the end, and each middle one is found leftmost, which
+    is exactly when backtracking would succeed, in linear time.
+    """
+
+    __slots__ = ("_empty_pattern", "_never", "_segments", "_starred")
+
+    def __init__(self, pattern: bytes) -> None:
+        tokens = _glob_tokens(pattern)
+        segments: list[list[bytes]] = [[]]
+        for token in tokens:
+            if token is _STAR:
+                segments.append([])
+            else:
+                segments[-1].append(token)
+        self._empty_pattern = not pattern
+        self._starred = len(segments) > 1
+        inner_stars = len(segments) - 1 - (1 if tokens and tokens[-1] is _STAR else 0)
+        self._never = inner_stars > GLOB_MAX_NESTING
+        self._segments = [(len(parts), re.compile(b"".join(parts), re.DOTALL)) for parts in segments]
+
+    def match(self, subject: bytes) -> bool:
+        """Whether ``subject`` matches the whole pattern."""
+        if not subject:
+            return self._empty_pattern  # Redis never reaches its loop for an empty key
+        if self._never:
+            return False
+        segments = self._segments
+        first_size, first = segments[0]
+        if not self._starred:
+            return first_size == len(subject) and first.match(subject) is not None
+        last_size, last = segments[-1]
+        end = len(subject) - last_size
+        if end < first_size or first.match(subject) is None or last.match(subject, end) is None:
+            return False
+        pos = first_size
+        for _, middle in segments[1:-1]:
+            found = middle.search(subject, pos, end)
+            if found is None:
+                return False
+            pos = found.end()
+        return True
+
+
+def glob_match(pattern: bytes, subject: bytes) -> bool:
+    """Whether ``subject`` matches the Redis glob ``pattern`` (both bytes)."""
+    return Glob(pattern).match(subject)
+
+
+# -- query matching ------------------------------------------------------------
+
+
+class QueryMatcher:
+    """A compiled query, checked against a record's header without its payload.
+
+    Every argument is optional (``None`` or empty means "any"); times are
+    microseconds and inclusive; ``tags`` are UTF-8 pairs that must all be present.
+    """
+
+    __slots__ = (
+        "_content_type",
+        "_created_after",
+        "_created_before",
+        "_expires_after",
+        "_expires_before",
+        "_glob",
+        "_tags",
+    )
+
+    def __init__(
+        self,
+        pattern: bytes | None,
+        content_type: bytes | None,
+        tags: Sequence[tuple[bytes, bytes]],
+        created_after: int | None,
+        created_before: int | None,
+        expires_after: int | None,
+        expires_before: int | None,
+    ) -> None:
+        self._glob = Glob(pattern) if pattern is not None else None
+        self._content_type = content_type
+        self._tags = list(tags)
+        self._created_after = created_after
+        self._created_before = created_before
+        self._expires_after = expires_after
+        self._expires_before = expires_before
+
+    def matches(self, record: bytes, now: int) -> bool:
+        """Whether the record is live at ``now`` and meets every criterion.
+
+        Raises:
+            StorageCorruptionError: the record's header does not parse.
+        """
+        head = _check_header(record)
+        has_expiry = head[1] & FLAG_EXPIRES
+        expires = head[8]
+        if has_expiry and expires <= now:
+            return False
+        created = head[6]
+        if self._created_after is not None and created < self._created_after:
+            return False
+        if self._created_before is not None and created > self._created_before:
+            return False
+        if self._expires_after is not None and not (has_expiry and expires >= self._expires_after):
+            return False
+        if self._expires_before is not None and not (has_expiry and expires <= self._expires_before):
+            return False
+        key_end = HEADER_SIZE + head[9]
+        type_end = key_end + head[10]
+        if self._content_type is not None and record[key_end:type_end] != self._content_type:
+            return False
+        if self._glob is not None and not self._glob.match(record[HEADER_SIZE:key_end]):
+            return False
+        if self._tags:
+            present = dict(_parse_tags(record, type_end, type_end + head[11], head[3]))
+            for tag_key, tag_value in self._tags:
+                if present.get(tag_key) != tag_value:
+                    return False
+        return True
+
+
+__all__ = [
+    "FLAG_EXPIRES",
+    "FORMAT_VERSION",
+    "GLOB_MAX_NESTING",
+    "HEADER_SIZE",
+    "Glob",
+    "QueryMatcher",
+    "RecordFields",
+    "glob_match",
+    "pack_record",
+    "unpack_record",
+]

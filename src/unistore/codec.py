@@ -1,0 +1,299 @@
+"""The one record format every provider stores, from model objects to bytes and back.
+
+The layout of a record is defined by the core (:mod:`unistore._purecore`); this
+module adds the payload (msgpack with two extension types) and the mapping to
+and from :class:`~unistore.model.StorageItem`:
+
+- ``datetime`` is extension type 1: 8 bytes, big-endian signed microseconds
+  since the epoch in UTC (a naive datetime is local time); it loads as an
+  aware UTC datetime.
+- ``UUID`` is extension type 2: its 16 bytes.
+- ``bytes`` stays ``bytes``; tuples load as lists.
+
+Anything else is refused with :class:`~unistore.errors.SerializationError`
+before a byte is written, and every payload is decoded once before it is
+stored, so nothing is written that could not be read back (a dict keyed by
+tuples, for one, would not be: its keys load as unhashable lists).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import msgpack
+
+from .core import QueryMatcher, RecordFields, pack_record, unpack_record
+from .errors import ItemNotFoundError, SerializationError, StorageCorruptionError
+from .model import (
+    QuerySpec,
+    StorageItem,
+    StorageMetadata,
+    StorageQuery,
+    StorageResult,
+    datetime_to_micros,
+    micros_to_datetime,
+    validate_key,
+    validate_name,
+    validate_query,
+    validate_tags,
+    validate_time,
+)
+
+EXT_DATETIME = 1
+EXT_UUID = 2
+_I64 = struct.Struct(">q")
+# What msgpack and the model raise for bytes that are not what we wrote.
+_DECODE_ERRORS = (ValueError, TypeError, OverflowError)
+
+
+def _pack_default(value: object) -> msgpack.ExtType:
+    if isinstance(value, datetime):
+        return msgpack.ExtType(EXT_DATETIME, _I64.pack(datetime_to_micros(value)))
+    if isinstance(value, UUID):
+        return msgpack.ExtType(EXT_UUID, value.bytes)
+    raise TypeError(f"a {type(value).__name__} is not a msgpack value, datetime, UUID or bytes")
+
+
+def _unpack_ext(code: int, data: bytes) -> object:
+    if code == EXT_DATETIME and len(data) == 8:
+        return micros_to_datetime(_I64.unpack(data)[0])
+    if code == EXT_UUID and len(data) == 16:
+        return UUID(bytes=data)
+    raise ValueError(f"unknown extension type {code} of {len(data)} bytes")
+
+
+def decode_payload(payload: bytes) -> Any:
+    """The data a payload holds (raises msgpack's or the model's errors on bad bytes)."""
+    return msgpack.unpackb(payload, ext_hook=_unpack_ext, strict_map_key=False, raw=False)
+
+
+def encode_payload(data: object) -> tuple[bytes, Any]:
+    """``(payload, data as it will load)``.
+
+    Raises:
+        SerializationError: ``data`` holds something that cannot be stored.
+    """
+    try:
+        payload = msgpack.packb(data, default=_pack_default, use_bin_type=True, datetime=False)
+        return payload, decode_payload(payload)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(f"data cannot be stored: {exc}") from exc
+
+
+def is_live(expires: int | None, now: int) -> bool:
+    """Whether an item with this expiry (microseconds, or None) is visible at ``now``."""
+    return expires is None or expires > now
+
+
+def _corrupt(key: object, exc: Exception) -> StorageCorruptionError:
+    return StorageCorruptionError(f"the record stored under key {key!r} does not decode: {exc}", {"key": key})
+
+
+def decode_item(record: bytes, key: object) -> StorageItem[Any]:
+    """The item a record holds; ``key`` names it in errors.
+
+    Raises:
+        StorageCorruptionError: the record does not decode.
+    """
+    return item_from_fields(decode_fields(record, key), key)
+
+
+def item_from_fields(fields: RecordFields, key: object) -> StorageItem[Any]:
+    """The item of already split record fields; ``key`` names it in errors.
+
+    Raises:
+        StorageCorruptionError: a field or the payload does not decode.
+    """
+    try:
+        metadata = StorageMetadata(
+            id=UUID(bytes=fields.uuid),
+            key=fields.key.decode(),
+            content_type=fields.content_type.decode(),
+            created_at=micros_to_datetime(fields.created),
+            updated_at=micros_to_datetime(fields.updated),
+            expires_at=None if fields.expires is None else micros_to_datetime(fields.expires),
+            tags={tag_key.decode(): tag_value.decode() for tag_key, tag_value in fields.tags},
+        )
+        return StorageItem(data=decode_payload(fields.payload), metadata=metadata)
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(key, exc) from exc
+
+
+def decode_fields(record: bytes, key: object) -> RecordFields:
+    """The record's raw fields; ``key`` names it in errors.
+
+    Raises:
+        StorageCorruptionError: the record does not decode.
+    """
+    try:
+        return unpack_record(record)
+    except StorageCorruptionError as exc:
+        raise _corrupt(key, exc) from exc
+
+
+def live_fields(record: bytes | None, key: str, content_type: str | None, now: int) -> RecordFields | None:
+    """The fields of ``record`` if it holds a live item (of ``content_type``, if given), else None.
+
+    Raises:
+        ValidationError: ``content_type`` is given but not a non-empty str.
+        StorageCorruptionError: the record does not decode.
+    """
+    wanted = None if content_type is None else validate_name(content_type, "content_type")
+    if record is None:
+        return None
+    fields = decode_fields(record, key)
+    if not is_live(fields.expires, now) or (wanted is not None and fields.content_type != wanted):
+        return None
+    return fields
+
+
+def load_item(record: bytes | None, key: str, content_type: str | None, now: int) -> StorageItem[Any]:
+    """The item in ``record`` if it is live (and of ``content_type``, if given).
+
+    Raises:
+        ItemNotFoundError: ``record`` is None, expired, or of another content type.
+        StorageCorruptionError: the record does not decode.
+    """
+    fields = live_fields(record, key, content_type, now)
+    if fields is None:
+        where = "" if content_type is None else f" with content type {content_type!r}"
+        raise ItemNotFoundError(f"no item under key {key!r}{where}", {"key": key})
+    return item_from_fields(fields, key)
+
+
+@dataclass(frozen=True)
+class PreparedSave:
+    """The checked arguments of one ``save``, encoded, ready to become a record."""
+
+    key: str
+    key_bytes: bytes
+    content_type: str
+    content_type_bytes: bytes
+    tags: dict[str, str]
+    tag_pairs: list[tuple[bytes, bytes]]
+    expires: int | None
+    payload: bytes
+    data: Any
+
+    def build(
+        self, old: RecordFields | None, now: int, new_sid: Callable[[], int]
+    ) -> tuple[RecordFields, bytes, StorageItem[Any]]:
+        """The new record, given the one it replaces (``None`` if none).
+
+        A live ``old`` record keeps its surrogate id, UUID and ``created_at``;
+        otherwise the item is new and ``new_sid()`` numbers it.
+        """
+        if old is not None and is_live(old.expires, now):
+            sid, uuid, created = old.sid, old.uuid, old.created
+        else:
+            sid, uuid, created = new_sid(), uuid4().bytes, now
+        fields = RecordFields(
+            sid,
+            uuid,
+            created,
+            now,
+            self.expires,
+            self.key_bytes,
+            self.content_type_bytes,
+            self.tag_pairs,
+            self.payload,
+        )
+        metadata = StorageMetadata(
+            id=UUID(bytes=uuid),
+            key=self.key,
+            content_type=self.content_type,
+            created_at=micros_to_datetime(created),
+            updated_at=micros_to_datetime(now),
+            expires_at=None if self.expires is None else micros_to_datetime(self.expires),
+            tags=dict(self.tags),
+        )
+        return fields, pack_record(*fields), StorageItem(data=self.data, metadata=metadata)
+
+
+def prepare_save(
+    key: str,
+    data: object,
+    content_type: str,
+    expires_at: datetime | None = None,
+    tags: dict[str, str] | None = None,
+) -> PreparedSave:
+    """Check and encode the arguments of ``save``; nothing is written yet.
+
+    Raises:
+        ValidationError: a bad key, content type, tags or ``expires_at``.
+        SerializationError: ``data`` cannot be stored.
+    """
+    key_bytes = validate_key(key)
+    content_type_bytes = validate_name(content_type, "content_type")
+    tag_pairs = validate_tags(tags)
+    expires = validate_time(expires_at, "expires_at")
+    payload, loaded = encode_payload(data)
+    return PreparedSave(
+        key=key,
+        key_bytes=key_bytes,
+        content_type=content_type,
+        content_type_bytes=content_type_bytes,
+        tags=dict(tags) if tags else {},
+        tag_pairs=tag_pairs,
+        expires=expires,
+        payload=payload,
+        data=loaded,
+    )
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """A checked query and its header matcher."""
+
+    spec: QuerySpec
+    matcher: QueryMatcher
+
+
+def compile_query(query: StorageQuery) -> CompiledQuery:
+    """Check a query and compile its matcher once.
+
+    Raises:
+        ValidationError: naming the bad field.
+    """
+    spec = validate_query(query)
+    matcher = QueryMatcher(
+        spec.pattern,
+        spec.content_type,
+        spec.tags,
+        spec.created_after,
+        spec.created_before,
+        spec.expires_after,
+        spec.expires_before,
+    )
+    return CompiledQuery(spec, matcher)
+
+
+def select(
+    compiled: CompiledQuery, candidates: Iterable[tuple[object, bytes]], now: int
+) -> Iterator[StorageResult[Any]]:
+    """The results among ``(key, record)`` candidates, checked by header first
+    and decoded only when they match, stopping at the query's limit.
+
+    Raises:
+        StorageCorruptionError: a candidate does not decode (its key is named).
+    """
+    remaining = compiled.spec.limit
+    if remaining == 0:
+        return
+    matches = compiled.matcher.matches
+    for key, record in candidates:
+        try:
+            hit = matches(record, now)
+        except StorageCorruptionError as exc:
+            raise _corrupt(key, exc) from exc
+        if hit:
+            yield StorageResult(decode_item(record, key))
+            if remaining is not None:
+                remaining -= 1
+                if remaining == 0:
+                    return

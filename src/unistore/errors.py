@@ -1,0 +1,75 @@
+"""The errors unistore raises.
+
+Every error is a :class:`StorageError`; a few also mix in the builtin a caller
+would naturally catch::
+
+    StorageError
+     ├── ItemNotFoundError        (also KeyError)   missing or expired key
+     ├── ProviderNotFoundError    (also ValueError) no provider for a content type
+     ├── ValidationError          (also ValueError) bad key, tags, times, query, option
+     ├── SerializationError       (also TypeError)  data that cannot be stored
+     ├── StorageConnectionError                     backend unreachable after retries
+     └── StorageCorruptionError                     a stored record that does not decode
+
+Backend exceptions never leak raw: providers re-raise them as the most specific
+of these with the original chained as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StorageError(Exception):
+    """Base of every unistore error.
+
+    Args:
+        message: what went wrong, naming the field or key involved.
+        details: optional machine-readable context (never credentials).
+    """
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details) if details else {}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ItemNotFoundError(StorageError, KeyError):
+    """The key does not exist, has expired, or is stored under another content type."""
+
+    # KeyError.__str__ would wrap the message in quotes; keep StorageError's.
+    __str__ = StorageError.__str__
+
+
+class ProviderNotFoundError(StorageError, ValueError):
+    """No provider is registered for the content type."""
+
+
+class ValidationError(StorageError, ValueError):
+    """An argument is not acceptable; the message names the field. Nothing was written."""
+
+
+class SerializationError(StorageError, TypeError):
+    """The data is not a msgpack value, ``datetime``, ``UUID`` or ``bytes``. Nothing was written."""
+
+
+class StorageConnectionError(StorageError):
+    """The backend could not be reached, after retrying with backoff."""
+
+
+class StorageCorruptionError(StorageError):
+    """A stored record does not decode; ``details["key"]`` names it when known."""
+
+
+__all__ = [
+    "ItemNotFoundError",
+    "ProviderNotFoundError",
+    "SerializationError",
+    "StorageConnectionError",
+    "StorageCorruptionError",
+    "StorageError",
+    "ValidationError",
+]

@@ -1,0 +1,213 @@
+"""The manager: routes each operation by content type to a provider, and
+measures every operation on one instrumented path.
+
+For each operation it counts ``storage_operations{operation, content_type,
+success}`` and observes ``storage_operation_seconds{operation, content_type}``;
+a failure is logged (with ``operation``, ``content_type`` and ``error`` as
+structured fields) and re-raised unchanged. Nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from .errors import ItemNotFoundError, ProviderNotFoundError, ValidationError
+from .metrics import MetricsManager
+from .model import StorageItem, StorageQuery, StorageResult, validate_name, validate_query
+from .providers.base import StorageProvider
+
+_logger = logging.getLogger(__name__)
+
+
+class _Measured:
+    """Times one operation and reports it when the block ends.
+
+    A block ended by ``GeneratorExit`` (a caller that stopped reading search
+    results) succeeded; one ended by another ``BaseException`` (cancellation,
+    interrupt) is not an outcome of the store and is not counted.
+    """
+
+    __slots__ = ("_content_type", "_metrics", "_operation", "_started")
+
+    def __init__(self, metrics: MetricsManager, operation: str, content_type: str) -> None:
+        self._metrics = metrics
+        self._operation = operation
+        self._content_type = content_type
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        elapsed = time.perf_counter() - self._started
+        failed = isinstance(exc, Exception)
+        if not (exc is None or failed or isinstance(exc, GeneratorExit)):
+            return
+        labels = {"operation": self._operation, "content_type": self._content_type}
+        self._metrics.histogram("storage_operation_seconds", elapsed, **labels)
+        self._metrics.counter("storage_operations", 1, success="false" if failed else "true", **labels)
+        if failed:
+            # A miss is an ordinary answer to a load; anything else is worth an error line.
+            level = logging.DEBUG if isinstance(exc, ItemNotFoundError) else logging.ERROR
+            _logger.log(
+                level,
+                "storage %s failed: %s",
+                self._operation,
+                exc,
+                extra={"operation": self._operation, "content_type": self._content_type, "error": repr(exc)},
+            )
+
+
+async def _close(results: AsyncIterator[Any]) -> None:
+    # A provider's search is usually an async generator: close it now, so that a
+    # caller who stops early releases its cursor at once, not at garbage collection.
+    aclose = getattr(results, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class UnifiedStorageManager:
+    """One front for many providers, chosen by content type.
+
+    Through the manager, a content type is part of an item's identity: ``load``
+    and ``delete`` under type X never see an item stored under type Y.
+
+    Args:
+        metrics: where operations are measured; the process-wide registry by default.
+    """
+
+    def __init__(self, metrics: MetricsManager | None = None) -> None:
+        self._providers: dict[str, StorageProvider[Any]] = {}
+        self._metrics = metrics if metrics is not None else MetricsManager.get_instance()
+
+    def register_provider(self, content_type: str, provider: StorageProvider[Any]) -> None:
+        """Route ``content_type`` to ``provider`` (replacing an earlier registration).
+
+        Raises:
+            ValidationError: ``content_type`` is not a non-empty str, or ``provider``
+                is not a :class:`StorageProvider`.
+        """
+        validate_name(content_type, "content_type")
+        if not isinstance(provider, StorageProvider):
+            raise ValidationError(f"provider must be a StorageProvider, got {type(provider).__name__}")
+        self._providers[content_type] = provider
+
+    def _provider(self, content_type: str) -> StorageProvider[Any]:
+        validate_name(content_type, "content_type")
+        try:
+            return self._providers[content_type]
+        except KeyError:
+            raise ProviderNotFoundError(
+                f"Provider not found: {content_type!r}", {"content_type": content_type}
+            ) from None
+
+    def _distinct_providers(self) -> list[StorageProvider[Any]]:
+        return list({id(provider): provider for provider in self._providers.values()}.values())
+
+    async def save(
+        self,
+        key: str,
+        data: Any,
+        content_type: str,
+        expires_at: datetime | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> StorageItem[Any]:
+        """Save through the provider of ``content_type``; see :meth:`StorageProvider.save`.
+
+        Raises:
+            ProviderNotFoundError: no provider for ``content_type``.
+        """
+        provider = self._provider(content_type)
+        with _Measured(self._metrics, "save", content_type):
+            return await provider.save(key, data, content_type, expires_at, tags)
+
+    async def load(self, key: str, content_type: str) -> StorageItem[Any]:
+        """The live item under ``key`` stored with ``content_type``.
+
+        Raises:
+            ProviderNotFoundError: no provider for ``content_type``.
+            ItemNotFoundError: no such live item of that content type.
+        """
+        provider = self._provider(content_type)
+        with _Measured(self._metrics, "load", content_type):
+            return await provider.load(key, content_type=content_type)
+
+    async def delete(self, key: str, content_type: str) -> bool:
+        """Delete the item under ``key`` if it is stored with ``content_type``; True if one was.
+
+        Raises:
+            ProviderNotFoundError: no provider for ``content_type``.
+        """
+        provider = self._provider(content_type)
+        with _Measured(self._metrics, "delete", content_type):
+            return await provider.delete(key, content_type=content_type)
+
+    async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+        """Results from the provider of ``query.content_type``, or from every
+        distinct provider once when it is None, up to ``query.limit`` in all.
+
+        Raises:
+            ValidationError: a bad query field.
+            ProviderNotFoundError: no provider for ``query.content_type``.
+        """
+        remaining = validate_query(query).limit
+        if query.content_type is not None:
+            providers = [self._provider(query.content_type)]
+        else:
+            providers = self._distinct_providers()
+        if remaining == 0:
+            return
+        with _Measured(self._metrics, "search", query.content_type or "*"):
+            for provider in providers:
+                results = provider.search(query)
+                try:
+                    async for result in results:
+                        yield result
+                        if remaining is not None:
+                            remaining -= 1
+                            if remaining == 0:
+                                return
+                finally:
+                    await _close(results)
+
+    async def cleanup(self) -> None:
+        """Clean up each distinct provider once. Every provider is tried; the
+        failures are logged and the first is re-raised."""
+        failures: list[Exception] = []
+        for provider in self._distinct_providers():
+            try:
+                await provider.cleanup()
+            except Exception as exc:
+                _logger.error(
+                    "storage cleanup of %r failed: %s",
+                    provider,
+                    exc,
+                    extra={"operation": "cleanup", "error": repr(exc)},
+                )
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    async def __aenter__(self) -> UnifiedStorageManager:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.cleanup()
+
+
+__all__ = ["UnifiedStorageManager"]

@@ -1,0 +1,232 @@
+"""The data model: what callers pass in and get back, and the checks on it.
+
+The four dataclasses keep the field names of the original requirement (R065).
+They are plain containers: building one never raises, so the checks live in the
+``validate_*`` functions below, which every provider calls before it writes or
+searches. Each check raises :class:`~unistore.errors.ValidationError` naming the
+field, and returns the value in the form the record format stores (UTF-8 bytes,
+microseconds since the Unix epoch).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Generic, TypeVar
+from uuid import UUID
+
+from .errors import ValidationError
+
+T = TypeVar("T")
+
+#: LMDB's key limit; the same on every provider so that data can move between them.
+MAX_KEY_BYTES = 511
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+#: The instants a ``datetime`` can hold once converted to UTC.
+MIN_MICROS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+MAX_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+
+
+@dataclass
+class StorageMetadata:
+    """What the store knows about an item besides its data.
+
+    ``created_at`` is kept when a key is saved again; ``updated_at`` is the time of
+    the latest save. All datetimes are timezone-aware UTC with microsecond precision.
+    """
+
+    id: UUID
+    key: str
+    content_type: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    tags: dict[str, str]
+
+
+@dataclass
+class StorageItem(Generic[T]):
+    """An item's data with its metadata."""
+
+    data: T
+    metadata: StorageMetadata
+
+
+@dataclass
+class StorageQuery:
+    """Search criteria, all ANDed; ``None`` means "any".
+
+    ``pattern`` is a Redis glob over the whole key; ``tags`` must all match
+    exactly; the time bounds are inclusive, and an item without expiry never
+    matches an ``expires_*`` bound; ``limit`` caps how many results are yielded.
+    Fields are checked when the query runs, not when it is built.
+    """
+
+    pattern: str | None = None
+    content_type: str | None = None
+    tags: dict[str, str] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    expires_after: datetime | None = None
+    expires_before: datetime | None = None
+    limit: int | None = None
+
+
+@dataclass
+class StorageResult(Generic[T]):
+    """One search hit. Providers here do exact matching, so ``score`` is 1.0."""
+
+    item: StorageItem[T]
+    score: float = 1.0
+    highlights: list[str] = field(default_factory=list)
+
+
+# -- time ---------------------------------------------------------------------
+
+
+def now_micros() -> int:
+    """The current time in microseconds since the Unix epoch."""
+    return time.time_ns() // 1000
+
+
+def datetime_to_micros(value: datetime) -> int:
+    """Microseconds since the epoch; a naive ``value`` is local time.
+
+    Raises:
+        ValueError: the instant is outside what a UTC ``datetime`` can hold.
+    """
+    if value.utcoffset() is None:
+        try:
+            value = value.astimezone()  # local time, as datetime.timestamp() reads it
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"{value!r} cannot be read as local time") from exc
+    micros = (value - _EPOCH) // _ONE_MICROSECOND
+    if not MIN_MICROS <= micros <= MAX_MICROS:
+        raise ValueError(f"{value!r} is outside the years 1 to 9999 in UTC")
+    return micros
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    """The aware UTC datetime for microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+# -- validation ---------------------------------------------------------------
+
+
+def _utf8(value: str, field_name: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{field_name} is not valid Unicode text: {exc.reason}") from exc
+
+
+def validate_name(value: object, field_name: str) -> bytes:
+    """A non-empty ``str`` (content type, namespace, tag key), as UTF-8."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field_name} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValidationError(f"{field_name} must not be empty")
+    return _utf8(value, field_name)
+
+
+def validate_key(key: object) -> bytes:
+    """A non-empty ``str`` of at most :data:`MAX_KEY_BYTES` UTF-8 bytes, as UTF-8."""
+    encoded = validate_name(key, "key")
+    if len(encoded) > MAX_KEY_BYTES:
+        raise ValidationError(f"key is {len(encoded)} UTF-8 bytes long; the limit is {MAX_KEY_BYTES}")
+    return encoded
+
+
+def validate_tags(tags: object, field_name: str = "tags") -> list[tuple[bytes, bytes]]:
+    """A ``dict[str, str]`` (or ``None``) as UTF-8 pairs sorted by key."""
+    if tags is None:
+        return []
+    if not isinstance(tags, dict):
+        raise ValidationError(f"{field_name} must be a dict of str to str, got {type(tags).__name__}")
+    pairs = []
+    for tag_key, tag_value in tags.items():
+        encoded_key = validate_name(tag_key, f"{field_name} key")
+        if not isinstance(tag_value, str):
+            raise ValidationError(f"{field_name}[{tag_key!r}] must be a str, got {type(tag_value).__name__}")
+        pairs.append((encoded_key, _utf8(tag_value, f"{field_name}[{tag_key!r}]")))
+    pairs.sort()
+    return pairs
+
+
+def validate_time(value: object, field_name: str) -> int | None:
+    """``None`` or a ``datetime``, as microseconds since the epoch."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{field_name} must be a datetime, got {type(value).__name__}")
+    try:
+        return datetime_to_micros(value)
+    except ValueError as exc:
+        raise ValidationError(f"{field_name}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """A checked :class:`StorageQuery` in the record format's terms."""
+
+    pattern: bytes | None
+    content_type: bytes | None
+    tags: list[tuple[bytes, bytes]]
+    created_after: int | None
+    created_before: int | None
+    expires_after: int | None
+    expires_before: int | None
+    limit: int | None
+
+
+def validate_query(query: object) -> QuerySpec:
+    """Check every field of a :class:`StorageQuery`.
+
+    Raises:
+        ValidationError: naming the first bad field.
+    """
+    if not isinstance(query, StorageQuery):
+        raise ValidationError(f"query must be a StorageQuery, got {type(query).__name__}")
+    pattern = None
+    if query.pattern is not None:
+        if not isinstance(query.pattern, str):
+            raise ValidationError(f"query.pattern must be a str, got {type(query.pattern).__name__}")
+        pattern = _utf8(query.pattern, "query.pattern")
+    content_type = None
+    if query.content_type is not None:
+        content_type = validate_name(query.content_type, "query.content_type")
+    limit = query.limit
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValidationError(f"query.limit must be None or an int >= 0, got {limit!r}")
+    return QuerySpec(
+        pattern=pattern,
+        content_type=content_type,
+        tags=validate_tags(query.tags, "query.tags"),
+        created_after=validate_time(query.created_after, "query.created_after"),
+        created_before=validate_time(query.created_before, "query.created_before"),
+        expires_after=validate_time(query.expires_after, "query.expires_after"),
+        expires_before=validate_time(query.expires_before, "query.expires_before"),
+        limit=limit,
+    )
+
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "QuerySpec",
+    "StorageItem",
+    "StorageMetadata",
+    "StorageQuery",
+    "StorageResult",
+    "datetime_to_micros",
+    "micros_to_datetime",
+    "now_micros",
+    "validate_key",
+    "validate_name",
+    "validate_query",
+    "validate_tags",
+    "validate_time",
+]

@@ -1,0 +1,88 @@
+"""Shared fixtures: hypothesis profiles, a real redis-server, and the provider
+factory that the conformance and property suites run against."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from unistore import StorageProvider
+from unistore.providers import MemoryStorageProvider
+
+settings.register_profile(
+    "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.register_profile(
+    "ci", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+# -- redis-server --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server (scripts/test does it)")
+    for _ in range(5):  # a port found free can be taken before the server binds it
+        port = _free_port()
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return process, port
+            except OSError:
+                time.sleep(0.02)
+        process.kill()
+        process.wait()
+    pytest.fail("could not start redis-server on a free loopback port")
+
+
+@pytest.fixture(scope="session")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The port of a private redis-server on 127.0.0.1, for the whole session."""
+    process, port = _start_redis(tmp_path_factory.mktemp("redis"))
+    yield port
+    process.terminate()
+    process.wait(timeout=10)
+
+
+# -- providers -------------------------------------------------------------------
+
+PROVIDERS = ["memory"]
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], StorageProvider[Any]]]:
+    """Makes fresh, empty, isolated providers of one kind; every conformance test runs on each kind."""
+    names = (f"ns{n}" for n in itertools.count())
+
+    def make() -> StorageProvider[Any]:
+        return MemoryStorageProvider(namespace=next(names))
+
+    yield make
