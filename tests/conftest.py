@@ -44,8 +44,19 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     for _ in range(5):  # a port found free can be taken before the server binds it
         port = _free_port()
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir)],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -78,11 +89,11 @@ PROVIDERS = ["memory"]
 
 
 @pytest.fixture(params=PROVIDERS)
-def provider_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], StorageProvider[Any]]]:
+def provider_factory(request: pytest.FixtureRequest) -> Callable[[], StorageProvider[Any]]:
     """Makes fresh, empty, isolated providers of one kind; every conformance test runs on each kind."""
     names = (f"ns{n}" for n in itertools.count())
 
     def make() -> StorageProvider[Any]:
         return MemoryStorageProvider(namespace=next(names))
 
-    yield make
+    return make

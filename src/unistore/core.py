@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._purecore import (
     FORMAT_VERSION,
+    GLOB_MAX_NESTING,
     HEADER_SIZE,
     Glob,
     QueryMatcher,
@@ -24,6 +25,7 @@ NATIVE = False
 
 __all__ = [
     "FORMAT_VERSION",
+    "GLOB_MAX_NESTING",
     "HEADER_SIZE",
     "NATIVE",
     "Glob",

@@ -1,0 +1,256 @@
+"""The manager's routing, instrumentation, fan-out and cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from unistore import (
+    MetricsManager,
+    StorageError,
+    StorageItem,
+    StorageProvider,
+    StorageQuery,
+    StorageResult,
+    UnifiedStorageManager,
+    ValidationError,
+)
+from unistore.codec import decode_item
+from unistore.providers import MemoryStorageProvider
+
+
+class Broken(StorageProvider[Any]):
+    """A provider whose every operation fails, for the failure paths."""
+
+    def __init__(self) -> None:
+        self.cleanups = 0
+
+    async def save(
+        self,
+        key: str,
+        data: Any,
+        content_type: str,
+        expires_at: datetime | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> StorageItem[Any]:
+        raise StorageError("disk on fire")
+
+    async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
+        raise StorageError("disk on fire")
+
+    async def delete(self, key: str, *, content_type: str | None = None) -> bool:
+        raise StorageError("disk on fire")
+
+    async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+        raise StorageError("search on fire")
+        yield  # an async generator that fails when iterated
+
+    async def cleanup(self) -> None:
+        self.cleanups += 1
+        raise StorageError(f"cleanup on fire {id(self)}")
+
+
+class Counting(MemoryStorageProvider):
+    """A memory provider that counts cleanups and open searches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cleanups = 0
+        self.open_searches = 0
+
+    async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+        self.open_searches += 1
+        try:
+            async for result in super().search(query):
+                yield result
+        finally:
+            self.open_searches -= 1
+
+    async def cleanup(self) -> None:
+        self.cleanups += 1
+
+
+class PlainIterator:
+    """An async iterator without ``aclose``: R065 only promises an AsyncIterator."""
+
+    def __init__(self, results: list[StorageResult[Any]]) -> None:
+        self._results = iter(results)
+
+    def __aiter__(self) -> PlainIterator:
+        return self
+
+    async def __anext__(self) -> StorageResult[Any]:
+        try:
+            return next(self._results)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+class Plain(MemoryStorageProvider):
+    """Searches with a plain iterator (ignoring the query: the test stores one item)."""
+
+    def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+        return PlainIterator([StorageResult(decode_item(r, k)) for k, r in self._records.items()])
+
+
+def ops(metrics: MetricsManager, operation: str, content_type: str, success: str) -> float:
+    return metrics.value(
+        "storage_operations", operation=operation, content_type=content_type, success=success
+    )
+
+
+async def test_every_operation_is_counted_and_timed() -> None:
+    metrics = MetricsManager()
+    manager = UnifiedStorageManager(metrics=metrics)
+    manager.register_provider("t", MemoryStorageProvider())
+    await manager.save("k", 1, "t")
+    await manager.load("k", "t")
+    with pytest.raises(KeyError):
+        await manager.load("missing", "t")
+    await manager.delete("k", "t")
+    [r async for r in manager.search(StorageQuery())]
+    [r async for r in manager.search(StorageQuery(content_type="t"))]
+    assert ops(metrics, "save", "t", "true") == 1
+    assert ops(metrics, "load", "t", "true") == 1
+    assert ops(metrics, "load", "t", "false") == 1
+    assert ops(metrics, "delete", "t", "true") == 1
+    assert ops(metrics, "search", "*", "true") == 1
+    assert ops(metrics, "search", "t", "true") == 1
+    timing = metrics.histogram_snapshot("storage_operation_seconds", operation="load", content_type="t")
+    assert timing.count == 2 and timing.total > 0
+
+
+async def test_failures_are_counted_logged_and_raised(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = MetricsManager()
+    manager = UnifiedStorageManager(metrics=metrics)
+    manager.register_provider("b", Broken())
+    caplog.set_level(logging.DEBUG, logger="unistore")
+    for call in (manager.save("k", 1, "b"), manager.load("k", "b"), manager.delete("k", "b")):
+        with pytest.raises(StorageError, match="disk on fire"):
+            await call
+    with pytest.raises(StorageError, match="search on fire"):
+        [r async for r in manager.search(StorageQuery())]
+    for operation in ("save", "load", "delete"):
+        assert ops(metrics, operation, "b", "false") == 1
+    assert ops(metrics, "search", "*", "false") == 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.operation for r in errors] == ["save", "load", "delete", "search"]  # type: ignore[attr-defined]
+    assert all(r.content_type in ("b", "*") and "on fire" in r.error for r in errors)  # type: ignore[attr-defined]
+
+
+async def test_a_miss_logs_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    manager = UnifiedStorageManager(metrics=MetricsManager())
+    manager.register_provider("t", MemoryStorageProvider())
+    caplog.set_level(logging.DEBUG, logger="unistore")
+    with pytest.raises(KeyError):
+        await manager.load("missing", "t")
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+
+
+async def test_fan_out_visits_each_provider_once_and_honours_limit() -> None:
+    metrics = MetricsManager()
+    manager = UnifiedStorageManager(metrics=metrics)
+    first, second = Counting(), Counting()
+    for content_type, provider in (("a", first), ("b", first), ("c", second)):
+        manager.register_provider(content_type, provider)
+    for n in range(3):
+        await manager.save(f"a{n}", n, "a")
+        await manager.save(f"c{n}", n, "c")
+    keys = [r.item.metadata.key async for r in manager.search(StorageQuery())]
+    assert sorted(keys) == ["a0", "a1", "a2", "c0", "c1", "c2"]
+    assert len([r async for r in manager.search(StorageQuery(limit=4))]) == 4
+    assert len([r async for r in manager.search(StorageQuery(limit=3))]) == 3
+    assert [r async for r in manager.search(StorageQuery(limit=0))] == []
+    assert [
+        r.item.metadata.key async for r in manager.search(StorageQuery(content_type="c", pattern="c1"))
+    ] == ["c1"]
+    assert first.open_searches == second.open_searches == 0  # every provider search was closed
+
+
+async def test_stopping_early_closes_the_provider_search_and_counts_success() -> None:
+    metrics = MetricsManager()
+    manager = UnifiedStorageManager(metrics=metrics)
+    provider = Counting()
+    manager.register_provider("t", provider)
+    for n in range(5):
+        await manager.save(f"k{n}", n, "t")
+    results = manager.search(StorageQuery())
+    await results.__anext__()
+    assert provider.open_searches == 1
+    await results.aclose()
+    assert provider.open_searches == 0
+    assert ops(metrics, "search", "*", "true") == 1
+
+
+async def test_a_search_without_aclose_is_fine() -> None:
+    manager = UnifiedStorageManager(metrics=MetricsManager())
+    provider = Plain()
+    manager.register_provider("t", provider)
+    await manager.save("k", 1, "t")
+    assert [r.item.data async for r in manager.search(StorageQuery())] == [1]
+
+
+async def test_cancellation_is_not_counted() -> None:
+    metrics = MetricsManager()
+    manager = UnifiedStorageManager(metrics=metrics)
+
+    class Slow(MemoryStorageProvider):
+        async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
+            await asyncio.sleep(10)
+            raise AssertionError("not reached")
+
+    manager.register_provider("t", Slow())
+    task = asyncio.create_task(manager.load("k", "t"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ops(metrics, "load", "t", "true") == ops(metrics, "load", "t", "false") == 0
+
+
+async def test_cleanup_closes_each_provider_once() -> None:
+    provider, other = Counting(), Counting()
+    async with UnifiedStorageManager(metrics=MetricsManager()) as manager:
+        manager.register_provider("a", provider)
+        manager.register_provider("b", provider)
+        manager.register_provider("c", other)
+    assert (provider.cleanups, other.cleanups) == (1, 1)
+
+
+async def test_cleanup_tries_every_provider_then_raises_the_first_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = UnifiedStorageManager(metrics=MetricsManager())
+    broken_one, fine, broken_two = Broken(), Counting(), Broken()
+    for content_type, provider in (("a", broken_one), ("b", fine), ("c", broken_two)):
+        manager.register_provider(content_type, provider)
+    with pytest.raises(StorageError, match=f"cleanup on fire {id(broken_one)}"):
+        await manager.cleanup()
+    assert (broken_one.cleanups, fine.cleanups, broken_two.cleanups) == (1, 1, 1)
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 2
+
+
+async def test_default_metrics_are_the_process_wide_registry() -> None:
+    manager = UnifiedStorageManager()
+    manager.register_provider("process-wide", MemoryStorageProvider())
+    before = ops(MetricsManager.get_instance(), "save", "process-wide", "true")
+    await manager.save("k", 1, "process-wide")
+    assert ops(MetricsManager.get_instance(), "save", "process-wide", "true") == before + 1
+
+
+async def test_re_registering_replaces() -> None:
+    manager = UnifiedStorageManager(metrics=MetricsManager())
+    old, new = MemoryStorageProvider(), MemoryStorageProvider()
+    manager.register_provider("t", old)
+    manager.register_provider("t", new)
+    await manager.save("k", 1, "t")
+    assert (await new.load("k")).data == 1
+    with pytest.raises(KeyError):
+        await old.load("k")
+    with pytest.raises(ValidationError):
+        manager.register_provider(None, new)  # type: ignore[arg-type]

@@ -1,0 +1,67 @@
+"""What ships: the pinned public names, the typing marker, the doctests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+from importlib import resources
+
+import pytest
+
+import unistore
+from unistore import errors
+
+PINNED = {
+    "UnifiedStorageManager",
+    "StorageMonitor",
+    "StorageProvider",
+    "StorageItem",
+    "StorageMetadata",
+    "StorageQuery",
+    "StorageResult",
+    "StorageError",
+    "ItemNotFoundError",
+    "ProviderNotFoundError",
+    "open_provider",
+}
+
+
+def test_pinned_names_are_exported() -> None:
+    assert set(unistore.__all__) >= PINNED
+    for name in unistore.__all__:
+        assert getattr(unistore, name) is not None
+    from unistore.metrics import MetricsManager
+    from unistore.providers import MemoryStorageProvider
+
+    assert unistore.MetricsManager is MetricsManager
+    assert issubclass(MemoryStorageProvider, unistore.StorageProvider)
+
+
+def test_error_tree() -> None:
+    assert issubclass(errors.ItemNotFoundError, KeyError)
+    assert issubclass(errors.ProviderNotFoundError, ValueError)
+    assert issubclass(errors.ValidationError, ValueError)
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.StorageError)
+    err = errors.ItemNotFoundError("no item under key 'k'", {"key": "k"})
+    assert str(err) == "no item under key 'k'" and err.details == {"key": "k"}
+    assert errors.StorageError("plain").details == {}
+
+
+def test_native_flag_is_a_bool() -> None:
+    assert unistore.NATIVE is False  # the native core arrives with the Cython issue
+
+
+def test_typing_marker_ships() -> None:
+    assert resources.files("unistore").joinpath("py.typed").is_file()
+
+
+MODULES = sorted(info.name for info in pkgutil.walk_packages(unistore.__path__, "unistore."))
+
+
+@pytest.mark.parametrize("module_name", ["unistore", *MODULES])
+def test_doctests(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert failures == 0
