@@ -124,9 +124,7 @@ async def test_datetimes_come_back_aware_utc(provider_factory: Factory) -> None:
 
 async def test_upsert_keeps_id_and_created_at(provider_factory: Factory) -> None:
     provider = provider_factory()
-    first = await provider.save(
-        "k", 1, "a", expires_at=datetime.now(UTC) + timedelta(hours=1), tags={"x": "1"}
-    )
+    first = await provider.save("k", 1, "a", expires_at=datetime.now(UTC) + timedelta(hours=1), tags={"x": "1"})
     await asyncio.sleep(0.002)
     second = await provider.save("k", 2, "b", tags={"y": "2"})
     loaded = await provider.load("k")
@@ -157,12 +155,8 @@ async def test_saving_over_an_expired_item_makes_a_new_one(provider_factory: Fac
 
 async def test_expired_items_are_invisible_at_once(provider_factory: Factory) -> None:
     provider = provider_factory()
-    await provider.save(
-        "past", 1, "a", expires_at=datetime.now(UTC) - timedelta(microseconds=1), tags={"t": "v"}
-    )
-    await provider.save(
-        "soon", 2, "a", expires_at=datetime.now(UTC) + timedelta(milliseconds=50), tags={"t": "v"}
-    )
+    await provider.save("past", 1, "a", expires_at=datetime.now(UTC) - timedelta(microseconds=1), tags={"t": "v"})
+    await provider.save("soon", 2, "a", expires_at=datetime.now(UTC) + timedelta(milliseconds=50), tags={"t": "v"})
     with pytest.raises(ItemNotFoundError):
         await provider.load("past")
     assert await keys_of(provider, tags={"t": "v"}) == {"soon"}
@@ -264,9 +258,7 @@ async def test_every_query_field(provider_factory: Factory) -> None:
     # Time bounds are inclusive at both ends.
     assert await keys_of(provider, created_after=created["user:10"]) == {"user:10", "doc:1", "doc:2"}
     assert await keys_of(provider, created_before=created["user:2"]) == {"user:1", "user:2"}
-    assert await keys_of(provider, created_after=created["user:2"], created_before=created["user:2"]) == {
-        "user:2"
-    }
+    assert await keys_of(provider, created_after=created["user:2"], created_before=created["user:2"]) == {"user:2"}
     assert await keys_of(provider, created_after=created["doc:2"] + timedelta(microseconds=1)) == set()
     # Items without expiry never meet an expires_* bound.
     assert await keys_of(provider, expires_after=datetime(1970, 1, 1, tzinfo=UTC)) == {
@@ -275,9 +267,7 @@ async def test_every_query_field(provider_factory: Factory) -> None:
         "doc:1",
     }
     assert await keys_of(provider, expires_before=expiry["user:2"]) == {"user:1", "user:2"}
-    assert await keys_of(provider, expires_after=expiry["user:2"], expires_before=expiry["user:2"]) == {
-        "user:2"
-    }
+    assert await keys_of(provider, expires_after=expiry["user:2"], expires_before=expiry["user:2"]) == {"user:2"}
     assert await keys_of(provider, expires_after=expiry["doc:1"] + timedelta(microseconds=1)) == set()
     # Everything ANDs.
     assert await keys_of(

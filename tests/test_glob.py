@@ -86,9 +86,7 @@ keys = st.lists(
 @given(pattern=patterns, subjects=keys)
 @example(pattern=b"[a-]x]", subjects=[b"]", b"a", b"_", b"-", b"x", b"_x"])
 @example(pattern=b"*\\", subjects=[b"\\", b"a\\", b"a"])
-def test_glob_equals_redis_scan_match(
-    redis_client: redis.Redis, pattern: bytes, subjects: list[bytes]
-) -> None:
+def test_glob_equals_redis_scan_match(redis_client: redis.Redis, pattern: bytes, subjects: list[bytes]) -> None:
     compiled = Glob(pattern)
     ours = {subject for subject in subjects if compiled.match(subject)}
     assert ours == scan_match(redis_client, pattern, subjects)

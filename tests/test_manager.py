@@ -99,9 +99,7 @@ class Plain(MemoryStorageProvider):
 
 
 def ops(metrics: MetricsManager, operation: str, content_type: str, success: str) -> float:
-    return metrics.value(
-        "storage_operations", operation=operation, content_type=content_type, success=success
-    )
+    return metrics.value("storage_operations", operation=operation, content_type=content_type, success=success)
 
 
 async def test_every_operation_is_counted_and_timed() -> None:
@@ -166,9 +164,7 @@ async def test_fan_out_visits_each_provider_once_and_honours_limit() -> None:
     assert len([r async for r in manager.search(StorageQuery(limit=4))]) == 4
     assert len([r async for r in manager.search(StorageQuery(limit=3))]) == 3
     assert [r async for r in manager.search(StorageQuery(limit=0))] == []
-    assert [
-        r.item.metadata.key async for r in manager.search(StorageQuery(content_type="c", pattern="c1"))
-    ] == ["c1"]
+    assert [r.item.metadata.key async for r in manager.search(StorageQuery(content_type="c", pattern="c1"))] == ["c1"]
     assert first.open_searches == second.open_searches == 0  # every provider search was closed
 
 

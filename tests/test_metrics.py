@@ -89,12 +89,7 @@ async def test_storage_monitor_records_what_r065_names() -> None:
     await monitor.record_operation("doc", "save", False, region="eu")
     await monitor.record_size("doc", 1000)
     assert metrics.value("storage_operations", content_type="doc", operation="save", success="true") == 1
-    assert (
-        metrics.value(
-            "storage_operations", content_type="doc", operation="save", success="false", region="eu"
-        )
-        == 1
-    )
+    assert metrics.value("storage_operations", content_type="doc", operation="save", success="false", region="eu") == 1
     assert metrics.value("storage_size", content_type="doc") == 1000
 
 

@@ -45,8 +45,7 @@ def oracle(item: Saved, query: StorageQuery, now: datetime) -> bool:
     if query.expires_after is not None and (item.expires_at is None or item.expires_at < query.expires_after):
         return False
     return not (
-        query.expires_before is not None
-        and (item.expires_at is None or item.expires_at > query.expires_before)
+        query.expires_before is not None and (item.expires_at is None or item.expires_at > query.expires_before)
     )
 
 
@@ -61,9 +60,7 @@ items = st.lists(
     max_size=12,
 )
 pattern_parts = st.sampled_from(["a", "b", ":", "1", "*", "?", "[ab]", "[1:]"])
-tag_queries = st.none() | st.dictionaries(
-    st.sampled_from(["t", "u"]), st.sampled_from(["x", "y", ""]), max_size=2
-)
+tag_queries = st.none() | st.dictionaries(st.sampled_from(["t", "u"]), st.sampled_from(["x", "y", ""]), max_size=2)
 # A bound is picked relative to the saved items' times, so equality (inclusiveness) is hit often.
 bounds = st.none() | st.tuples(st.integers(0, 11), st.sampled_from([-1, 0, 1]))
 

@@ -121,9 +121,7 @@ BAD_QUERIES = [
 
 
 @pytest.mark.parametrize(("query", "message"), BAD_QUERIES)
-async def test_bad_query_raises_from_search(
-    provider_factory: Factory, query: StorageQuery, message: str
-) -> None:
+async def test_bad_query_raises_from_search(provider_factory: Factory, query: StorageQuery, message: str) -> None:
     provider = provider_factory()
     await provider.save("k", 1, "t")
     results = provider.search(query)  # building the iterator does not raise...

@@ -62,9 +62,7 @@ async def run_demo(store: str, out: TextIO) -> None:
             )
         item = await _timed(out, "load   fruit:apple", manager.load("fruit:apple", "fruit"))
         out.write(f"           -> {item.data} created {item.metadata.created_at.isoformat()}\n")
-        red = await _timed(
-            out, "search tags={'colour': 'red'}", _search(manager, StorageQuery(tags={"colour": "red"}))
-        )
+        red = await _timed(out, "search tags={'colour': 'red'}", _search(manager, StorageQuery(tags={"colour": "red"})))
         out.write(f"           -> {red}\n")
         globbed = await _timed(
             out, "search pattern='fruit:[ab]*'", _search(manager, StorageQuery(pattern="fruit:[ab]*"))
@@ -80,9 +78,7 @@ async def run_demo(store: str, out: TextIO) -> None:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; returns the exit status."""
     stream = out if out is not None else sys.stdout
-    parser = argparse.ArgumentParser(
-        prog="unistore", description="unistore: one storage interface, many providers."
-    )
+    parser = argparse.ArgumentParser(prog="unistore", description="unistore: one storage interface, many providers.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="save, load, search and delete a few items, with timings")
     demo.add_argument("--store", default=DEFAULT_DEMO_STORE, help="provider URL (default: %(default)s)")

@@ -35,6 +35,7 @@ from .model import (
     StorageMetadata,
     StorageQuery,
     StorageResult,
+    Tags,
     datetime_to_micros,
     micros_to_datetime,
     validate_key,
@@ -220,7 +221,7 @@ def prepare_save(
     data: object,
     content_type: str,
     expires_at: datetime | None = None,
-    tags: dict[str, str] | None = None,
+    tags: Tags | None = None,
 ) -> PreparedSave:
     """Check and encode the arguments of ``save``; nothing is written yet.
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from .errors import ItemNotFoundError, ProviderNotFoundError, ValidationError
 from .metrics import MetricsManager
-from .model import StorageItem, StorageQuery, StorageResult, validate_name, validate_query
-from .providers.base import StorageProvider
+from .model import StorageItem, StorageQuery, StorageResult, Tags, validate_name, validate_query
+from .providers.base import CleanupOnExit, StorageProvider
 
 _logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def _close(results: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-class UnifiedStorageManager:
+class UnifiedStorageManager(CleanupOnExit):
     """One front for many providers, chosen by content type.
 
     Through the manager, a content type is part of an item's identity: ``load``
@@ -115,12 +115,7 @@ class UnifiedStorageManager:
         return list({id(provider): provider for provider in self._providers.values()}.values())
 
     async def save(
-        self,
-        key: str,
-        data: Any,
-        content_type: str,
-        expires_at: datetime | None = None,
-        tags: dict[str, str] | None = None,
+        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
         """Save through the provider of ``content_type``; see :meth:`StorageProvider.save`.
 
@@ -197,17 +192,6 @@ class UnifiedStorageManager:
                 failures.append(exc)
         if failures:
             raise failures[0]
-
-    async def __aenter__(self) -> UnifiedStorageManager:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.cleanup()
 
 
 __all__ = ["UnifiedStorageManager"]

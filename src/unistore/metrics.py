@@ -180,9 +180,7 @@ class StorageMonitor:
     def __init__(self, metrics: MetricsManager | None = None) -> None:
         self._metrics = metrics if metrics is not None else MetricsManager.get_instance()
 
-    async def record_operation(
-        self, content_type: str, operation: str, success: bool = True, **labels: str
-    ) -> None:
+    async def record_operation(self, content_type: str, operation: str, success: bool = True, **labels: str) -> None:
         """Count one operation in ``storage_operations``."""
         self._metrics.counter(
             "storage_operations",

@@ -20,6 +20,9 @@ from .errors import ValidationError
 
 T = TypeVar("T")
 
+#: An item's tags: tag key to tag value, both str.
+Tags = dict[str, str]
+
 #: LMDB's key limit; the same on every provider so that data can move between them.
 MAX_KEY_BYTES = 511
 
@@ -221,6 +224,7 @@ __all__ = [
     "StorageMetadata",
     "StorageQuery",
     "StorageResult",
+    "Tags",
     "datetime_to_micros",
     "micros_to_datetime",
     "now_micros",

@@ -14,22 +14,39 @@ from datetime import datetime
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from ..model import StorageItem, StorageQuery, StorageResult
+from ..model import StorageItem, StorageQuery, StorageResult, Tags
 
 T = TypeVar("T")
 
 
-class StorageProvider(ABC, Generic[T]):
+_C = TypeVar("_C", bound="CleanupOnExit")
+
+
+class CleanupOnExit(ABC):
+    """``async with`` support for whatever has an async :meth:`cleanup`."""
+
+    @abstractmethod
+    async def cleanup(self) -> None:
+        """Release resources; the object can be used again afterwards."""
+
+    async def __aenter__(self: _C) -> _C:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.cleanup()
+
+
+class StorageProvider(CleanupOnExit, Generic[T]):
     """One keyspace of stored items. Use ``async with`` to clean up on exit."""
 
     @abstractmethod
     async def save(
-        self,
-        key: str,
-        data: T,
-        content_type: str,
-        expires_at: datetime | None = None,
-        tags: dict[str, str] | None = None,
+        self, key: str, data: T, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[T]:
         """Store ``data`` under ``key``, replacing what was there (keeping its id and ``created_at``).
 
@@ -57,21 +74,3 @@ class StorageProvider(ABC, Generic[T]):
         Raises:
             ValidationError: a bad query field (when iteration starts).
         """
-
-    @abstractmethod
-    async def cleanup(self) -> None:
-        """Release resources; the provider can be used again afterwards."""
-
-    async def __aenter__(self: _P) -> _P:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.cleanup()
-
-
-_P = TypeVar("_P", bound=StorageProvider)  # type: ignore[type-arg]

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ..codec import compile_query, decode_fields, is_live, live_fields, load_item, prepare_save, select
-from ..model import StorageItem, StorageQuery, StorageResult, now_micros, validate_key, validate_name
+from ..model import StorageItem, StorageQuery, StorageResult, Tags, now_micros, validate_key, validate_name
 from .base import StorageProvider
 
 
@@ -36,12 +36,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
         return f"MemoryStorageProvider(namespace={self.namespace!r})"
 
     async def save(
-        self,
-        key: str,
-        data: Any,
-        content_type: str,
-        expires_at: datetime | None = None,
-        tags: dict[str, str] | None = None,
+        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
         prepared = prepare_save(key, data, content_type, expires_at, tags)
         old = self._records.get(key)
@@ -70,11 +65,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
     def purge_expired(self) -> int:
         """Drop expired records (readers never see them anyway); returns how many."""
         now = now_micros()
-        expired = [
-            key
-            for key, record in self._records.items()
-            if not is_live(decode_fields(record, key).expires, now)
-        ]
+        expired = [key for key, record in self._records.items() if not is_live(decode_fields(record, key).expires, now)]
         for key in expired:
             del self._records[key]
         return len(expired)
