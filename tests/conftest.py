@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from unistore import StorageProvider
-from unistore.providers import MemoryStorageProvider
+from unistore.providers import LmdbStorageProvider, MemoryStorageProvider
 
 settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -85,15 +85,32 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 # -- providers -------------------------------------------------------------------
 
-PROVIDERS = ["memory"]
+PROVIDERS = ["memory", "lmdb"]
 
 
 @pytest.fixture(params=PROVIDERS)
-def provider_factory(request: pytest.FixtureRequest) -> Callable[[], StorageProvider[Any]]:
-    """Makes fresh, empty, isolated providers of one kind; every conformance test runs on each kind."""
-    names = (f"ns{n}" for n in itertools.count())
+def provider_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], StorageProvider[Any]]]:
+    """Makes fresh, empty, isolated providers of one kind; every conformance test runs on each kind.
+
+    Each LMDB provider gets a store of its own: hypothesis calls the factory once
+    per example, more often than one store has namespaces for.
+    """
+    numbers = itertools.count()
+    made: list[StorageProvider[Any]] = []
 
     def make() -> StorageProvider[Any]:
-        return MemoryStorageProvider(namespace=next(names))
+        number = next(numbers)
+        provider: StorageProvider[Any]
+        if request.param == "lmdb":
+            provider = LmdbStorageProvider(tmp_path / f"store{number}", namespace=f"ns{number}")
+        else:
+            provider = MemoryStorageProvider(namespace=f"ns{number}")
+        made.append(provider)
+        return provider
 
-    return make
+    yield make
+    for provider in made:
+        if isinstance(provider, LmdbStorageProvider):
+            provider.engine.close()

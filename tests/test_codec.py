@@ -146,6 +146,6 @@ def test_matcher_reads_headers_without_the_payload() -> None:
 def test_select_stops_at_the_limit_before_decoding_more() -> None:
     good = record()
     candidates = [("a", good), ("b", good), ("c", b"never looked at")]
-    hits = list(select(compile_query(StorageQuery(limit=2)), candidates, 0))
+    hits = list(select(compile_query(StorageQuery()), candidates, 0, 2))
     assert len(hits) == 2
-    assert list(select(compile_query(StorageQuery(limit=0)), candidates, 0)) == []
+    assert list(select(compile_query(StorageQuery()), candidates, 0, 0)) == []

@@ -267,6 +267,23 @@ class Glob:
         return True
 
 
+def glob_literal_prefix(pattern: bytes) -> bytes:
+    r"""The bytes every key matching ``pattern`` starts with (its leading literals).
+
+    >>> glob_literal_prefix(rb"user:\*1?")
+    b'user:*1'
+    """
+    prefix = bytearray()
+    size = len(pattern)
+    i = 0
+    while i < size and pattern[i] not in b"*?[":
+        if pattern[i] == 0x5C and size - i >= 2:  # '\x' is x, as in the matcher
+            i += 1
+        prefix.append(pattern[i])
+        i += 1
+    return bytes(prefix)
+
+
 def glob_match(pattern: bytes, subject: bytes) -> bool:
     """Whether ``subject`` matches the Redis glob ``pattern`` (both bytes)."""
     return Glob(pattern).match(subject)
@@ -352,6 +369,7 @@ __all__ = [
     "Glob",
     "QueryMatcher",
     "RecordFields",
+    "glob_literal_prefix",
     "glob_match",
     "pack_record",
     "unpack_record",

@@ -275,15 +275,15 @@ def compile_query(query: StorageQuery) -> CompiledQuery:
 
 
 def select(
-    compiled: CompiledQuery, candidates: Iterable[tuple[object, bytes]], now: int
+    compiled: CompiledQuery, candidates: Iterable[tuple[object, bytes]], now: int, limit: int | None
 ) -> Iterator[StorageResult[Any]]:
     """The results among ``(key, record)`` candidates, checked by header first
-    and decoded only when they match, stopping at the query's limit.
+    and decoded only when they match, stopping after ``limit`` (None: no limit).
 
     Raises:
         StorageCorruptionError: a candidate does not decode (its key is named).
     """
-    remaining = compiled.spec.limit
+    remaining = limit
     if remaining == 0:
         return
     matches = compiled.matcher.matches

@@ -59,7 +59,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
     async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
         compiled = compile_query(query)
         # A snapshot: the caller may save or delete while it iterates.
-        for result in select(compiled, list(self._records.items()), now_micros()):
+        for result in select(compiled, list(self._records.items()), now_micros(), compiled.spec.limit):
             yield result
 
     def purge_expired(self) -> int:
