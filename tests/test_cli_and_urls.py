@@ -20,7 +20,9 @@ def test_demo_walks_through_every_operation() -> None:
     out = io.StringIO()
     assert main(["demo"], out) == 0
     text = out.getvalue()
-    assert "unistore demo on memory://?namespace=demo" in text
+    store = text.split()[3]
+    assert store.startswith("lmdb:///") and store.endswith("?namespace=demo")
+    assert not Path(store[len("lmdb://") : -len("?namespace=demo")]).exists()  # the scratch store is removed
     assert text.count(" µs  save") == 3
     assert "-> ['fruit:apple', 'fruit:cherry']" in text  # the tag search
     assert "-> ['fruit:apple', 'fruit:banana']" in text  # the glob search
@@ -66,7 +68,7 @@ def test_open_memory_provider() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("nosuch://", "unknown scheme in 'nosuch://'; known: memory://"),
+        ("nosuch://", "unknown scheme in 'nosuch://'; known: lmdb://, memory://"),
         ("memory", "unknown scheme"),
         ("memory://host", "memory:// takes no host or path"),
         ("memory:///path", "memory:// takes no host or path"),

@@ -130,7 +130,7 @@ async def test_damaged_records_in_a_store_are_named() -> None:
     with pytest.raises(StorageCorruptionError, match="'bad'"):
         await provider.save("bad", 2, "t")
     with pytest.raises(StorageCorruptionError, match="'bad'"):
-        provider.purge_expired()
+        await provider.purge_expired()
 
 
 def test_matcher_reads_headers_without_the_payload() -> None:

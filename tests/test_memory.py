@@ -15,7 +15,7 @@ async def test_purge_removes_only_expired_records_and_changes_no_answer() -> Non
     await provider.save("later", 2, "t", expires_at=now + timedelta(hours=1))
     await provider.save("never", 3, "t")
     before = sorted([r.item.metadata.key async for r in provider.search(StorageQuery())])
-    assert provider.purge_expired() == 1
-    assert provider.purge_expired() == 0
+    assert await provider.purge_expired() == 1
+    assert await provider.purge_expired() == 0
     assert sorted([r.item.metadata.key async for r in provider.search(StorageQuery())]) == before == ["later", "never"]
     assert sorted(provider._records) == ["later", "never"]

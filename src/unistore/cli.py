@@ -1,31 +1,47 @@
 """The ``unistore`` command.
 
-``unistore demo [--store URL]`` saves, loads, searches and deletes a few items
-on a store (the embedded default unless ``--store`` names another) and prints
-each step with how long it took.
+- ``unistore demo [--store URL]``: save, load, search and delete a few items and
+  print each step with how long it took; on a fresh LMDB store in a temporary
+  directory unless ``--store`` names another.
+- ``unistore check [--store URL]``: verify that every index entry points at a
+  record and every record is indexed; exit status 1 if not.
+- ``unistore purge [--store URL]``: remove expired items.
+
+``--store`` defaults to ``$UNISTORE_STORE``, else an LMDB store in
+``$XDG_DATA_HOME/unistore`` (``~/.local/share/unistore``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TextIO, TypeVar
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
 
 from .core import NATIVE
 from .errors import StorageError
 from .manager import UnifiedStorageManager
 from .metrics import MetricsManager
 from .model import StorageQuery
+from .providers.base import StorageProvider
 from .urls import open_provider
 
-#: Where ``demo`` keeps its items when no ``--store`` is given.
-DEFAULT_DEMO_STORE = "memory://?namespace=demo"
-
 _R = TypeVar("_R")
+
+
+def default_store() -> str:
+    """The store ``check`` and ``purge`` use when no ``--store`` is given."""
+    configured = os.environ.get("UNISTORE_STORE")
+    if configured:
+        return configured
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"lmdb://{Path(data_home).resolve() / 'unistore'}"
 
 
 async def _timed(out: TextIO, label: str, step: Awaitable[_R]) -> _R:
@@ -53,11 +69,7 @@ async def run_demo(store: str, out: TextIO) -> None:
                 out,
                 f"save   fruit:{name} tags={{'colour': {colour!r}}}",
                 manager.save(
-                    f"fruit:{name}",
-                    {"name": name, "colour": colour},
-                    "fruit",
-                    expires_at=soon,
-                    tags={"colour": colour},
+                    f"fruit:{name}", {"name": name, "colour": colour}, "fruit", expires_at=soon, tags={"colour": colour}
                 ),
             )
         item = await _timed(out, "load   fruit:apple", manager.load("fruit:apple", "fruit"))
@@ -75,16 +87,62 @@ async def run_demo(store: str, out: TextIO) -> None:
         out.write(f"left after delete: {left}\n")
 
 
+def _housekeeping(provider: StorageProvider[Any], method: str, store: str) -> Any:
+    action = getattr(provider, method, None)
+    if action is None:
+        raise StorageError(f"{store}: this kind of store has no {method.replace('_', ' ')}")
+    return action
+
+
+async def run_check(store: str, out: TextIO) -> bool:
+    """Check one store's indexes; prints the counts and each problem. True if consistent."""
+    provider = open_provider(store)
+    try:
+        report = await _housekeeping(provider, "check", store)()
+    finally:
+        await provider.cleanup()
+    out.write(
+        f"{store}: {report.records} records, {report.ids} ids, {report.tag_entries} tag entries, "
+        f"{report.type_entries} type entries, {report.created_entries} created entries, "
+        f"{report.expires_entries} expiry entries\n"
+    )
+    for problem in report.problems:
+        out.write(f"problem: {problem}\n")
+    out.write("consistent\n" if report.ok else f"{len(report.problems)} problem(s)\n")
+    return bool(report.ok)
+
+
+async def run_purge(store: str, out: TextIO) -> None:
+    """Remove the expired items of one store; prints how many."""
+    provider = open_provider(store)
+    try:
+        removed = await _housekeeping(provider, "purge_expired", store)()
+    finally:
+        await provider.cleanup()
+    out.write(f"{store}: purged {removed} expired item(s)\n")
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; returns the exit status."""
     stream = out if out is not None else sys.stdout
     parser = argparse.ArgumentParser(prog="unistore", description="unistore: one storage interface, many providers.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="save, load, search and delete a few items, with timings")
-    demo.add_argument("--store", default=DEFAULT_DEMO_STORE, help="provider URL (default: %(default)s)")
+    demo.add_argument("--store", help="provider URL (default: a new LMDB store in a temporary directory)")
+    for name, text in (("check", "verify the indexes of a store"), ("purge", "remove expired items")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--store", default=default_store(), help="provider URL (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        asyncio.run(run_demo(args.store, stream))
+        if args.command == "demo" and args.store is None:
+            with tempfile.TemporaryDirectory(prefix="unistore-demo-") as scratch:
+                asyncio.run(run_demo(f"lmdb://{scratch}?namespace=demo", stream))
+        elif args.command == "demo":
+            asyncio.run(run_demo(args.store, stream))
+        elif args.command == "check":
+            return 0 if asyncio.run(run_check(args.store, stream)) else 1
+        else:
+            asyncio.run(run_purge(args.store, stream))
     except StorageError as exc:
         sys.stderr.write(f"unistore: {exc}\n")
         return 1

@@ -1,4 +1,4 @@
-"""Build a provider from a URL: ``open_provider("memory://?namespace=x")``.
+"""Build a provider from a URL: ``open_provider("lmdb:///var/lib/app/store?namespace=x")``.
 
 Each scheme maps to one opener; an opener takes the split URL and its query
 parameters, pops what it understands, and anything left over is an error, so a
@@ -7,30 +7,54 @@ misspelt option never passes silently.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .errors import ValidationError
 from .providers.base import StorageProvider
+from .providers.lmdb import LmdbStorageProvider
 from .providers.memory import MemoryStorageProvider
 
-Opener = Callable[[SplitResult, dict[str, str]], StorageProvider[Any]]
+# An opener pops the options it knows and returns the constructor to call once
+# no option is left over, so a bad URL creates nothing.
+Opener = Callable[[SplitResult, dict[str, str]], Callable[[], StorageProvider[Any]]]
 
 
-def _open_memory(url: SplitResult, params: dict[str, str]) -> StorageProvider[Any]:
+def _open_memory(url: SplitResult, params: dict[str, str]) -> Callable[[], StorageProvider[Any]]:
     if url.netloc or url.path:
         raise ValidationError(f"url: memory:// takes no host or path, got {url.geturl()!r}")
-    return MemoryStorageProvider(namespace=params.pop("namespace", "default"))
+    return functools.partial(MemoryStorageProvider, namespace=params.pop("namespace", "default"))
 
 
-_OPENERS: dict[str, Opener] = {"memory": _open_memory}
+def _positive_int(params: dict[str, str], name: str) -> dict[str, int]:
+    if name not in params:
+        return {}
+    text = params.pop(name)
+    if not text.isdigit():
+        raise ValidationError(f"url: option {name} must be a positive integer, got {text!r}")
+    return {name: int(text)}
+
+
+def _open_lmdb(url: SplitResult, params: dict[str, str]) -> Callable[[], StorageProvider[Any]]:
+    if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
+        raise ValidationError(f"url: lmdb URLs take an absolute path, lmdb:///path/to/store; got {url.geturl()!r}")
+    options: dict[str, Any] = {"durability": params.pop("durability", "sync")}
+    options.update(_positive_int(params, "map_size"))
+    options.update(_positive_int(params, "max_namespaces"))
+    namespace = params.pop("namespace", "default")
+    return functools.partial(LmdbStorageProvider, unquote(url.path), namespace=namespace, **options)
+
+
+_OPENERS: dict[str, Opener] = {"lmdb": _open_lmdb, "memory": _open_memory}
 
 
 def open_provider(url: str) -> StorageProvider[Any]:
     """The provider a URL names.
 
-    Schemes: ``memory://`` (options: ``namespace``).
+    Schemes: ``lmdb:///abs/path`` (options: ``namespace``, ``durability``,
+    ``map_size``, ``max_namespaces``) and ``memory://`` (option: ``namespace``).
 
     Raises:
         ValidationError: an unknown scheme, a malformed URL or an unknown option.
@@ -47,10 +71,10 @@ def open_provider(url: str) -> StorageProvider[Any]:
         if name in params:
             raise ValidationError(f"url: option {name!r} is given twice in {url!r}")
         params[name] = value
-    provider = opener(parts, params)
+    construct = opener(parts, params)
     if params:
         raise ValidationError(f"url: unknown option(s) {', '.join(sorted(params))} in {url!r}")
-    return provider
+    return construct()
 
 
 __all__ = ["open_provider"]

@@ -356,6 +356,8 @@ class GroupCommitWriter:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
+        #: Transactions committed so far (each with one fsync in durable modes).
+        self.batches = 0
         self._thread = threading.Thread(target=self._run, name=f"unistore-writer:{shared.path}", daemon=True)
         self._thread.start()
 
@@ -384,6 +386,7 @@ class GroupCommitWriter:
                 outcomes = self._shared.write_batch([pending.op for pending in batch])
             except Exception as exc:  # beyond any one op (growing the map failed): the batch fails
                 outcomes = [(False, exc)] * len(batch)
+            self.batches += 1
             for pending, outcome in zip(batch, outcomes, strict=True):
                 pending.settle(outcome)
 
@@ -454,6 +457,8 @@ class LmdbEngine:
         self._names = {name: label + b"/" + name.encode() for name in _DATABASES}
         self._namespace_bytes = namespace_bytes
         self._shared: SharedEnvironment | None = None
+        #: Records a search has checked, all searches together: what the planner saves shows here.
+        self.candidates_examined = 0
         self._open()
 
     def __repr__(self) -> str:
@@ -624,8 +629,9 @@ class LmdbEngine:
             ItemNotFoundError: there is none.
         """
         key_bytes = validate_key(key)
+        shared = self.shared  # first: reopening renews the database handles
         records = self._records
-        raw = self.shared.read(lambda txn: txn.get(key_bytes, db=records))
+        raw = shared.read(lambda txn: txn.get(key_bytes, db=records))
         return load_item(raw, key, content_type, now_micros())
 
     def search_chunks(self, query: StorageQuery) -> Iterator[list[StorageResult[Any]]]:
@@ -638,10 +644,11 @@ class LmdbEngine:
         remaining = compiled.spec.limit
         if remaining == 0:
             return
-        source = self._plan(compiled.spec)
+        shared = self.shared  # first: reopening renews the database handles
+        source = self._plan(compiled.spec, shared)
         position: bytes | None = None
         while True:
-            hits, position = self.shared.read(functools.partial(self._chunk, compiled, source, position, remaining))
+            hits, position = shared.read(functools.partial(self._chunk, compiled, source, position, remaining))
             if hits:
                 yield hits
             if remaining is not None:
@@ -658,9 +665,10 @@ class LmdbEngine:
         self, compiled: CompiledQuery, source: _Source, position: bytes | None, limit: int | None, txn: Any
     ) -> tuple[list[StorageResult[Any]], bytes | None]:
         candidates, position = source(txn, position)
+        self.candidates_examined += len(candidates)
         return list(select(compiled, candidates, now_micros(), limit)), position
 
-    def _plan(self, spec: QuerySpec) -> _Source:
+    def _plan(self, spec: QuerySpec, shared: SharedEnvironment) -> _Source:
         """The cheapest access path: the smallest posting list of the query's tags
         and content type, else the literal prefix of its pattern, else a time
         range, else every record."""
@@ -668,7 +676,7 @@ class LmdbEngine:
         if spec.content_type is not None:
             postings.append((self._types, type_index_key(spec.content_type)))
         if postings:
-            sizes = self.shared.read(lambda txn: [_posting_size(txn, db, key) for db, key in postings])
+            sizes = shared.read(lambda txn: [_posting_size(txn, db, key) for db, key in postings])
             db, key = postings[sizes.index(min(sizes))]
             return functools.partial(self._from_posting, db, key)
         prefix = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""

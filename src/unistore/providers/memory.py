@@ -62,7 +62,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
         for result in select(compiled, list(self._records.items()), now_micros(), compiled.spec.limit):
             yield result
 
-    def purge_expired(self) -> int:
+    async def purge_expired(self) -> int:
         """Drop expired records (readers never see them anyway); returns how many."""
         now = now_micros()
         expired = [key for key, record in self._records.items() if not is_live(decode_fields(record, key).expires, now)]

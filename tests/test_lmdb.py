@@ -1,0 +1,405 @@
+"""What is particular to the LMDB provider: files, sharing, indexes, planning,
+growth, expiry, durability, group commit, checks and damaged stores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unistore import (
+    ItemNotFoundError,
+    StorageCorruptionError,
+    StorageError,
+    StorageQuery,
+    ValidationError,
+    open_provider,
+)
+from unistore.providers import LmdbStorageProvider
+from unistore.providers import lmdb_engine
+from unistore.providers.lmdb_engine import LmdbEngine, SharedEnvironment
+
+UTC = timezone.utc
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def engine(store: Path) -> Any:
+    engine = LmdbEngine(store, namespace="main")
+    yield engine
+    engine.close()
+
+
+def keys(results: Any) -> set[str]:
+    return {result.item.metadata.key for result in results}
+
+
+def test_store_is_private_to_its_owner(store: Path, engine: LmdbEngine) -> None:
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE((store / name).stat().st_mode) == 0o600
+
+
+def test_sync_engine_api(engine: LmdbEngine) -> None:
+    saved = engine.save("k", {"v": 1}, "t", tags={"a": "b"})
+    assert engine.load("k") == saved
+    assert keys(engine.search(StorageQuery(tags={"a": "b"}))) == {"k"}
+    assert engine.delete("k", content_type="other") is False
+    assert engine.delete("k") is True
+    with pytest.raises(ItemNotFoundError):
+        engine.load("k")
+    assert engine.check().ok
+
+
+def test_one_environment_per_directory_shared_and_closed_by_the_last(store: Path) -> None:
+    first = LmdbEngine(store, namespace="a")
+    second = LmdbEngine(str(store) + "/", namespace="b")
+    assert first.shared is second.shared
+    first.save("k", "from a", "t")
+    second.save("k", "from b", "t")
+    assert (first.load("k").data, second.load("k").data) == ("from a", "from b")
+    assert keys(second.search(StorageQuery())) == {"k"} and len(list(first.search(StorageQuery()))) == 1
+    first.close()
+    first.close()  # closing twice is harmless
+    assert second.load("k").data == "from b"
+    assert str(store) in SharedEnvironment._registry
+    second.close()
+    assert str(store) not in SharedEnvironment._registry
+    assert first.load("k").data == "from a"  # used again: it reopens
+    first.close()
+
+
+async def test_provider_reopens_after_cleanup(store: Path) -> None:
+    provider = LmdbStorageProvider(store)
+    await provider.save("k", 1, "t")
+    await provider.cleanup()
+    assert (await provider.load("k")).data == 1
+    await provider.save("k2", 2, "t")
+    await provider.cleanup()
+    assert repr(provider) == f"LmdbStorageProvider({str(store)!r}, namespace='default')"
+
+
+def test_durability_is_one_setting_per_environment(store: Path, engine: LmdbEngine) -> None:
+    with pytest.raises(ValidationError, match="already open in this process with durability='sync'"):
+        LmdbEngine(store, namespace="other", durability="none")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"durability": "fast"}, "durability must be one of sync, async, none"),
+        ({"map_size": 0}, "map_size must be a positive int"),
+        ({"map_size": True}, "map_size must be a positive int"),
+        ({"max_namespaces": "9"}, "max_namespaces must be a positive int"),
+        ({"mapsize": 10}, r"unknown LMDB option\(s\): mapsize"),
+        ({"namespace": ""}, "namespace must not be empty"),
+    ],
+)
+def test_bad_options_create_nothing(store: Path, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        LmdbEngine(store, **options)
+    assert not store.exists()
+
+
+def test_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="path must be a str or path"):
+        LmdbEngine(42)  # type: ignore[arg-type]
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot create the store directory"):
+        LmdbEngine(a_file)
+
+
+def test_not_an_lmdb_store_is_reported_as_corruption(store: Path) -> None:
+    store.mkdir()
+    (store / "data.mdb").write_bytes(b"this is not an LMDB file" * 1000)
+    with pytest.raises(StorageCorruptionError, match="damaged or not an LMDB store"):
+        LmdbEngine(store)
+    assert str(store) not in SharedEnvironment._registry
+
+
+def test_namespace_limit_is_reported(store: Path) -> None:
+    first = LmdbEngine(store, namespace="a", max_namespaces=1)
+    with pytest.raises(StorageError, match="too many namespaces"):
+        LmdbEngine(store, namespace="b")
+    assert first.shared.users == 1
+    first.close()
+
+
+def test_long_namespaces_use_a_digest_label(store: Path) -> None:
+    long_a, long_b = "a" * 300 + "1", "a" * 300 + "2"
+    first, second = LmdbEngine(store, namespace=long_a), LmdbEngine(store, namespace=long_b)
+    first.save("k", 1, "t")
+    assert list(second.search(StorageQuery())) == []
+    first.close()
+    second.close()
+    assert LmdbEngine(store, namespace=long_a).load("k").data == 1
+
+
+# -- indexes and planning ----------------------------------------------------------
+
+
+def test_index_entries_follow_every_write(engine: LmdbEngine) -> None:
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    engine.save("k", 1, "t1", expires_at=soon, tags={"a": "1", "b": "2"})
+    report = engine.check()
+    assert (report.records, report.ids, report.tag_entries, report.type_entries) == (1, 1, 2, 1)
+    assert (report.created_entries, report.expires_entries) == (1, 1)
+    engine.save("k", 2, "t2", tags={"c": "3"})  # upsert drops the old tags, type and expiry
+    report = engine.check()
+    assert (report.tag_entries, report.type_entries, report.expires_entries, report.ok) == (1, 1, 0, True)
+    assert keys(engine.search(StorageQuery(tags={"a": "1"}))) == set()
+    engine.delete("k")
+    report = engine.check()
+    assert (report.records, report.ids, report.tag_entries, report.created_entries, report.ok) == (0, 0, 0, 0, True)
+
+
+def seed(engine: LmdbEngine, count: int) -> None:
+    def write(txn: Any) -> None:
+        for n in range(count):
+            tags = {"all": "yes", "tenth": str(n % 10 == 0), "one": str(n == 7)}
+            engine.save_in(txn, lmdb_engine.prepare_save(f"user:{n:05d}", {"n": n}, "t", None, tags))
+
+    engine.write(write)
+
+
+def examined(engine: LmdbEngine, query: StorageQuery) -> tuple[int, int]:
+    """(results, candidates the search checked)."""
+    before = engine.candidates_examined
+    found = len(list(engine.search(query)))
+    return found, engine.candidates_examined - before
+
+
+def test_planner_reads_the_fewest_candidates(engine: LmdbEngine) -> None:
+    seed(engine, 1000)
+    # The smallest posting list wins: a two-tag AND reads no more than the smaller list.
+    assert examined(engine, StorageQuery(tags={"all": "yes", "one": "True"})) == (1, 1)
+    assert examined(engine, StorageQuery(tags={"tenth": "True", "all": "yes"})) == (100, 100)
+    assert examined(engine, StorageQuery(tags={"all": "yes", "nope": "x"})) == (0, 0)
+    assert examined(engine, StorageQuery(content_type="t", tags={"tenth": "True"})) == (100, 100)
+    # A pattern's literal prefix bounds the key range.
+    assert examined(engine, StorageQuery(pattern="user:0001?")) == (10, 10)
+    assert examined(engine, StorageQuery(pattern="user:0099*")) == (10, 10)
+    assert examined(engine, StorageQuery(pattern="user:00999*")) == (1, 1)
+    # A time range bounds the created index.
+    created = [r.item.metadata.created_at for r in engine.search(StorageQuery(pattern="user:0099[0-9]"))]
+    assert examined(engine, StorageQuery(created_after=min(created))) == (10, 10)
+    assert examined(engine, StorageQuery(created_before=min(created), pattern="*")) == (991, 991)
+    # Without any of those, every record is a candidate.
+    assert examined(engine, StorageQuery(pattern="*0")) == (100, 1000)
+
+
+def test_searches_stream_in_chunks_and_honour_limits(engine: LmdbEngine) -> None:
+    seed(engine, 3 * lmdb_engine.SEARCH_CHUNK + 5)
+    total = 3 * lmdb_engine.SEARCH_CHUNK + 5
+    soon = datetime.now(UTC) + timedelta(days=1)
+    for query in (
+        StorageQuery(tags={"all": "yes"}),
+        StorageQuery(pattern="user:*"),
+        StorageQuery(created_after=datetime(2000, 1, 1, tzinfo=UTC)),
+        StorageQuery(),
+    ):
+        chunks = list(engine.search_chunks(query))
+        assert sum(len(chunk) for chunk in chunks) == total
+        assert len(chunks) >= 4 and max(len(chunk) for chunk in chunks) <= lmdb_engine.SEARCH_CHUNK
+        found = [r.item.metadata.key for chunk in chunks for r in chunk]
+        assert len(set(found)) == total
+        query.limit = lmdb_engine.SEARCH_CHUNK + 3
+        assert len(list(engine.search(query))) == lmdb_engine.SEARCH_CHUNK + 3
+    assert list(engine.search(StorageQuery(expires_before=soon))) == []
+    assert list(engine.search(StorageQuery(limit=0))) == []
+
+
+async def test_writes_during_a_long_search(store: Path) -> None:
+    provider = LmdbStorageProvider(store, durability="none")
+    seed(provider.engine, 600)
+    seen = 0
+    async for result in provider.search(StorageQuery(tags={"all": "yes"})):
+        seen += 1
+        if seen % 50 == 0:  # the search holds no transaction between chunks
+            await provider.save(f"new{seen}", 0, "t", tags={"all": "no"})
+            await provider.delete(f"user:{599 - seen // 50:05d}")
+    assert 588 <= seen <= 600
+    assert (await provider.check()).ok
+    await provider.cleanup()
+
+
+# -- expiry --------------------------------------------------------------------------
+
+
+async def test_purge_and_purge_in_passing(store: Path) -> None:
+    provider = LmdbStorageProvider(store)
+    soon = datetime.now(UTC) + timedelta(milliseconds=300)
+    for n in range(20):
+        await provider.save(f"gone{n}", n, "t", expires_at=soon, tags={"x": "y"})
+    await asyncio.sleep(0.35)
+    await provider.save("stays", 1, "t", expires_at=datetime.now(UTC) + timedelta(hours=1))
+    report = await provider.check()
+    # The write removed up to PURGE_IN_PASSING expired items before its own.
+    assert report.records == 21 - lmdb_engine.PURGE_IN_PASSING
+    assert await provider.purge_expired() == 20 - lmdb_engine.PURGE_IN_PASSING
+    assert await provider.purge_expired() == 0
+    report = await provider.check()
+    assert (report.records, report.tag_entries, report.expires_entries, report.ok) == (1, 0, 1, True)
+    assert [r.item.metadata.key async for r in provider.search(StorageQuery())] == ["stays"]
+    await provider.cleanup()
+
+
+def test_purge_of_many(engine: LmdbEngine) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+
+    def write(txn: Any) -> None:
+        for n in range(2500):
+            engine.save_in(txn, lmdb_engine.prepare_save(f"k{n}", n, "t", soon, None))
+
+    engine.write(write)
+    threading.Event().wait((soon - datetime.now(UTC)).total_seconds() + 0.05)
+    assert engine.purge_expired() == 2500  # in batches of a thousand
+    assert engine.check().records == 0
+
+
+# -- durability, group commit, growth ---------------------------------------------------
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "none"])
+async def test_every_durability_mode(store: Path, durability: str) -> None:
+    provider = LmdbStorageProvider(store, durability=durability)
+    items = await asyncio.gather(*(provider.save(f"k{n}", n, "t", tags={"m": durability}) for n in range(50)))
+    assert len({item.metadata.id for item in items}) == 50
+    assert await provider.delete("k0") is True
+    await provider.cleanup()
+    reopened = LmdbStorageProvider(store, durability=durability)
+    assert len([r async for r in reopened.search(StorageQuery(tags={"m": durability}))]) == 49
+    await reopened.cleanup()
+
+
+async def test_group_commit_batches_concurrent_saves(store: Path) -> None:
+    provider = LmdbStorageProvider(store)
+    writer = provider.engine.shared.writer()
+    before = writer.batches
+    await asyncio.gather(*(provider.save(f"k{n}", n, "t", tags={"g": "1"}) for n in range(300)))
+    assert writer.batches - before <= 30  # 300 fsyncs one by one; a handful batched
+    assert len([r async for r in provider.search(StorageQuery(tags={"g": "1"}))]) == 300
+    assert (await provider.check()).ok
+    await provider.cleanup()
+
+
+async def test_one_failing_operation_does_not_fail_its_batch(store: Path) -> None:
+    provider = LmdbStorageProvider(store)
+    engine = provider.engine
+    engine.write(lambda txn: txn.put(b"damaged", b"\x01not a record", db=engine._records))
+    outcomes = await asyncio.gather(
+        *(provider.save(f"k{n}", n, "t") for n in range(10)), provider.save("damaged", 0, "t"), return_exceptions=True
+    )
+    assert isinstance(outcomes[-1], StorageCorruptionError) and "'damaged'" in str(outcomes[-1])
+    assert all(not isinstance(outcome, Exception) for outcome in outcomes[:-1])
+    assert len([r async for r in provider.search(StorageQuery(pattern="k*"))]) == 10
+    await provider.cleanup()
+
+
+async def test_a_failed_batch_fails_its_callers_and_the_writer_goes_on(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = LmdbStorageProvider(store)
+    shared = provider.engine.shared
+    real = shared.write_batch
+    failures = iter([StorageError("injected: the disk went away")])
+
+    def failing_once(ops: list[Any]) -> list[tuple[bool, Any]]:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(ops)
+
+    monkeypatch.setattr(shared, "write_batch", failing_once)
+    with pytest.raises(StorageError, match="injected"):
+        await provider.save("k", 1, "t")
+    await provider.save("k", 2, "t")
+    assert (await provider.load("k")).data == 2
+    await provider.cleanup()
+
+
+async def test_a_cancelled_save_still_lands(store: Path) -> None:
+    provider = LmdbStorageProvider(store)
+    await provider.save("warm", 0, "t")  # starts the writer
+    blocker = provider.engine.shared.env.begin(write=True)  # the writer waits for LMDB's write lock
+    task = asyncio.create_task(provider.save("k", 1, "t"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    blocker.abort()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if {r.item.metadata.key async for r in provider.search(StorageQuery(pattern="k"))}:
+            break
+    assert (await provider.load("k")).data == 1  # what was queued is committed
+    await provider.cleanup()
+
+
+def test_save_completes_after_its_loop_is_gone(store: Path) -> None:
+    provider = LmdbStorageProvider(store)
+    blocker = provider.engine.shared.env.begin(write=True)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(provider.save("k", 1, "t"))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    task.cancel()
+    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+    loop.close()
+    blocker.abort()  # the writer commits, then settles on a closed loop: harmless
+    assert wait_for(lambda: provider.engine.load("k").data) == 1
+    provider.engine.save("after", 2, "t")  # and the writer thread is still fine
+    provider.engine.close()
+
+
+def wait_for(read: Any) -> Any:
+    for _ in range(200):
+        try:
+            return read()
+        except ItemNotFoundError:
+            threading.Event().wait(0.01)
+    raise AssertionError("never appeared")
+
+
+@pytest.mark.parametrize("durability", ["sync", "none"])
+async def test_map_grows_from_tiny_to_tens_of_megabytes(store: Path, durability: str) -> None:
+    provider = LmdbStorageProvider(store, map_size=64 * 1024, durability=durability)
+    blob = os.urandom(100_000)
+    for start in range(0, 300, 50):  # 30 MB in batches of concurrent saves
+        await asyncio.gather(*(provider.save(f"k{n}", blob, "t", tags={"n": str(n)}) for n in range(start, start + 50)))
+    assert provider.engine.shared.env.info()["map_size"] >= 30_000_000
+    assert (await provider.load("k299")).data == blob
+    assert len([r async for r in provider.search(StorageQuery(tags={"n": "150"}))]) == 1
+    assert (await provider.check()).ok
+    await provider.cleanup()
+
+
+def test_growth_by_another_process_is_adopted(store: Path) -> None:
+    small = LmdbEngine(store, map_size=1 << 20)
+    small.save("first", 1, "t")
+    grow = (
+        "import os, sys; from unistore.providers.lmdb_engine import LmdbEngine\n"
+        "e = LmdbEngine(sys.argv[1], namespace='filler', map_size=1 << 20)\n"
+        "[e.save(f'f{n}', os.urandom(100_000), 't') for n in range(300)]\n"
+        "e.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", grow, str(store)], check=True, timeout=120)
+    assert small.load("first").data == 1  # read path: MDB_MAP_RESIZED, adopt, retry
+    small.save("second", 2, "t")
+    assert small.shared.env.info()["map_size"] >= 30_000_000
+    filler = LmdbEngine(store, namespace="filler")
+    assert len(list(filler.search(StorageQuery()))) == 300
+    filler.close()
+    small.close()
