@@ -89,9 +89,7 @@ PROVIDERS = ["memory", "lmdb"]
 
 
 @pytest.fixture(params=PROVIDERS)
-def provider_factory(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[], StorageProvider[Any]]]:
+def provider_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], StorageProvider[Any]]]:
     """Makes fresh, empty, isolated providers of one kind; every conformance test runs on each kind.
 
     Each LMDB provider gets a store of its own: hypothesis calls the factory once

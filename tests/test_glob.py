@@ -47,6 +47,7 @@ from unistore.core import GLOB_MAX_NESTING, Glob, glob_match
         (b"a*b*c", b"axxcyyb", False),
         (b"*ab*ab", b"abab", True),
         (b"*ab*ab", b"aba", False),
+        (b"a**b", b"axyb", True),  # runs of stars are one star
         (b"a*x*b", b"aqqb", False),  # a middle segment that is not there
         (b"a*x*y*b", b"ayxb", False),  # ... or only in the wrong order
     ],

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import signal
 import stat
 import subprocess
 import sys
@@ -21,10 +23,8 @@ from unistore import (
     StorageError,
     StorageQuery,
     ValidationError,
-    open_provider,
 )
-from unistore.providers import LmdbStorageProvider
-from unistore.providers import lmdb_engine
+from unistore.providers import LmdbStorageProvider, lmdb_engine
 from unistore.providers.lmdb_engine import LmdbEngine, SharedEnvironment
 
 UTC = timezone.utc
@@ -226,7 +226,7 @@ async def test_writes_during_a_long_search(store: Path) -> None:
     provider = LmdbStorageProvider(store, durability="none")
     seed(provider.engine, 600)
     seen = 0
-    async for result in provider.search(StorageQuery(tags={"all": "yes"})):
+    async for _result in provider.search(StorageQuery(tags={"all": "yes"})):
         seen += 1
         if seen % 50 == 0:  # the search holds no transaction between chunks
             await provider.save(f"new{seen}", 0, "t", tags={"all": "no"})
@@ -403,3 +403,130 @@ def test_growth_by_another_process_is_adopted(store: Path) -> None:
     assert len(list(filler.search(StorageQuery()))) == 300
     filler.close()
     small.close()
+
+
+def test_growth_by_another_process_is_adopted_by_writes_too(store: Path) -> None:
+    small = LmdbEngine(store, map_size=1 << 20)
+    grow = (
+        "import os, sys; from unistore.providers.lmdb_engine import LmdbEngine\n"
+        "e = LmdbEngine(sys.argv[1], namespace='filler', map_size=1 << 20)\n"
+        "[e.save(f'f{n}', os.urandom(100_000), 't') for n in range(300)]\n"
+        "e.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", grow, str(store)], check=True, timeout=120)
+    small.save("first", 1, "t")  # write path: MDB_MAP_RESIZED, adopt, retry
+    assert small.load("first").data == 1
+    small.close()
+
+
+# -- errors and damage ----------------------------------------------------------------
+
+
+def test_lmdb_errors_are_translated_with_their_cause(engine: LmdbEngine) -> None:
+    too_long = b"x" * 600
+    with pytest.raises(StorageError, match=r"LMDB failed \(BadValsizeError\)") as caught:
+        engine.write(lambda txn: txn.put(too_long, b"", db=engine._records))
+    assert isinstance(caught.value.__cause__, Exception) and "BadValsize" in type(caught.value.__cause__).__name__
+    with pytest.raises(StorageError, match="ReadonlyError"):
+        engine.shared.read(lambda txn: txn.put(b"k", b"", db=engine._records))
+    assert engine.check().ok  # nothing was written
+
+
+def test_same_namespace_twice_shares_the_handles(store: Path, engine: LmdbEngine) -> None:
+    again = LmdbEngine(store, namespace="main")
+    engine.save("k", 1, "t")
+    assert again.load("k").data == 1
+    assert repr(again) == f"LmdbEngine({str(store)!r}, namespace='main', durability='sync')"
+    again.close()
+
+
+def raw_delete(engine: LmdbEngine, key: bytes) -> None:
+    engine.write(lambda txn: txn.delete(key, db=engine._records))
+
+
+def test_check_and_search_report_a_damaged_index(engine: LmdbEngine) -> None:
+    engine.save("lost", 1, "t", tags={"colour": "red"})
+    engine.save("copied", 2, "t")
+    engine.save("fine", 3, "t", tags={"colour": "red"})
+    assert engine.check().ok
+    raw_delete(engine, b"lost")  # the record goes, its index entries stay
+    copied = engine.shared.read(lambda txn: txn.get(b"copied", db=engine._records))
+    engine.write(lambda txn: txn.put(b"misfiled", copied, db=engine._records))
+    engine.write(lambda txn: txn.put(b"garbage", b"\x01\x00", db=engine._records))
+    report = engine.check()
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert "tags index entry" in text and "points at no record" in text
+    assert "record under b'misfiled' says its key is b'copied'" in text
+    assert "b'garbage' does not decode" in text
+    with pytest.raises(StorageCorruptionError, match="has no record; run `unistore check`"):
+        list(engine.search(StorageQuery(tags={"colour": "red"})))
+
+
+def test_purge_drops_expiry_entries_whose_item_is_gone(engine: LmdbEngine) -> None:
+    soon = datetime.now(UTC) + timedelta(milliseconds=100)
+    engine.save("a", 1, "t", expires_at=soon)
+    engine.save("b", 2, "t", expires_at=soon)
+    raw_delete(engine, b"a")
+    threading.Event().wait(0.15)
+    assert engine.purge_expired() == 1  # "b"; the dangling entry of "a" is dropped, not counted
+    report = engine.check()
+    assert (report.expires_entries, report.records) == (0, 0)
+
+
+def test_resize_gate_waits_for_transactions_and_holds_new_ones() -> None:
+    gate = lmdb_engine.ResizeGate()
+    order: list[str] = []
+    gate.enter()  # a transaction is running
+    resizer = threading.Thread(target=gate.exclusive, args=(lambda: order.append("resize"),))
+    resizer.start()
+    threading.Event().wait(0.05)
+    assert order == []  # the resize waits for the running transaction
+    blocked = threading.Thread(target=lambda: (gate.enter(), order.append("new txn"), gate.leave()))
+    order.append("txn done")
+    gate.leave()
+    blocked.start()
+    resizer.join(5)
+    blocked.join(5)
+    assert order[:2] == ["txn done", "resize"] and order[-1] == "new txn"
+
+
+def test_resize_gate_holds_a_transaction_that_arrives_during_a_resize() -> None:
+    gate = lmdb_engine.ResizeGate()
+    order: list[str] = []
+    started = threading.Event()
+
+    def slow_resize() -> None:
+        started.set()
+        threading.Event().wait(0.1)
+        order.append("resize")
+
+    resizer = threading.Thread(target=gate.exclusive, args=(slow_resize,))
+    resizer.start()
+    started.wait(5)
+    gate.enter()  # waits for the resize to finish
+    order.append("txn")
+    gate.leave()
+    resizer.join(5)
+    assert order == ["resize", "txn"]
+
+
+def test_a_full_disk_fails_the_write_and_leaves_the_store_whole(engine: LmdbEngine, store: Path) -> None:
+    # RLIMIT_FSIZE makes the data file unable to grow, as a full disk would.
+    engine.save("before", 1, "t", tags={"a": "b"})
+    limit = (store / "data.mdb").stat().st_size + 256 * 1024
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        with pytest.raises(StorageError, match="LMDB failed") as caught:
+            engine.save("big", os.urandom(1_000_000), "t", tags={"a": "b"})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert caught.value.__cause__ is not None
+    with pytest.raises(ItemNotFoundError):
+        engine.load("big")
+    assert engine.load("before").data == 1
+    assert engine.check().ok
+    engine.save("after", 2, "t")

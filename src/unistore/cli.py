@@ -29,7 +29,6 @@ from .errors import StorageError
 from .manager import UnifiedStorageManager
 from .metrics import MetricsManager
 from .model import StorageQuery
-from .providers.base import StorageProvider
 from .urls import open_provider
 
 _R = TypeVar("_R")
@@ -87,20 +86,21 @@ async def run_demo(store: str, out: TextIO) -> None:
         out.write(f"left after delete: {left}\n")
 
 
-def _housekeeping(provider: StorageProvider[Any], method: str, store: str) -> Any:
-    action = getattr(provider, method, None)
-    if action is None:
-        raise StorageError(f"{store}: this kind of store has no {method.replace('_', ' ')}")
-    return action
+async def _housekeep(store: str, method: str) -> Any:
+    """Open ``store``, run its async housekeeping ``method``, close it."""
+    provider = open_provider(store)
+    try:
+        action = getattr(provider, method, None)
+        if action is None:
+            raise StorageError(f"{store}: this kind of store has no {method.replace('_', ' ')}")
+        return await action()
+    finally:
+        await provider.cleanup()
 
 
 async def run_check(store: str, out: TextIO) -> bool:
     """Check one store's indexes; prints the counts and each problem. True if consistent."""
-    provider = open_provider(store)
-    try:
-        report = await _housekeeping(provider, "check", store)()
-    finally:
-        await provider.cleanup()
+    report = await _housekeep(store, "check")
     out.write(
         f"{store}: {report.records} records, {report.ids} ids, {report.tag_entries} tag entries, "
         f"{report.type_entries} type entries, {report.created_entries} created entries, "
@@ -114,11 +114,7 @@ async def run_check(store: str, out: TextIO) -> bool:
 
 async def run_purge(store: str, out: TextIO) -> None:
     """Remove the expired items of one store; prints how many."""
-    provider = open_provider(store)
-    try:
-        removed = await _housekeeping(provider, "purge_expired", store)()
-    finally:
-        await provider.cleanup()
+    removed = await _housekeep(store, "purge_expired")
     out.write(f"{store}: purged {removed} expired item(s)\n")
 
 

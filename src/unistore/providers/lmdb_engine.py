@@ -321,6 +321,13 @@ class SharedEnvironment:
             else:
                 self.adopt_size()
 
+    def write_one(self, op: Callable[[Any], R]) -> R:
+        """Run one write operation in its own transaction, in this thread; raise its error."""
+        [(ok, outcome)] = self.write_batch([op])
+        if not ok:
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
     def _apply(self, txn: Any, op: _Op) -> _Outcome:
         child = self.env.begin(write=True, parent=txn)
         try:
@@ -475,9 +482,7 @@ class LmdbEngine:
                 dbs["expires"],
                 dbs["meta"],
             )
-            [(ok, outcome)] = shared.write_batch([self._claim_namespace])
-            if not ok:
-                raise outcome
+            shared.write_one(self._claim_namespace)
         except BaseException:
             shared.release()
             raise
@@ -576,10 +581,7 @@ class LmdbEngine:
 
     def write(self, op: Callable[[Any], R]) -> R:
         """Run one write operation in its own transaction, in this thread."""
-        [(ok, outcome)] = self.shared.write_batch([op])
-        if not ok:
-            raise outcome
-        return outcome  # type: ignore[no-any-return]
+        return self.shared.write_one(op)
 
     def save_op(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
