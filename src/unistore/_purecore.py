@@ -5,61 +5,31 @@ This is the reference twin of the native core (``ext/``); ``unistore.core``
 decides which one runs. Everything here works on bytes and integers only, so
 the two twins can be held against each other on random inputs.
 
-Record layout, version 1 (little-endian)::
-
-    offset size
-     0     1    format version (1)
-     1     1    flags (bit 0: has expiry)
-     2     2    reserved, 0
-     4     4    tag count
-     8     8    surrogate id (unsigned), the item's id inside indexes
-    16    16    UUID, the item's public id
-    32     8    created_at, microseconds since the Unix epoch (signed)
-    40     8    updated_at, microseconds
-    48     8    expires_at, microseconds (0 when there is no expiry)
-    56     4    key length
-    60     4    content type length
-    64     4    tags section length
-    68          key, content type (UTF-8), then the tags section:
-                per tag (sorted by key) u32 key length, key, u32 value length, value;
-                then the msgpack payload up to the end of the record.
-
-The fixed part sits at fixed offsets so that a reader (or a Redis Lua script)
-can take the ids and times without parsing the rest.
+The record layout is described in :mod:`unistore._coretypes`.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-from .errors import StorageCorruptionError
+from ._coretypes import (
+    FLAG_EXPIRES,
+    FORMAT_VERSION,
+    GLOB_MAX_NESTING,
+    HEADER_FORMAT,
+    HEADER_SIZE,
+    RecordFields,
+    corrupt,
+    uuid_from_bytes,
+)
+from .model import StorageMetadata, micros_to_datetime
 
-FORMAT_VERSION = 1
-FLAG_EXPIRES = 0x01
-
-HEADER = struct.Struct("<BBHIQ16sqqqIII")
-HEADER_SIZE = HEADER.size
+HEADER = struct.Struct(HEADER_FORMAT)
 _U32 = struct.Struct("<I")
-
-#: Redis refuses to recurse through more than this many ``*`` (util.c, "abusive patterns").
-GLOB_MAX_NESTING = 1000
-
-
-class RecordFields(NamedTuple):
-    """Everything a record holds, as the record format stores it."""
-
-    sid: int
-    uuid: bytes
-    created: int
-    updated: int
-    expires: int | None
-    key: bytes
-    content_type: bytes
-    tags: list[tuple[bytes, bytes]]
-    payload: bytes
 
 
 def pack_record(
@@ -95,20 +65,16 @@ def pack_record(
     return b"".join((head, key, content_type, tag_section, payload))
 
 
-def _corrupt(why: str) -> StorageCorruptionError:
-    return StorageCorruptionError(f"corrupt record: {why}")
-
-
 def _check_header(record: bytes) -> tuple[Any, ...]:
     if len(record) < HEADER_SIZE:
-        raise _corrupt(f"{len(record)} bytes is shorter than the {HEADER_SIZE}-byte header")
+        raise corrupt(f"{len(record)} bytes is shorter than the {HEADER_SIZE}-byte header")
     fields = HEADER.unpack_from(record)
     if fields[0] != FORMAT_VERSION:
-        raise _corrupt(f"unknown format version {fields[0]}")
+        raise corrupt(f"unknown format version {fields[0]}")
     if fields[1] & ~FLAG_EXPIRES or fields[2]:
-        raise _corrupt(f"unknown flags {fields[1]:#x}/{fields[2]:#x}")
+        raise corrupt(f"unknown flags {fields[1]:#x}/{fields[2]:#x}")
     if HEADER_SIZE + fields[9] + fields[10] + fields[11] > len(record):
-        raise _corrupt("section lengths run past the end")
+        raise corrupt("section lengths run past the end")
     return fields
 
 
@@ -124,9 +90,9 @@ def _parse_tags(record: bytes, start: int, end: int, count: int) -> list[tuple[b
             tags.append((tag_key, record[pos + 4 : pos + 4 + size]))
             pos += 4 + size
     except struct.error as exc:
-        raise _corrupt("tags section is truncated") from exc
+        raise corrupt("tags section is truncated") from exc
     if pos != end:
-        raise _corrupt("tags section length does not match its tags")
+        raise corrupt("tags section length does not match its tags")
     return tags
 
 
@@ -151,6 +117,71 @@ def unpack_record(record: bytes) -> RecordFields:
         tags=_parse_tags(record, type_end, tags_end, head[3]),
         payload=record[tags_end:],
     )
+
+
+def unpack_item(record: bytes, content_type: bytes | None, now: int | None) -> tuple[StorageMetadata, bytes] | None:
+    """The metadata and the (still packed) payload of a record, or None when the
+    record has expired at ``now`` (None: do not check) or is not of ``content_type``
+    (None: any).
+
+    Raises:
+        StorageCorruptionError: the record does not parse.
+    """
+    head = _check_header(record)
+    if now is not None and head[1] & FLAG_EXPIRES and head[8] <= now:
+        return None
+    key_end = HEADER_SIZE + head[9]
+    type_end = key_end + head[10]
+    tags_end = type_end + head[11]
+    if content_type is not None and record[key_end:type_end] != content_type:
+        return None
+    try:
+        created = micros_to_datetime(head[6])
+        metadata = StorageMetadata(
+            id=uuid_from_bytes(head[5]),
+            key=record[HEADER_SIZE:key_end].decode(),
+            content_type=record[key_end:type_end].decode(),
+            created_at=created,
+            updated_at=created if head[7] == head[6] else micros_to_datetime(head[7]),
+            expires_at=micros_to_datetime(head[8]) if head[1] & FLAG_EXPIRES else None,
+            tags={k.decode(): v.decode() for k, v in _parse_tags(record, type_end, tags_end, head[3])},
+        )
+    except (UnicodeDecodeError, OverflowError) as exc:
+        raise corrupt(str(exc)) from exc
+    return metadata, record[tags_end:]
+
+
+# -- sorted id lists --------------------------------------------------------------
+
+_ID = struct.Struct(">Q")
+
+
+def _ids(packed: bytes) -> list[int]:
+    if len(packed) % 8:
+        raise ValueError(f"an id list is whole 8-byte ids; got {len(packed)} bytes")
+    ids = [value for (value,) in _ID.iter_unpack(packed)]
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        raise ValueError("an id list must be sorted ascending without repeats")
+    return ids
+
+
+def intersect_ids(first: bytes, second: bytes) -> bytes:
+    """The ids in both lists; each list is sorted, unique, 8-byte big-endian ids back to back.
+
+    Raises:
+        ValueError: a list that is not whole, sorted, unique ids.
+    """
+    kept = set(_ids(second)).intersection(_ids(first))
+    return b"".join(_ID.pack(value) for value in sorted(kept))
+
+
+def union_ids(first: bytes, second: bytes) -> bytes:
+    """The ids in either list, in the same form as :func:`intersect_ids`.
+
+    Raises:
+        ValueError: a list that is not whole, sorted, unique ids.
+    """
+    return b"".join(_ID.pack(value) for value in sorted(set(_ids(first)).union(_ids(second))))
 
 
 # -- glob ---------------------------------------------------------------------
@@ -371,6 +402,9 @@ __all__ = [
     "RecordFields",
     "glob_literal_prefix",
     "glob_match",
+    "intersect_ids",
     "pack_record",
+    "union_ids",
+    "unpack_item",
     "unpack_record",
 ]

@@ -27,7 +27,7 @@ from uuid import UUID, uuid4
 
 import msgpack
 
-from .core import QueryMatcher, RecordFields, pack_record, unpack_record
+from .core import QueryMatcher, RecordFields, pack_record, unpack_item, unpack_record
 from .errors import ItemNotFoundError, SerializationError, StorageCorruptionError
 from .model import (
     QuerySpec,
@@ -95,34 +95,25 @@ def _corrupt(key: object, exc: Exception) -> StorageCorruptionError:
     return StorageCorruptionError(f"the record stored under key {key!r} does not decode: {exc}", {"key": key})
 
 
+def _item(found: tuple[StorageMetadata, bytes], key: object) -> StorageItem[Any]:
+    metadata, payload = found
+    try:
+        return StorageItem(data=decode_payload(payload), metadata=metadata)
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(key, exc) from exc
+
+
 def decode_item(record: bytes, key: object) -> StorageItem[Any]:
-    """The item a record holds; ``key`` names it in errors.
+    """The item a record holds, expired or not; ``key`` names it in errors.
 
     Raises:
         StorageCorruptionError: the record does not decode.
     """
-    return item_from_fields(decode_fields(record, key), key)
-
-
-def item_from_fields(fields: RecordFields, key: object) -> StorageItem[Any]:
-    """The item of already split record fields; ``key`` names it in errors.
-
-    Raises:
-        StorageCorruptionError: a field or the payload does not decode.
-    """
     try:
-        metadata = StorageMetadata(
-            id=UUID(bytes=fields.uuid),
-            key=fields.key.decode(),
-            content_type=fields.content_type.decode(),
-            created_at=micros_to_datetime(fields.created),
-            updated_at=micros_to_datetime(fields.updated),
-            expires_at=None if fields.expires is None else micros_to_datetime(fields.expires),
-            tags={tag_key.decode(): tag_value.decode() for tag_key, tag_value in fields.tags},
-        )
-        return StorageItem(data=decode_payload(fields.payload), metadata=metadata)
-    except _DECODE_ERRORS as exc:
+        found = unpack_item(record, None, None)
+    except StorageCorruptionError as exc:
         raise _corrupt(key, exc) from exc
+    return _item(found, key)  # type: ignore[arg-type]  # None only when expiry or type is checked
 
 
 def decode_fields(record: bytes, key: object) -> RecordFields:
@@ -160,11 +151,16 @@ def load_item(record: bytes | None, key: str, content_type: str | None, now: int
         ItemNotFoundError: ``record`` is None, expired, or of another content type.
         StorageCorruptionError: the record does not decode.
     """
-    fields = live_fields(record, key, content_type, now)
-    if fields is None:
-        where = "" if content_type is None else f" with content type {content_type!r}"
-        raise ItemNotFoundError(f"no item under key {key!r}{where}", {"key": key})
-    return item_from_fields(fields, key)
+    wanted = None if content_type is None else validate_name(content_type, "content_type")
+    if record is not None:
+        try:
+            found = unpack_item(record, wanted, now)
+        except StorageCorruptionError as exc:
+            raise _corrupt(key, exc) from exc
+        if found is not None:
+            return _item(found, key)
+    where = "" if content_type is None else f" with content type {content_type!r}"
+    raise ItemNotFoundError(f"no item under key {key!r}{where}", {"key": key})
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,20 @@ from .providers.base import CleanupOnExit, StorageProvider
 _logger = logging.getLogger(__name__)
 
 
+class _Instruments:
+    """The metrics of one (operation, content type), bound once."""
+
+    __slots__ = ("content_type", "failed", "operation", "seconds", "succeeded")
+
+    def __init__(self, metrics: MetricsManager, operation: str, content_type: str) -> None:
+        labels = {"operation": operation, "content_type": content_type}
+        self.operation = operation
+        self.content_type = content_type
+        self.seconds = metrics.bind_histogram("storage_operation_seconds", **labels)
+        self.succeeded = metrics.bind_counter("storage_operations", success="true", **labels)
+        self.failed = metrics.bind_counter("storage_operations", success="false", **labels)
+
+
 class _Measured:
     """Times one operation and reports it when the block ends.
 
@@ -32,12 +46,10 @@ class _Measured:
     interrupt) is not an outcome of the store and is not counted.
     """
 
-    __slots__ = ("_content_type", "_metrics", "_operation", "_started")
+    __slots__ = ("_instruments", "_started")
 
-    def __init__(self, metrics: MetricsManager, operation: str, content_type: str) -> None:
-        self._metrics = metrics
-        self._operation = operation
-        self._content_type = content_type
+    def __init__(self, instruments: _Instruments) -> None:
+        self._instruments = instruments
         self._started = 0.0
 
     def __enter__(self) -> None:
@@ -50,21 +62,25 @@ class _Measured:
         traceback: TracebackType | None,
     ) -> None:
         elapsed = time.perf_counter() - self._started
-        failed = isinstance(exc, Exception)
-        if not (exc is None or failed or isinstance(exc, GeneratorExit)):
-            return
-        labels = {"operation": self._operation, "content_type": self._content_type}
-        self._metrics.histogram("storage_operation_seconds", elapsed, **labels)
-        self._metrics.counter("storage_operations", 1, success="false" if failed else "true", **labels)
-        if failed:
+        instruments = self._instruments
+        if exc is None or isinstance(exc, GeneratorExit):
+            instruments.seconds.observe(elapsed)
+            instruments.succeeded.inc()
+        elif isinstance(exc, Exception):
+            instruments.seconds.observe(elapsed)
+            instruments.failed.inc()
             # A miss is an ordinary answer to a load; anything else is worth an error line.
             level = logging.DEBUG if isinstance(exc, ItemNotFoundError) else logging.ERROR
             _logger.log(
                 level,
                 "storage %s failed: %s",
-                self._operation,
+                instruments.operation,
                 exc,
-                extra={"operation": self._operation, "content_type": self._content_type, "error": repr(exc)},
+                extra={
+                    "operation": instruments.operation,
+                    "content_type": instruments.content_type,
+                    "error": repr(exc),
+                },
             )
 
 
@@ -89,6 +105,7 @@ class UnifiedStorageManager(CleanupOnExit):
     def __init__(self, metrics: MetricsManager | None = None) -> None:
         self._providers: dict[str, StorageProvider[Any]] = {}
         self._metrics = metrics if metrics is not None else MetricsManager.get_instance()
+        self._instruments: dict[tuple[str, str], _Instruments] = {}
 
     def register_provider(self, content_type: str, provider: StorageProvider[Any]) -> None:
         """Route ``content_type`` to ``provider`` (replacing an earlier registration).
@@ -111,6 +128,14 @@ class UnifiedStorageManager(CleanupOnExit):
                 f"Provider not found: {content_type!r}", {"content_type": content_type}
             ) from None
 
+    def _measured(self, operation: str, content_type: str) -> _Measured:
+        instruments = self._instruments.get((operation, content_type))
+        if instruments is None:
+            instruments = self._instruments[operation, content_type] = _Instruments(
+                self._metrics, operation, content_type
+            )
+        return _Measured(instruments)
+
     def _distinct_providers(self) -> list[StorageProvider[Any]]:
         return list({id(provider): provider for provider in self._providers.values()}.values())
 
@@ -123,7 +148,7 @@ class UnifiedStorageManager(CleanupOnExit):
             ProviderNotFoundError: no provider for ``content_type``.
         """
         provider = self._provider(content_type)
-        with _Measured(self._metrics, "save", content_type):
+        with self._measured("save", content_type):
             return await provider.save(key, data, content_type, expires_at, tags)
 
     async def load(self, key: str, content_type: str) -> StorageItem[Any]:
@@ -134,7 +159,7 @@ class UnifiedStorageManager(CleanupOnExit):
             ItemNotFoundError: no such live item of that content type.
         """
         provider = self._provider(content_type)
-        with _Measured(self._metrics, "load", content_type):
+        with self._measured("load", content_type):
             return await provider.load(key, content_type=content_type)
 
     async def delete(self, key: str, content_type: str) -> bool:
@@ -144,7 +169,7 @@ class UnifiedStorageManager(CleanupOnExit):
             ProviderNotFoundError: no provider for ``content_type``.
         """
         provider = self._provider(content_type)
-        with _Measured(self._metrics, "delete", content_type):
+        with self._measured("delete", content_type):
             return await provider.delete(key, content_type=content_type)
 
     async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
@@ -162,7 +187,7 @@ class UnifiedStorageManager(CleanupOnExit):
             providers = self._distinct_providers()
         if remaining == 0:
             return
-        with _Measured(self._metrics, "search", query.content_type or "*"):
+        with self._measured("search", query.content_type or "*"):
             for provider in providers:
                 results = provider.search(query)
                 try:

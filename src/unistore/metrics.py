@@ -12,7 +12,7 @@ import bisect
 import math
 import threading
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from .errors import ValidationError
 
@@ -55,26 +55,66 @@ class HistogramSnapshot:
     buckets: tuple[tuple[float, int], ...]
 
 
-class _Histogram:
-    __slots__ = ("count", "counts", "total")
+class Counter:
+    """One counter (a name and a set of labels), bound once and bumped cheaply."""
+
+    __slots__ = ("_lock", "value")
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (the caller vouches it is a number >= 0)."""
+        with self._lock:
+            self.value += amount
+
+
+class Gauge:
+    """One gauge, bound once."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, value: float) -> None:
+        """Set the gauge (a plain assignment: atomic as it is)."""
+        self.value = value
+
+
+class Histogram:
+    """One histogram over :data:`DEFAULT_BUCKETS`, bound once."""
+
+    __slots__ = ("_lock", "count", "counts", "total")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.counts = [0] * len(DEFAULT_BUCKETS)
         self.count = 0
         self.total = 0.0
 
     def observe(self, value: float) -> None:
+        """Record one observation (the caller vouches it is a number)."""
         # The first bucket whose bound is >= value; the last bound is inf.
-        self.counts[bisect.bisect_left(DEFAULT_BUCKETS, value)] += 1
-        self.count += 1
-        self.total += value
+        index = bisect.bisect_left(DEFAULT_BUCKETS, value)
+        with self._lock:
+            self.counts[index] += 1
+            self.count += 1
+            self.total += value
 
     def snapshot(self) -> HistogramSnapshot:
+        """Count, sum and cumulative buckets, read together."""
+        with self._lock:
+            counts, count, total = list(self.counts), self.count, self.total
         cumulative, running = [], 0
-        for bound, count in zip(DEFAULT_BUCKETS, self.counts, strict=True):
-            running += count
+        for bound, bucket in zip(DEFAULT_BUCKETS, counts, strict=True):
+            running += bucket
             cumulative.append((bound, running))
-        return HistogramSnapshot(self.count, self.total, tuple(cumulative))
+        return HistogramSnapshot(count, total, tuple(cumulative))
+
+
+_Instrument = TypeVar("_Instrument", Counter, Gauge, Histogram)
 
 
 def _number(value: object, name: str) -> float:
@@ -91,6 +131,9 @@ class MetricsManager:
     >>> metrics.counter("hits", 2, route="a")
     >>> metrics.value("hits", route="a")
     3.0
+
+    Hot paths bind an instrument once (:meth:`bind_counter` and friends) and
+    then update it without looking it up again.
     """
 
     _instance: ClassVar[MetricsManager | None] = None
@@ -98,9 +141,8 @@ class MetricsManager:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kinds: dict[str, str] = {}
-        self._values: dict[_MetricKey, float] = {}
-        self._histograms: dict[_MetricKey, _Histogram] = {}
+        self._kinds: dict[str, type] = {}
+        self._instruments: dict[_MetricKey, Counter | Gauge | Histogram] = {}
 
     @classmethod
     def get_instance(cls) -> MetricsManager:
@@ -110,16 +152,37 @@ class MetricsManager:
                 cls._instance = cls()
             return cls._instance
 
-    def _key(self, kind: str, name: str, labels: dict[str, str]) -> _MetricKey:
+    def _bind(self, kind: type[_Instrument], name: str, labels: dict[str, str]) -> _Instrument:
         if not isinstance(name, str) or not name:
             raise ValidationError(f"metric name must be a non-empty str, got {name!r}")
         for label, label_value in labels.items():
             if not isinstance(label_value, str):
                 raise ValidationError(f"metric {name!r}: label {label!r} must be a str, got {label_value!r}")
-        known = self._kinds.setdefault(name, kind)
-        if known != kind:
-            raise ValidationError(f"metric {name!r} is a {known}, not a {kind}")
-        return name, tuple(sorted(labels.items()))
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            known = self._kinds.setdefault(name, kind)
+            if known is not kind:
+                raise ValidationError(f"metric {name!r} is a {known.__name__.lower()}, not a {kind.__name__.lower()}")
+            instrument = self._instruments.get(key)
+            if instrument is None:
+                instrument = self._instruments[key] = kind()
+            return instrument  # type: ignore[return-value]  # the kind check above
+
+    def bind_counter(self, name: str, **labels: str) -> Counter:
+        """The counter of ``name`` and ``labels``, created at 0 if new.
+
+        Raises:
+            ValidationError: a bad name or label, or ``name`` is another kind of metric.
+        """
+        return self._bind(Counter, name, labels)
+
+    def bind_gauge(self, name: str, **labels: str) -> Gauge:
+        """The gauge of ``name`` and ``labels`` (see :meth:`bind_counter`)."""
+        return self._bind(Gauge, name, labels)
+
+    def bind_histogram(self, name: str, **labels: str) -> Histogram:
+        """The histogram of ``name`` and ``labels`` (see :meth:`bind_counter`)."""
+        return self._bind(Histogram, name, labels)
 
     def counter(self, name: str, value: float = 1.0, **labels: str) -> None:
         """Add ``value`` (>= 0) to a counter.
@@ -130,9 +193,7 @@ class MetricsManager:
         amount = _number(value, name)
         if amount < 0:
             raise ValidationError(f"metric {name!r}: a counter only goes up, got {value!r}")
-        with self._lock:
-            key = self._key("counter", name, labels)
-            self._values[key] = self._values.get(key, 0.0) + amount
+        self.bind_counter(name, **labels).inc(amount)
 
     def gauge(self, name: str, value: float, **labels: str) -> None:
         """Set a gauge to ``value``.
@@ -140,9 +201,7 @@ class MetricsManager:
         Raises:
             ValidationError: a bad name, label or value, or ``name`` is not a gauge.
         """
-        amount = _number(value, name)
-        with self._lock:
-            self._values[self._key("gauge", name, labels)] = amount
+        self.bind_gauge(name, **labels).set(_number(value, name))
 
     def histogram(self, name: str, value: float, **labels: str) -> None:
         """Record one observation (seconds, for latencies) in a histogram.
@@ -150,24 +209,21 @@ class MetricsManager:
         Raises:
             ValidationError: a bad name, label or value, or ``name`` is not a histogram.
         """
-        amount = _number(value, name)
+        self.bind_histogram(name, **labels).observe(_number(value, name))
+
+    def _find(self, name: str, labels: dict[str, str]) -> Counter | Gauge | Histogram | None:
         with self._lock:
-            key = self._key("histogram", name, labels)
-            histogram = self._histograms.get(key)
-            if histogram is None:
-                histogram = self._histograms[key] = _Histogram()
-            histogram.observe(amount)
+            return self._instruments.get((name, tuple(sorted(labels.items()))))
 
     def value(self, name: str, **labels: str) -> float:
         """The current value of a counter or gauge; 0.0 if it was never set."""
-        with self._lock:
-            return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
+        instrument = self._find(name, labels)
+        return instrument.value if isinstance(instrument, (Counter, Gauge)) else 0.0
 
     def histogram_snapshot(self, name: str, **labels: str) -> HistogramSnapshot:
         """A histogram's count, sum and buckets; all zero if it was never observed."""
-        with self._lock:
-            histogram = self._histograms.get((name, tuple(sorted(labels.items()))), _Histogram())
-            return histogram.snapshot()
+        instrument = self._find(name, labels)
+        return (instrument if isinstance(instrument, Histogram) else Histogram()).snapshot()
 
 
 class StorageMonitor:
@@ -196,4 +252,4 @@ class StorageMonitor:
         self._metrics.gauge("storage_size", size, content_type=content_type, **labels)
 
 
-__all__ = ["DEFAULT_BUCKETS", "HistogramSnapshot", "MetricsManager", "StorageMonitor"]
+__all__ = ["DEFAULT_BUCKETS", "Counter", "Gauge", "Histogram", "HistogramSnapshot", "MetricsManager", "StorageMonitor"]

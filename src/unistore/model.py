@@ -114,7 +114,7 @@ def datetime_to_micros(value: datetime) -> int:
 
 def micros_to_datetime(micros: int) -> datetime:
     """The aware UTC datetime for microseconds since the epoch."""
-    return _EPOCH + timedelta(microseconds=micros)
+    return _EPOCH + timedelta(0, 0, micros)  # positional: measurably faster on the load path
 
 
 # -- validation ---------------------------------------------------------------
