@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from unistore import ValidationError, open_provider
+from unistore import NATIVE, ValidationError, open_provider
 from unistore.cli import main
 from unistore.providers import MemoryStorageProvider
 
@@ -175,4 +175,5 @@ def test_default_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_demo_on_a_given_store(tmp_path: Path) -> None:
     out = io.StringIO()
     assert main(["demo", "--store", "memory://?namespace=demo"], out) == 0
-    assert out.getvalue().startswith("unistore demo on memory://?namespace=demo (native core: no)\n")
+    native = "yes" if NATIVE else "no"
+    assert out.getvalue().startswith(f"unistore demo on memory://?namespace=demo (native core: {native})\n")

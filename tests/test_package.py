@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import os
 import pkgutil
 from importlib import resources
 
@@ -49,8 +50,15 @@ def test_error_tree() -> None:
     assert errors.StorageError("plain").details == {}
 
 
-def test_native_flag_is_a_bool() -> None:
-    assert unistore.NATIVE is False  # the native core arrives with the Cython issue
+def test_native_flag_says_which_core_runs() -> None:
+    from unistore import _purecore, core
+
+    assert isinstance(unistore.NATIVE, bool)
+    assert unistore.NATIVE is (core.Glob is not _purecore.Glob)
+    if os.environ.get("UNISTORE_PURE_PYTHON") == "1":
+        assert unistore.NATIVE is False
+    elif os.environ.get("UNISTORE_REQUIRE_NATIVE") == "1":
+        assert unistore.NATIVE is True
 
 
 def test_typing_marker_ships() -> None:

@@ -171,8 +171,8 @@ def intersect_ids(first: bytes, second: bytes) -> bytes:
     Raises:
         ValueError: a list that is not whole, sorted, unique ids.
     """
-    kept = set(_ids(second)).intersection(_ids(first))
-    return b"".join(_ID.pack(value) for value in sorted(kept))
+    ones, others = _ids(first), _ids(second)
+    return b"".join(_ID.pack(value) for value in sorted(set(ones).intersection(others)))
 
 
 def union_ids(first: bytes, second: bytes) -> bytes:
@@ -181,7 +181,8 @@ def union_ids(first: bytes, second: bytes) -> bytes:
     Raises:
         ValueError: a list that is not whole, sorted, unique ids.
     """
-    return b"".join(_ID.pack(value) for value in sorted(set(_ids(first)).union(_ids(second))))
+    ones, others = _ids(first), _ids(second)
+    return b"".join(_ID.pack(value) for value in sorted(set(ones).union(others)))
 
 
 # -- glob ---------------------------------------------------------------------

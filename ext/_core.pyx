@@ -1,0 +1,581 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The native twin of unistore._purecore: the same names, the same results.
+
+Records are read in place (no copies for what a query does not need); the glob
+is Redis 7.0's ``stringmatchlen`` (util.c) ported line for line, so that it
+agrees with ``SCAN MATCH`` by construction; id lists are merged or galloped
+in C. Errors and value types come from the plain-Python modules both twins
+share, so both raise and return the same things.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.datetime cimport import_datetime, timedelta_new
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+import_datetime()
+
+from datetime import datetime, timezone
+
+from unistore._coretypes import (
+    FLAG_EXPIRES,
+    FORMAT_VERSION,
+    GLOB_MAX_NESTING,
+    HEADER_SIZE,
+    RecordFields,
+    corrupt,
+    uuid_from_bytes,
+)
+from unistore.model import StorageMetadata
+
+cdef object _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+cdef Py_ssize_t _HEADER = 68
+cdef int _MAX_NESTING = GLOB_MAX_NESTING
+cdef uint8_t _FLAG_EXPIRES = FLAG_EXPIRES
+
+
+# -- record layout ----------------------------------------------------------------
+
+cdef struct Header:
+    uint8_t flags
+    uint32_t tag_count
+    uint64_t sid
+    int64_t created
+    int64_t updated
+    int64_t expires
+    Py_ssize_t key_start
+    Py_ssize_t type_start
+    Py_ssize_t tags_start
+    Py_ssize_t payload_start
+
+
+cdef inline uint32_t _u32(const uint8_t* p) noexcept nogil:
+    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline uint64_t _u64(const uint8_t* p) noexcept nogil:
+    return <uint64_t>_u32(p) | (<uint64_t>_u32(p + 4) << 32)
+
+
+cdef inline void _put_u32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+    p[2] = (v >> 16) & 0xFF
+    p[3] = (v >> 24) & 0xFF
+
+
+cdef inline void _put_u64(uint8_t* p, uint64_t v) noexcept nogil:
+    _put_u32(p, <uint32_t>v)  # the low half
+    _put_u32(p + 4, <uint32_t>(v >> 32))
+
+
+cdef int _read_header(bytes record, Header* h) except -1:
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(record)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(record)
+    cdef uint32_t reserved
+    if size < _HEADER:
+        raise corrupt(f"{size} bytes is shorter than the {_HEADER}-byte header")
+    if p[0] != FORMAT_VERSION:
+        raise corrupt(f"unknown format version {p[0]}")
+    reserved = <uint32_t>p[2] | (<uint32_t>p[3] << 8)
+    if (p[1] & ~_FLAG_EXPIRES) or reserved:
+        raise corrupt(f"unknown flags {p[1]:#x}/{reserved:#x}")
+    cdef uint64_t key_len = _u32(p + 56)
+    cdef uint64_t type_len = _u32(p + 60)
+    cdef uint64_t tags_len = _u32(p + 64)
+    if <uint64_t>_HEADER + key_len + type_len + tags_len > <uint64_t>size:
+        raise corrupt("section lengths run past the end")
+    h.flags = p[1]
+    h.tag_count = _u32(p + 4)
+    h.sid = _u64(p + 8)
+    h.created = <int64_t>_u64(p + 32)
+    h.updated = <int64_t>_u64(p + 40)
+    h.expires = <int64_t>_u64(p + 48)
+    h.key_start = _HEADER
+    h.type_start = _HEADER + <Py_ssize_t>key_len
+    h.tags_start = h.type_start + <Py_ssize_t>type_len
+    h.payload_start = h.tags_start + <Py_ssize_t>tags_len
+    return 0
+
+
+cdef inline bytes _slice(bytes record, Py_ssize_t start, Py_ssize_t end):
+    # Python slicing semantics: clamped to the record.
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(record)
+    if start > size:
+        start = size
+    if end > size:
+        end = size
+    if end < start:
+        end = start
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(record) + start, end - start)
+
+
+cdef int _walk_tags(bytes record, const Header* h, list out_pairs, Py_ssize_t* starts) except -1:
+    """Walk the tags section as the pure twin does; collect (key, value) pairs
+    into ``out_pairs`` if given, else (start, length) offsets into ``starts``."""
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(record)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(record)
+    cdef Py_ssize_t pos = h.tags_start
+    cdef Py_ssize_t end = h.payload_start
+    cdef Py_ssize_t key_at, key_len, value_at, value_len
+    cdef uint32_t i
+    for i in range(h.tag_count):
+        if pos + 4 > size:
+            raise corrupt("tags section is truncated")
+        key_len = _u32(p + pos)
+        key_at = pos + 4
+        pos = key_at + key_len
+        if pos + 4 > size:
+            raise corrupt("tags section is truncated")
+        value_len = _u32(p + pos)
+        value_at = pos + 4
+        pos = value_at + value_len
+        if out_pairs is not None:
+            out_pairs.append((_slice(record, key_at, key_at + key_len), _slice(record, value_at, value_at + value_len)))
+    if pos != end:
+        raise corrupt("tags section length does not match its tags")
+    return 0
+
+
+def pack_record(
+    uint64_t sid,
+    bytes uuid,
+    int64_t created,
+    int64_t updated,
+    expires,
+    bytes key,
+    bytes content_type,
+    tags,
+    bytes payload,
+):
+    """Lay out one record. ``tags`` must already be sorted by key."""
+    cdef Py_ssize_t tags_len = 0, total, pos
+    cdef bytes tag_key, tag_value, part
+    pairs = list(tags)
+    for tag_key, tag_value in pairs:
+        tags_len += 8 + PyBytes_GET_SIZE(tag_key) + PyBytes_GET_SIZE(tag_value)
+    total = _HEADER + PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(content_type) + tags_len + PyBytes_GET_SIZE(payload)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
+    p[0] = FORMAT_VERSION
+    p[1] = _FLAG_EXPIRES if expires is not None else 0
+    p[2] = 0
+    p[3] = 0
+    _put_u32(p + 4, <uint32_t>len(pairs))
+    _put_u64(p + 8, sid)
+    memcpy(p + 16, PyBytes_AS_STRING(uuid), 16)
+    _put_u64(p + 32, <uint64_t>created)
+    _put_u64(p + 40, <uint64_t>updated)
+    _put_u64(p + 48, <uint64_t>(<int64_t>expires if expires is not None else 0))
+    _put_u32(p + 56, <uint32_t>PyBytes_GET_SIZE(key))
+    _put_u32(p + 60, <uint32_t>PyBytes_GET_SIZE(content_type))
+    _put_u32(p + 64, <uint32_t>tags_len)
+    pos = _HEADER
+    for part in (key, content_type):
+        memcpy(p + pos, PyBytes_AS_STRING(part), PyBytes_GET_SIZE(part))
+        pos += PyBytes_GET_SIZE(part)
+    for tag_key, tag_value in pairs:
+        _put_u32(p + pos, <uint32_t>PyBytes_GET_SIZE(tag_key))
+        memcpy(p + pos + 4, PyBytes_AS_STRING(tag_key), PyBytes_GET_SIZE(tag_key))
+        pos += 4 + PyBytes_GET_SIZE(tag_key)
+        _put_u32(p + pos, <uint32_t>PyBytes_GET_SIZE(tag_value))
+        memcpy(p + pos + 4, PyBytes_AS_STRING(tag_value), PyBytes_GET_SIZE(tag_value))
+        pos += 4 + PyBytes_GET_SIZE(tag_value)
+    memcpy(p + pos, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+    return out
+
+
+def unpack_record(bytes record):
+    """Split a record into its fields, checking every length.
+
+    Raises:
+        StorageCorruptionError: the bytes are not a version-1 record.
+    """
+    cdef Header h
+    _read_header(record, &h)
+    cdef list tags = []
+    _walk_tags(record, &h, tags, NULL)
+    return RecordFields(
+        h.sid,
+        _slice(record, 16, 32),
+        h.created,
+        h.updated,
+        h.expires if h.flags & _FLAG_EXPIRES else None,
+        _slice(record, h.key_start, h.type_start),
+        _slice(record, h.type_start, h.tags_start),
+        tags,
+        _slice(record, h.payload_start, PyBytes_GET_SIZE(record)),
+    )
+
+
+cdef object _datetime(int64_t micros):
+    cdef int64_t days = micros // 86400000000
+    cdef int64_t rest = micros - days * 86400000000
+    return _EPOCH + timedelta_new(<int>days, <int>(rest // 1000000), <int>(rest % 1000000))
+
+
+cdef inline str _text(bytes record, Py_ssize_t start, Py_ssize_t end):
+    return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(record) + start, end - start, NULL)
+
+
+def unpack_item(bytes record, content_type, now):
+    """The metadata and the (still packed) payload of a record, or None when it has
+    expired at ``now`` (None: do not check) or is not of ``content_type`` (None: any).
+
+    Raises:
+        StorageCorruptionError: the record does not parse.
+    """
+    cdef Header h
+    _read_header(record, &h)
+    if now is not None and h.flags & _FLAG_EXPIRES and h.expires <= <int64_t>now:
+        return None
+    cdef const char* p = PyBytes_AS_STRING(record)
+    cdef Py_ssize_t type_len = h.tags_start - h.type_start
+    if content_type is not None:
+        if PyBytes_GET_SIZE(content_type) != type_len or memcmp(
+            PyBytes_AS_STRING(content_type), p + h.type_start, type_len
+        ):
+            return None
+    cdef list pairs = []
+    # The same steps in the same order as the pure twin, so a record with
+    # several faults is reported by the same first one.
+    try:
+        created = _datetime(h.created)
+        uuid = uuid_from_bytes(_slice(record, 16, 32))
+        key = _text(record, h.key_start, h.type_start)
+        type_text = _text(record, h.type_start, h.tags_start)
+        updated = created if h.updated == h.created else _datetime(h.updated)
+        expires = _datetime(h.expires) if h.flags & _FLAG_EXPIRES else None
+        _walk_tags(record, &h, pairs, NULL)
+        tags = {}
+        for tag_key, tag_value in pairs:
+            tags[tag_key.decode()] = tag_value.decode()
+        metadata = StorageMetadata(uuid, key, type_text, created, updated, expires, tags)
+    except (UnicodeDecodeError, OverflowError) as exc:
+        raise corrupt(str(exc)) from exc
+    return metadata, _slice(record, h.payload_start, PyBytes_GET_SIZE(record))
+
+
+# -- glob: Redis 7.0 util.c stringmatchlen, ported ------------------------------------
+
+cdef int _stringmatch(
+    const char* pattern, Py_ssize_t patternLen, const char* string, Py_ssize_t stringLen,
+    int* skipLongerMatches, int nesting,
+) noexcept nogil:
+    cdef int negate, match, start, end, c
+    if nesting > _MAX_NESTING:
+        return 0
+    while patternLen and stringLen:
+        if pattern[0] == b'*':
+            while patternLen and pattern[1] == b'*':
+                pattern += 1
+                patternLen -= 1
+            if patternLen == 1:
+                return 1
+            while stringLen:
+                if _stringmatch(pattern + 1, patternLen - 1, string, stringLen, skipLongerMatches, nesting + 1):
+                    return 1
+                if skipLongerMatches[0]:
+                    return 0
+                string += 1
+                stringLen -= 1
+            skipLongerMatches[0] = 1
+            return 0
+        elif pattern[0] == b'?':
+            string += 1
+            stringLen -= 1
+        elif pattern[0] == b'[':
+            pattern += 1
+            patternLen -= 1
+            negate = pattern[0] == b'^'
+            if negate:
+                pattern += 1
+                patternLen -= 1
+            match = 0
+            while True:
+                if pattern[0] == b'\\' and patternLen >= 2:
+                    pattern += 1
+                    patternLen -= 1
+                    if pattern[0] == string[0]:
+                        match = 1
+                elif pattern[0] == b']':
+                    break
+                elif patternLen == 0:
+                    pattern -= 1
+                    patternLen += 1
+                    break
+                elif patternLen >= 3 and pattern[1] == b'-':
+                    # Signed, as C's `char` is where Redis runs: \xff sorts below 'a'.
+                    start = <signed char>pattern[0]
+                    end = <signed char>pattern[2]
+                    c = <signed char>string[0]
+                    if start > end:
+                        start, end = end, start
+                    pattern += 2
+                    patternLen -= 2
+                    if start <= c <= end:
+                        match = 1
+                elif pattern[0] == string[0]:
+                    match = 1
+                pattern += 1
+                patternLen -= 1
+            if negate:
+                match = not match
+            if not match:
+                return 0
+            string += 1
+            stringLen -= 1
+        else:
+            if pattern[0] == b'\\' and patternLen >= 2:
+                pattern += 1
+                patternLen -= 1
+            if pattern[0] != string[0]:
+                return 0
+            string += 1
+            stringLen -= 1
+        pattern += 1
+        patternLen -= 1
+        if stringLen == 0:
+            while pattern[0] == b'*':
+                pattern += 1
+                patternLen -= 1
+            break
+    return patternLen == 0 and stringLen == 0
+
+
+cdef inline bint _glob(bytes pattern, const char* subject, Py_ssize_t size) noexcept:
+    # bytes objects end in a NUL that Redis's sds strings also have: the
+    # algorithm peeks at it, never past it.
+    cdef int skip = 0
+    return _stringmatch(PyBytes_AS_STRING(pattern), PyBytes_GET_SIZE(pattern), subject, size, &skip, 0)
+
+
+cdef class Glob:
+    """A compiled Redis glob. ``Glob(p).match(s)`` equals Redis ``SCAN MATCH p`` on key ``s``."""
+
+    cdef bytes _pattern
+
+    def __init__(self, bytes pattern):
+        self._pattern = pattern
+
+    def match(self, bytes subject):
+        """Whether ``subject`` matches the whole pattern."""
+        return _glob(self._pattern, PyBytes_AS_STRING(subject), PyBytes_GET_SIZE(subject))
+
+
+def glob_match(bytes pattern, bytes subject):
+    """Whether ``subject`` matches the Redis glob ``pattern`` (both bytes)."""
+    return _glob(pattern, PyBytes_AS_STRING(subject), PyBytes_GET_SIZE(subject))
+
+
+def glob_literal_prefix(bytes pattern):
+    """The bytes every key matching ``pattern`` starts with (its leading literals)."""
+    cdef const char* p = PyBytes_AS_STRING(pattern)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(pattern), i = 0, n = 0
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* o = PyBytes_AS_STRING(out)
+    while i < size and p[i] != b'*' and p[i] != b'?' and p[i] != b'[':
+        if p[i] == b'\\' and size - i >= 2:
+            i += 1
+        o[n] = p[i]
+        n += 1
+        i += 1
+    return out[:n]
+
+
+# -- query matching ------------------------------------------------------------------
+
+cdef class QueryMatcher:
+    """A compiled query, checked against a record's header without its payload."""
+
+    cdef object _glob
+    cdef bytes _content_type
+    cdef list _tags
+    cdef bint _has_ca, _has_cb, _has_ea, _has_eb
+    cdef int64_t _ca, _cb, _ea, _eb
+
+    def __init__(self, pattern, content_type, tags, created_after, created_before, expires_after, expires_before):
+        self._glob = pattern
+        self._content_type = content_type
+        self._tags = [(bytes(k), bytes(v)) for k, v in tags]
+        self._has_ca = created_after is not None
+        self._has_cb = created_before is not None
+        self._has_ea = expires_after is not None
+        self._has_eb = expires_before is not None
+        self._ca = created_after if self._has_ca else 0
+        self._cb = created_before if self._has_cb else 0
+        self._ea = expires_after if self._has_ea else 0
+        self._eb = expires_before if self._has_eb else 0
+
+    def matches(self, bytes record, int64_t now):
+        """Whether the record is live at ``now`` and meets every criterion.
+
+        Raises:
+            StorageCorruptionError: the record's header does not parse.
+        """
+        cdef Header h
+        _read_header(record, &h)
+        cdef bint has_expiry = h.flags & _FLAG_EXPIRES
+        if has_expiry and h.expires <= now:
+            return False
+        if self._has_ca and h.created < self._ca:
+            return False
+        if self._has_cb and h.created > self._cb:
+            return False
+        if self._has_ea and not (has_expiry and h.expires >= self._ea):
+            return False
+        if self._has_eb and not (has_expiry and h.expires <= self._eb):
+            return False
+        cdef const char* p = PyBytes_AS_STRING(record)
+        cdef Py_ssize_t type_len = h.tags_start - h.type_start
+        if self._content_type is not None and (
+            PyBytes_GET_SIZE(self._content_type) != type_len
+            or memcmp(PyBytes_AS_STRING(self._content_type), p + h.type_start, type_len)
+        ):
+            return False
+        if self._glob is not None and not _glob(self._glob, p + h.key_start, h.type_start - h.key_start):
+            return False
+        if self._tags:
+            return self._tags_match(record, &h) == 1
+        return True
+
+    cdef int _tags_match(self, bytes record, const Header* h) except -1:
+        cdef list present = []
+        _walk_tags(record, h, present, NULL)
+        cdef dict lookup = dict(present)
+        for tag_key, tag_value in self._tags:
+            if lookup.get(tag_key) != tag_value:
+                return 0
+        return 1
+
+
+# -- sorted id lists -------------------------------------------------------------------
+
+cdef inline uint64_t _be64(const uint8_t* p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef Py_ssize_t _check_ids(bytes packed) except -1:
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(packed)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(packed)
+    cdef Py_ssize_t i
+    if size % 8:
+        raise ValueError(f"an id list is whole 8-byte ids; got {size} bytes")
+    for i in range(8, size, 8):
+        if _be64(p + i - 8) >= _be64(p + i):
+            raise ValueError("an id list must be sorted ascending without repeats")
+    return size // 8
+
+
+cdef Py_ssize_t _gallop(const uint8_t* p, Py_ssize_t low, Py_ssize_t count, uint64_t target) noexcept nogil:
+    """The first index >= low whose id is >= target (count if none)."""
+    cdef Py_ssize_t step = 1, high = low
+    while high < count and _be64(p + 8 * high) < target:
+        low = high + 1
+        high += step
+        step <<= 1
+    if high > count:
+        high = count
+    while low < high:
+        step = (low + high) // 2
+        if _be64(p + 8 * step) < target:
+            low = step + 1
+        else:
+            high = step
+    return low
+
+
+def intersect_ids(bytes first, bytes second):
+    """The ids in both lists; each list is sorted, unique, 8-byte big-endian ids back to back.
+
+    Raises:
+        ValueError: a list that is not whole, sorted, unique ids.
+    """
+    cdef Py_ssize_t n1 = _check_ids(first), n2 = _check_ids(second)
+    if n1 > n2:
+        first, second = second, first
+        n1, n2 = n2, n1
+    cdef const uint8_t* a = <const uint8_t*>PyBytes_AS_STRING(first)
+    cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(second)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 8 * n1)
+    cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t i = 0, j = 0, n = 0
+    cdef uint64_t x, y
+    cdef bint gallop = n2 > 16 * n1  # merging costs n1 + n2; galloping n1 * log(n2 / n1)
+    with nogil:
+        while i < n1 and j < n2:
+            x = _be64(a + 8 * i)
+            if gallop:
+                j = _gallop(b, j, n2, x)
+                if j == n2:
+                    break
+            y = _be64(b + 8 * j)
+            if x == y:
+                memcpy(o + 8 * n, a + 8 * i, 8)
+                n += 1
+                i += 1
+                j += 1
+            elif x < y:
+                i += 1
+            else:
+                j += 1
+    return out[: 8 * n]
+
+
+def union_ids(bytes first, bytes second):
+    """The ids in either list, in the same form as :func:`intersect_ids`.
+
+    Raises:
+        ValueError: a list that is not whole, sorted, unique ids.
+    """
+    cdef Py_ssize_t n1 = _check_ids(first), n2 = _check_ids(second)
+    cdef const uint8_t* a = <const uint8_t*>PyBytes_AS_STRING(first)
+    cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(second)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 8 * (n1 + n2))
+    cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t i = 0, j = 0, n = 0
+    cdef uint64_t x, y
+    with nogil:
+        while i < n1 or j < n2:
+            if j == n2:
+                memcpy(o + 8 * n, a + 8 * i, 8)
+                i += 1
+            elif i == n1:
+                memcpy(o + 8 * n, b + 8 * j, 8)
+                j += 1
+            else:
+                x = _be64(a + 8 * i)
+                y = _be64(b + 8 * j)
+                if x <= y:
+                    memcpy(o + 8 * n, a + 8 * i, 8)
+                    i += 1
+                    if x == y:
+                        j += 1
+                else:
+                    memcpy(o + 8 * n, b + 8 * j, 8)
+                    j += 1
+            n += 1
+    return out[: 8 * n]
+
+
+__all__ = [
+    "FLAG_EXPIRES",
+    "FORMAT_VERSION",
+    "GLOB_MAX_NESTING",
+    "HEADER_SIZE",
+    "Glob",
+    "QueryMatcher",
+    "RecordFields",
+    "glob_literal_prefix",
+    "glob_match",
+    "intersect_ids",
+    "pack_record",
+    "union_ids",
+    "unpack_item",
+    "unpack_record",
+]

@@ -1,0 +1,260 @@
+"""The native core and its pure twin, held against each other on random inputs."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import struct
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from unistore import StorageCorruptionError, _purecore, core
+
+MAX_ID = 2**64 - 1
+
+
+def native_or_skip() -> ModuleType:
+    """The extension; a skip where it was not built, a failure where it must be."""
+    try:
+        return importlib.import_module("unistore._core")
+    except ImportError:
+        if os.environ.get("UNISTORE_REQUIRE_NATIVE") == "1":
+            raise
+        pytest.skip("the native core was not built on this machine (no compiler at install time)")
+
+
+@pytest.fixture(scope="module")
+def native() -> ModuleType:
+    return native_or_skip()
+
+
+@pytest.fixture(params=["pure", pytest.param("native", marks=pytest.mark.native)])
+def twin(request: pytest.FixtureRequest) -> ModuleType:
+    """Each core in turn, for tests of behaviour both must have."""
+    return _purecore if request.param == "pure" else native_or_skip()
+
+
+def test_the_twins_export_the_same_names(native: ModuleType) -> None:
+    assert sorted(native.__all__) == sorted(_purecore.__all__)
+    for name in _purecore.__all__:
+        assert hasattr(native, name), name
+    for constant in ("FLAG_EXPIRES", "FORMAT_VERSION", "GLOB_MAX_NESTING", "HEADER_SIZE"):
+        assert getattr(native, constant) == getattr(_purecore, constant)
+    assert struct.calcsize(_purecore.HEADER.format) == _purecore.HEADER_SIZE
+
+
+def test_the_selector(native: ModuleType) -> None:
+    def missing() -> ModuleType:
+        raise ImportError("no extension here")
+
+    assert core.choose(True, False, lambda: native) is _purecore
+    assert core.choose(False, False, lambda: native) is native
+    assert core.choose(False, False, missing) is _purecore
+    with pytest.raises(ImportError, match="no extension here"):
+        core.choose(False, True, missing)
+
+
+def outcome(call: Any, *args: Any) -> Any:
+    """What a call returns, or the type and message of what it raises."""
+    try:
+        return ("ok", call(*args))
+    except (StorageCorruptionError, ValueError, OverflowError) as exc:
+        return ("raised", type(exc).__name__, str(exc))
+
+
+# -- records -------------------------------------------------------------------------
+
+texts = st.text(max_size=12).map(str.encode)
+fields = st.fixed_dictionaries(
+    {
+        "sid": st.integers(0, MAX_ID),
+        "uuid": st.binary(min_size=16, max_size=16),
+        "created": st.integers(-(2**62), 2**62),
+        "updated": st.integers(-(2**62), 2**62),
+        "expires": st.none() | st.integers(-(2**62), 2**62),
+        "key": st.text(min_size=1, max_size=20).map(str.encode),
+        "content_type": texts,
+        "tags": st.dictionaries(texts, texts, max_size=4).map(lambda tags: sorted(tags.items())),
+        "payload": st.binary(max_size=40),
+    }
+)
+plausible_times = st.integers(0, 4_000_000_000_000_000)  # 1970 to 2096, in µs
+
+
+def damage(record: bytes, data: st.DataObject) -> bytes:
+    """The record, or a cut-short or byte-flipped copy of it."""
+    how = data.draw(st.sampled_from(["none", "cut", "flip", "lengths"]))
+    if how == "cut":
+        return record[: data.draw(st.integers(0, len(record)))]
+    if how == "flip":
+        at = data.draw(st.integers(0, len(record) - 1))
+        return record[:at] + bytes([data.draw(st.integers(0, 255))]) + record[at + 1 :]
+    if how == "lengths":  # the tag count and the section lengths
+        at = data.draw(st.sampled_from([4, 56, 60, 64]))
+        return record[:at] + struct.pack("<I", data.draw(st.integers(0, 300))) + record[at + 4 :]
+    return record
+
+
+@given(values=fields)
+def test_pack_and_unpack_agree(native: ModuleType, values: dict[str, Any]) -> None:
+    packed = _purecore.pack_record(**values)
+    assert native.pack_record(**values) == packed
+    assert native.unpack_record(packed) == _purecore.unpack_record(packed)
+
+
+@given(values=fields, data=st.data(), content_type=st.none() | texts, now=st.none() | st.integers(-(2**62), 2**62))
+def test_unpacking_damaged_records_agrees(
+    native: ModuleType, values: dict[str, Any], data: st.DataObject, content_type: bytes | None, now: int | None
+) -> None:
+    record = damage(_purecore.pack_record(**values), data)
+    assert outcome(native.unpack_record, record) == outcome(_purecore.unpack_record, record)
+    assert outcome(native.unpack_item, record, content_type, now) == outcome(
+        _purecore.unpack_item, record, content_type, now
+    )
+
+
+@given(
+    values=fields,
+    times=st.tuples(plausible_times, plausible_times, plausible_times),
+    content_type=st.none() | texts,
+    now=st.none() | plausible_times,
+)
+def test_unpack_item_agrees_on_sound_records(
+    native: ModuleType, values: dict[str, Any], times: tuple[int, int, int], content_type: bytes | None, now: int | None
+) -> None:
+    values["created"], values["updated"], expiry = times
+    values["expires"] = expiry if values["expires"] is not None else None
+    if content_type is None and now is None:
+        content_type = values["content_type"]
+    record = _purecore.pack_record(**values)
+    ours, theirs = (
+        outcome(native.unpack_item, record, content_type, now),
+        outcome(_purecore.unpack_item, record, content_type, now),
+    )
+    assert ours == theirs
+
+
+# -- query matching ---------------------------------------------------------------------
+
+small = st.sampled_from([b"a", b"b", b"ab", b""])
+queries = st.fixed_dictionaries(
+    {
+        "pattern": st.none()
+        | st.lists(st.sampled_from([b"a", b"b", b"*", b"?", b"[ab]", b"\\"]), max_size=4).map(b"".join),
+        "content_type": st.none() | small,
+        "tags": st.lists(st.tuples(small, small), max_size=2),
+        "created_after": st.none() | st.integers(-5, 5),
+        "created_before": st.none() | st.integers(-5, 5),
+        "expires_after": st.none() | st.integers(-5, 5),
+        "expires_before": st.none() | st.integers(-5, 5),
+    }
+)
+matchable = st.fixed_dictionaries(
+    {
+        "sid": st.integers(0, 9),
+        "uuid": st.just(bytes(16)),
+        "created": st.integers(-5, 5),
+        "updated": st.integers(-5, 5),
+        "expires": st.none() | st.integers(-5, 5),
+        "key": st.lists(st.sampled_from([b"a", b"b", b"\xff"]), min_size=1, max_size=4).map(b"".join),
+        "content_type": small,
+        "tags": st.dictionaries(small, small, max_size=3).map(lambda tags: sorted(tags.items())),
+        "payload": st.just(b"\xc0"),
+    }
+)
+
+
+@given(values=matchable, query=queries, now=st.integers(-6, 6), data=st.data())
+def test_query_matching_agrees(
+    native: ModuleType, values: dict[str, Any], query: dict[str, Any], now: int, data: st.DataObject
+) -> None:
+    record = damage(_purecore.pack_record(**values), data)
+    ours = outcome(native.QueryMatcher(**query).matches, record, now)
+    assert ours == outcome(_purecore.QueryMatcher(**query).matches, record, now)
+
+
+def test_query_matching_examples(twin: ModuleType) -> None:
+    record = twin.pack_record(1, bytes(16), 10, 10, 20, b"user:1", b"doc", [(b"a", b"1"), (b"b", b"")], b"\xc0")
+    match = twin.QueryMatcher
+    assert match(b"user:*", b"doc", [(b"b", b"")], 10, 10, 20, 20).matches(record, 19) is True
+    assert match(None, None, [], None, None, None, None).matches(record, 20) is False  # expired at 20
+    assert match(None, b"do", [], None, None, None, None).matches(record, 0) is False
+    assert match(None, None, [(b"a", b"2")], None, None, None, None).matches(record, 0) is False
+    assert match(b"user:2", None, [], None, None, None, None).matches(record, 0) is False
+    assert match(None, None, [], 11, None, None, None).matches(record, 0) is False
+    assert match(None, None, [], None, 9, None, None).matches(record, 0) is False
+    assert match(None, None, [], None, None, 21, None).matches(record, 0) is False
+    assert match(None, None, [], None, None, None, 19).matches(record, 0) is False
+
+
+# -- glob --------------------------------------------------------------------------------
+
+glob_bytes = st.sampled_from([*b"*?[]^-\\ab", 0x00, 0x7F, 0x80, 0xE9, 0xFF])
+globs = st.lists(glob_bytes, max_size=16).map(bytes) | st.binary(max_size=12)
+subjects = st.lists(glob_bytes, max_size=24).map(bytes) | st.binary(max_size=12)
+
+
+@given(pattern=globs, subject=subjects)
+@example(pattern=b"*a" * 1001, subject=b"a" * 1100)
+@example(pattern=b"*a" * 1000 + b"*", subject=b"a" * 1100)
+@example(pattern=b"[^", subject=b"x")
+def test_glob_agrees(native: ModuleType, pattern: bytes, subject: bytes) -> None:
+    expected = _purecore.glob_match(pattern, subject)
+    assert native.glob_match(pattern, subject) is expected
+    assert native.Glob(pattern).match(subject) is expected
+    assert native.glob_literal_prefix(pattern) == _purecore.glob_literal_prefix(pattern)
+
+
+@given(stars=st.integers(0, 40), subject=st.binary(min_size=0, max_size=4000))
+def test_glob_agrees_on_long_inputs(native: ModuleType, stars: int, subject: bytes) -> None:
+    pattern = b"*".join([b"?"] * stars) + b"*\x00"
+    assert native.glob_match(pattern, subject) is _purecore.glob_match(pattern, subject)
+
+
+# -- id lists -----------------------------------------------------------------------------
+
+
+def packed(ids: set[int]) -> bytes:
+    return b"".join(struct.pack(">Q", value) for value in sorted(ids))
+
+
+id_sets = st.sets(st.integers(0, 300), max_size=60) | st.sets(st.integers(0, MAX_ID), max_size=20)
+
+
+@given(first=id_sets, second=id_sets)
+def test_id_lists_agree(native: ModuleType, first: set[int], second: set[int]) -> None:
+    a, b = packed(first), packed(second)
+    assert native.intersect_ids(a, b) == _purecore.intersect_ids(a, b) == packed(first & second)
+    assert native.union_ids(a, b) == _purecore.union_ids(a, b) == packed(first | second)
+
+
+BIG = set(range(3, 2_000_000, 7))  # 285,714 ids: galloping territory against a few dozen
+BIG_PACKED = packed(BIG)
+
+
+@given(
+    small_set=st.sets(st.integers(0, 2_000_000), max_size=50) | st.sets(st.sampled_from(sorted(BIG)[:200]), max_size=40)
+)
+def test_galloping_agrees_when_sizes_differ_a_lot(native: ModuleType, small_set: set[int]) -> None:
+    a = packed(small_set)
+    assert native.intersect_ids(a, BIG_PACKED) == native.intersect_ids(BIG_PACKED, a) == packed(small_set & BIG)
+
+
+@given(raw=st.binary(max_size=40), other=id_sets)
+@example(raw=packed({5}) + packed({5}), other=set())  # a repeat
+@example(raw=packed({6}) + packed({5}), other=set())  # out of order
+@example(raw=b"\x00" * 7, other=set())  # not whole ids
+def test_bad_id_lists_are_refused_alike(native: ModuleType, raw: bytes, other: set[int]) -> None:
+    for operation in ("intersect_ids", "union_ids"):
+        for args in ((raw, packed(other)), (packed(other), raw)):
+            ours = outcome(getattr(native, operation), *args)
+            assert ours == outcome(getattr(_purecore, operation), *args)
+    ids = [struct.unpack(">Q", raw[i : i + 8])[0] for i in range(0, len(raw) - len(raw) % 8, 8)]
+    assume(len(raw) % 8 or any(x >= y for x, y in itertools.pairwise(ids)))
+    with pytest.raises(ValueError, match="id list"):
+        native.union_ids(raw, b"")
