@@ -9,14 +9,19 @@ share, so both raise and return the same things.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.datetime cimport import_datetime, timedelta_new
+from cpython.datetime cimport datetime_new, import_datetime
+from cpython.object cimport PyObject_GenericSetAttr
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 import_datetime()
 
+cdef extern from "Python.h":
+    object _PyLong_FromByteArray(const unsigned char* data, size_t n, int little_endian, int is_signed)
+
 from datetime import datetime, timezone
+from uuid import UUID as _UUID, SafeUUID
 
 from unistore._coretypes import (
     FLAG_EXPIRES,
@@ -25,11 +30,11 @@ from unistore._coretypes import (
     HEADER_SIZE,
     RecordFields,
     corrupt,
-    uuid_from_bytes,
 )
-from unistore.model import StorageMetadata
+from unistore.model import StorageItem, StorageMetadata
 
-cdef object _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+cdef object _UTC = timezone.utc
+cdef object _SAFE_UNKNOWN = SafeUUID.unknown
 cdef Py_ssize_t _HEADER = 68
 cdef int _MAX_NESTING = GLOB_MAX_NESTING
 cdef uint8_t _FLAG_EXPIRES = FLAG_EXPIRES
@@ -210,21 +215,98 @@ def unpack_record(bytes record):
 
 
 cdef object _datetime(int64_t micros):
-    cdef int64_t days = micros // 86400000000
-    cdef int64_t rest = micros - days * 86400000000
-    return _EPOCH + timedelta_new(<int>days, <int>(rest // 1000000), <int>(rest % 1000000))
+    """The aware UTC datetime, built in C (civil-from-days, H. Hinnant's algorithm)."""
+    cdef int64_t day = 86400000000
+    cdef int64_t days = micros / day
+    cdef int64_t rest = micros - days * day
+    if rest < 0:  # floor, not C's truncation
+        days -= 1
+        rest += day
+    cdef int64_t z = days + 719468
+    cdef int64_t era = (z if z >= 0 else z - 146096) / 146097
+    cdef int64_t doe = z - era * 146097
+    cdef int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
+    cdef int64_t year = yoe + era * 400
+    cdef int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+    cdef int64_t mp = (5 * doy + 2) / 153
+    cdef int64_t mday = doy - (153 * mp + 2) / 5 + 1
+    cdef int64_t month = mp + 3 if mp < 10 else mp - 9
+    if month <= 2:
+        year += 1
+    if year < 1 or year > 9999:
+        raise OverflowError("date value out of range")  # what the pure twin's datetime arithmetic says
+    cdef int64_t seconds = rest / 1000000
+    return datetime_new(
+        <int>year, <int>month, <int>mday, <int>(seconds / 3600), <int>(seconds / 60 % 60), <int>(seconds % 60),
+        <int>(rest % 1000000), _UTC,
+    )
+
+
+cdef object _uuid(const char* raw):
+    # As uuid_from_bytes does: set the two slots the way UUID.__init__ does, minus its checks.
+    value = _UUID.__new__(_UUID)
+    PyObject_GenericSetAttr(value, "int", _PyLong_FromByteArray(<const unsigned char*>raw, 16, 0, 0))
+    PyObject_GenericSetAttr(value, "is_safe", _SAFE_UNKNOWN)
+    return value
 
 
 cdef inline str _text(bytes record, Py_ssize_t start, Py_ssize_t end):
     return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(record) + start, end - start, NULL)
 
 
-def unpack_item(bytes record, content_type, now):
-    """The metadata and the (still packed) payload of a record, or None when it has
-    expired at ``now`` (None: do not check) or is not of ``content_type`` (None: any).
+cdef dict _tags_dict(bytes record, const Header* h):
+    """The tags as text, checked as the pure twin checks them (all lengths, then UTF-8)."""
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(record)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(record)
+    cdef Py_ssize_t pos = h.tags_start, key_at, key_len, value_at, value_len, i
+    cdef Py_ssize_t count = h.tag_count
+    if count > 64:  # an unusually tagged item, or damage: the general walk, lengths first
+        pairs = []
+        _walk_tags(record, h, pairs, NULL)
+        return {k.decode(): v.decode() for k, v in pairs}
+    cdef Py_ssize_t spans[256]
+    for i in range(count):
+        if pos + 4 > size:
+            raise corrupt("tags section is truncated")
+        key_len = _u32(p + pos)
+        key_at = pos + 4
+        pos = key_at + key_len
+        if pos + 4 > size:
+            raise corrupt("tags section is truncated")
+        value_len = _u32(p + pos)
+        value_at = pos + 4
+        pos = value_at + value_len
+        spans[4 * i] = key_at
+        spans[4 * i + 1] = key_len
+        spans[4 * i + 2] = value_at
+        spans[4 * i + 3] = value_len
+    if pos != h.payload_start:
+        raise corrupt("tags section length does not match its tags")
+    cdef dict tags = {}
+    for i in range(count):
+        tags[_clamped_text(record, spans[4 * i], spans[4 * i + 1])] = _clamped_text(
+            record, spans[4 * i + 2], spans[4 * i + 3]
+        )
+    return tags
+
+
+cdef inline str _clamped_text(bytes record, Py_ssize_t start, Py_ssize_t length):
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(record)
+    if start > size:
+        start = size
+    if start + length > size:
+        length = size - start
+    return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(record) + start, length, NULL)
+
+
+def unpack_item(bytes record, content_type, now, decode):
+    """The item a record holds, its payload decoded by ``decode``; or None when the
+    record has expired at ``now`` (None: do not check) or is not of ``content_type``
+    (None: any).
 
     Raises:
         StorageCorruptionError: the record does not parse.
+        whatever ``decode`` raises for a payload it cannot decode.
     """
     cdef Header h
     _read_header(record, &h)
@@ -242,19 +324,16 @@ def unpack_item(bytes record, content_type, now):
     # several faults is reported by the same first one.
     try:
         created = _datetime(h.created)
-        uuid = uuid_from_bytes(_slice(record, 16, 32))
+        uuid = _uuid(p + 16)
         key = _text(record, h.key_start, h.type_start)
         type_text = _text(record, h.type_start, h.tags_start)
         updated = created if h.updated == h.created else _datetime(h.updated)
         expires = _datetime(h.expires) if h.flags & _FLAG_EXPIRES else None
-        _walk_tags(record, &h, pairs, NULL)
-        tags = {}
-        for tag_key, tag_value in pairs:
-            tags[tag_key.decode()] = tag_value.decode()
+        tags = _tags_dict(record, &h)
         metadata = StorageMetadata(uuid, key, type_text, created, updated, expires, tags)
     except (UnicodeDecodeError, OverflowError) as exc:
         raise corrupt(str(exc)) from exc
-    return metadata, _slice(record, h.payload_start, PyBytes_GET_SIZE(record))
+    return StorageItem(decode(_slice(record, h.payload_start, PyBytes_GET_SIZE(record))), metadata)
 
 
 # -- glob: Redis 7.0 util.c stringmatchlen, ported ------------------------------------

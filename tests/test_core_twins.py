@@ -113,8 +113,8 @@ def test_unpacking_damaged_records_agrees(
 ) -> None:
     record = damage(_purecore.pack_record(**values), data)
     assert outcome(native.unpack_record, record) == outcome(_purecore.unpack_record, record)
-    assert outcome(native.unpack_item, record, content_type, now) == outcome(
-        _purecore.unpack_item, record, content_type, now
+    assert outcome(native.unpack_item, record, content_type, now, bytes) == outcome(
+        _purecore.unpack_item, record, content_type, now, bytes
     )
 
 
@@ -133,8 +133,8 @@ def test_unpack_item_agrees_on_sound_records(
         content_type = values["content_type"]
     record = _purecore.pack_record(**values)
     ours, theirs = (
-        outcome(native.unpack_item, record, content_type, now),
-        outcome(_purecore.unpack_item, record, content_type, now),
+        outcome(native.unpack_item, record, content_type, now, bytes),
+        outcome(_purecore.unpack_item, record, content_type, now, bytes),
     )
     assert ours == theirs
 

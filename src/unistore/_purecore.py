@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._coretypes import (
@@ -26,7 +26,7 @@ from ._coretypes import (
     corrupt,
     uuid_from_bytes,
 )
-from .model import StorageMetadata, micros_to_datetime
+from .model import StorageItem, StorageMetadata, micros_to_datetime
 
 HEADER = struct.Struct(HEADER_FORMAT)
 _U32 = struct.Struct("<I")
@@ -119,13 +119,16 @@ def unpack_record(record: bytes) -> RecordFields:
     )
 
 
-def unpack_item(record: bytes, content_type: bytes | None, now: int | None) -> tuple[StorageMetadata, bytes] | None:
-    """The metadata and the (still packed) payload of a record, or None when the
-    record has expired at ``now`` (None: do not check) or is not of ``content_type``
-    (None: any).
+def unpack_item(
+    record: bytes, content_type: bytes | None, now: int | None, decode: Callable[[bytes], Any]
+) -> StorageItem[Any] | None:
+    """The item a record holds, its payload decoded by ``decode``; or None when
+    the record has expired at ``now`` (None: do not check) or is not of
+    ``content_type`` (None: any).
 
     Raises:
         StorageCorruptionError: the record does not parse.
+        whatever ``decode`` raises for a payload it cannot decode.
     """
     head = _check_header(record)
     if now is not None and head[1] & FLAG_EXPIRES and head[8] <= now:
@@ -148,7 +151,7 @@ def unpack_item(record: bytes, content_type: bytes | None, now: int | None) -> t
         )
     except (UnicodeDecodeError, OverflowError) as exc:
         raise corrupt(str(exc)) from exc
-    return metadata, record[tags_end:]
+    return StorageItem(decode(record[tags_end:]), metadata)
 
 
 # -- sorted id lists --------------------------------------------------------------

@@ -48,8 +48,8 @@ from .model import (
 EXT_DATETIME = 1
 EXT_UUID = 2
 _I64 = struct.Struct(">q")
-# What msgpack and the model raise for bytes that are not what we wrote.
-_DECODE_ERRORS = (ValueError, TypeError, OverflowError)
+# What the core, msgpack and the model raise for bytes that are not what we wrote.
+_DECODE_ERRORS = (StorageCorruptionError, ValueError, TypeError, OverflowError)
 
 
 def _pack_default(value: object) -> msgpack.ExtType:
@@ -95,14 +95,6 @@ def _corrupt(key: object, exc: Exception) -> StorageCorruptionError:
     return StorageCorruptionError(f"the record stored under key {key!r} does not decode: {exc}", {"key": key})
 
 
-def _item(found: tuple[StorageMetadata, bytes], key: object) -> StorageItem[Any]:
-    metadata, payload = found
-    try:
-        return StorageItem(data=decode_payload(payload), metadata=metadata)
-    except _DECODE_ERRORS as exc:
-        raise _corrupt(key, exc) from exc
-
-
 def decode_item(record: bytes, key: object) -> StorageItem[Any]:
     """The item a record holds, expired or not; ``key`` names it in errors.
 
@@ -110,10 +102,10 @@ def decode_item(record: bytes, key: object) -> StorageItem[Any]:
         StorageCorruptionError: the record does not decode.
     """
     try:
-        found = unpack_item(record, None, None)
-    except StorageCorruptionError as exc:
+        item = unpack_item(record, None, None, decode_payload)
+    except _DECODE_ERRORS as exc:
         raise _corrupt(key, exc) from exc
-    return _item(found, key)  # type: ignore[arg-type]  # None only when expiry or type is checked
+    return item  # type: ignore[return-value]  # None only when expiry or type is checked
 
 
 def decode_fields(record: bytes, key: object) -> RecordFields:
@@ -154,11 +146,11 @@ def load_item(record: bytes | None, key: str, content_type: str | None, now: int
     wanted = None if content_type is None else validate_name(content_type, "content_type")
     if record is not None:
         try:
-            found = unpack_item(record, wanted, now)
-        except StorageCorruptionError as exc:
+            item = unpack_item(record, wanted, now, decode_payload)
+        except _DECODE_ERRORS as exc:
             raise _corrupt(key, exc) from exc
-        if found is not None:
-            return _item(found, key)
+        if item is not None:
+            return item
     where = "" if content_type is None else f" with content type {content_type!r}"
     raise ItemNotFoundError(f"no item under key {key!r}{where}", {"key": key})
 

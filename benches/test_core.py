@@ -1,0 +1,62 @@
+"""The native core against its pure twin, same inputs, same run."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from unistore import _purecore
+from unistore.codec import prepare_save
+
+native = importlib.import_module("unistore._core")  # these benchmarks exist to measure it
+TWINS = {"pure": _purecore, "native": native}
+
+
+def headers(count: int) -> list[bytes]:
+    records = []
+    for n in range(count):
+        prepared = prepare_save(f"user:{n:07d}", None, "user", None, {"group": str(n % 100), "role": "dev"})
+        records.append(
+            _purecore.pack_record(n, bytes(16), n, n, None, prepared.key_bytes, b"user", prepared.tag_pairs, b"\xc0")
+        )
+    return records
+
+
+RECORDS = headers(int(os.environ.get("UNISTORE_BENCH_RECORDS", "1000000")))
+KEYS = [record[68 : 68 + 12] for record in RECORDS[:100_000]]
+
+
+@pytest.mark.parametrize("twin", ["pure", "native"])
+@pytest.mark.benchmark(group="core-glob-100k-keys")
+def test_core_glob(benchmark: Any, twin: str) -> None:
+    glob = TWINS[twin].Glob(b"user:*[37]?9")
+    assert benchmark(lambda: sum(1 for key in KEYS if glob.match(key))) == 2000
+
+
+@pytest.mark.parametrize("twin", ["pure", "native"])
+@pytest.mark.benchmark(group="core-query-1m-headers")
+def test_core_query_matching(benchmark: Any, twin: str) -> None:
+    module: ModuleType = TWINS[twin]
+    matcher = module.QueryMatcher(b"user:*2", b"user", [(b"group", b"42")], None, None, None, None)
+    matches = matcher.matches
+
+    def scan() -> int:
+        return sum(1 for record in RECORDS if matches(record, 0))
+
+    assert benchmark.pedantic(scan, rounds=3, iterations=1) == len(RECORDS) // 100
+
+
+BIG = b"".join(struct.pack(">Q", n) for n in range(0, 3_000_000, 3))  # 1M ids
+SMALL = b"".join(struct.pack(">Q", n) for n in range(0, 3_000_000, 300))  # 10k ids
+
+
+@pytest.mark.parametrize("twin", ["pure", "native"])
+@pytest.mark.benchmark(group="core-intersect-1m-10k")
+def test_core_intersection(benchmark: Any, twin: str) -> None:
+    intersect = TWINS[twin].intersect_ids
+    assert len(benchmark.pedantic(intersect, (BIG, SMALL), rounds=5, iterations=1)) == 8 * 10_000
