@@ -77,6 +77,8 @@ def test_open_memory_provider() -> None:
         ("memory://?nmespace=a", r"unknown option\(s\) nmespace"),
         ("memory://?namespace=", "namespace must not be empty"),
         (b"memory://", "url must be a str"),
+        ("memory://[::1", "does not parse"),
+        ("memory://#frag", "has a '#' fragment"),
     ],
 )
 def test_bad_urls(url: str, message: str) -> None:
@@ -105,6 +107,7 @@ def test_open_lmdb_provider(tmp_path: Path) -> None:
         ("?bogus=1", r"unknown option\(s\) bogus"),
         ("?map_size=-5", "option map_size must be a positive integer"),
         ("?max_namespaces=lots", "option max_namespaces must be a positive integer"),
+        ("?map_size=%C2%B2", "option map_size must be a positive integer"),  # '²' is a digit to str.isdigit
         ("?durability=maybe", "durability must be one of"),
     ],
 )
@@ -163,6 +166,8 @@ def test_default_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("UNISTORE_STORE")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert default_store() == f"lmdb://{tmp_path}/unistore"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "a#b%c"))
+    assert default_store() == f"lmdb://{tmp_path}/a%23b%25c/unistore"  # quoted: the URL names that very path
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_store() == f"lmdb://{tmp_path}/home/.local/share/unistore"

@@ -129,8 +129,7 @@ async def test_damaged_records_in_a_store_are_named() -> None:
         [r async for r in provider.search(StorageQuery())]
     with pytest.raises(StorageCorruptionError, match="'bad'"):
         await provider.save("bad", 2, "t")
-    with pytest.raises(StorageCorruptionError, match="'bad'"):
-        await provider.purge_expired()
+    assert await provider.purge_expired() == 0  # damage is not expiry: purge leaves it for load to name
 
 
 def test_matcher_reads_headers_without_the_payload() -> None:

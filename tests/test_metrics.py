@@ -44,9 +44,10 @@ def test_histogram_buckets_are_cumulative() -> None:
     [
         (lambda m: m.counter("", 1), "metric name must be a non-empty str"),
         (lambda m: m.counter("c", -1), "a counter only goes up"),
-        (lambda m: m.counter("c", True), "value must be a number"),
-        (lambda m: m.gauge("g", "3"), "value must be a number"),
-        (lambda m: m.histogram("h", math.nan), "value must be a number"),
+        (lambda m: m.counter("c", True), "value must be a finite-sized number"),
+        (lambda m: m.gauge("g", "3"), "value must be a finite-sized number"),
+        (lambda m: m.histogram("h", math.nan), "value must be a finite-sized number"),
+        (lambda m: m.gauge("g", 10**400), "value must be a finite-sized number"),
         (lambda m: m.counter("c", 1, label=3), "label 'label' must be a str"),
         (lambda m: m.gauge("c", 1), "metric 'c' is a counter, not a gauge"),
         (lambda m: m.histogram("c", 1), "metric 'c' is a counter, not a histogram"),

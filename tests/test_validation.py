@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
@@ -53,6 +53,31 @@ BAD_SAVES = [
     ({"data": [datetime(1, 1, 1)]}, SerializationError, "cannot be read as local time"),
     ({"data": {"deep": LATE}}, SerializationError, "outside the years"),
     ({"data": complex(1, 2)}, SerializationError, "a complex is not"),
+]
+
+
+class IntOffset(tzinfo):
+    """A broken tzinfo: its offset is an int, not a timedelta."""
+
+    def utcoffset(self, dt: datetime | None) -> Any:
+        return 5
+
+
+class RaisingOffset(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> Any:
+        raise RuntimeError("tz database unavailable")
+
+
+class OddDatetime(datetime):
+    def __sub__(self, other: Any) -> Any:
+        return "not a timedelta"
+
+
+BAD_SAVES += [
+    ({"expires_at": datetime(2030, 1, 1, tzinfo=IntOffset())}, ValidationError, "expires_at: .*tzinfo fails"),
+    ({"expires_at": datetime(2030, 1, 1, tzinfo=RaisingOffset())}, ValidationError, "tz database unavailable"),
+    ({"expires_at": OddDatetime(2030, 1, 1, tzinfo=timezone.utc)}, ValidationError, "cannot be converted to UTC"),
+    ({"data": [datetime(2030, 1, 1, tzinfo=RaisingOffset())]}, SerializationError, "tz database unavailable"),
 ]
 
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
+from urllib.parse import quote
 
 from .core import NATIVE
 from .errors import StorageError
@@ -40,7 +41,7 @@ def default_store() -> str:
     if configured:
         return configured
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"lmdb://{Path(data_home).resolve() / 'unistore'}"
+    return f"lmdb://{quote(str(Path(data_home).resolve() / 'unistore'))}"
 
 
 async def _timed(out: TextIO, label: str, step: Awaitable[_R]) -> _R:
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         if args.command == "demo" and args.store is None:
             with tempfile.TemporaryDirectory(prefix="unistore-demo-") as scratch:
-                asyncio.run(run_demo(f"lmdb://{scratch}?namespace=demo", stream))
+                asyncio.run(run_demo(f"lmdb://{quote(scratch)}?namespace=demo", stream))
         elif args.command == "demo":
             asyncio.run(run_demo(args.store, stream))
         elif args.command == "check":

@@ -70,6 +70,7 @@ def _unpack_ext(code: int, data: bytes) -> object:
 
 def decode_payload(payload: bytes) -> Any:
     """The data a payload holds (raises msgpack's or the model's errors on bad bytes)."""
+    # A plain call with keywords: measured cheaper than a functools.partial here.
     return msgpack.unpackb(payload, ext_hook=_unpack_ext, strict_map_key=False, raw=False)
 
 
@@ -101,11 +102,18 @@ def decode_item(record: bytes, key: object) -> StorageItem[Any]:
     Raises:
         StorageCorruptionError: the record does not decode.
     """
+    return _unpack(record, key, None, None)  # type: ignore[return-value]  # None only when expiry or type is checked
+
+
+def _unpack(record: bytes, key: object, content_type: bytes | None, now: int | None) -> StorageItem[Any] | None:
     try:
-        item = unpack_item(record, None, None, decode_payload)
+        return unpack_item(record, content_type, now, decode_payload)
     except _DECODE_ERRORS as exc:
         raise _corrupt(key, exc) from exc
-    return item  # type: ignore[return-value]  # None only when expiry or type is checked
+
+
+def _encoded_type(content_type: str | None) -> bytes | None:
+    return None if content_type is None else validate_name(content_type, "content_type")
 
 
 def decode_fields(record: bytes, key: object) -> RecordFields:
@@ -127,7 +135,7 @@ def live_fields(record: bytes | None, key: str, content_type: str | None, now: i
         ValidationError: ``content_type`` is given but not a non-empty str.
         StorageCorruptionError: the record does not decode.
     """
-    wanted = None if content_type is None else validate_name(content_type, "content_type")
+    wanted = _encoded_type(content_type)
     if record is None:
         return None
     fields = decode_fields(record, key)
@@ -143,12 +151,9 @@ def load_item(record: bytes | None, key: str, content_type: str | None, now: int
         ItemNotFoundError: ``record`` is None, expired, or of another content type.
         StorageCorruptionError: the record does not decode.
     """
-    wanted = None if content_type is None else validate_name(content_type, "content_type")
+    wanted = _encoded_type(content_type)
     if record is not None:
-        try:
-            item = unpack_item(record, wanted, now, decode_payload)
-        except _DECODE_ERRORS as exc:
-            raise _corrupt(key, exc) from exc
+        item = _unpack(record, key, wanted, now)
         if item is not None:
             return item
     where = "" if content_type is None else f" with content type {content_type!r}"

@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING
 from . import _purecore
 
 
-def choose(
-    pure_requested: bool, native_required: bool, load_native: Callable[[], ModuleType]
-) -> ModuleType:
+def choose(pure_requested: bool, native_required: bool, load_native: Callable[[], ModuleType]) -> ModuleType:
     """The core module to use, given the two switches and a way to import the extension.
 
     Raises:

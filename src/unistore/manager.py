@@ -120,13 +120,14 @@ class UnifiedStorageManager(CleanupOnExit):
         self._providers[content_type] = provider
 
     def _provider(self, content_type: str) -> StorageProvider[Any]:
-        validate_name(content_type, "content_type")
-        try:
-            return self._providers[content_type]
-        except KeyError:
-            raise ProviderNotFoundError(
-                f"Provider not found: {content_type!r}", {"content_type": content_type}
-            ) from None
+        # Only valid names are registered: a hit of a plain str needs no further check.
+        provider = self._providers.get(content_type) if type(content_type) is str else None
+        if provider is None:
+            validate_name(content_type, "content_type")  # str subclasses (enums) are fine
+            provider = self._providers.get(content_type)
+            if provider is None:
+                raise ProviderNotFoundError(f"Provider not found: {content_type!r}", {"content_type": content_type})
+        return provider
 
     def _measured(self, operation: str, content_type: str) -> _Measured:
         instruments = self._instruments.get((operation, content_type))

@@ -118,9 +118,13 @@ _Instrument = TypeVar("_Instrument", Counter, Gauge, Histogram)
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValidationError(f"metric {name!r}: value must be a number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
+    except OverflowError:  # an int beyond a float's range
+        number = math.nan
+    if math.isnan(number):
+        raise ValidationError(f"metric {name!r}: value must be a finite-sized number, got {value!r}")
+    return number
 
 
 class MetricsManager:

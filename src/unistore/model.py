@@ -101,12 +101,19 @@ def datetime_to_micros(value: datetime) -> int:
     Raises:
         ValueError: the instant is outside what a UTC ``datetime`` can hold.
     """
-    if value.utcoffset() is None:
+    try:
+        naive = value.utcoffset() is None
+    except Exception as exc:  # a tzinfo is user code: whatever it raises, the value is unusable
+        raise ValueError(f"{value!r}: its tzinfo fails: {exc!r}") from exc
+    if naive:
         try:
             value = value.astimezone()  # local time, as datetime.timestamp() reads it
         except (OverflowError, OSError, ValueError) as exc:
             raise ValueError(f"{value!r} cannot be read as local time") from exc
-    micros = (value - _EPOCH) // _ONE_MICROSECOND
+    try:
+        micros = (value - _EPOCH) // _ONE_MICROSECOND
+    except Exception as exc:  # a datetime subclass or tzinfo that does not do arithmetic
+        raise ValueError(f"{value!r} cannot be converted to UTC: {exc!r}") from exc
     if not MIN_MICROS <= micros <= MAX_MICROS:
         raise ValueError(f"{value!r} is outside the years 1 to 9999 in UTC")
     return micros
@@ -122,13 +129,18 @@ def micros_to_datetime(micros: int) -> datetime:
 
 def _utf8(value: str, field_name: str) -> bytes:
     try:
-        return value.encode("utf-8")
+        return str.encode(value)  # str's own encode: a subclass may override it
     except UnicodeEncodeError as exc:
         raise ValidationError(f"{field_name} is not valid Unicode text: {exc.reason}") from exc
 
 
 def validate_name(value: object, field_name: str) -> bytes:
     """A non-empty ``str`` (content type, namespace, tag key), as UTF-8."""
+    if type(value) is str and value:  # the common case first: it runs on every load
+        try:
+            return str.encode(value)
+        except UnicodeEncodeError:
+            pass  # the checks below name the field
     if not isinstance(value, str):
         raise ValidationError(f"{field_name} must be a str, got {type(value).__name__}")
     if not value:
@@ -138,6 +150,11 @@ def validate_name(value: object, field_name: str) -> bytes:
 
 def validate_key(key: object) -> bytes:
     """A non-empty ``str`` of at most :data:`MAX_KEY_BYTES` UTF-8 bytes, as UTF-8."""
+    if type(key) is str and 0 < len(key) <= MAX_KEY_BYTES // 4:  # the common case, on every load
+        try:
+            return str.encode(key)  # at most 4 bytes a character: within the limit
+        except UnicodeEncodeError:
+            pass  # the checks below name the field
     encoded = validate_name(key, "key")
     if len(encoded) > MAX_KEY_BYTES:
         raise ValidationError(f"key is {len(encoded)} UTF-8 bytes long; the limit is {MAX_KEY_BYTES}")

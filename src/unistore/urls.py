@@ -32,7 +32,7 @@ def _positive_int(params: dict[str, str], name: str) -> dict[str, int]:
     if name not in params:
         return {}
     text = params.pop(name)
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ValidationError(f"url: option {name} must be a positive integer, got {text!r}")
     return {name: int(text)}
 
@@ -61,7 +61,12 @@ def open_provider(url: str) -> StorageProvider[Any]:
     """
     if not isinstance(url, str):
         raise ValidationError(f"url must be a str, got {type(url).__name__}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValidationError(f"url: {url!r} does not parse: {exc}") from exc
+    if parts.fragment:
+        raise ValidationError(f"url: {url!r} has a '#' fragment; write '#' in a path as %23")
     opener = _OPENERS.get(parts.scheme)
     if opener is None:
         known = ", ".join(f"{scheme}://" for scheme in sorted(_OPENERS))

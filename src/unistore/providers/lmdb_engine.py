@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
+from uuid import UUID
 
 import lmdb
 
@@ -160,17 +161,18 @@ class ResizeGate:
         self._open = threading.Event()
         self._open.set()
         self._resizer = threading.Lock()
+        # Bound C methods, so the read path pays no Python frame for them.
+        self.leave: Callable[[], object] = self._active.pop
+        self._announce = self._active.append
+        self._is_open = self._open.is_set
 
     def enter(self) -> None:
-        while True:
-            self._active.append(None)
-            if self._open.is_set():
-                return
+        """Announce a transaction, waiting out a resize in progress."""
+        self._announce(None)
+        while not self._is_open():
             self._active.pop()
             self._open.wait()
-
-    def leave(self) -> None:
-        self._active.pop()
+            self._announce(None)
 
     def exclusive(self, action: Callable[[], None]) -> None:
         with self._resizer:
@@ -280,12 +282,12 @@ class SharedEnvironment:
         """Take the map size another process has grown the store to."""
         self.gate.exclusive(lambda: self.env.set_mapsize(0))
 
-    def read(self, action: Callable[[Any], R]) -> R:
-        """Run ``action(txn)`` in a read transaction."""
+    def read(self, action: Callable[[Any], R], db: Any = None) -> R:
+        """Run ``action(txn)`` in a read transaction whose default database is ``db``."""
         while True:
             self.gate.enter()
             try:
-                with self.env.begin(buffers=False) as txn:
+                with self.env.begin(db=db) as txn:  # no other keyword: each costs measurably here
                     return action(txn)
             except lmdb.MapResizedError:
                 pass  # fall through to adopt the size once outside the gate
@@ -549,10 +551,14 @@ class LmdbEngine:
                 break
             key = txn.get(_SID.pack(sid), db=self._ids)
             raw = None if key is None else txn.get(key, db=self._records)
-            if raw is None:  # an entry whose item is gone (`check` reports these): drop it
+            try:
+                fields = None if raw is None else decode_fields(raw, key)
+            except StorageCorruptionError:
+                fields = None  # a damaged record stays for `check` to report; it must not block writes
+            if fields is None:  # an entry whose item is gone or unreadable: drop the entry
                 cursor.delete()
                 continue
-            self._remove(txn, decode_fields(raw, key))
+            self._remove(txn, fields)
             removed += 1
         return removed
 
@@ -632,8 +638,7 @@ class LmdbEngine:
         """
         key_bytes = validate_key(key)
         shared = self.shared  # first: reopening renews the database handles
-        records = self._records
-        raw = shared.read(lambda txn: txn.get(key_bytes, db=records))
+        raw = shared.read(lambda txn: txn.get(key_bytes), self._records)
         return load_item(raw, key, content_type, now_micros())
 
     def search_chunks(self, query: StorageQuery) -> Iterator[list[StorageResult[Any]]]:
@@ -647,10 +652,16 @@ class LmdbEngine:
         if remaining == 0:
             return
         shared = self.shared  # first: reopening renews the database handles
-        source = self._plan(compiled.spec, shared)
+        source, moving = self._plan(compiled.spec, shared)
+        # An item re-saved with a later expiry moves ahead in the expiry index and
+        # would be met twice by a search that walks it: remember what was yielded.
+        seen: set[UUID] | None = set() if moving else None
         position: bytes | None = None
         while True:
             hits, position = shared.read(functools.partial(self._chunk, compiled, source, position, remaining))
+            if seen is not None:
+                hits = [hit for hit in hits if hit.item.metadata.id not in seen]
+                seen.update(hit.item.metadata.id for hit in hits)
             if hits:
                 yield hits
             if remaining is not None:
@@ -670,23 +681,28 @@ class LmdbEngine:
         self.candidates_examined += len(candidates)
         return list(select(compiled, candidates, now_micros(), limit)), position
 
-    def _plan(self, spec: QuerySpec, shared: SharedEnvironment) -> _Source:
+    def _plan(self, spec: QuerySpec, shared: SharedEnvironment) -> tuple[_Source, bool]:
         """The cheapest access path: the smallest posting list of the query's tags
         and content type, else the literal prefix of its pattern, else a time
-        range, else every record."""
+        range, else every record. The flag says whether the path is the expiry
+        index, where a concurrent save can move an item ahead of the search."""
         postings = [(self._tags, tag_index_key(k, v)) for k, v in spec.tags]
         if spec.content_type is not None:
             postings.append((self._types, type_index_key(spec.content_type)))
         if postings:
             sizes = shared.read(lambda txn: [_posting_size(txn, db, key) for db, key in postings])
             db, key = postings[sizes.index(min(sizes))]
-            return functools.partial(self._from_posting, db, key)
+            return functools.partial(self._from_posting, db, key), False
         prefix = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
         if not prefix and (spec.created_after is not None or spec.created_before is not None):
-            return functools.partial(self._from_time_range, self._created, spec.created_after, spec.created_before)
+            return functools.partial(
+                self._from_time_range, self._created, spec.created_after, spec.created_before
+            ), False
         if not prefix and (spec.expires_after is not None or spec.expires_before is not None):
-            return functools.partial(self._from_time_range, self._expires, spec.expires_after, spec.expires_before)
-        return functools.partial(self._from_prefix, prefix)
+            return functools.partial(
+                self._from_time_range, self._expires, spec.expires_after, spec.expires_before
+            ), True
+        return functools.partial(self._from_prefix, prefix), False
 
     def _by_sid(self, txn: Any, sids: list[bytes]) -> list[tuple[bytes, bytes]]:
         candidates = []

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ..codec import compile_query, decode_fields, is_live, live_fields, load_item, prepare_save, select
+from ..errors import StorageCorruptionError
 from ..model import StorageItem, StorageQuery, StorageResult, Tags, now_micros, validate_key, validate_name
 from .base import StorageProvider
 
@@ -65,7 +66,14 @@ class MemoryStorageProvider(StorageProvider[Any]):
     async def purge_expired(self) -> int:
         """Drop expired records (readers never see them anyway); returns how many."""
         now = now_micros()
-        expired = [key for key, record in self._records.items() if not is_live(decode_fields(record, key).expires, now)]
+
+        def has_expired(key: str, record: bytes) -> bool:
+            try:
+                return not is_live(decode_fields(record, key).expires, now)
+            except StorageCorruptionError:  # not known to be expired; a load names the damage
+                return False
+
+        expired = [key for key, record in self._records.items() if has_expired(key, record)]
         for key in expired:
             del self._records[key]
         return len(expired)
