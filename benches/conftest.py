@@ -73,10 +73,10 @@ def engine(workdir: Path) -> Iterator[LmdbEngine]:
 
 
 @pytest.fixture(scope="session")
-def manager(workdir: Path, engine: LmdbEngine) -> Iterator[UnifiedStorageManager]:
+def manager(workdir: Path, engine: LmdbEngine) -> UnifiedStorageManager:
     manager = UnifiedStorageManager(metrics=MetricsManager())
     manager.register_provider("user", LmdbStorageProvider(workdir / "unistore", namespace="bench"))
-    yield manager
+    return manager
 
 
 @pytest.fixture(scope="session")

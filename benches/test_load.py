@@ -15,7 +15,9 @@ from unistore.providers.lmdb_engine import LmdbEngine
 pytestmark = pytest.mark.benchmark(group="load")
 
 
-def test_load_raw_lmdb_get_unpackb(benchmark: Any, batch: int, record: dict[str, Any], raw_lmdb: tuple[Any, Any]) -> None:
+def test_load_raw_lmdb_get_unpackb(
+    benchmark: Any, batch: int, record: dict[str, Any], raw_lmdb: tuple[Any, Any]
+) -> None:
     env, db = raw_lmdb
 
     def reads() -> Any:
@@ -45,7 +47,9 @@ def test_load_engine_sync(benchmark: Any, batch: int, record: dict[str, Any], en
     assert benchmark(reads) == record
 
 
-def test_load_manager_lmdb(benchmark: Any, batch: int, record: dict[str, Any], manager: UnifiedStorageManager, loop: asyncio.AbstractEventLoop) -> None:
+def test_load_manager_lmdb(
+    benchmark: Any, batch: int, record: dict[str, Any], manager: UnifiedStorageManager, loop: asyncio.AbstractEventLoop
+) -> None:
     async def reads() -> Any:
         for _ in range(batch):
             item = await manager.load("user:1", "user")
