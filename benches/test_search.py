@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,24 @@ def test_search_two_tags_in_200k(benchmark: Any, store_200k: LmdbEngine) -> None
     assert benchmark(run, store_200k, query) == HITS
 
 
-@pytest.mark.benchmark(group="search-scan")
-def test_search_scan_pattern_without_prefix_200k(benchmark: Any, store_200k: LmdbEngine) -> None:
-    """A pattern with no literal prefix checks every record: candidates per second."""
+SCAN_ITEMS = int(os.environ.get("UNISTORE_BENCH_SCAN_ITEMS", "1000000"))
+
+
+@pytest.fixture(scope="module")
+def store_scan(workdir: Path, record: dict[str, Any]) -> Iterator[LmdbEngine]:
+    engine = fill(workdir / "scan", SCAN_ITEMS, record)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.benchmark(group="search-scan-1m")
+def test_search_scan_pattern_without_prefix(benchmark: Any, store_scan: LmdbEngine) -> None:
+    """A pattern with no literal prefix checks every record's header: candidates per second."""
     query = StorageQuery(pattern="*99999?")
-    before = store_200k.candidates_examined
-    assert benchmark.pedantic(run, (store_200k, query), rounds=3, iterations=1) == 2
-    benchmark.extra_info["candidates_per_round"] = (store_200k.candidates_examined - before) // 3
+    before = store_scan.candidates_examined
+    found = benchmark.pedantic(run, (store_scan, query), rounds=3, iterations=1)
+    assert found == SCAN_ITEMS // 1_000_000 * 10
+    per_round = (store_scan.candidates_examined - before) // 3
+    assert per_round == SCAN_ITEMS
+    benchmark.extra_info["candidates"] = per_round
+    benchmark.extra_info["candidates_per_second"] = round(per_round / benchmark.stats.stats.median)

@@ -17,9 +17,6 @@ from libc.string cimport memcmp, memcpy
 
 import_datetime()
 
-cdef extern from "Python.h":
-    object _PyLong_FromByteArray(const unsigned char* data, size_t n, int little_endian, int is_signed)
-
 from datetime import datetime, timezone
 from uuid import UUID as _UUID, SafeUUID
 
@@ -77,6 +74,14 @@ cdef inline uint32_t _u32(const uint8_t* p) noexcept nogil:
 
 cdef inline uint64_t _u64(const uint8_t* p) noexcept nogil:
     return <uint64_t>_u32(p) | (<uint64_t>_u32(p + 4) << 32)
+
+
+cdef inline uint64_t _be64(const uint8_t* p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
 
 
 cdef inline void _put_u32(uint8_t* p, uint32_t v) noexcept nogil:
@@ -261,7 +266,8 @@ cdef object _datetime(int64_t micros):
 cdef object _uuid(const char* raw):
     # As uuid_from_bytes does: set the two slots the way UUID.__init__ does, minus its checks.
     value = _UUID.__new__(_UUID)
-    PyObject_GenericSetAttr(value, "int", _PyLong_FromByteArray(<const unsigned char*>raw, 16, 0, 0))
+    cdef const uint8_t* p = <const uint8_t*>raw
+    PyObject_GenericSetAttr(value, "int", (<object>_be64(p) << 64) | <object>_be64(p + 8))
     PyObject_GenericSetAttr(value, "is_safe", _SAFE_UNKNOWN)
     return value
 
@@ -552,14 +558,6 @@ cdef class QueryMatcher:
 
 
 # -- sorted id lists -------------------------------------------------------------------
-
-cdef inline uint64_t _be64(const uint8_t* p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v = (v << 8) | p[i]
-    return v
-
 
 cdef Py_ssize_t _check_ids(bytes packed) except -1:
     cdef Py_ssize_t size = PyBytes_GET_SIZE(packed)
