@@ -20,6 +20,7 @@ import_datetime()
 from datetime import datetime, timezone
 from uuid import UUID as _UUID, SafeUUID
 
+from unistore.errors import StorageCorruptionError
 from unistore._coretypes import (
     FLAG_EXPIRES,
     FORMAT_VERSION,
@@ -521,31 +522,57 @@ cdef class QueryMatcher:
         Raises:
             StorageCorruptionError: the record's header does not parse.
         """
+        return self._match(record, now) == 1
+
+    def matching(self, records, int64_t now, Py_ssize_t most=-1):
+        """The indexes of the records that :meth:`matches`, in one call, stopping
+        after ``most`` of them (-1: no limit); records after that are not read.
+
+        Raises:
+            StorageCorruptionError: a record's header does not parse;
+                ``details["index"]`` says which.
+        """
+        cdef list found = []
+        cdef Py_ssize_t index
+        cdef bytes record
+        for index, record in enumerate(records):
+            try:
+                hit = self._match(record, now)
+            except StorageCorruptionError as exc:
+                exc.details["index"] = index
+                raise
+            if hit:
+                found.append(index)
+                if len(found) == most:
+                    break
+        return found
+
+    cdef int _match(self, bytes record, int64_t now) except -1:
         cdef Header h
         _read_header(record, &h)
         cdef bint has_expiry = h.flags & _FLAG_EXPIRES
         if has_expiry and h.expires <= now:
-            return False
+            return 0
         if self._has_ca and h.created < self._ca:
-            return False
+            return 0
         if self._has_cb and h.created > self._cb:
-            return False
+            return 0
         if self._has_ea and not (has_expiry and h.expires >= self._ea):
-            return False
+            return 0
         if self._has_eb and not (has_expiry and h.expires <= self._eb):
-            return False
+            return 0
         cdef const char* p = PyBytes_AS_STRING(record)
         cdef Py_ssize_t type_len = h.tags_start - h.type_start
         if self._content_type is not None and (
             PyBytes_GET_SIZE(self._content_type) != type_len
             or memcmp(PyBytes_AS_STRING(self._content_type), p + h.type_start, type_len)
         ):
-            return False
+            return 0
         if self._glob is not None and not _glob(self._glob, p + h.key_start, h.type_start - h.key_start):
-            return False
+            return 0
         if self._tags:
-            return self._tags_match(record, &h) == 1
-        return True
+            return self._tags_match(record, &h)
+        return 1
 
     cdef int _tags_match(self, bytes record, const Header* h) except -1:
         cdef list present = []

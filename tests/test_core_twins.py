@@ -176,6 +176,20 @@ def test_query_matching_agrees(
     record = damage(_purecore.pack_record(**values), data)
     ours = outcome(native.QueryMatcher(**query).matches, record, now)
     assert ours == outcome(_purecore.QueryMatcher(**query).matches, record, now)
+    batch = [_purecore.pack_record(**values), record, record]
+    assert outcome(native.QueryMatcher(**query).matching, batch, now) == outcome(
+        _purecore.QueryMatcher(**query).matching, batch, now
+    )
+
+
+def test_matching_names_the_damaged_record(twin: ModuleType) -> None:
+    good = twin.pack_record(1, bytes(16), 0, 0, None, b"k", b"t", [], b"")
+    matcher = twin.QueryMatcher(None, None, [], None, None, None, None)
+    assert matcher.matching([good, good], 0) == [0, 1]
+    assert matcher.matching([good, good, b"never read"], 0, 2) == [0, 1]
+    with pytest.raises(StorageCorruptionError) as caught:
+        matcher.matching([good, good, b"\x01short"], 0)
+    assert caught.value.details["index"] == 2
 
 
 def test_query_matching_examples(twin: ModuleType) -> None:

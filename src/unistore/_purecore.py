@@ -26,6 +26,7 @@ from ._coretypes import (
     corrupt,
     uuid_from_bytes,
 )
+from .errors import StorageCorruptionError
 from .model import StorageItem, StorageMetadata, micros_to_datetime
 
 HEADER = struct.Struct(HEADER_FORMAT)
@@ -394,6 +395,28 @@ class QueryMatcher:
                 if present.get(tag_key) != tag_value:
                     return False
         return True
+
+    def matching(self, records: Sequence[bytes], now: int, most: int = -1) -> list[int]:
+        """The indexes of the records that :meth:`matches`, in one call, stopping
+        after ``most`` of them (-1: no limit); records after that are not read.
+
+        Raises:
+            StorageCorruptionError: a record's header does not parse;
+                ``details["index"]`` says which.
+        """
+        found = []
+        matches = self.matches
+        for index, record in enumerate(records):
+            try:
+                hit = matches(record, now)
+            except StorageCorruptionError as exc:
+                exc.details["index"] = index
+                raise
+            if hit:
+                found.append(index)
+                if len(found) == most:
+                    break
+        return found
 
 
 __all__ = [

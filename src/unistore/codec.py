@@ -19,7 +19,7 @@ tuples, for one, would not be: its keys load as unhashable lists).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ from uuid import UUID, uuid4
 
 import msgpack
 
+from ._coretypes import uuid_from_bytes
 from .core import QueryMatcher, RecordFields, pack_record, unpack_item, unpack_record
 from .errors import ItemNotFoundError, SerializationError, StorageCorruptionError
 from .model import (
@@ -184,8 +185,11 @@ class PreparedSave:
         """
         if old is not None and is_live(old.expires, now):
             sid, uuid, created = old.sid, old.uuid, old.created
+            item_id = uuid_from_bytes(uuid)
         else:
-            sid, uuid, created = new_sid(), uuid4().bytes, now
+            item_id = uuid4()
+            sid, uuid, created = new_sid(), item_id.bytes, now
+        updated_at = micros_to_datetime(now)
         fields = RecordFields(
             sid,
             uuid,
@@ -198,11 +202,11 @@ class PreparedSave:
             self.payload,
         )
         metadata = StorageMetadata(
-            id=UUID(bytes=uuid),
+            id=item_id,
             key=self.key,
             content_type=self.content_type,
-            created_at=micros_to_datetime(created),
-            updated_at=micros_to_datetime(now),
+            created_at=updated_at if created == now else micros_to_datetime(created),
+            updated_at=updated_at,
             expires_at=None if self.expires is None else micros_to_datetime(self.expires),
             tags=dict(self.tags),
         )
@@ -268,7 +272,7 @@ def compile_query(query: StorageQuery) -> CompiledQuery:
 
 
 def select(
-    compiled: CompiledQuery, candidates: Iterable[tuple[object, bytes]], now: int, limit: int | None
+    compiled: CompiledQuery, candidates: Sequence[tuple[object, bytes]], now: int, limit: int | None
 ) -> Iterator[StorageResult[Any]]:
     """The results among ``(key, record)`` candidates, checked by header first
     and decoded only when they match, stopping after ``limit`` (None: no limit).
@@ -276,18 +280,12 @@ def select(
     Raises:
         StorageCorruptionError: a candidate does not decode (its key is named).
     """
-    remaining = limit
-    if remaining == 0:
+    if limit == 0:
         return
-    matches = compiled.matcher.matches
-    for key, record in candidates:
-        try:
-            hit = matches(record, now)
-        except StorageCorruptionError as exc:
-            raise _corrupt(key, exc) from exc
-        if hit:
-            yield StorageResult(decode_item(record, key))
-            if remaining is not None:
-                remaining -= 1
-                if remaining == 0:
-                    return
+    try:  # one call for the whole batch: the per-candidate work stays in the core
+        hits = compiled.matcher.matching([record for _, record in candidates], now, -1 if limit is None else limit)
+    except StorageCorruptionError as exc:
+        raise _corrupt(candidates[exc.details["index"]][0], exc) from exc
+    for index in hits:
+        key, record = candidates[index]
+        yield StorageResult(decode_item(record, key))

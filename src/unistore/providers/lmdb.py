@@ -10,7 +10,6 @@ durability ``"none"`` a commit costs microseconds and runs inline too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -19,16 +18,6 @@ from typing import Any
 from ..model import StorageItem, StorageQuery, StorageResult, Tags
 from .base import StorageProvider
 from .lmdb_engine import CheckReport, LmdbEngine
-
-
-def _resolve(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
-    if future.cancelled():  # the caller gave up waiting; the write itself stands
-        return
-    ok, value = outcome
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
 
 
 class LmdbStorageProvider(StorageProvider[Any]):
@@ -57,12 +46,7 @@ class LmdbStorageProvider(StorageProvider[Any]):
             return self.engine.write(op)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-
-        def settle(outcome: tuple[bool, Any]) -> None:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                loop.call_soon_threadsafe(_resolve, future, outcome)
-
-        self.engine.shared.writer().submit(op, settle)
+        self.engine.shared.writer().submit(op, loop, future)
         return await future
 
     async def save(

@@ -40,7 +40,9 @@ short transactions, so none stays open while a caller holds a result.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import functools
 import hashlib
 import os
@@ -350,14 +352,27 @@ class SharedEnvironment:
 @dataclass
 class _Pending:
     op: _Op
-    settle: Callable[[_Outcome], None]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+def _resolve_all(settled: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
+    for future, (ok, value) in settled:
+        if future.cancelled():  # the caller gave up waiting; the write itself stands
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class GroupCommitWriter:
     """One thread that commits queued write operations in batches.
 
-    Whoever submits gets its own outcome through ``settle``; a batch costs one
-    transaction and one fsync however many operations it holds.
+    Each submitter awaits its own future; a batch costs one transaction and one
+    fsync however many operations it holds, and one wake-up of each event loop
+    that is waiting on it (per-operation wake-ups measured as a third of the
+    cost of a batched save).
     """
 
     def __init__(self, shared: SharedEnvironment) -> None:
@@ -370,10 +385,10 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name=f"unistore-writer:{shared.path}", daemon=True)
         self._thread.start()
 
-    def submit(self, op: _Op, settle: Callable[[_Outcome], None]) -> None:
-        """Queue ``op``; ``settle(outcome)`` is called from the writer thread when it is committed."""
+    def submit(self, op: _Op, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        """Queue ``op``; ``future`` (of ``loop``) gets its result or error once it is committed."""
         with self._wake:
-            self._queue.append(_Pending(op, settle))
+            self._queue.append(_Pending(op, loop, future))
             self._wake.notify()
 
     def stop(self) -> None:
@@ -396,8 +411,12 @@ class GroupCommitWriter:
             except Exception as exc:  # beyond any one op (growing the map failed): the batch fails
                 outcomes = [(False, exc)] * len(batch)
             self.batches += 1
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Outcome]]] = {}
             for pending, outcome in zip(batch, outcomes, strict=True):
-                pending.settle(outcome)
+                by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
+            for loop, settled in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                    loop.call_soon_threadsafe(_resolve_all, settled)
 
 
 @dataclass
