@@ -555,3 +555,13 @@ def test_a_damaged_expired_record_does_not_block_writes(engine: LmdbEngine) -> N
     assert engine.load("other").data == 2
     assert engine.purge_expired() == 0
     assert "b'damaged' does not decode" in "\n".join(engine.check().problems)
+
+
+def test_a_key_range_search_resumes_past_a_deleted_resume_point(engine: LmdbEngine) -> None:
+    seed(engine, 2 * lmdb_engine.SEARCH_CHUNK + 10)
+    chunks = engine.search_chunks(StorageQuery(pattern="user:*"))
+    first = next(chunks)
+    engine.delete(first[-1].item.metadata.key)  # where the search would resume from
+    rest = [result.item.metadata.key for chunk in chunks for result in chunk]
+    keys = [result.item.metadata.key for result in first] + rest
+    assert len(keys) == len(set(keys)) == 2 * lmdb_engine.SEARCH_CHUNK + 10

@@ -45,6 +45,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import struct
 import threading
@@ -750,15 +751,20 @@ class LmdbEngine:
 
     def _from_prefix(self, prefix: bytes, txn: Any, after: bytes | None) -> _Batch:
         cursor = txn.cursor(db=self._records)
-        candidates: list[tuple[bytes, bytes]] = []
-        if cursor.set_range(after if after is not None else prefix):
-            for key, record in cursor.iternext():
-                if not key.startswith(prefix):
-                    return candidates, None
-                if key != after:
-                    candidates.append((key, record))
-                    if len(candidates) == SEARCH_CHUNK:
-                        return candidates, key
+        if not cursor.set_range(after if after is not None else prefix):
+            return [], None
+        # One C-level read of the chunk (plus one to resume after), then cut it in
+        # bulk: keys are sorted, so those with the prefix are one leading run.
+        wanted = SEARCH_CHUNK + (1 if after is None else 2)  # the resume point itself comes back first
+        candidates: list[tuple[bytes, bytes]] = list(itertools.islice(cursor.iternext(), wanted))
+        if after is not None and candidates[0][0] == after:
+            del candidates[0]
+        if prefix and candidates and not candidates[-1][0].startswith(prefix):
+            ends = [key.startswith(prefix) for key, _ in candidates]
+            return candidates[: ends.index(False)], None
+        if len(candidates) > SEARCH_CHUNK:
+            del candidates[SEARCH_CHUNK:]
+            return candidates, candidates[-1][0]
         return candidates, None
 
     def _from_time_range(self, db: Any, low: int | None, high: int | None, txn: Any, after: bytes | None) -> _Batch:
