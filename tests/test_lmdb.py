@@ -169,7 +169,7 @@ def test_index_entries_follow_every_write(engine: LmdbEngine) -> None:
 def seed(engine: LmdbEngine, count: int) -> None:
     def write(txn: Any) -> None:
         for n in range(count):
-            tags = {"all": "yes", "tenth": str(n % 10 == 0), "one": str(n == 7)}
+            tags = {"all": "yes", "tenth": str(n % 10 == 0), "one": str(n == 7), "even": str(n % 2 == 0)}
             engine.save_in(txn, lmdb_engine.prepare_save(f"user:{n:05d}", {"n": n}, "t", None, tags))
 
     engine.write(write)
@@ -189,6 +189,9 @@ def test_planner_reads_the_fewest_candidates(engine: LmdbEngine) -> None:
     assert examined(engine, StorageQuery(tags={"tenth": "True", "all": "yes"})) == (100, 100)
     assert examined(engine, StorageQuery(tags={"all": "yes", "nope": "x"})) == (0, 0)
     assert examined(engine, StorageQuery(content_type="t", tags={"tenth": "True"})) == (100, 100)
+    # Posting lists of comparable size are intersected before any record is read.
+    assert examined(engine, StorageQuery(tags={"tenth": "True", "even": "False"})) == (0, 0)
+    assert examined(engine, StorageQuery(tags={"even": "False", "all": "yes", "tenth": "False"})) == (500, 500)
     # A pattern's literal prefix bounds the key range.
     assert examined(engine, StorageQuery(pattern="user:0001?")) == (10, 10)
     assert examined(engine, StorageQuery(pattern="user:0099*")) == (10, 10)
@@ -565,3 +568,13 @@ def test_a_key_range_search_resumes_past_a_deleted_resume_point(engine: LmdbEngi
     rest = [result.item.metadata.key for chunk in chunks for result in chunk]
     keys = [result.item.metadata.key for result in first] + rest
     assert len(keys) == len(set(keys)) == 2 * lmdb_engine.SEARCH_CHUNK + 10
+
+
+def test_intersection_when_the_other_list_ends_before_the_chunk(engine: LmdbEngine) -> None:
+    for n in range(10):
+        engine.save(f"early{n}", n, "t", tags={"x": "1"})
+    for n in range(5):
+        engine.save(f"late{n}", n, "t", tags={"y": "1"})
+    assert examined(engine, StorageQuery(tags={"x": "1", "y": "1"})) == (0, 0)
+    engine.save("early0", 0, "t", tags={"x": "1", "y": "1"})  # now in both
+    assert examined(engine, StorageQuery(tags={"x": "1", "y": "1"})) == (1, 1)

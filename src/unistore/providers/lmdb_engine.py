@@ -68,7 +68,7 @@ from ..codec import (
     prepare_save,
     select,
 )
-from ..core import RecordFields, glob_literal_prefix
+from ..core import RecordFields, glob_literal_prefix, intersect_ids
 from ..errors import StorageCorruptionError, StorageError, ValidationError
 from ..model import QuerySpec, StorageItem, StorageQuery, StorageResult, Tags, now_micros, validate_key, validate_name
 
@@ -90,6 +90,9 @@ _DATABASES = ("records", "ids", "tags", "types", "created", "expires", "meta")
 SEARCH_CHUNK = 256
 #: Expired items a write transaction removes in passing.
 PURGE_IN_PASSING = 8
+#: A query's other posting lists narrow the candidates when at most this many
+#: times the smallest; longer ones are left to the header matcher.
+INTERSECT_RATIO = 64
 #: Most operations one group commit takes.
 MAX_BATCH = 1024
 
@@ -711,8 +714,13 @@ class LmdbEngine:
             postings.append((self._types, type_index_key(spec.content_type)))
         if postings:
             sizes = shared.read(lambda txn: [_posting_size(txn, db, key) for db, key in postings])
-            db, key = postings[sizes.index(min(sizes))]
-            return functools.partial(self._from_posting, db, key), False
+            order = sorted(range(len(postings)), key=sizes.__getitem__)
+            smallest = max(sizes[order[0]], 1)
+            # Lists much longer than the smallest cost more to read than their
+            # candidates cost to check: the header matcher checks those instead.
+            narrowing = [postings[i] for i in order[1:] if sizes[i] <= INTERSECT_RATIO * smallest]
+            db, key = postings[order[0]]
+            return functools.partial(self._from_posting, db, key, narrowing), False
         prefix = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
         if not prefix and (spec.created_after is not None or spec.created_before is not None):
             return functools.partial(
@@ -737,17 +745,27 @@ class LmdbEngine:
             candidates.append((key, record))
         return candidates
 
-    def _from_posting(self, db: Any, key: bytes, txn: Any, after: bytes | None) -> _Batch:
+    def _from_posting(
+        self, db: Any, key: bytes, narrowing: list[tuple[Any, bytes]], txn: Any, after: bytes | None
+    ) -> _Batch:
         cursor = txn.cursor(db=db)
         found = cursor.set_key(key) if after is None else cursor.set_range_dup(key, after)
         sids: list[bytes] = []
+        position = None
         if found:
             for sid in cursor.iternext_dup(keys=False):  # from the current entry on
                 if sid != after:
                     sids.append(sid)
                     if len(sids) == SEARCH_CHUNK:
-                        return self._by_sid(txn, sids), sid
-        return self._by_sid(txn, sids), None
+                        position = sid
+                        break
+        if sids and narrowing:
+            # AND the chunk with the query's other posting lists, over the chunk's id range only.
+            chunk = b"".join(sids)
+            for other_db, other_key in narrowing:
+                chunk = intersect_ids(chunk, _posting_range(txn, other_db, other_key, sids[0], sids[-1]))
+            sids = [chunk[i : i + 8] for i in range(0, len(chunk), 8)]
+        return self._by_sid(txn, sids), position
 
     def _from_prefix(self, prefix: bytes, txn: Any, after: bytes | None) -> _Batch:
         cursor = txn.cursor(db=self._records)
@@ -834,6 +852,18 @@ _INDEXES = {
 }
 _Batch = tuple[list[tuple[bytes, bytes]], "bytes | None"]
 _Source = Callable[[Any, "bytes | None"], _Batch]
+
+
+def _posting_range(txn: Any, db: Any, key: bytes, low: bytes, high: bytes) -> bytes:
+    """The ids of one posting list from ``low`` to ``high`` (inclusive), packed back to back."""
+    cursor = txn.cursor(db=db)
+    ids: list[bytes] = []
+    if cursor.set_range_dup(key, low):
+        for sid in cursor.iternext_dup(keys=False):
+            if sid > high:
+                break
+            ids.append(sid)
+    return b"".join(ids)
 
 
 def _posting_size(txn: Any, db: Any, key: bytes) -> int:
