@@ -10,6 +10,7 @@ share, so both raise and return the same things.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.datetime cimport datetime_new, import_datetime
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject_GenericSetAttr
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -138,31 +139,62 @@ cdef inline bytes _slice(bytes record, Py_ssize_t start, Py_ssize_t end):
     return PyBytes_FromStringAndSize(PyBytes_AS_STRING(record) + start, end - start)
 
 
-cdef int _walk_tags(bytes record, const Header* h, list out_pairs, Py_ssize_t* starts) except -1:
-    """Walk the tags section as the pure twin does; collect (key, value) pairs
-    into ``out_pairs`` if given, else (start, length) offsets into ``starts``."""
+cdef Py_ssize_t* _tag_spans(bytes record, const Header* h, Py_ssize_t* room, Py_ssize_t room_size) except NULL:
+    """Check the tags section as the pure twin does and return (start, length) of each
+    tag key and value, four numbers a tag: in ``room`` when it is big enough, else in
+    memory the caller frees with PyMem_Free."""
     cdef Py_ssize_t size = PyBytes_GET_SIZE(record)
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(record)
-    cdef Py_ssize_t pos = h.tags_start
-    cdef Py_ssize_t end = h.payload_start
-    cdef Py_ssize_t key_at, key_len, value_at, value_len
-    cdef uint32_t i
-    for i in range(h.tag_count):
-        if pos + 4 > size:
-            raise corrupt("tags section is truncated")
-        key_len = _u32(p + pos)
-        key_at = pos + 4
-        pos = key_at + key_len
-        if pos + 4 > size:
-            raise corrupt("tags section is truncated")
-        value_len = _u32(p + pos)
-        value_at = pos + 4
-        pos = value_at + value_len
-        if out_pairs is not None:
-            out_pairs.append((_slice(record, key_at, key_at + key_len), _slice(record, value_at, value_at + value_len)))
-    if pos != end:
-        raise corrupt("tags section length does not match its tags")
-    return 0
+    cdef Py_ssize_t pos = h.tags_start, key_len, value_len, i
+    cdef Py_ssize_t count = h.tag_count
+    cdef Py_ssize_t* spans = room
+    if 8 * count > size:
+        # Each tag takes at least 8 bytes: this walk fails before its end (a damaged
+        # count), so it needs no room; it only has to fail the way the pure twin does.
+        spans = NULL
+    elif 4 * count > room_size:
+        spans = <Py_ssize_t*>PyMem_Malloc(4 * count * sizeof(Py_ssize_t) + 1)
+        if spans == NULL:
+            raise MemoryError()
+    try:
+        for i in range(count):
+            if pos + 4 > size:
+                raise corrupt("tags section is truncated")
+            key_len = _u32(p + pos)
+            if spans != NULL:
+                spans[4 * i] = pos + 4
+                spans[4 * i + 1] = key_len
+            pos += 4 + key_len
+            if pos + 4 > size:
+                raise corrupt("tags section is truncated")
+            value_len = _u32(p + pos)
+            if spans != NULL:
+                spans[4 * i + 2] = pos + 4
+                spans[4 * i + 3] = value_len
+            pos += 4 + value_len
+        if pos != h.payload_start:
+            raise corrupt("tags section length does not match its tags")
+    except BaseException:
+        if spans != room and spans != NULL:
+            PyMem_Free(spans)
+        raise
+    return spans  # never NULL here: a walk without room always fails above
+
+
+cdef list _tag_pairs(bytes record, const Header* h):
+    """The tags as (key, value) bytes pairs, in record order."""
+    cdef Py_ssize_t room[256]
+    cdef Py_ssize_t* spans = _tag_spans(record, h, room, 256)
+    cdef Py_ssize_t i
+    try:
+        return [
+            (_slice(record, spans[4 * i], spans[4 * i] + spans[4 * i + 1]),
+             _slice(record, spans[4 * i + 2], spans[4 * i + 2] + spans[4 * i + 3]))
+            for i in range(h.tag_count)
+        ]
+    finally:
+        if spans != room:
+            PyMem_Free(spans)
 
 
 def pack_record(
@@ -221,8 +253,7 @@ def unpack_record(bytes record):
     """
     cdef Header h
     _read_header(record, &h)
-    cdef list tags = []
-    _walk_tags(record, &h, tags, NULL)
+    cdef list tags = _tag_pairs(record, &h)
     return RecordFields(
         h.sid,
         _slice(record, 16, 32),
@@ -279,37 +310,18 @@ cdef inline str _text(bytes record, Py_ssize_t start, Py_ssize_t end):
 
 cdef dict _tags_dict(bytes record, const Header* h):
     """The tags as text, checked as the pure twin checks them (all lengths, then UTF-8)."""
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(record)
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(record)
-    cdef Py_ssize_t pos = h.tags_start, key_at, key_len, value_at, value_len, i
-    cdef Py_ssize_t count = h.tag_count
-    if count > 64:  # an unusually tagged item, or damage: the general walk, lengths first
-        pairs = []
-        _walk_tags(record, h, pairs, NULL)
-        return {k.decode(): v.decode() for k, v in pairs}
-    cdef Py_ssize_t spans[256]
-    for i in range(count):
-        if pos + 4 > size:
-            raise corrupt("tags section is truncated")
-        key_len = _u32(p + pos)
-        key_at = pos + 4
-        pos = key_at + key_len
-        if pos + 4 > size:
-            raise corrupt("tags section is truncated")
-        value_len = _u32(p + pos)
-        value_at = pos + 4
-        pos = value_at + value_len
-        spans[4 * i] = key_at
-        spans[4 * i + 1] = key_len
-        spans[4 * i + 2] = value_at
-        spans[4 * i + 3] = value_len
-    if pos != h.payload_start:
-        raise corrupt("tags section length does not match its tags")
+    cdef Py_ssize_t room[256]
+    cdef Py_ssize_t* spans = _tag_spans(record, h, room, 256)
     cdef dict tags = {}
-    for i in range(count):
-        tags[_clamped_text(record, spans[4 * i], spans[4 * i + 1])] = _clamped_text(
-            record, spans[4 * i + 2], spans[4 * i + 3]
-        )
+    cdef Py_ssize_t i
+    try:
+        for i in range(h.tag_count):
+            tags[_clamped_text(record, spans[4 * i], spans[4 * i + 1])] = _clamped_text(
+                record, spans[4 * i + 2], spans[4 * i + 3]
+            )
+    finally:
+        if spans != room:
+            PyMem_Free(spans)
     return tags
 
 
@@ -342,7 +354,6 @@ def unpack_item(bytes record, content_type, now, decode):
             PyBytes_AS_STRING(content_type), p + h.type_start, type_len
         ):
             return None
-    cdef list pairs = []
     # The same steps in the same order as the pure twin, so a record with
     # several faults is reported by the same first one.
     try:
@@ -575,9 +586,7 @@ cdef class QueryMatcher:
         return 1
 
     cdef int _tags_match(self, bytes record, const Header* h) except -1:
-        cdef list present = []
-        _walk_tags(record, h, present, NULL)
-        cdef dict lookup = dict(present)
+        cdef dict lookup = dict(_tag_pairs(record, h))
         for tag_key, tag_value in self._tags:
             if lookup.get(tag_key) != tag_value:
                 return 0

@@ -389,16 +389,23 @@ async def test_map_grows_from_tiny_to_tens_of_megabytes(store: Path, durability:
     await provider.cleanup()
 
 
+GROW = (
+    "import os, sys; from unistore.providers.lmdb_engine import LmdbEngine\n"
+    "e = LmdbEngine(sys.argv[1], namespace='filler', map_size=1 << 20)\n"
+    "[e.save(f'f{n}', os.urandom(100_000), 't') for n in range(300)]\n"
+    "e.close()\n"
+)
+
+
+def grow_in_another_process(store: Path) -> None:
+    """30 MB written by another process, which grows the map past this one's."""
+    subprocess.run([sys.executable, "-c", GROW, str(store)], check=True, timeout=120)
+
+
 def test_growth_by_another_process_is_adopted(store: Path) -> None:
     small = LmdbEngine(store, map_size=1 << 20)
     small.save("first", 1, "t")
-    grow = (
-        "import os, sys; from unistore.providers.lmdb_engine import LmdbEngine\n"
-        "e = LmdbEngine(sys.argv[1], namespace='filler', map_size=1 << 20)\n"
-        "[e.save(f'f{n}', os.urandom(100_000), 't') for n in range(300)]\n"
-        "e.close()\n"
-    )
-    subprocess.run([sys.executable, "-c", grow, str(store)], check=True, timeout=120)
+    grow_in_another_process(store)
     assert small.load("first").data == 1  # read path: MDB_MAP_RESIZED, adopt, retry
     small.save("second", 2, "t")
     assert small.shared.env.info()["map_size"] >= 30_000_000
@@ -410,13 +417,7 @@ def test_growth_by_another_process_is_adopted(store: Path) -> None:
 
 def test_growth_by_another_process_is_adopted_by_writes_too(store: Path) -> None:
     small = LmdbEngine(store, map_size=1 << 20)
-    grow = (
-        "import os, sys; from unistore.providers.lmdb_engine import LmdbEngine\n"
-        "e = LmdbEngine(sys.argv[1], namespace='filler', map_size=1 << 20)\n"
-        "[e.save(f'f{n}', os.urandom(100_000), 't') for n in range(300)]\n"
-        "e.close()\n"
-    )
-    subprocess.run([sys.executable, "-c", grow, str(store)], check=True, timeout=120)
+    grow_in_another_process(store)
     small.save("first", 1, "t")  # write path: MDB_MAP_RESIZED, adopt, retry
     assert small.load("first").data == 1
     small.close()
