@@ -100,6 +100,7 @@ def test_durability_is_one_setting_per_environment(store: Path, engine: LmdbEngi
     ("options", "message"),
     [
         ({"durability": "fast"}, "durability must be one of sync, async, none"),
+        ({"durability": ["sync"]}, "durability must be one of"),
         ({"map_size": 0}, "map_size must be a positive int"),
         ({"map_size": True}, "map_size must be a positive int"),
         ({"max_namespaces": "9"}, "max_namespaces must be a positive int"),
@@ -579,3 +580,12 @@ def test_intersection_when_the_other_list_ends_before_the_chunk(engine: LmdbEngi
     assert examined(engine, StorageQuery(tags={"x": "1", "y": "1"})) == (0, 0)
     engine.save("early0", 0, "t", tags={"x": "1", "y": "1"})  # now in both
     assert examined(engine, StorageQuery(tags={"x": "1", "y": "1"})) == (1, 1)
+
+
+def test_a_namespace_whose_databases_belong_to_another_is_refused(store: Path) -> None:
+    engine = LmdbEngine(store, namespace="mine")
+    engine.write(lambda txn: txn.put(b"namespace", b"someone else", db=engine._meta))
+    engine.close()
+    with pytest.raises(StorageCorruptionError, match="namespace 'mine' shares its databases with another"):
+        LmdbEngine(store, namespace="mine")
+    assert str(store) not in SharedEnvironment._registry  # the failed open released the store

@@ -441,18 +441,22 @@ class CheckReport:
         return not self.problems
 
 
+def _positive_int(options: dict[str, object], name: str, default: int) -> int:
+    value = options.pop(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValidationError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def _check_options(options: dict[str, object]) -> tuple[str, int, int]:
     durability = options.pop("durability", "sync")
-    if durability not in DURABILITY:
+    if not isinstance(durability, str) or durability not in DURABILITY:
         raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
-    map_size = options.pop("map_size", DEFAULT_MAP_SIZE)
-    max_namespaces = options.pop("max_namespaces", DEFAULT_MAX_NAMESPACES)
-    for name, value in (("map_size", map_size), ("max_namespaces", max_namespaces)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValidationError(f"{name} must be a positive int, got {value!r}")
+    map_size = _positive_int(options, "map_size", DEFAULT_MAP_SIZE)
+    max_namespaces = _positive_int(options, "max_namespaces", DEFAULT_MAX_NAMESPACES)
     if options:
         raise ValidationError(f"unknown LMDB option(s): {', '.join(sorted(options))}")
-    return durability, map_size, max_namespaces  # type: ignore[return-value]  # checked above
+    return durability, map_size, max_namespaces
 
 
 class LmdbEngine:
@@ -518,7 +522,7 @@ class LmdbEngine:
         stored = txn.get(_META_NAMESPACE, db=self._meta)
         if stored is None:
             txn.put(_META_NAMESPACE, self._namespace_bytes, db=self._meta)
-        elif stored != self._namespace_bytes:  # pragma: no cover  # a SHA-256 collision of two namespaces
+        elif stored != self._namespace_bytes:  # a SHA-256 collision of two long namespaces, or damage
             raise StorageCorruptionError(f"namespace {self.namespace!r} shares its databases with another")
 
     @property
