@@ -625,6 +625,25 @@ cdef Py_ssize_t _gallop(const uint8_t* p, Py_ssize_t low, Py_ssize_t count, uint
     return low
 
 
+def ids_from_entries(const unsigned char[::1] entries, Py_ssize_t key_size):
+    """The ids of a posting list read in bulk: ``entries`` is what LMDB's
+    MDB_GET_MULTIPLE gives for one key, ``key_size`` bytes of key then an
+    8-byte id, repeated; the result is the ids back to back.
+
+    Raises:
+        ValueError: the entries do not divide into whole (key, id) pairs.
+    """
+    cdef Py_ssize_t stride = key_size + 8, size = entries.shape[0], count, i
+    if key_size < 0 or size % stride:
+        raise ValueError(f"entries of {stride} bytes do not divide {size} bytes")
+    count = size // stride
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 8 * count)
+    cdef char* o = PyBytes_AS_STRING(out)
+    for i in range(count):
+        memcpy(o + 8 * i, &entries[i * stride + key_size], 8)
+    return out
+
+
 def intersect_ids(bytes first, bytes second):
     """The ids in both lists; each list is sorted, unique, 8-byte big-endian ids back to back.
 
@@ -708,6 +727,7 @@ __all__ = [
     "RecordFields",
     "glob_literal_prefix",
     "glob_match",
+    "ids_from_entries",
     "intersect_ids",
     "pack_record",
     "union_ids",

@@ -272,3 +272,14 @@ def test_bad_id_lists_are_refused_alike(native: ModuleType, raw: bytes, other: s
     assume(len(raw) % 8 or any(x >= y for x, y in itertools.pairwise(ids)))
     with pytest.raises(ValueError, match="id list"):
         native.union_ids(raw, b"")
+
+
+@given(key=st.binary(max_size=40), ids=st.lists(st.binary(min_size=8, max_size=8), max_size=50), cut=st.integers(0, 9))
+def test_bulk_posting_reads_agree(native: ModuleType, key: bytes, ids: list[bytes], cut: int) -> None:
+    entries = b"".join(key + sid for sid in ids)
+    expected = b"".join(ids)
+    assert native.ids_from_entries(entries, len(key)) == _purecore.ids_from_entries(entries, len(key)) == expected
+    assert native.ids_from_entries(memoryview(entries), len(key)) == expected  # LMDB hands out buffers
+    damaged = entries[: len(entries) - cut] if entries else b"x" * cut
+    assert outcome(native.ids_from_entries, damaged, len(key)) == outcome(_purecore.ids_from_entries, damaged, len(key))
+    assert outcome(native.ids_from_entries, entries, -1) == outcome(_purecore.ids_from_entries, entries, -1)

@@ -169,6 +169,21 @@ def _ids(packed: bytes) -> list[int]:
     return ids
 
 
+def ids_from_entries(entries: bytes | memoryview, key_size: int) -> bytes:
+    """The ids of a posting list read in bulk: ``entries`` is what LMDB's
+    MDB_GET_MULTIPLE gives for one key, ``key_size`` bytes of key then an
+    8-byte id, repeated; the result is the ids back to back.
+
+    Raises:
+        ValueError: the entries do not divide into whole (key, id) pairs.
+    """
+    stride = key_size + 8
+    data = bytes(entries)
+    if key_size < 0 or len(data) % stride:
+        raise ValueError(f"entries of {stride} bytes do not divide {len(data)} bytes")
+    return b"".join(data[i + key_size : i + stride] for i in range(0, len(data), stride))
+
+
 def intersect_ids(first: bytes, second: bytes) -> bytes:
     """The ids in both lists; each list is sorted, unique, 8-byte big-endian ids back to back.
 
@@ -429,6 +444,7 @@ __all__ = [
     "RecordFields",
     "glob_literal_prefix",
     "glob_match",
+    "ids_from_entries",
     "intersect_ids",
     "pack_record",
     "union_ids",

@@ -68,7 +68,7 @@ from ..codec import (
     prepare_save,
     select,
 )
-from ..core import RecordFields, glob_literal_prefix, intersect_ids
+from ..core import RecordFields, glob_literal_prefix, ids_from_entries, intersect_ids
 from ..errors import StorageCorruptionError, StorageError, ValidationError
 from ..model import QuerySpec, StorageItem, StorageQuery, StorageResult, Tags, now_micros, validate_key, validate_name
 
@@ -723,8 +723,7 @@ class LmdbEngine:
             # Lists much longer than the smallest cost more to read than their
             # candidates cost to check: the header matcher checks those instead.
             narrowing = [postings[i] for i in order[1:] if sizes[i] <= INTERSECT_RATIO * smallest]
-            db, key = postings[order[0]]
-            return functools.partial(self._from_posting, db, key, narrowing), False
+            return _PostingSource(self, postings[order[0]], narrowing), False
         prefix = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
         if not prefix and (spec.created_after is not None or spec.created_before is not None):
             return functools.partial(
@@ -736,10 +735,15 @@ class LmdbEngine:
             ), True
         return functools.partial(self._from_prefix, prefix), False
 
-    def _by_sid(self, txn: Any, sids: list[bytes]) -> list[tuple[bytes, bytes]]:
+    def _by_sid(self, txn: Any, sids: list[bytes], deleted_ok: bool = False) -> list[tuple[bytes, bytes]]:
+        """The (key, record) of each id. An id without a key was deleted after the ids
+        were read (``deleted_ok``) or is a dangling index entry; a key without its
+        record is always damage."""
         candidates = []
         for sid in sids:
             key = txn.get(sid, db=self._ids)
+            if key is None and deleted_ok:
+                continue
             record = None if key is None else txn.get(key, db=self._records)
             if record is None:
                 raise StorageCorruptionError(
@@ -748,28 +752,6 @@ class LmdbEngine:
                 )
             candidates.append((key, record))
         return candidates
-
-    def _from_posting(
-        self, db: Any, key: bytes, narrowing: list[tuple[Any, bytes]], txn: Any, after: bytes | None
-    ) -> _Batch:
-        cursor = txn.cursor(db=db)
-        found = cursor.set_key(key) if after is None else cursor.set_range_dup(key, after)
-        sids: list[bytes] = []
-        position = None
-        if found:
-            for sid in cursor.iternext_dup(keys=False):  # from the current entry on
-                if sid != after:
-                    sids.append(sid)
-                    if len(sids) == SEARCH_CHUNK:
-                        position = sid
-                        break
-        if sids and narrowing:
-            # AND the chunk with the query's other posting lists, over the chunk's id range only.
-            chunk = b"".join(sids)
-            for other_db, other_key in narrowing:
-                chunk = intersect_ids(chunk, _posting_range(txn, other_db, other_key, sids[0], sids[-1]))
-            sids = [chunk[i : i + 8] for i in range(0, len(chunk), 8)]
-        return self._by_sid(txn, sids), position
 
     def _from_prefix(self, prefix: bytes, txn: Any, after: bytes | None) -> _Batch:
         cursor = txn.cursor(db=self._records)
@@ -858,16 +840,36 @@ _Batch = tuple[list[tuple[bytes, bytes]], "bytes | None"]
 _Source = Callable[[Any, "bytes | None"], _Batch]
 
 
-def _posting_range(txn: Any, db: Any, key: bytes, low: bytes, high: bytes) -> bytes:
-    """The ids of one posting list from ``low`` to ``high`` (inclusive), packed back to back."""
-    cursor = txn.cursor(db=db)
-    ids: list[bytes] = []
-    if cursor.set_range_dup(key, low):
-        for sid in cursor.iternext_dup(keys=False):
-            if sid > high:
-                break
-            ids.append(sid)
-    return b"".join(ids)
+def _read_ids(txn: Any, db: Any, key: bytes) -> bytes:
+    """A whole posting list in one bulk read (MDB_GET_MULTIPLE), as ids back to back."""
+    entries = txn.cursor(db=db).getmulti([key], dupdata=True, dupfixed_bytes=8, keyfixed=True)
+    return ids_from_entries(entries, len(key))
+
+
+class _PostingSource:
+    """Candidates from the query's smallest posting list, read in bulk on the first
+    chunk and ANDed there with the query's comparable posting lists; later chunks
+    walk those ids. A search thus holds 8 bytes per id of its smallest list."""
+
+    def __init__(self, engine: LmdbEngine, smallest: tuple[Any, bytes], narrowing: list[tuple[Any, bytes]]) -> None:
+        self._engine = engine
+        self._smallest = smallest
+        self._narrowing = narrowing
+        self._ids: bytes | None = None
+        self._offset = 0
+
+    def __call__(self, txn: Any, after: bytes | None) -> _Batch:
+        if self._ids is None:
+            ids = _read_ids(txn, *self._smallest)
+            for db, key in self._narrowing:
+                ids = intersect_ids(ids, _read_ids(txn, db, key))
+            self._ids = ids
+        chunk = self._ids[self._offset : self._offset + 8 * SEARCH_CHUNK]
+        self._offset += len(chunk)
+        sids = [chunk[i : i + 8] for i in range(0, len(chunk), 8)]
+        # Items deleted since the first chunk read their ids are skipped, not damage.
+        candidates = self._engine._by_sid(txn, sids, deleted_ok=self._offset > len(chunk))
+        return candidates, sids[-1] if self._offset < len(self._ids) else None
 
 
 def _posting_size(txn: Any, db: Any, key: bytes) -> int:
