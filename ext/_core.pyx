@@ -2,7 +2,8 @@
 """The native twin of unistore._purecore: the same names, the same results.
 
 Records are read in place (no copies for what a query does not need); the glob
-is Redis 7.0's ``stringmatchlen`` (util.c) ported line for line, so that it
+is Redis 7.0's ``stringmatchlen`` (util.c) ported line for line (plus a memchr
+jump to the next plain byte after a star, which changes no result), so that it
 agrees with ``SCAN MATCH`` by construction; id lists are merged or galloped
 in C. Errors and value types come from the plain-Python modules both twins
 share, so both raise and return the same things.

@@ -28,7 +28,8 @@ def _open_memory(url: SplitResult, params: dict[str, str]) -> Callable[[], Stora
     return functools.partial(MemoryStorageProvider, namespace=params.pop("namespace", "default"))
 
 
-def _positive_int(params: dict[str, str], name: str) -> dict[str, int]:
+def _number_option(params: dict[str, str], name: str) -> dict[str, int]:
+    """An option written as decimal digits, as an int; its range is checked by the provider."""
     if name not in params:
         return {}
     text = params.pop(name)
@@ -41,8 +42,8 @@ def _open_lmdb(url: SplitResult, params: dict[str, str]) -> Callable[[], Storage
     if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
         raise ValidationError(f"url: lmdb URLs take an absolute path, lmdb:///path/to/store; got {url.geturl()!r}")
     options: dict[str, Any] = {"durability": params.pop("durability", "sync")}
-    options.update(_positive_int(params, "map_size"))
-    options.update(_positive_int(params, "max_namespaces"))
+    options.update(_number_option(params, "map_size"))
+    options.update(_number_option(params, "max_namespaces"))
     namespace = params.pop("namespace", "default")
     return functools.partial(LmdbStorageProvider, unquote(url.path), namespace=namespace, **options)
 
