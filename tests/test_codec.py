@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from unistore import StorageCorruptionError, StorageQuery
-from unistore.codec import compile_query, decode_item, decode_payload, encode_payload, select
-from unistore.core import FORMAT_VERSION, HEADER_SIZE, QueryMatcher, pack_record, unpack_record
+from unistore.codec import compile_query, decode_item, encode_payload, select
+from unistore.core import FORMAT_VERSION, HEADER_SIZE, QueryMatcher, pack_record, unpack_payload, unpack_record
 from unistore.providers import MemoryStorageProvider
 
 UUID_BYTES = UUID("00112233-4455-6677-8899-aabbccddeeff").bytes
@@ -84,7 +84,7 @@ def test_payload_types() -> None:
     moment = datetime(2020, 5, 17, 1, 2, 3, 4, tzinfo=timezone.utc)
     value = {"t": (1, "a"), "b": b"\x00", "d": moment, "u": UUID(bytes=UUID_BYTES), 5: None}
     payload, loaded = encode_payload(value)
-    assert loaded == decode_payload(payload) == {**value, "t": [1, "a"]}
+    assert loaded == unpack_payload(payload) == {**value, "t": [1, "a"]}
 
 
 @pytest.mark.parametrize(

@@ -6,14 +6,17 @@ import importlib
 import itertools
 import os
 import struct
+from datetime import timezone
 from types import ModuleType
 from typing import Any
 
+import msgpack
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import assume, example, given, reject
 from hypothesis import strategies as st
 
 from unistore import StorageCorruptionError, _purecore, core
+from unistore.codec import _pack_default
 
 MAX_ID = 2**64 - 1
 
@@ -137,6 +140,81 @@ def test_unpack_item_agrees_on_sound_records(
         outcome(_purecore.unpack_item, record, content_type, now, bytes),
     )
     assert ours == theirs
+
+
+# -- payloads ----------------------------------------------------------------------------
+
+map_keys = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=40) | st.binary(max_size=8)
+payload_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=40)
+    | st.binary(max_size=40)
+    | st.datetimes(timezones=st.just(timezone.utc)).map(lambda moment: moment.replace(fold=0))  # fold is not stored
+    | st.uuids(),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(map_keys, inner, max_size=6),
+    max_leaves=30,
+)
+
+
+def decoded(call: Any, payload: bytes) -> Any:
+    """What a payload decodes to, shown exactly (NaN, -0.0), or the class of what it raises."""
+    try:
+        return ("ok", repr(call(payload)))
+    except (ValueError, TypeError, OverflowError) as exc:
+        return ("raised", type(exc).__name__)
+
+
+@given(value=payload_values, single=st.booleans(), data=st.data())
+def test_payloads_decode_alike(native: ModuleType, value: Any, single: bool, data: st.DataObject) -> None:
+    try:
+        payload = msgpack.packb(
+            value, default=_pack_default, use_bin_type=True, datetime=False, use_single_float=single
+        )
+    except OverflowError:  # a float beyond float32
+        reject()
+    ours = native.unpack_payload(payload)
+    assert repr(ours) == repr(_purecore.unpack_payload(payload))
+    if not single:
+        assert repr(ours) == repr(value)
+    damaged = damage(payload, data) if payload else payload
+    assert decoded(native.unpack_payload, damaged) == decoded(_purecore.unpack_payload, damaged)
+
+
+@given(raw=st.binary(max_size=64))
+@example(raw=b"\xc1")  # the reserved byte
+@example(raw=b"\x91" * 1023 + b"\x90")  # as deep as msgpack goes
+@example(raw=b"\x91" * 1024 + b"\x90")  # one container deeper
+@example(raw=b"\xdd\xff\xff\xff\xff")  # an array longer than the payload
+@example(raw=b"\xdf\x00\x00\x00\x02\x01\x01")  # a map of more pairs than half the payload
+@example(raw=b"\x81\x90\x01")  # an unhashable key
+@example(raw=b"\xd6\xff\x00\x00\x00\x01")  # msgpack's own timestamp
+@example(raw=b"\xc7\x00\xff")  # a timestamp of no bytes
+@example(raw=b"\xd7\x01\x7f\xff\xff\xff\xff\xff\xff\xff")  # a datetime past year 9999
+@example(raw=b"\xd4\x05\x01")  # an extension type the codec never writes
+@example(raw=b"\x01\x02")  # extra data
+def test_any_bytes_decode_alike(native: ModuleType, raw: bytes) -> None:
+    assert decoded(native.unpack_payload, raw) == decoded(_purecore.unpack_payload, raw)
+
+
+def test_map_keys_kept_by_the_native_core_stay_right(native: ModuleType) -> None:
+    # More keys than the cache has slots, so slots are shared and replaced; then again
+    # in another order, with non-ASCII keys (never kept) and keys past the length kept.
+    keys = [f"k{i}" for i in range(3000)] + ["é", "ключ", "x" * 32, "y" * 33, ""]
+    for order in (keys, keys[::-1]):
+        value = {key: index for index, key in enumerate(order)}
+        payload = msgpack.packb(value)
+        assert native.unpack_payload(payload) == value == _purecore.unpack_payload(payload)
+
+
+@given(value=payload_values, content_type=st.none() | texts)
+def test_unpack_item_decodes_in_place_alike(native: ModuleType, value: Any, content_type: bytes | None) -> None:
+    payload = msgpack.packb(value, default=_pack_default, use_bin_type=True, datetime=False)
+    record = _purecore.pack_record(1, bytes(16), 0, 0, None, b"k", b"t", [], payload)
+    ours = outcome(native.unpack_item, record, content_type, 0, native.unpack_payload)
+    assert repr(ours) == repr(outcome(_purecore.unpack_item, record, content_type, 0, _purecore.unpack_payload))
 
 
 # -- query matching ---------------------------------------------------------------------

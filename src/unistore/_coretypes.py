@@ -33,6 +33,10 @@ from .errors import StorageCorruptionError
 
 FORMAT_VERSION = 1
 FLAG_EXPIRES = 0x01
+#: The payload's msgpack extension types: a datetime is 8 bytes, big-endian signed
+#: microseconds since the epoch in UTC; a UUID is its 16 bytes.
+EXT_DATETIME = 1
+EXT_UUID = 2
 #: ``struct`` format of the fixed header; the twins must agree with it byte for byte.
 HEADER_FORMAT = "<BBHIQ16sqqqIII"
 HEADER_SIZE = 68

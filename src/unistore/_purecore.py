@@ -16,7 +16,11 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgpack
+
 from ._coretypes import (
+    EXT_DATETIME,
+    EXT_UUID,
     FLAG_EXPIRES,
     FORMAT_VERSION,
     GLOB_MAX_NESTING,
@@ -153,6 +157,28 @@ def unpack_item(
     except (UnicodeDecodeError, OverflowError) as exc:
         raise corrupt(str(exc)) from exc
     return StorageItem(decode(record[tags_end:]), metadata)
+
+
+# -- payload ----------------------------------------------------------------------
+
+_I64 = struct.Struct(">q")
+
+
+def _unpack_ext(code: int, data: bytes) -> object:
+    if code == EXT_DATETIME and len(data) == 8:
+        return micros_to_datetime(_I64.unpack(data)[0])
+    if code == EXT_UUID and len(data) == 16:
+        return uuid_from_bytes(data)
+    raise ValueError(f"unknown extension type {code} of {len(data)} bytes")
+
+
+def unpack_payload(payload: bytes) -> Any:
+    """The data a payload holds.
+
+    Raises:
+        ValueError, TypeError or OverflowError: bytes the codec did not write.
+    """
+    return msgpack.unpackb(payload, ext_hook=_unpack_ext, strict_map_key=False, raw=False)
 
 
 # -- sorted id lists --------------------------------------------------------------
@@ -449,5 +475,6 @@ __all__ = [
     "pack_record",
     "union_ids",
     "unpack_item",
+    "unpack_payload",
     "unpack_record",
 ]

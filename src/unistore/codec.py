@@ -1,8 +1,9 @@
 """The one record format every provider stores, from model objects to bytes and back.
 
 The layout of a record is defined by the core (:mod:`unistore._purecore`); this
-module adds the payload (msgpack with two extension types) and the mapping to
-and from :class:`~unistore.model.StorageItem`:
+module adds the payload encoding (msgpack with two extension types; the core's
+``unpack_payload`` decodes it) and the mapping to and from
+:class:`~unistore.model.StorageItem`:
 
 - ``datetime`` is extension type 1: 8 bytes, big-endian signed microseconds
   since the epoch in UTC (a naive datetime is local time); it loads as an
@@ -27,8 +28,8 @@ from uuid import UUID, uuid4
 
 import msgpack
 
-from ._coretypes import uuid_from_bytes
-from .core import QueryMatcher, RecordFields, pack_record, unpack_item, unpack_record
+from ._coretypes import EXT_DATETIME, EXT_UUID, uuid_from_bytes
+from .core import QueryMatcher, RecordFields, pack_record, unpack_item, unpack_payload, unpack_record
 from .errors import ItemNotFoundError, SerializationError, StorageCorruptionError
 from .model import (
     QuerySpec,
@@ -46,8 +47,6 @@ from .model import (
     validate_time,
 )
 
-EXT_DATETIME = 1
-EXT_UUID = 2
 _I64 = struct.Struct(">q")
 # What the core, msgpack and the model raise for bytes that are not what we wrote.
 _DECODE_ERRORS = (StorageCorruptionError, ValueError, TypeError, OverflowError)
@@ -61,20 +60,6 @@ def _pack_default(value: object) -> msgpack.ExtType:
     raise TypeError(f"a {type(value).__name__} is not a msgpack value, datetime, UUID or bytes")
 
 
-def _unpack_ext(code: int, data: bytes) -> object:
-    if code == EXT_DATETIME and len(data) == 8:
-        return micros_to_datetime(_I64.unpack(data)[0])
-    if code == EXT_UUID and len(data) == 16:
-        return UUID(bytes=data)
-    raise ValueError(f"unknown extension type {code} of {len(data)} bytes")
-
-
-def decode_payload(payload: bytes) -> Any:
-    """The data a payload holds (raises msgpack's or the model's errors on bad bytes)."""
-    # A plain call with keywords: measured cheaper than a functools.partial here.
-    return msgpack.unpackb(payload, ext_hook=_unpack_ext, strict_map_key=False, raw=False)
-
-
 def encode_payload(data: object) -> tuple[bytes, Any]:
     """``(payload, data as it will load)``.
 
@@ -83,7 +68,7 @@ def encode_payload(data: object) -> tuple[bytes, Any]:
     """
     try:
         payload = msgpack.packb(data, default=_pack_default, use_bin_type=True, datetime=False)
-        return payload, decode_payload(payload)
+        return payload, unpack_payload(payload)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"data cannot be stored: {exc}") from exc
 
@@ -108,7 +93,7 @@ def decode_item(record: bytes, key: object) -> StorageItem[Any]:
 
 def _unpack(record: bytes, key: object, content_type: bytes | None, now: int | None) -> StorageItem[Any] | None:
     try:
-        return unpack_item(record, content_type, now, decode_payload)
+        return unpack_item(record, content_type, now, unpack_payload)
     except _DECODE_ERRORS as exc:
         raise _corrupt(key, exc) from exc
 
@@ -152,9 +137,12 @@ def load_item(record: bytes | None, key: str, content_type: str | None, now: int
         ItemNotFoundError: ``record`` is None, expired, or of another content type.
         StorageCorruptionError: the record does not decode.
     """
-    wanted = _encoded_type(content_type)
+    wanted = None if content_type is None else validate_name(content_type, "content_type")
     if record is not None:
-        item = _unpack(record, key, wanted, now)
+        try:  # _unpack, inline: this is every load's path
+            item = unpack_item(record, wanted, now, unpack_payload)
+        except _DECODE_ERRORS as exc:
+            raise _corrupt(key, exc) from exc
         if item is not None:
             return item
     where = "" if content_type is None else f" with content type {content_type!r}"

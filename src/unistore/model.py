@@ -148,11 +148,14 @@ def validate_name(value: object, field_name: str) -> bytes:
     return _utf8(value, field_name)
 
 
+_SHORT_KEY = MAX_KEY_BYTES // 4  # characters; no key this long can exceed the limit
+
+
 def validate_key(key: object) -> bytes:
     """A non-empty ``str`` of at most :data:`MAX_KEY_BYTES` UTF-8 bytes, as UTF-8."""
-    if type(key) is str and 0 < len(key) <= MAX_KEY_BYTES // 4:  # the common case, on every load
+    if type(key) is str and 0 < len(key) <= _SHORT_KEY:  # the common case, on every load
         try:
-            return str.encode(key)  # at most 4 bytes a character: within the limit
+            return key.encode()  # at most 4 bytes a character: within the limit
         except UnicodeEncodeError:
             pass  # the checks below name the field
     encoded = validate_name(key, "key")

@@ -105,6 +105,7 @@ _MAX_INDEX_KEY = 511
 _LONG_LABEL = 200
 _META_NAMESPACE = b"namespace"
 _META_NEXT_SID = b"next_sid"
+_get = lmdb.Transaction.get  # a C method: as a read action it costs no Python frame
 
 
 def _index_key(raw: bytes) -> bytes:
@@ -155,40 +156,48 @@ class ResizeGate:
 
     ``enter``/``leave`` bracket every transaction of this process; ``exclusive``
     waits until none is running, holds new ones back and runs its action. It
-    relies on the GIL making ``list.append``/``list.pop`` atomic and ordered:
-    a transaction announces itself, then checks the gate, while the resizer
-    closes the gate, then checks for transactions, so neither can miss the
-    other. Two lock-free list operations cost far less than a lock pair on a
-    read that takes microseconds.
+    relies on the GIL making ``deque.append``/``deque.pop`` atomic and ordered:
+    a transaction announces itself, then checks ``resizing``, while the resizer
+    sets ``resizing``, then checks for transactions, so neither can miss the
+    other. Two lock-free deque operations cost far less than a lock pair on a
+    read that takes microseconds; the read path takes ``enter`` apart
+    (``announce``, check ``resizing``, ``wait``) to spare itself a Python frame.
     """
 
     def __init__(self) -> None:
-        self._active: list[None] = []
-        self._open = threading.Event()
-        self._open.set()
+        # A deque, not a list: a list reallocates as it goes from empty to one and back.
+        active: collections.deque[None] = collections.deque()
+        self._active = active
+        self.resizing = False
+        self._reopened = threading.Event()
         self._resizer = threading.Lock()
-        # Bound C methods, so the read path pays no Python frame for them.
-        self.leave: Callable[[], object] = self._active.pop
-        self._announce = self._active.append
-        self._is_open = self._open.is_set
+        # Bound C methods, so a transaction pays no Python frame for them.
+        self.announce: Callable[[None], None] = active.append
+        self.leave: Callable[[], object] = active.pop
 
     def enter(self) -> None:
         """Announce a transaction, waiting out a resize in progress."""
-        self._announce(None)
-        while not self._is_open():
-            self._active.pop()
-            self._open.wait()
-            self._announce(None)
+        self.announce(None)
+        while self.resizing:
+            self.leave()
+            self.wait()
+            self.announce(None)
+
+    def wait(self) -> None:
+        """Wait until no resize is in progress (call it unannounced)."""
+        self._reopened.wait()
 
     def exclusive(self, action: Callable[[], None]) -> None:
         with self._resizer:
-            self._open.clear()
+            self._reopened.clear()
+            self.resizing = True
             try:
                 while self._active:
                     time.sleep(0.0002)
                 action()
             finally:
-                self._open.set()
+                self.resizing = False
+                self._reopened.set()
 
 
 _Op = Callable[[Any], Any]  # runs inside a write transaction and returns the operation's result
@@ -288,20 +297,26 @@ class SharedEnvironment:
         """Take the map size another process has grown the store to."""
         self.gate.exclusive(lambda: self.env.set_mapsize(0))
 
-    def read(self, action: Callable[[Any], R], db: Any = None) -> R:
-        """Run ``action(txn)`` in a read transaction whose default database is ``db``."""
+    def read(self, action: Callable[..., R], db: Any = None, *args: Any) -> R:
+        """Run ``action(txn, *args)`` in a read transaction whose default database is ``db``."""
+        gate = self.gate
         while True:
-            self.gate.enter()
+            resized = False
+            gate.announce(None)  # gate.enter(), taken apart: every load comes this way
             try:
-                with self.env.begin(db=db) as txn:  # no other keyword: each costs measurably here
-                    return action(txn)
+                if not gate.resizing:
+                    with self.env.begin(db=db) as txn:  # no other keyword: each costs measurably here
+                        return action(txn, *args)
             except lmdb.MapResizedError:
-                pass  # fall through to adopt the size once outside the gate
+                resized = True  # adopt the size once outside the gate
             except lmdb.Error as exc:
                 raise translate(exc) from exc
             finally:
-                self.gate.leave()
-            self.adopt_size()
+                gate.leave()
+            if resized:
+                self.adopt_size()
+            else:
+                gate.wait()
 
     def write_batch(self, ops: list[_Op]) -> list[_Outcome]:
         """Apply ``ops`` in one write transaction, each in a nested one.
@@ -664,9 +679,10 @@ class LmdbEngine:
             ItemNotFoundError: there is none.
         """
         key_bytes = validate_key(key)
-        shared = self.shared  # first: reopening renews the database handles
-        raw = shared.read(lambda txn: txn.get(key_bytes), self._records)
-        return load_item(raw, key, content_type, now_micros())
+        # The read path, kept free of Python frames it can do without: no property,
+        # the transaction's own C method as the action.
+        shared = self._shared if self._shared is not None else self._open()  # first: reopening renews handles
+        return load_item(shared.read(_get, self._records, key_bytes), key, content_type, now_micros())
 
     def search_chunks(self, query: StorageQuery) -> Iterator[list[StorageResult[Any]]]:
         """The results of ``query`` in lists, each read in one short transaction.
