@@ -1,12 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The native twin of unistore._purecore: the same names, the same results.
 
-Records are read in place (no copies for what a query does not need); the glob
-is Redis 7.0's ``stringmatchlen`` (util.c) ported line for line (plus a memchr
-jump to the next plain byte after a star, which changes no result), so that it
-agrees with ``SCAN MATCH`` by construction; id lists are merged or galloped
-in C. Errors and value types come from the plain-Python modules both twins
-share, so both raise and return the same things.
+Records are read in place (no copies for what a query does not need); payloads
+are decoded from the record with msgpack's semantics; the glob runs the plan
+both twins compile (Redis 7's ``stringmatchlen``, step for step) over 256-bit
+byte sets; id lists are merged or galloped in C. Errors and value types come
+from the plain-Python modules both twins share, so both raise and return the
+same things.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -33,6 +33,7 @@ from unistore._coretypes import (
     HEADER_SIZE,
     RecordFields,
     corrupt,
+    plan_glob,
 )
 from unistore.model import StorageItem, StorageMetadata
 
@@ -58,7 +59,6 @@ cdef inline void _set(object instance, str name, object value) except *:
 
 cdef object _SAFE_UNKNOWN = SafeUUID.unknown
 cdef Py_ssize_t _HEADER = 68
-cdef int _MAX_NESTING = GLOB_MAX_NESTING
 cdef uint8_t _FLAG_EXPIRES = FLAG_EXPIRES
 
 
@@ -599,130 +599,110 @@ def unpack_payload(bytes payload):
 
 cdef object _UNPACK_PAYLOAD = unpack_payload  # unpack_item decodes in place when given it
 
-# -- glob: Redis 7.0 util.c stringmatchlen, ported ------------------------------------
+# -- glob ------------------------------------------------------------------------------
+#
+# The pattern is compiled by the plan both twins share (unistore._coretypes.plan_glob,
+# Redis 7's stringmatchlen step for step): segments between stars, each element a
+# 256-bit set. Matching anchors the first and last segments and finds each middle
+# one leftmost, jumping with memchr to where a segment's first byte occurs when that
+# element is a single byte: linear in the key for the patterns searches use.
 
-cdef int _stringmatch(
-    const char* pattern, Py_ssize_t patternLen, const char* string, Py_ssize_t stringLen,
-    int* skipLongerMatches, int nesting,
-) noexcept nogil:
-    cdef int negate, match, start, end, c
-    cdef char next_byte
-    cdef bint plain
-    cdef const char* found
-    if nesting > _MAX_NESTING:
-        return 0
-    while patternLen and stringLen:
-        if pattern[0] == b'*':
-            while patternLen and pattern[1] == b'*':
-                pattern += 1
-                patternLen -= 1
-            if patternLen == 1:
-                return 1
-            # Our one addition to Redis's loop: when the rest of the pattern starts with a
-            # plain byte, jump to where that byte occurs. At any other position the
-            # recursive call would return 0 at its first comparison, changing nothing.
-            next_byte = pattern[1]
-            plain = next_byte != b'?' and next_byte != b'[' and next_byte != b'\\'
-            while stringLen:
-                if plain and string[0] != next_byte:
-                    found = <const char*>memchr(string, next_byte, stringLen)
-                    if found == NULL:
-                        break
-                    stringLen -= found - string
-                    string = found
-                if _stringmatch(pattern + 1, patternLen - 1, string, stringLen, skipLongerMatches, nesting + 1):
-                    return 1
-                if skipLongerMatches[0]:
-                    return 0
-                string += 1
-                stringLen -= 1
-            skipLongerMatches[0] = 1
-            return 0
-        elif pattern[0] == b'?':
-            string += 1
-            stringLen -= 1
-        elif pattern[0] == b'[':
-            pattern += 1
-            patternLen -= 1
-            negate = pattern[0] == b'^'
-            if negate:
-                pattern += 1
-                patternLen -= 1
-            match = 0
-            while True:
-                if pattern[0] == b'\\' and patternLen >= 2:
-                    pattern += 1
-                    patternLen -= 1
-                    if pattern[0] == string[0]:
-                        match = 1
-                elif pattern[0] == b']':
-                    break
-                elif patternLen == 0:
-                    pattern -= 1
-                    patternLen += 1
-                    break
-                elif patternLen >= 3 and pattern[1] == b'-':
-                    # Signed, as C's `char` is where Redis runs: \xff sorts below 'a'.
-                    start = <signed char>pattern[0]
-                    end = <signed char>pattern[2]
-                    c = <signed char>string[0]
-                    if start > end:
-                        start, end = end, start
-                    pattern += 2
-                    patternLen -= 2
-                    if start <= c <= end:
-                        match = 1
-                elif pattern[0] == string[0]:
-                    match = 1
-                pattern += 1
-                patternLen -= 1
-            if negate:
-                match = not match
-            if not match:
-                return 0
-            string += 1
-            stringLen -= 1
-        else:
-            if pattern[0] == b'\\' and patternLen >= 2:
-                pattern += 1
-                patternLen -= 1
-            if pattern[0] != string[0]:
-                return 0
-            string += 1
-            stringLen -= 1
-        pattern += 1
-        patternLen -= 1
-        if stringLen == 0:
-            while pattern[0] == b'*':
-                pattern += 1
-                patternLen -= 1
-            break
-    return patternLen == 0 and stringLen == 0
-
-
-cdef inline bint _glob(bytes pattern, const char* subject, Py_ssize_t size) noexcept:
-    # bytes objects end in a NUL that Redis's sds strings also have: the
-    # algorithm peeks at it, never past it.
-    cdef int skip = 0
-    return _stringmatch(PyBytes_AS_STRING(pattern), PyBytes_GET_SIZE(pattern), subject, size, &skip, 0)
+cdef inline bint _has(const uint8_t* bitmap, uint8_t byte) noexcept nogil:
+    return (bitmap[byte >> 3] >> (byte & 7)) & 1
 
 
 cdef class Glob:
     """A compiled Redis glob. ``Glob(p).match(s)`` equals Redis ``SCAN MATCH p`` on key ``s``."""
 
-    cdef bytes _pattern
+    cdef uint8_t* _sets  # 32 bytes per element, segment after segment
+    cdef Py_ssize_t* _bounds  # segment k is elements _bounds[k] up to _bounds[k + 1]
+    cdef int* _lead  # per segment: the one byte its first element matches, or -1
+    cdef Py_ssize_t _count
+    cdef bint _never, _empty
+
+    def __cinit__(self):
+        self._sets = NULL
+        self._bounds = NULL
+        self._lead = NULL
 
     def __init__(self, bytes pattern):
-        self._pattern = pattern
+        segments, never = plan_glob(pattern)
+        cdef Py_ssize_t count = len(segments), elements = sum(len(segment) for segment in segments), k, e = 0
+        self._sets = <uint8_t*>PyMem_Malloc(32 * elements + 1)
+        self._bounds = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * (count + 1))
+        self._lead = <int*>PyMem_Malloc(sizeof(int) * count)
+        if self._sets == NULL or self._bounds == NULL or self._lead == NULL:
+            raise MemoryError()
+        self._count = count
+        self._never = never
+        self._empty = not pattern
+        for k in range(count):
+            self._bounds[k] = e
+            self._lead[k] = -1
+            for bitmap in segments[k]:
+                memcpy(self._sets + 32 * e, PyBytes_AS_STRING(bitmap), 32)
+                e += 1
+            if segments[k]:
+                members = [b for b in range(256) if _has(self._sets + 32 * self._bounds[k], b)]
+                if len(members) == 1:
+                    self._lead[k] = members[0]
+        self._bounds[count] = e
+
+    def __dealloc__(self):
+        PyMem_Free(self._sets)
+        PyMem_Free(self._bounds)
+        PyMem_Free(self._lead)
 
     def match(self, bytes subject):
         """Whether ``subject`` matches the whole pattern."""
-        return _glob(self._pattern, PyBytes_AS_STRING(subject), PyBytes_GET_SIZE(subject))
+        return self._matches(<const uint8_t*>PyBytes_AS_STRING(subject), PyBytes_GET_SIZE(subject))
+
+    cdef inline bint _at(self, Py_ssize_t k, const uint8_t* s) noexcept nogil:
+        """Whether segment ``k`` matches the bytes at ``s`` (as many as it has elements)."""
+        cdef Py_ssize_t first = self._bounds[k], e
+        cdef const uint8_t* sets = self._sets
+        for e in range(first, self._bounds[k + 1]):
+            if not _has(sets + 32 * e, s[e - first]):
+                return 0
+        return 1
+
+    cdef bint _matches(self, const uint8_t* s, Py_ssize_t n) noexcept nogil:
+        if n == 0:
+            return self._empty  # Redis never reaches its loop for an empty key
+        if self._never:
+            return 0
+        cdef Py_ssize_t* bounds = self._bounds
+        cdef Py_ssize_t first = bounds[1] - bounds[0]
+        if self._count == 1:
+            return first == n and self._at(0, s)
+        cdef Py_ssize_t end = n - (bounds[self._count] - bounds[self._count - 1])
+        if end < first or not self._at(0, s) or not self._at(self._count - 1, s + end):
+            return 0
+        cdef Py_ssize_t pos = first, k, size, limit
+        cdef int lead
+        cdef const uint8_t* found
+        for k in range(1, self._count - 1):
+            size = bounds[k + 1] - bounds[k]
+            limit = end - size  # the last place the segment can start
+            lead = self._lead[k]
+            while True:
+                if pos > limit:
+                    return 0
+                if lead >= 0:
+                    found = <const uint8_t*>memchr(s + pos, lead, limit - pos + 1)
+                    if found == NULL:
+                        return 0
+                    pos = found - s
+                if self._at(k, s + pos):
+                    break
+                pos += 1
+            pos += size
+        return 1
 
 
 def glob_match(bytes pattern, bytes subject):
     """Whether ``subject`` matches the Redis glob ``pattern`` (both bytes)."""
-    return _glob(pattern, PyBytes_AS_STRING(subject), PyBytes_GET_SIZE(subject))
+    return Glob(pattern).match(subject)
 
 
 def glob_literal_prefix(bytes pattern):
@@ -745,14 +725,14 @@ def glob_literal_prefix(bytes pattern):
 cdef class QueryMatcher:
     """A compiled query, checked against a record's header without its payload."""
 
-    cdef object _glob
+    cdef Glob _glob
     cdef bytes _content_type
     cdef list _tags
     cdef bint _has_ca, _has_cb, _has_ea, _has_eb
     cdef int64_t _ca, _cb, _ea, _eb
 
     def __init__(self, pattern, content_type, tags, created_after, created_before, expires_after, expires_before):
-        self._glob = pattern
+        self._glob = None if pattern is None else Glob(pattern)
         self._content_type = content_type
         self._tags = [(bytes(k), bytes(v)) for k, v in tags]
         self._has_ca = created_after is not None
@@ -818,7 +798,9 @@ cdef class QueryMatcher:
             or memcmp(PyBytes_AS_STRING(self._content_type), p + h.type_start, type_len)
         ):
             return 0
-        if self._glob is not None and not _glob(self._glob, p + h.key_start, h.type_start - h.key_start):
+        if self._glob is not None and not self._glob._matches(
+            <const uint8_t*>p + h.key_start, h.type_start - h.key_start
+        ):
             return 0
         if self._tags:
             return self._tags_match(record, &h)

@@ -79,3 +79,87 @@ def uuid_from_bytes(raw: bytes) -> UUID:
     _set_attribute(value, "int", int.from_bytes(raw, "big"))
     _set_attribute(value, "is_safe", SafeUUID.unknown)
     return value
+
+
+# -- glob patterns ----------------------------------------------------------------
+
+
+class GlobPlan(NamedTuple):
+    """A Redis glob, compiled for both twins: the pattern split at its stars.
+
+    Each element of a segment is the set of bytes it matches, as a 32-byte
+    bitmap (bit ``b & 7`` of byte ``b >> 3``). A key matches when the first
+    segment matches at its start, the last at its end (with no star, the one
+    segment is the whole key) and each middle one after the previous, taken
+    leftmost; that is exactly when Redis's backtracking would succeed.
+    """
+
+    segments: list[list[bytes]]
+    #: More nested stars than Redis follows: no non-empty key matches.
+    never: bool
+
+
+_ANY = b"\xff" * 32
+
+
+def _bitmap(members: set[int], negate: bool = False) -> bytes:
+    bits = bytearray(32)
+    for member in members:
+        bits[member >> 3] |= 1 << (member & 7)
+    return bytes(255 - b for b in bits) if negate else bytes(bits)
+
+
+def _signed(byte: int) -> int:
+    # Redis compares range bounds as C `char`, which is signed on the platforms
+    # it ships for: b"\xff" sorts below b"a" inside a [x-y] range.
+    return byte - 256 if byte >= 0x80 else byte
+
+
+def plan_glob(pattern: bytes) -> GlobPlan:
+    """Compile a Redis glob.
+
+    Follows Redis 7's ``stringmatchlen`` (util.c) step for step, including its
+    treatment of unterminated classes, ``[a-]`` ranges, trailing backslashes and
+    its limit on nested stars.
+    """
+    segments: list[list[bytes]] = [[]]
+    size = len(pattern)
+    i = 0
+    while i < size:
+        char = pattern[i]
+        if char == 0x2A:  # '*': runs of stars are one star
+            while i + 1 < size and pattern[i + 1] == 0x2A:
+                i += 1
+            segments.append([])
+        elif char == 0x3F:  # '?'
+            segments[-1].append(_ANY)
+        elif char == 0x5B:  # '['
+            i += 1
+            negate = i < size and pattern[i] == 0x5E
+            if negate:
+                i += 1
+            members: set[int] = set()
+            while True:
+                if i < size and pattern[i] == 0x5C and size - i >= 2:
+                    i += 1
+                    members.add(pattern[i])
+                elif i < size and pattern[i] == 0x5D:
+                    break
+                elif i >= size:  # unterminated: the rest of the pattern was the class
+                    i -= 1
+                    break
+                elif size - i >= 3 and pattern[i + 1] == 0x2D:
+                    low, high = sorted((_signed(pattern[i]), _signed(pattern[i + 2])))
+                    members.update(b for b in range(256) if low <= _signed(b) <= high)
+                    i += 2
+                else:
+                    members.add(pattern[i])
+                i += 1
+            segments[-1].append(_bitmap(members, negate))
+        else:
+            if char == 0x5C and size - i >= 2:  # '\x': x literally
+                i += 1
+            segments[-1].append(_bitmap({pattern[i]}))
+        i += 1
+    inner_stars = len(segments) - 1 - (1 if len(segments) > 1 and not segments[-1] else 0)  # a final star is not
+    return GlobPlan(segments, inner_stars > GLOB_MAX_NESTING)

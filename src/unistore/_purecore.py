@@ -28,6 +28,7 @@ from ._coretypes import (
     HEADER_SIZE,
     RecordFields,
     corrupt,
+    plan_glob,
     uuid_from_bytes,
 )
 from .errors import StorageCorruptionError
@@ -232,94 +233,34 @@ def union_ids(first: bytes, second: bytes) -> bytes:
 
 # -- glob ---------------------------------------------------------------------
 
-_STAR = None  # a token that is not a byte-set regex
 
-
-def _signed(byte: int) -> int:
-    # Redis compares range bounds as C `char`, which is signed on the platforms
-    # it ships for: b"\xff" sorts below b"a" inside a [x-y] range.
-    return byte - 256 if byte >= 0x80 else byte
-
-
-def _byte_class(members: set[int], negate: bool) -> bytes:
-    if negate:
-        members = set(range(256)) - members
+def _element_regex(bitmap: bytes) -> bytes:
+    """A regex matching one byte of the set a glob element's bitmap holds."""
+    members = [b for b in range(256) if bitmap[b >> 3] >> (b & 7) & 1]
+    if len(members) == 256:
+        return b"."
+    if len(members) == 1:
+        return re.escape(bytes(members))
     if not members:
         return b"(?!)"
-    return b"[" + b"".join(b"\\x%02x" % m for m in sorted(members)) + b"]"
-
-
-def _glob_tokens(pattern: bytes) -> list[bytes | None]:
-    """One regex per pattern element (each matching exactly one byte), ``None`` for ``*``.
-
-    Follows Redis 7's ``stringmatchlen`` (util.c) step for step, including its
-    treatment of unterminated classes, ``[a-]`` ranges and trailing backslashes.
-    """
-    tokens: list[bytes | None] = []
-    size = len(pattern)
-    i = 0
-    while i < size:
-        char = pattern[i]
-        if char == 0x2A:  # '*': runs of stars are one star
-            while i + 1 < size and pattern[i + 1] == 0x2A:
-                i += 1
-            tokens.append(_STAR)
-        elif char == 0x3F:  # '?'
-            tokens.append(b".")
-        elif char == 0x5B:  # '['
-            i += 1
-            negate = i < size and pattern[i] == 0x5E
-            if negate:
-                i += 1
-            members: set[int] = set()
-            while True:
-                if i < size and pattern[i] == 0x5C and size - i >= 2:
-                    i += 1
-                    members.add(pattern[i])
-                elif i < size and pattern[i] == 0x5D:
-                    break
-                elif i >= size:  # unterminated: the rest of the pattern was the class
-                    i -= 1
-                    break
-                elif size - i >= 3 and pattern[i + 1] == 0x2D:
-                    low, high = sorted((_signed(pattern[i]), _signed(pattern[i + 2])))
-                    members.update(b for b in range(256) if low <= _signed(b) <= high)
-                    i += 2
-                else:
-                    members.add(pattern[i])
-                i += 1
-            tokens.append(_byte_class(members, negate))
-        else:
-            if char == 0x5C and size - i >= 2:  # '\x': x literally
-                i += 1
-            tokens.append(re.escape(pattern[i : i + 1]))
-        i += 1
-    return tokens
+    return b"[" + b"".join(b"\\x%02x" % m for m in members) + b"]"
 
 
 class Glob:
     """A compiled Redis glob. ``Glob(p).match(s)`` equals Redis ``SCAN MATCH p`` on key ``s``.
 
-    Stars split the pattern into fixed-length segments; the first is anchored at
-    the start, the last at the end, and each middle one is found leftmost, which
-    is exactly when backtracking would succeed, in linear time.
+    Each segment of the :class:`~unistore._coretypes.GlobPlan` becomes a regex.
     """
 
     __slots__ = ("_empty_pattern", "_never", "_segments", "_starred")
 
     def __init__(self, pattern: bytes) -> None:
-        tokens = _glob_tokens(pattern)
-        segments: list[list[bytes]] = [[]]
-        for token in tokens:
-            if token is _STAR:
-                segments.append([])
-            else:
-                segments[-1].append(token)
+        segments, self._never = plan_glob(pattern)
         self._empty_pattern = not pattern
         self._starred = len(segments) > 1
-        inner_stars = len(segments) - 1 - (1 if tokens and tokens[-1] is _STAR else 0)
-        self._never = inner_stars > GLOB_MAX_NESTING
-        self._segments = [(len(parts), re.compile(b"".join(parts), re.DOTALL)) for parts in segments]
+        self._segments = [
+            (len(parts), re.compile(b"".join(_element_regex(part) for part in parts), re.DOTALL)) for parts in segments
+        ]
 
     def match(self, subject: bytes) -> bool:
         """Whether ``subject`` matches the whole pattern."""
