@@ -457,11 +457,13 @@ cdef inline double _float64(uint64_t bits) noexcept nogil:
 
 
 cdef object _map_key(const uint8_t* p, Py_ssize_t n):
-    cdef uint32_t h = 2166136261u  # FNV-1a
-    cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ p[i]) * 16777619u
-    h &= _KEYS - 1
+    # A cheap slot: length and the bytes at both ends and in the middle; the memcmp
+    # below decides, so keys that share a slot only take turns in it.
+    cdef uint32_t h = <uint32_t>n
+    if n:
+        h = (h * 31u + p[0]) * 31u + p[n - 1]
+        h = (h * 31u + p[n >> 1]) * 2654435761u
+    h = (h >> 16) & (_KEYS - 1)
     cdef PyObject* kept = _key_cache[h]
     if kept != NULL and PyUnicode_GET_LENGTH(<object>kept) == n and memcmp(PyUnicode_DATA(<object>kept), p, n) == 0:
         return <object>kept  # ASCII only is kept: its characters are its bytes

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from uuid import UUID
+from uuid import RFC_4122, UUID
 
 import pytest
 
@@ -72,13 +72,15 @@ async def test_storage_system(provider_factory: Factory) -> None:
 async def test_save_returns_what_load_returns(provider_factory: Factory) -> None:
     provider = provider_factory()
     expires = datetime.now(UTC) + timedelta(hours=1)
-    saved = await provider.save("k", {"n": 1, "t": (1, 2)}, "doc", expires_at=expires, tags={"a": "b"})
+    saved = await provider.save("k", {"n": 1, "t": (1, 2)}, "doc", expires_at=expires, tags={"z": "1", "a": "b"})
     loaded = await provider.load("k")
     assert saved == loaded
+    assert repr(saved) == repr(loaded)  # to the order of the tags (by key) and the types of the values
     assert loaded.data == {"n": 1, "t": [1, 2]}  # tuples come back as lists
     meta = loaded.metadata
     assert isinstance(meta.id, UUID)
-    assert (meta.key, meta.content_type, meta.tags, meta.expires_at) == ("k", "doc", {"a": "b"}, expires)
+    assert (meta.id.version, meta.id.variant) == (4, RFC_4122)
+    assert (meta.key, meta.content_type, meta.tags, meta.expires_at) == ("k", "doc", {"a": "b", "z": "1"}, expires)
     assert meta.created_at == meta.updated_at
     assert meta.created_at.tzinfo is UTC and meta.expires_at is not None and meta.expires_at.tzinfo is UTC
 

@@ -26,6 +26,7 @@ can take the ids and times without parsing the rest.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 from uuid import UUID, SafeUUID
 
@@ -66,6 +67,14 @@ def corrupt(why: str) -> StorageCorruptionError:
 
 _new_object = object.__new__
 _set_attribute = object.__setattr__
+
+
+def new_uuid_bytes() -> bytes:
+    """The 16 bytes of a new random (version 4) UUID, as ``uuid4().bytes`` without the UUID."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return bytes(raw)
 
 
 def uuid_from_bytes(raw: bytes) -> UUID:

@@ -138,7 +138,7 @@ def validate_name(value: object, field_name: str) -> bytes:
     """A non-empty ``str`` (content type, namespace, tag key), as UTF-8."""
     if type(value) is str and value:  # the common case first: it runs on every load
         try:
-            return str.encode(value)
+            return value.encode()  # exactly a str: its own encode
         except UnicodeEncodeError:
             pass  # the checks below name the field
     if not isinstance(value, str):

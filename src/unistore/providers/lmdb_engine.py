@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 from uuid import UUID
 
 import lmdb
@@ -282,6 +282,9 @@ class SharedEnvironment:
 
     def writer(self) -> GroupCommitWriter:
         """The environment's group-commit thread, started on first use."""
+        writer = self._writer
+        if writer is not None:  # every save after the first: no lock
+            return writer
         with self._registry_lock:
             if self._writer is None:
                 self._writer = GroupCommitWriter(self)
@@ -297,8 +300,9 @@ class SharedEnvironment:
         """Take the map size another process has grown the store to."""
         self.gate.exclusive(lambda: self.env.set_mapsize(0))
 
-    def read(self, action: Callable[..., R], db: Any = None, *args: Any) -> R:
-        """Run ``action(txn, *args)`` in a read transaction whose default database is ``db``."""
+    def read(self, action: Callable[..., R], db: Any = None, key: bytes | None = None) -> R:
+        """Run ``action(txn)`` in a read transaction whose default database is ``db``;
+        with ``key``, ``action(txn, key)`` (a load passes ``txn.get`` itself: no closure)."""
         gate = self.gate
         while True:
             resized = False
@@ -306,7 +310,7 @@ class SharedEnvironment:
             try:
                 if not gate.resizing:
                     with self.env.begin(db=db) as txn:  # no other keyword: each costs measurably here
-                        return action(txn, *args)
+                        return action(txn) if key is None else action(txn, key)
             except lmdb.MapResizedError:
                 resized = True  # adopt the size once outside the gate
             except lmdb.Error as exc:
@@ -368,8 +372,7 @@ class SharedEnvironment:
         return True, result
 
 
-@dataclass
-class _Pending:
+class _Pending(NamedTuple):
     op: _Op
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
@@ -399,6 +402,10 @@ class GroupCommitWriter:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
+        # Set by the writer, under the lock, before it looks at the queue and sleeps;
+        # a submitter appends, then wakes it only if it said so: one deque append per
+        # operation while the writer is busy, instead of a lock and a notify.
+        self._idle = False
         #: Transactions committed so far (each with one fsync in durable modes).
         self.batches = 0
         self._thread = threading.Thread(target=self._run, name=f"unistore-writer:{shared.path}", daemon=True)
@@ -406,9 +413,10 @@ class GroupCommitWriter:
 
     def submit(self, op: _Op, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
         """Queue ``op``; ``future`` (of ``loop``) gets its result or error once it is committed."""
-        with self._wake:
-            self._queue.append(_Pending(op, loop, future))
-            self._wake.notify()
+        self._queue.append(_Pending(op, loop, future))
+        if self._idle:
+            with self._wake:
+                self._wake.notify()
 
     def stop(self) -> None:
         """Finish what is queued, then end the thread."""
@@ -420,8 +428,10 @@ class GroupCommitWriter:
     def _run(self) -> None:
         while True:
             with self._wake:
+                self._idle = True
                 while not self._queue and not self._stopping:
                     self._wake.wait()
+                self._idle = False
                 if not self._queue:
                     return
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
