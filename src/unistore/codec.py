@@ -187,7 +187,8 @@ class PreparedSave(NamedTuple):
             self.payload,
         )
         record = pack_record(*fields)
-        return fields, record, unpack_item(record, None, None, self.loaded)
+        item = unpack_item(record, None, None, self.loaded)  # None only when expiry or type is checked
+        return fields, record, item  # type: ignore[return-value]
 
     def loaded(self, payload: bytes) -> Any:
         """The data, as the payload decodes (``payload`` is that payload)."""
