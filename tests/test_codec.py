@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unistore import StorageCorruptionError, StorageQuery
+from unistore import SerializationError, StorageCorruptionError, StorageQuery
 from unistore.codec import compile_query, decode_item, encode_payload, select
 from unistore.core import FORMAT_VERSION, HEADER_SIZE, QueryMatcher, pack_record, unpack_payload, unpack_record
 from unistore.providers import MemoryStorageProvider
@@ -85,6 +85,13 @@ def test_payload_types() -> None:
     value = {"t": (1, "a"), "b": b"\x00", "d": moment, "u": UUID(bytes=UUID_BYTES), 5: None}
     payload, loaded = encode_payload(value)
     assert loaded == unpack_payload(payload) == {**value, "t": [1, "a"]}
+
+
+def test_a_refused_payload_leaves_nothing_behind_for_the_next() -> None:
+    # The packer is reused: what it had packed before the refusal must not leak into the next payload.
+    with pytest.raises(SerializationError, match="a set is not a msgpack value"):
+        encode_payload({"first": "x" * 100, "then": {1, 2}})
+    assert encode_payload([1, 2]) == (b"\x92\x01\x02", [1, 2])
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ tuples, for one, would not be: its keys load as unhashable lists).
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,14 +59,22 @@ def _pack_default(value: object) -> msgpack.ExtType:
     raise TypeError(f"a {type(value).__name__} is not a msgpack value, datetime, UUID or bytes")
 
 
+# One Packer per thread, made once: msgpack.packb builds one per call, which costs as
+# much as the packing; one per thread because _pack_default runs Python code mid-pack.
+_packers = threading.local()
+
+
 def encode_payload(data: object) -> tuple[bytes, Any]:
     """``(payload, data as it will load)``.
 
     Raises:
         SerializationError: ``data`` holds something that cannot be stored.
     """
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(default=_pack_default, use_bin_type=True, datetime=False)
     try:
-        payload = msgpack.packb(data, default=_pack_default, use_bin_type=True, datetime=False)
+        payload = packer.pack(data)  # a Packer resets itself when packing fails
         return payload, unpack_payload(payload)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(f"data cannot be stored: {exc}") from exc
