@@ -516,6 +516,25 @@ def test_resize_gate_holds_a_transaction_that_arrives_during_a_resize() -> None:
     assert order == ["resize", "txn"]
 
 
+def test_a_read_that_arrives_during_a_resize_waits_for_it(engine: LmdbEngine) -> None:
+    engine.save("k", 1, "t")
+    order: list[str] = []
+    started = threading.Event()
+
+    def slow_resize() -> None:
+        started.set()
+        threading.Event().wait(0.1)
+        order.append("resize")
+
+    resizer = threading.Thread(target=engine.shared.gate.exclusive, args=(slow_resize,))
+    resizer.start()
+    started.wait(5)
+    assert engine.load("k").data == 1  # the read path's own way through the gate
+    order.append("load")
+    resizer.join(5)
+    assert order == ["resize", "load"]
+
+
 def test_a_full_disk_fails_the_write_and_leaves_the_store_whole(engine: LmdbEngine, store: Path) -> None:
     # RLIMIT_FSIZE makes the data file unable to grow, as a full disk would.
     engine.save("before", 1, "t", tags={"a": "b"})
