@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,24 @@ async def test_one_failing_operation_does_not_fail_its_batch(store: Path) -> Non
     assert all(not isinstance(outcome, Exception) for outcome in outcomes[:-1])
     assert len([r async for r in provider.search(StorageQuery(pattern="k*"))]) == 10
     await provider.cleanup()
+
+
+def test_an_op_that_fails_after_writing_is_rolled_back_alone(engine: LmdbEngine) -> None:
+    records = engine._records
+    shared = engine.shared
+
+    def half_done(txn: Any) -> None:
+        txn.put(b"half", b"written", db=records)
+        raise ValueError("failed after a write")
+
+    def put(key: bytes) -> Callable[[Any], bytes]:
+        return lambda txn: txn.put(key, b"v", db=records) and key
+
+    outcomes = shared.write_batch([put(b"a"), half_done, put(b"b")])
+    assert outcomes[0] == (True, b"a") and outcomes[2] == (True, b"b")
+    assert outcomes[1][0] is False and str(outcomes[1][1]) == "failed after a write"
+    stored = shared.read(lambda txn: {key: txn.get(key, db=records) for key in (b"a", b"half", b"b")})
+    assert stored == {b"a": b"v", b"half": None, b"b": b"v"}
 
 
 async def test_a_failed_batch_fails_its_callers_and_the_writer_goes_on(

@@ -201,6 +201,12 @@ class ResizeGate:
 
 
 _Op = Callable[[Any], Any]  # runs inside a write transaction and returns the operation's result
+
+
+class _OneFailed(Exception):
+    """An op of a batch raised: rerun the batch with each op in a nested transaction."""
+
+
 _Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 
 
@@ -323,30 +329,44 @@ class SharedEnvironment:
                 gate.wait()
 
     def write_batch(self, ops: list[_Op]) -> list[_Outcome]:
-        """Apply ``ops`` in one write transaction, each in a nested one.
+        """Apply ``ops`` in one write transaction; one outcome per op.
 
-        Returns one outcome per op. An op that raises is rolled back alone; a
-        full map grows the map and reruns the whole batch.
+        The ops first run straight in the transaction. If one raises, that
+        attempt is rolled back and the batch runs again with each op in a
+        nested transaction, so that the op is rolled back alone and the others
+        land. (Nesting every time costs each op a nested transaction, for which
+        LMDB allocates and zeroes tens of KB with the 896 databases that 128
+        namespaces allow: measured, 40% of a save's time in the writer.) A full
+        map grows the map and reruns the whole batch.
         """
+        isolated = False
         while True:
-            grow = False
+            then: Callable[[], None] | None = None
             self.gate.enter()
             try:
                 with self.env.begin(write=True) as txn:
-                    outcomes = [self._apply(txn, op) for op in ops]
-                return outcomes
+                    return [self._apply(txn, op) for op in ops] if isolated else self._apply_all(txn, ops)
+            except _OneFailed:
+                isolated = True
             except lmdb.MapFullError:
-                grow = True
+                then = self._grow
             except lmdb.MapResizedError:
-                pass
+                then = self.adopt_size
             except lmdb.Error as exc:
                 return [(False, _chained(translate(exc), exc))] * len(ops)
             finally:
                 self.gate.leave()
-            if grow:
-                self._grow()
-            else:
-                self.adopt_size()
+            if then is not None:
+                then()
+
+    @staticmethod
+    def _apply_all(txn: Any, ops: list[_Op]) -> list[_Outcome]:
+        try:
+            return [(True, op(txn)) for op in ops]
+        except lmdb.MapFullError:
+            raise
+        except Exception as exc:
+            raise _OneFailed from exc  # leaves the transaction: this attempt is rolled back
 
     def write_one(self, op: Callable[[Any], R]) -> R:
         """Run one write operation in its own transaction, in this thread; raise its error."""
