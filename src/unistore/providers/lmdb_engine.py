@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 import lmdb
@@ -392,10 +392,8 @@ class SharedEnvironment:
         return True, result
 
 
-class _Pending(NamedTuple):
-    op: _Op
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
+# What a submitter queues: (op, its loop, its future). A plain tuple: one is made per write.
+_Pending = tuple[_Op, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
 
 def _resolve_all(settled: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
@@ -433,7 +431,7 @@ class GroupCommitWriter:
 
     def submit(self, op: _Op, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
         """Queue ``op``; ``future`` (of ``loop``) gets its result or error once it is committed."""
-        self._queue.append(_Pending(op, loop, future))
+        self._queue.append((op, loop, future))
         if self._idle:
             with self._wake:
                 self._wake.notify()
@@ -456,13 +454,13 @@ class GroupCommitWriter:
                     return
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_BATCH))]
             try:
-                outcomes = self._shared.write_batch([pending.op for pending in batch])
+                outcomes = self._shared.write_batch([op for op, _, _ in batch])
             except Exception as exc:  # beyond any one op (growing the map failed): the batch fails
                 outcomes = [(False, exc)] * len(batch)
             self.batches += 1
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Outcome]]] = {}
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
+            for (_, loop, future), outcome in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((future, outcome))
             for loop, settled in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
                     loop.call_soon_threadsafe(_resolve_all, settled)
