@@ -332,6 +332,33 @@ def test_an_op_that_fails_after_writing_is_rolled_back_alone(engine: LmdbEngine)
     assert stored == {b"a": b"v", b"half": None, b"b": b"v"}
 
 
+def test_a_batch_with_a_failing_op_still_grows_a_full_map(store: Path) -> None:
+    engine = LmdbEngine(store, map_size=64 * 1024)
+    records = engine._records
+    shared = engine.shared
+
+    def fails(txn: Any) -> None:
+        raise ValueError("this one fails")
+
+    def big(txn: Any) -> bool:
+        return bool(txn.put(b"big", b"x" * 300_000, db=records))
+
+    # The failure sends the batch to nested transactions, where the big put fills the map.
+    outcomes = shared.write_batch([fails, big])
+    assert outcomes[0][0] is False and outcomes[1] == (True, True)
+    assert shared.read(lambda txn: len(txn.get(b"big", db=records))) == 300_000
+    engine.close()
+
+
+async def test_a_failed_write_without_sync_raises_to_its_caller(store: Path) -> None:
+    provider = LmdbStorageProvider(store, durability="none")
+    engine = provider.engine
+    engine.write(lambda txn: txn.put(b"damaged", b"\x01not a record", db=engine._records))
+    with pytest.raises(StorageCorruptionError, match="'damaged'"):
+        await provider.save("damaged", 1, "t")
+    await provider.cleanup()
+
+
 async def test_a_failed_batch_fails_its_callers_and_the_writer_goes_on(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -515,9 +542,9 @@ def test_resize_gate_waits_for_transactions_and_holds_new_ones() -> None:
     assert order[:2] == ["txn done", "resize"] and order[-1] == "new txn"
 
 
-def test_resize_gate_holds_a_transaction_that_arrives_during_a_resize() -> None:
-    gate = lmdb_engine.ResizeGate()
-    order: list[str] = []
+def resize_in_progress(gate: lmdb_engine.ResizeGate, order: list[str]) -> threading.Thread:
+    """A thread running a 0.1 s resize through ``gate``, returned once the resize has begun;
+    the resize appends "resize" to ``order`` as it ends."""
     started = threading.Event()
 
     def slow_resize() -> None:
@@ -528,6 +555,13 @@ def test_resize_gate_holds_a_transaction_that_arrives_during_a_resize() -> None:
     resizer = threading.Thread(target=gate.exclusive, args=(slow_resize,))
     resizer.start()
     started.wait(5)
+    return resizer
+
+
+def test_resize_gate_holds_a_transaction_that_arrives_during_a_resize() -> None:
+    gate = lmdb_engine.ResizeGate()
+    order: list[str] = []
+    resizer = resize_in_progress(gate, order)
     gate.enter()  # waits for the resize to finish
     order.append("txn")
     gate.leave()
@@ -538,16 +572,7 @@ def test_resize_gate_holds_a_transaction_that_arrives_during_a_resize() -> None:
 def test_a_read_that_arrives_during_a_resize_waits_for_it(engine: LmdbEngine) -> None:
     engine.save("k", 1, "t")
     order: list[str] = []
-    started = threading.Event()
-
-    def slow_resize() -> None:
-        started.set()
-        threading.Event().wait(0.1)
-        order.append("resize")
-
-    resizer = threading.Thread(target=engine.shared.gate.exclusive, args=(slow_resize,))
-    resizer.start()
-    started.wait(5)
+    resizer = resize_in_progress(engine.shared.gate, order)
     assert engine.load("k").data == 1  # the read path's own way through the gate
     order.append("load")
     resizer.join(5)

@@ -288,13 +288,10 @@ class SharedEnvironment:
 
     def writer(self) -> GroupCommitWriter:
         """The environment's group-commit thread, started on first use."""
-        writer = self._writer
-        if writer is not None:  # every save after the first: no lock
-            return writer
-        with self._registry_lock:
-            if self._writer is None:
-                self._writer = GroupCommitWriter(self)
-            return self._writer
+        if self._writer is None:  # only the first save takes the lock
+            with self._registry_lock:
+                self._writer = self._writer or GroupCommitWriter(self)
+        return self._writer
 
     def _grow(self) -> None:
         def double() -> None:
