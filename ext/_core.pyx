@@ -206,14 +206,14 @@ cdef list _tag_pairs(bytes record, const Header* h):
 
 def pack_record(
     uint64_t sid,
-    bytes uuid,
+    bytes uuid not None,
     int64_t created,
     int64_t updated,
     expires,
-    bytes key,
-    bytes content_type,
+    bytes key not None,
+    bytes content_type not None,
     tags,
-    bytes payload,
+    bytes payload not None,
 ):
     """Lay out one record. ``tags`` must already be sorted by key."""
     cdef Py_ssize_t tags_len = 0, total, pos
@@ -252,7 +252,7 @@ def pack_record(
     return out
 
 
-def unpack_record(bytes record):
+def unpack_record(bytes record not None):
     """Split a record into its fields, checking every length.
 
     Raises:
@@ -343,7 +343,7 @@ cdef inline str _clamped_text(bytes record, Py_ssize_t start, Py_ssize_t length)
     return PyUnicode_DecodeUTF8(PyBytes_AS_STRING(record) + start, length, NULL)
 
 
-def unpack_item(bytes record, content_type, now, decode):
+def unpack_item(bytes record not None, content_type, now, decode):
     """The item a record holds, its payload decoded by ``decode``; or None when the
     record has expired at ``now`` (None: do not check) or is not of ``content_type``
     (None: any).
@@ -590,7 +590,7 @@ cdef object _payload(const uint8_t* start, Py_ssize_t size):
     return value
 
 
-def unpack_payload(bytes payload):
+def unpack_payload(bytes payload not None):
     """The data a payload holds.
 
     Raises:
@@ -622,12 +622,8 @@ cdef class Glob:
     cdef Py_ssize_t _count
     cdef bint _never, _empty
 
-    def __cinit__(self):
-        self._sets = NULL
-        self._bounds = NULL
-        self._lead = NULL
-
-    def __init__(self, bytes pattern):
+    def __cinit__(self, bytes pattern not None):
+        # Built here, not in __init__: no Glob can exist unbuilt, or be built twice.
         segments, never = plan_glob(pattern)
         cdef Py_ssize_t count = len(segments), elements = sum(len(segment) for segment in segments), k, e = 0
         self._sets = <uint8_t*>PyMem_Malloc(32 * elements + 1)
@@ -655,7 +651,7 @@ cdef class Glob:
         PyMem_Free(self._bounds)
         PyMem_Free(self._lead)
 
-    def match(self, bytes subject):
+    def match(self, bytes subject not None):
         """Whether ``subject`` matches the whole pattern."""
         return self._matches(<const uint8_t*>PyBytes_AS_STRING(subject), PyBytes_GET_SIZE(subject))
 
@@ -702,12 +698,12 @@ cdef class Glob:
         return 1
 
 
-def glob_match(bytes pattern, bytes subject):
+def glob_match(bytes pattern not None, bytes subject not None):
     """Whether ``subject`` matches the Redis glob ``pattern`` (both bytes)."""
     return Glob(pattern).match(subject)
 
 
-def glob_literal_prefix(bytes pattern):
+def glob_literal_prefix(bytes pattern not None):
     """The bytes every key matching ``pattern`` starts with (its leading literals)."""
     cdef const char* p = PyBytes_AS_STRING(pattern)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(pattern), i = 0, n = 0
@@ -746,7 +742,7 @@ cdef class QueryMatcher:
         self._ea = expires_after if self._has_ea else 0
         self._eb = expires_before if self._has_eb else 0
 
-    def matches(self, bytes record, int64_t now):
+    def matches(self, bytes record not None, int64_t now):
         """Whether the record is live at ``now`` and meets every criterion.
 
         Raises:
@@ -867,7 +863,7 @@ def ids_from_entries(const unsigned char[::1] entries, Py_ssize_t key_size):
     return out
 
 
-def intersect_ids(bytes first, bytes second):
+def intersect_ids(bytes first not None, bytes second not None):
     """The ids in both lists; each list is sorted, unique, 8-byte big-endian ids back to back.
 
     Raises:
@@ -904,7 +900,7 @@ def intersect_ids(bytes first, bytes second):
     return out[: 8 * n]
 
 
-def union_ids(bytes first, bytes second):
+def union_ids(bytes first not None, bytes second not None):
     """The ids in either list, in the same form as :func:`intersect_ids`.
 
     Raises:

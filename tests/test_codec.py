@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
@@ -85,6 +86,19 @@ def test_payload_types() -> None:
     value = {"t": (1, "a"), "b": b"\x00", "d": moment, "u": UUID(bytes=UUID_BYTES), 5: None}
     payload, loaded = encode_payload(value)
     assert loaded == unpack_payload(payload) == {**value, "t": [1, "a"]}
+
+
+def test_a_big_payload_leaves_no_big_buffer_behind() -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        payload, loaded = encode_payload(b"x" * 5_000_000)
+        assert len(payload) > 5_000_000 and loaded == b"x" * 5_000_000
+        del payload, loaded
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000  # the packer that grew to 5 MB was let go
 
 
 def test_a_refused_payload_leaves_nothing_behind_for_the_next() -> None:

@@ -61,7 +61,10 @@ def _pack_default(value: object) -> msgpack.ExtType:
 
 # One Packer per thread, made once: msgpack.packb builds one per call, which costs as
 # much as the packing; one per thread because _pack_default runs Python code mid-pack.
+# A Packer's buffer only grows: one that packed more than it starts with is dropped,
+# so a thread that once saved a big item does not hold twice its size for good.
 _packers = threading.local()
+_PACKER_KEEPS = 256 * 1024  # bytes: msgpack's initial buffer
 
 
 def encode_payload(data: object) -> tuple[bytes, Any]:
@@ -75,9 +78,13 @@ def encode_payload(data: object) -> tuple[bytes, Any]:
         packer = _packers.packer = msgpack.Packer(default=_pack_default, use_bin_type=True, datetime=False)
     try:
         payload = packer.pack(data)  # a Packer resets itself when packing fails
-        return payload, unpack_payload(payload)
+        loaded = unpack_payload(payload)
     except (TypeError, ValueError, OverflowError) as exc:
+        _packers.packer = None  # it may have grown before it failed
         raise SerializationError(f"data cannot be stored: {exc}") from exc
+    if len(payload) > _PACKER_KEEPS:
+        _packers.packer = None
+    return payload, loaded
 
 
 def is_live(expires: int | None, now: int) -> bool:
