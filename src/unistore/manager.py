@@ -21,6 +21,7 @@ from .model import StorageItem, StorageQuery, StorageResult, Tags, validate_name
 from .providers.base import CleanupOnExit, StorageProvider
 
 _logger = logging.getLogger(__name__)
+_perf_counter = time.perf_counter
 R = TypeVar("R")
 
 
@@ -52,7 +53,7 @@ class _Instruments:
         success; another ``BaseException`` (cancellation, interrupt) is not an
         outcome of the store and is not counted.
         """
-        elapsed = time.perf_counter() - started
+        elapsed = _perf_counter() - started
         if exc is None or isinstance(exc, GeneratorExit):
             self.seconds.observe(elapsed)
             self.succeeded.inc()
@@ -123,7 +124,7 @@ class UnifiedStorageManager(CleanupOnExit):
     async def _measured(self, operation: str, content_type: str, call: Awaitable[R]) -> R:
         """Await ``call``, the provider's part of ``operation``, and account for it."""
         instruments = self._instruments.get((operation, content_type)) or self._bound(operation, content_type)
-        started = time.perf_counter()
+        started = _perf_counter()
         try:
             result = await call
         except BaseException as exc:
@@ -182,7 +183,7 @@ class UnifiedStorageManager(CleanupOnExit):
             return
         label = query.content_type or "*"
         instruments = self._instruments.get(("search", label)) or self._bound("search", label)
-        started = time.perf_counter()
+        started = _perf_counter()
         try:
             for provider in providers:
                 results = provider.search(query)

@@ -16,6 +16,8 @@ from typing import ClassVar, TypeVar
 
 from .errors import ValidationError
 
+_bucket_of = bisect.bisect_left
+
 #: Upper bounds (seconds) of the histogram buckets; suited to latencies from
 #: microseconds (an embedded read) to seconds (a stalled backend).
 DEFAULT_BUCKETS = (
@@ -66,8 +68,10 @@ class Counter:
 
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount`` (the caller vouches it is a number >= 0)."""
-        with self._lock:
-            self.value += amount
+        # acquire/release rather than `with`: measurably cheaper, and nothing between can raise.
+        self._lock.acquire()
+        self.value += amount
+        self._lock.release()
 
 
 class Gauge:
@@ -97,11 +101,12 @@ class Histogram:
     def observe(self, value: float) -> None:
         """Record one observation (the caller vouches it is a number)."""
         # The first bucket whose bound is >= value; the last bound is inf.
-        index = bisect.bisect_left(DEFAULT_BUCKETS, value)
-        with self._lock:
-            self.counts[index] += 1
-            self.count += 1
-            self.total += value
+        index = _bucket_of(DEFAULT_BUCKETS, value)
+        self._lock.acquire()  # as in Counter.inc
+        self.counts[index] += 1
+        self.count += 1
+        self.total += value
+        self._lock.release()
 
     def snapshot(self) -> HistogramSnapshot:
         """Count, sum and cumulative buckets, read together."""
