@@ -151,12 +151,9 @@ def load_item(record: bytes | None, key: str, content_type: str | None, now: int
         ItemNotFoundError: ``record`` is None, expired, or of another content type.
         StorageCorruptionError: the record does not decode.
     """
-    wanted = None if content_type is None else validate_name(content_type, "content_type")
+    wanted = _encoded_type(content_type)
     if record is not None:
-        try:  # _unpack, inline: this is every load's path
-            item = unpack_item(record, wanted, now, unpack_payload)
-        except _DECODE_ERRORS as exc:
-            raise _corrupt(key, exc) from exc
+        item = _unpack(record, key, wanted, now)
         if item is not None:
             return item
     where = "" if content_type is None else f" with content type {content_type!r}"

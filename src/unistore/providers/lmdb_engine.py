@@ -157,46 +157,41 @@ class ResizeGate:
     ``enter``/``leave`` bracket every transaction of this process; ``exclusive``
     waits until none is running, holds new ones back and runs its action. It
     relies on the GIL making ``deque.append``/``deque.pop`` atomic and ordered:
-    a transaction announces itself, then checks ``resizing``, while the resizer
-    sets ``resizing``, then checks for transactions, so neither can miss the
+    a transaction announces itself, then checks for a resize, while the resizer
+    marks one, then checks for transactions, so neither can miss the
     other. Two lock-free deque operations cost far less than a lock pair on a
-    read that takes microseconds; the read path takes ``enter`` apart
-    (``announce``, check ``resizing``, ``wait``) to spare itself a Python frame.
+    read that takes microseconds.
     """
 
     def __init__(self) -> None:
         # A deque, not a list: a list reallocates as it goes from empty to one and back.
         active: collections.deque[None] = collections.deque()
         self._active = active
-        self.resizing = False
+        self._resizing = False
         self._reopened = threading.Event()
         self._resizer = threading.Lock()
         # Bound C methods, so a transaction pays no Python frame for them.
-        self.announce: Callable[[None], None] = active.append
+        self._announce: Callable[[None], None] = active.append
         self.leave: Callable[[], object] = active.pop
 
     def enter(self) -> None:
         """Announce a transaction, waiting out a resize in progress."""
-        self.announce(None)
-        while self.resizing:
+        self._announce(None)
+        while self._resizing:
             self.leave()
-            self.wait()
-            self.announce(None)
-
-    def wait(self) -> None:
-        """Wait until no resize is in progress (call it unannounced)."""
-        self._reopened.wait()
+            self._reopened.wait()
+            self._announce(None)
 
     def exclusive(self, action: Callable[[], None]) -> None:
         with self._resizer:
             self._reopened.clear()
-            self.resizing = True
+            self._resizing = True
             try:
                 while self._active:
                     time.sleep(0.0002)
                 action()
             finally:
-                self.resizing = False
+                self._resizing = False
                 self._reopened.set()
 
 
@@ -306,24 +301,18 @@ class SharedEnvironment:
     def read(self, action: Callable[..., R], db: Any = None, key: bytes | None = None) -> R:
         """Run ``action(txn)`` in a read transaction whose default database is ``db``;
         with ``key``, ``action(txn, key)`` (a load passes ``txn.get`` itself: no closure)."""
-        gate = self.gate
         while True:
-            resized = False
-            gate.announce(None)  # gate.enter(), taken apart: every load comes this way
+            self.gate.enter()
             try:
-                if not gate.resizing:
-                    with self.env.begin(db=db) as txn:  # no other keyword: each costs measurably here
-                        return action(txn) if key is None else action(txn, key)
+                with self.env.begin(db=db) as txn:  # no other keyword: each costs measurably here
+                    return action(txn) if key is None else action(txn, key)
             except lmdb.MapResizedError:
-                resized = True  # adopt the size once outside the gate
+                pass  # fall through to adopt the size once outside the gate
             except lmdb.Error as exc:
                 raise translate(exc) from exc
             finally:
-                gate.leave()
-            if resized:
-                self.adopt_size()
-            else:
-                gate.wait()
+                self.gate.leave()
+            self.adopt_size()
 
     def write_batch(self, ops: list[_Op]) -> list[_Outcome]:
         """Apply ``ops`` in one write transaction; one outcome per op.
