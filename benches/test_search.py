@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from unistore.providers.lmdb_engine import LmdbEngine
 
 from unistore import StorageQuery
 from unistore.codec import prepare_save
-from unistore.providers.lmdb_engine import LmdbEngine
 
 pytestmark = pytest.mark.benchmark(group="search-200-hits")
 

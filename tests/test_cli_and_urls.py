@@ -89,7 +89,7 @@ def test_bad_urls(url: str, message: str) -> None:
 def test_open_lmdb_provider(tmp_path: Path) -> None:
     from unistore.providers import LmdbStorageProvider
 
-    url = f"lmdb://{tmp_path}/a%20store?namespace=x&durability=none&map_size=1048576&max_namespaces=3"
+    url = f"lmdb://{tmp_path}/a%20store?namespace=x&durability=none&map_size=1048576&max_readers=600"
     provider = open_provider(url)
     assert isinstance(provider, LmdbStorageProvider)
     engine = provider.engine
@@ -106,7 +106,7 @@ def test_open_lmdb_provider(tmp_path: Path) -> None:
     [
         ("?bogus=1", r"unknown option\(s\) bogus"),
         ("?map_size=-5", "option map_size must be a positive integer"),
-        ("?max_namespaces=lots", "option max_namespaces must be a positive integer"),
+        ("?max_readers=lots", "option max_readers must be a positive integer"),
         ("?map_size=%C2%B2", "option map_size must be a positive integer"),  # '²' is a digit to str.isdigit
         ("?durability=maybe", "durability must be one of"),
     ],
@@ -126,7 +126,7 @@ def test_lmdb_urls_need_an_absolute_local_path(url: str) -> None:
 def test_check_and_purge_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from datetime import datetime, timedelta, timezone
 
-    from unistore.providers.lmdb_engine import LmdbEngine
+    from unistore.providers.lmdb import LmdbEngine
 
     url = f"lmdb://{tmp_path}/store"
     engine = LmdbEngine(tmp_path / "store")
@@ -143,7 +143,7 @@ def test_check_and_purge_commands(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["purge", "--store", url], out) == 0
     assert out.getvalue() == f"{url}: purged 1 expired item(s)\n"
     # Damage the store behind its back: check says so and fails.
-    engine.write(lambda txn: txn.delete(b"stays", db=engine._records))
+    engine.write(lambda txn, dbs: txn.delete(engine.record_key(b"stays"), db=dbs.records))
     engine.close()
     out = io.StringIO()
     assert main(["check", "--store", url], out) == 1

@@ -25,8 +25,11 @@ from unistore import (
     StorageQuery,
     ValidationError,
 )
-from unistore.providers import LmdbStorageProvider, lmdb_engine
-from unistore.providers.lmdb_engine import LmdbEngine, SharedEnvironment
+from unistore.codec import prepare_save
+from unistore.providers import LmdbStorageProvider
+from unistore.providers.lmdb import engine as lmdb_engine
+from unistore.providers.lmdb.engine import LmdbEngine
+from unistore.providers.lmdb.environment import EnvironmentGate, SharedEnvironment
 
 UTC = timezone.utc
 
@@ -102,16 +105,24 @@ def test_durability_is_one_setting_per_environment(store: Path, engine: LmdbEngi
     [
         ({"durability": "fast"}, "durability must be one of sync, async, none"),
         ({"durability": ["sync"]}, "durability must be one of"),
-        ({"map_size": 0}, "map_size must be a positive int"),
-        ({"map_size": True}, "map_size must be a positive int"),
-        ({"max_namespaces": "9"}, "max_namespaces must be a positive int"),
-        ({"mapsize": 10}, r"unknown LMDB option\(s\): mapsize"),
+        ({"map_size": 0}, "map_size must be an int from 1 to"),
+        ({"map_size": True}, "map_size must be an int from 1 to"),
+        ({"map_size": 1 << 64}, "map_size must be an int from 1 to"),
+        ({"max_readers": "9"}, "max_readers must be an int from 1 to"),
+        ({"max_readers": 0}, "max_readers must be an int from 1 to"),
+        ({"max_readers": 1 << 40}, "max_readers must be an int from 1 to"),
         ({"namespace": ""}, "namespace must not be empty"),
     ],
 )
 def test_bad_options_create_nothing(store: Path, options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         LmdbEngine(store, **options)
+    assert not store.exists()
+
+
+def test_unknown_options_are_refused_by_the_signature(store: Path) -> None:
+    with pytest.raises(TypeError, match="mapsize"):
+        LmdbEngine(store, mapsize=10)  # type: ignore[call-arg]
     assert not store.exists()
 
 
@@ -130,14 +141,6 @@ def test_not_an_lmdb_store_is_reported_as_corruption(store: Path) -> None:
     with pytest.raises(StorageCorruptionError, match="damaged or not an LMDB store"):
         LmdbEngine(store)
     assert str(store) not in SharedEnvironment._registry
-
-
-def test_namespace_limit_is_reported(store: Path) -> None:
-    first = LmdbEngine(store, namespace="a", max_namespaces=1)
-    with pytest.raises(StorageError, match="too many namespaces"):
-        LmdbEngine(store, namespace="b")
-    assert first.shared.users == 1
-    first.close()
 
 
 def test_long_namespaces_use_a_digest_label(store: Path) -> None:
@@ -169,10 +172,10 @@ def test_index_entries_follow_every_write(engine: LmdbEngine) -> None:
 
 
 def seed(engine: LmdbEngine, count: int) -> None:
-    def write(txn: Any) -> None:
+    def write(txn: Any, dbs: Any) -> None:
         for n in range(count):
             tags = {"all": "yes", "tenth": str(n % 10 == 0), "one": str(n == 7), "even": str(n % 2 == 0)}
-            engine.save_in(txn, lmdb_engine.prepare_save(f"user:{n:05d}", {"n": n}, "t", None, tags))
+            engine.save_in(txn, dbs, prepare_save(f"user:{n:05d}", {"n": n}, "t", None, tags))
 
     engine.write(write)
 
@@ -265,9 +268,9 @@ async def test_purge_and_purge_in_passing(store: Path) -> None:
 def test_purge_of_many(engine: LmdbEngine) -> None:
     soon = datetime.now(UTC) + timedelta(seconds=1)
 
-    def write(txn: Any) -> None:
+    def write(txn: Any, dbs: Any) -> None:
         for n in range(2500):
-            engine.save_in(txn, lmdb_engine.prepare_save(f"k{n}", n, "t", soon, None))
+            engine.save_in(txn, dbs, prepare_save(f"k{n}", n, "t", soon, None))
 
     engine.write(write)
     threading.Event().wait((soon - datetime.now(UTC)).total_seconds() + 0.05)
@@ -304,7 +307,7 @@ async def test_group_commit_batches_concurrent_saves(store: Path) -> None:
 async def test_one_failing_operation_does_not_fail_its_batch(store: Path) -> None:
     provider = LmdbStorageProvider(store)
     engine = provider.engine
-    engine.write(lambda txn: txn.put(b"damaged", b"\x01not a record", db=engine._records))
+    engine.write(lambda txn, dbs: txn.put(engine.record_key(b"damaged"), b"\x01not a record", db=dbs.records))
     outcomes = await asyncio.gather(
         *(provider.save(f"k{n}", n, "t") for n in range(10)), provider.save("damaged", 0, "t"), return_exceptions=True
     )
@@ -315,45 +318,43 @@ async def test_one_failing_operation_does_not_fail_its_batch(store: Path) -> Non
 
 
 def test_an_op_that_fails_after_writing_is_rolled_back_alone(engine: LmdbEngine) -> None:
-    records = engine._records
     shared = engine.shared
 
-    def half_done(txn: Any) -> None:
-        txn.put(b"half", b"written", db=records)
+    def half_done(txn: Any, dbs: Any) -> None:
+        txn.put(b"half", b"written", db=dbs.records)
         raise ValueError("failed after a write")
 
-    def put(key: bytes) -> Callable[[Any], bytes]:
-        return lambda txn: txn.put(key, b"v", db=records) and key
+    def put(key: bytes) -> Callable[[Any, Any], bytes]:
+        return lambda txn, dbs: txn.put(key, b"v", db=dbs.records) and key
 
     outcomes = shared.write_batch([put(b"a"), half_done, put(b"b")])
     assert outcomes[0] == (True, b"a") and outcomes[2] == (True, b"b")
     assert outcomes[1][0] is False and str(outcomes[1][1]) == "failed after a write"
-    stored = shared.read(lambda txn: {key: txn.get(key, db=records) for key in (b"a", b"half", b"b")})
+    stored = shared.read(lambda txn, dbs: {key: txn.get(key, db=dbs.records) for key in (b"a", b"half", b"b")})
     assert stored == {b"a": b"v", b"half": None, b"b": b"v"}
 
 
 def test_a_batch_with_a_failing_op_still_grows_a_full_map(store: Path) -> None:
     engine = LmdbEngine(store, map_size=64 * 1024)
-    records = engine._records
     shared = engine.shared
 
-    def fails(txn: Any) -> None:
+    def fails(txn: Any, dbs: Any) -> None:
         raise ValueError("this one fails")
 
-    def big(txn: Any) -> bool:
-        return bool(txn.put(b"big", b"x" * 300_000, db=records))
+    def big(txn: Any, dbs: Any) -> bool:
+        return bool(txn.put(b"big", b"x" * 300_000, db=dbs.records))
 
     # The failure sends the batch to nested transactions, where the big put fills the map.
     outcomes = shared.write_batch([fails, big])
     assert outcomes[0][0] is False and outcomes[1] == (True, True)
-    assert shared.read(lambda txn: len(txn.get(b"big", db=records))) == 300_000
+    assert shared.read(lambda txn, dbs: len(txn.get(b"big", db=dbs.records))) == 300_000
     engine.close()
 
 
 async def test_a_failed_write_without_sync_raises_to_its_caller(store: Path) -> None:
     provider = LmdbStorageProvider(store, durability="none")
     engine = provider.engine
-    engine.write(lambda txn: txn.put(b"damaged", b"\x01not a record", db=engine._records))
+    engine.write(lambda txn, dbs: txn.put(engine.record_key(b"damaged"), b"\x01not a record", db=dbs.records))
     with pytest.raises(StorageCorruptionError, match="'damaged'"):
         await provider.save("damaged", 1, "t")
     await provider.cleanup()
@@ -437,7 +438,7 @@ async def test_map_grows_from_tiny_to_tens_of_megabytes(store: Path, durability:
 
 
 GROW = (
-    "import os, sys; from unistore.providers.lmdb_engine import LmdbEngine\n"
+    "import os, sys; from unistore.providers.lmdb import LmdbEngine\n"
     "e = LmdbEngine(sys.argv[1], namespace='filler', map_size=1 << 20)\n"
     "[e.save(f'f{n}', os.urandom(100_000), 't') for n in range(300)]\n"
     "e.close()\n"
@@ -476,10 +477,10 @@ def test_growth_by_another_process_is_adopted_by_writes_too(store: Path) -> None
 def test_lmdb_errors_are_translated_with_their_cause(engine: LmdbEngine) -> None:
     too_long = b"x" * 600
     with pytest.raises(StorageError, match=r"LMDB failed \(BadValsizeError\)") as caught:
-        engine.write(lambda txn: txn.put(too_long, b"", db=engine._records))
+        engine.write(lambda txn, dbs: txn.put(too_long, b"", db=dbs.records))
     assert isinstance(caught.value.__cause__, Exception) and "BadValsize" in type(caught.value.__cause__).__name__
     with pytest.raises(StorageError, match="ReadonlyError"):
-        engine.shared.read(lambda txn: txn.put(b"k", b"", db=engine._records))
+        engine.shared.read(lambda txn, dbs: txn.put(engine.record_key(b"k"), b"", db=dbs.records))
     assert engine.check().ok  # nothing was written
 
 
@@ -492,7 +493,7 @@ def test_same_namespace_twice_shares_the_handles(store: Path, engine: LmdbEngine
 
 
 def raw_delete(engine: LmdbEngine, key: bytes) -> None:
-    engine.write(lambda txn: txn.delete(key, db=engine._records))
+    engine.write(lambda txn, dbs: txn.delete(engine.record_key(key), db=dbs.records))
 
 
 def test_check_and_search_report_a_damaged_index(engine: LmdbEngine) -> None:
@@ -501,9 +502,9 @@ def test_check_and_search_report_a_damaged_index(engine: LmdbEngine) -> None:
     engine.save("fine", 3, "t", tags={"colour": "red"})
     assert engine.check().ok
     raw_delete(engine, b"lost")  # the record goes, its index entries stay
-    copied = engine.shared.read(lambda txn: txn.get(b"copied", db=engine._records))
-    engine.write(lambda txn: txn.put(b"misfiled", copied, db=engine._records))
-    engine.write(lambda txn: txn.put(b"garbage", b"\x01\x00", db=engine._records))
+    copied = engine.shared.read(lambda txn, dbs: txn.get(engine.record_key(b"copied"), db=dbs.records))
+    engine.write(lambda txn, dbs: txn.put(engine.record_key(b"misfiled"), copied, db=dbs.records))
+    engine.write(lambda txn, dbs: txn.put(engine.record_key(b"garbage"), b"\x01\x00", db=dbs.records))
     report = engine.check()
     assert not report.ok
     text = "\n".join(report.problems)
@@ -526,7 +527,7 @@ def test_purge_drops_expiry_entries_whose_item_is_gone(engine: LmdbEngine) -> No
 
 
 def test_resize_gate_waits_for_transactions_and_holds_new_ones() -> None:
-    gate = lmdb_engine.ResizeGate()
+    gate = EnvironmentGate(lambda: None)
     order: list[str] = []
     gate.enter()  # a transaction is running
     resizer = threading.Thread(target=gate.exclusive, args=(lambda: order.append("resize"),))
@@ -542,7 +543,7 @@ def test_resize_gate_waits_for_transactions_and_holds_new_ones() -> None:
     assert order[:2] == ["txn done", "resize"] and order[-1] == "new txn"
 
 
-def resize_in_progress(gate: lmdb_engine.ResizeGate, order: list[str]) -> threading.Thread:
+def resize_in_progress(gate: EnvironmentGate, order: list[str]) -> threading.Thread:
     """A thread running a 0.1 s resize through ``gate``, returned once the resize has begun;
     the resize appends "resize" to ``order`` as it ends."""
     started = threading.Event()
@@ -559,7 +560,7 @@ def resize_in_progress(gate: lmdb_engine.ResizeGate, order: list[str]) -> thread
 
 
 def test_resize_gate_holds_a_transaction_that_arrives_during_a_resize() -> None:
-    gate = lmdb_engine.ResizeGate()
+    gate = EnvironmentGate(lambda: None)
     order: list[str] = []
     resizer = resize_in_progress(gate, order)
     gate.enter()  # waits for the resize to finish
@@ -617,7 +618,7 @@ async def test_a_search_on_the_expiry_index_meets_each_item_once(store: Path) ->
 def test_a_damaged_expired_record_does_not_block_writes(engine: LmdbEngine) -> None:
     soon = datetime.now(UTC) + timedelta(milliseconds=50)
     engine.save("damaged", 1, "t", expires_at=soon)
-    engine.write(lambda txn: txn.put(b"damaged", b"\x01broken", db=engine._records))
+    engine.write(lambda txn, dbs: txn.put(engine.record_key(b"damaged"), b"\x01broken", db=dbs.records))
     threading.Event().wait(0.06)
     engine.save("other", 2, "t")  # purging in passing meets the damaged record and goes on
     assert engine.load("other").data == 2
@@ -645,10 +646,10 @@ def test_intersection_when_the_other_list_ends_before_the_chunk(engine: LmdbEngi
     assert examined(engine, StorageQuery(tags={"x": "1", "y": "1"})) == (1, 1)
 
 
-def test_a_namespace_whose_databases_belong_to_another_is_refused(store: Path) -> None:
+def test_a_damaged_namespace_entry_is_refused(store: Path) -> None:
     engine = LmdbEngine(store, namespace="mine")
-    engine.write(lambda txn: txn.put(b"namespace", b"someone else", db=engine._meta))
+    engine.write(lambda txn, dbs: txn.put(b"ns=mine", b"\x00\x00\x00\x01someone else", db=dbs.meta))
     engine.close()
-    with pytest.raises(StorageCorruptionError, match="namespace 'mine' shares its databases with another"):
+    with pytest.raises(StorageCorruptionError, match="the namespace entry of 'mine' names another"):
         LmdbEngine(store, namespace="mine")
     assert str(store) not in SharedEnvironment._registry  # the failed open released the store

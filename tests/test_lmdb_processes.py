@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from unistore import StorageQuery
-from unistore.providers.lmdb_engine import LmdbEngine
+from unistore.providers.lmdb import LmdbEngine
 
 WRITER = """
 import asyncio, sys

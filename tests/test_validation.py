@@ -29,8 +29,6 @@ BAD_SAVES = [
     ({"key": ""}, ValidationError, "key must not be empty"),
     ({"key": 7}, ValidationError, "key must be a str"),
     ({"key": None}, ValidationError, "key must be a str"),
-    ({"key": "k" * 512}, ValidationError, "512 UTF-8 bytes"),
-    ({"key": "é" * 256}, ValidationError, "512 UTF-8 bytes"),
     ({"key": "bad\ud800"}, ValidationError, "key is not valid Unicode"),
     ({"content_type": ""}, ValidationError, "content_type must not be empty"),
     ({"content_type": b"t"}, ValidationError, "content_type must be a str"),
@@ -116,7 +114,7 @@ async def test_bad_save_leaves_the_old_item_whole(provider_factory: Factory) -> 
     [
         (lambda p: p.load(""), "key must not be empty"),
         (lambda p: p.load(3), "key must be a str"),
-        (lambda p: p.delete("k" * 600), "600 UTF-8 bytes"),
+        (lambda p: p.delete("k\udc80" * 600), "key is not valid Unicode"),
         (lambda p: p.load("k", content_type=""), "content_type must not be empty"),
         (lambda p: p.delete("k", content_type=5), "content_type must be a str"),
     ],
@@ -139,7 +137,8 @@ BAD_QUERIES = [
     (StorageQuery(created_before=LATE), "query.created_before: .* outside"),
     (StorageQuery(expires_after=1), "query.expires_after must be a datetime"),  # type: ignore[arg-type]
     (StorageQuery(expires_before=datetime(1, 1, 1)), "query.expires_before: .* local time"),
-    (StorageQuery(limit=-1), "query.limit must be None or an int >= 0"),
+    (StorageQuery(limit=-1), r"query.limit must be None or an int from 0 to 2\*\*63 - 1"),
+    (StorageQuery(limit=2**63), r"query.limit must be None or an int from 0 to 2\*\*63 - 1"),
     (StorageQuery(limit=True), "query.limit"),
     (StorageQuery(limit=2.0), "query.limit"),  # type: ignore[arg-type]
 ]

@@ -23,8 +23,8 @@ T = TypeVar("T")
 #: An item's tags: tag key to tag value, both str.
 Tags = dict[str, str]
 
-#: LMDB's key limit; the same on every provider so that data can move between them.
-MAX_KEY_BYTES = 511
+#: The largest ``limit`` a query takes (a signed 64-bit count, as both cores hold it).
+MAX_LIMIT = (1 << 63) - 1
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MICROSECOND = timedelta(microseconds=1)
@@ -148,20 +148,10 @@ def validate_name(value: object, field_name: str) -> bytes:
     return _utf8(value, field_name)
 
 
-_SHORT_KEY = MAX_KEY_BYTES // 4  # characters; no key this long can exceed the limit
-
-
 def validate_key(key: object) -> bytes:
-    """A non-empty ``str`` of at most :data:`MAX_KEY_BYTES` UTF-8 bytes, as UTF-8."""
-    if type(key) is str and 0 < len(key) <= _SHORT_KEY:  # the common case, on every load
-        try:
-            return key.encode()  # at most 4 bytes a character: within the limit
-        except UnicodeEncodeError:
-            pass  # the checks below name the field
-    encoded = validate_name(key, "key")
-    if len(encoded) > MAX_KEY_BYTES:
-        raise ValidationError(f"key is {len(encoded)} UTF-8 bytes long; the limit is {MAX_KEY_BYTES}")
-    return encoded
+    """A non-empty ``str`` of any length, as UTF-8 (providers store long keys in a
+    form of their own; see the LMDB layout)."""
+    return validate_name(key, "key")
 
 
 def validate_tags(tags: object, field_name: str = "tags") -> list[tuple[bytes, bytes]]:
@@ -223,8 +213,8 @@ def validate_query(query: object) -> QuerySpec:
     if query.content_type is not None:
         content_type = validate_name(query.content_type, "query.content_type")
     limit = query.limit
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValidationError(f"query.limit must be None or an int >= 0, got {limit!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_LIMIT):
+        raise ValidationError(f"query.limit must be None or an int from 0 to 2**63 - 1, got {limit!r}")
     return QuerySpec(
         pattern=pattern,
         content_type=content_type,
@@ -238,7 +228,7 @@ def validate_query(query: object) -> QuerySpec:
 
 
 __all__ = [
-    "MAX_KEY_BYTES",
+    "MAX_LIMIT",
     "QuerySpec",
     "StorageItem",
     "StorageMetadata",

@@ -43,7 +43,7 @@ def _open_lmdb(url: SplitResult, params: dict[str, str]) -> Callable[[], Storage
         raise ValidationError(f"url: lmdb URLs take an absolute path, lmdb:///path/to/store; got {url.geturl()!r}")
     options: dict[str, Any] = {"durability": params.pop("durability", "sync")}
     options.update(_number_option(params, "map_size"))
-    options.update(_number_option(params, "max_namespaces"))
+    options.update(_number_option(params, "max_readers"))
     namespace = params.pop("namespace", "default")
     return functools.partial(LmdbStorageProvider, unquote(url.path), namespace=namespace, **options)
 
@@ -55,7 +55,7 @@ def open_provider(url: str) -> StorageProvider[Any]:
     """The provider a URL names.
 
     Schemes: ``lmdb:///abs/path`` (options: ``namespace``, ``durability``,
-    ``map_size``, ``max_namespaces``) and ``memory://`` (option: ``namespace``).
+    ``map_size``, ``max_readers``) and ``memory://`` (option: ``namespace``).
 
     Raises:
         ValidationError: an unknown scheme, a malformed URL or an unknown option.

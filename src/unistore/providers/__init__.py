@@ -1,7 +1,7 @@
 """The providers that ship with unistore."""
 
 from .base import StorageProvider
-from .lmdb import LmdbStorageProvider
+from .lmdb import LmdbEngine, LmdbStorageProvider
 from .memory import MemoryStorageProvider
 
-__all__ = ["LmdbStorageProvider", "MemoryStorageProvider", "StorageProvider"]
+__all__ = ["LmdbEngine", "LmdbStorageProvider", "MemoryStorageProvider", "StorageProvider"]

@@ -1,4 +1,4 @@
-"""The embedded default: an async face on :class:`~unistore.providers.lmdb_engine.LmdbEngine`.
+"""The embedded default: an async face on :class:`~unistore.providers.lmdb.engine.LmdbEngine`.
 
 Reads run inline in the coroutine: an LMDB read takes microseconds, far less
 than a hop to a thread (~200 µs here). Writes that must reach the disk
@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
-from ..model import StorageItem, StorageQuery, StorageResult, Tags
-from .base import StorageProvider
-from .lmdb_engine import CheckReport, LmdbEngine
+from ...model import StorageItem, StorageQuery, StorageResult, Tags
+from ..base import StorageProvider
+from .check import CheckReport
+from .engine import LmdbEngine
+from .environment import DEFAULT_MAP_SIZE, DEFAULT_MAX_READERS
 
 
 class LmdbStorageProvider(StorageProvider[Any]):
@@ -25,23 +27,39 @@ class LmdbStorageProvider(StorageProvider[Any]):
 
     Args:
         path: the store directory; created (mode 0700, files 0600) if missing.
-        namespace: the keyspace inside the store.
-        **options: ``durability`` (``"sync"``, ``"async"`` or ``"none"``),
-            ``map_size`` and ``max_namespaces``; see :class:`LmdbEngine`.
+        namespace: the keyspace inside the store (as many per store as you make).
+        durability: ``"sync"`` (the default: fsync per commit), ``"async"`` (may
+            lose the last commits on power loss) or ``"none"`` (flushing left to the OS).
+        map_size: the initial map size in bytes (address space, not disk); it grows by itself.
+        max_readers: read transactions that may run at once across every process
+            on the store (fixed by the first process to open it).
+
+    The synchronous :class:`LmdbEngine` underneath is :attr:`engine`.
 
     Raises:
         ValidationError: a bad namespace or option.
-        StorageError: the store cannot be opened.
+        StorageError: the store cannot be opened, or is of another format version.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, namespace: str = "default", **options: Any) -> None:
-        self.engine = LmdbEngine(path, namespace=namespace, **options)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        namespace: str = "default",
+        durability: str = "sync",
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_readers: int = DEFAULT_MAX_READERS,
+    ) -> None:
+        #: The synchronous engine: the same operations, for callers that are not async.
+        self.engine = LmdbEngine(
+            path, namespace=namespace, durability=durability, map_size=map_size, max_readers=max_readers
+        )
 
     def __repr__(self) -> str:
         engine = self.engine
         return f"LmdbStorageProvider({engine.path!r}, namespace={engine.namespace!r})"
 
-    def _write(self, op: Callable[[Any], Any]) -> asyncio.Future[Any]:
+    def _write(self, op: Callable[..., Any]) -> asyncio.Future[Any]:
         """A future of ``op``'s outcome: the group-commit writer's, or at once when
         there is nothing to sync (a plain function, not a coroutine: one frame less
         on every save)."""
@@ -87,5 +105,6 @@ class LmdbStorageProvider(StorageProvider[Any]):
         return await asyncio.to_thread(self.engine.check)
 
     async def cleanup(self) -> None:
-        """Release the store (the last user closes it); it reopens on next use."""
-        self.engine.close()
+        """Release the store (the last user closes it, after the writer's last fsync,
+        in a worker thread so that the event loop runs on); it reopens on next use."""
+        await asyncio.to_thread(self.engine.close)

@@ -1,0 +1,465 @@
+"""The LMDB engine: one namespace of a store, a synchronous API, persistent secondary indexes.
+
+:class:`LmdbEngine` is usable on its own by callers that are not async;
+:class:`~unistore.providers.lmdb.LmdbStorageProvider` is its async face. The
+on-disk layout is :mod:`.layout`'s; the environment, its sharing, growth and
+fork safety are :mod:`.environment`'s. Every write holds the record and all
+its index entries in one transaction. Searches plan the cheapest access path
+(the smallest posting list of the query's tags and content type, else the
+literal prefix of its pattern, else a time range, else the namespace's
+records), read candidates in chunks of short read transactions and check each
+with the core's header matcher.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import lmdb
+
+from ...codec import (
+    CompiledQuery,
+    PreparedSave,
+    compile_query,
+    decode_fields,
+    live_fields,
+    load_item,
+    prepare_save,
+    select,
+)
+from ...core import glob_literal_prefix, ids_from_entries, intersect_ids
+from ...errors import ItemNotFoundError, StorageCorruptionError, ValidationError
+from ...model import QuerySpec, StorageItem, StorageQuery, StorageResult, Tags, now_micros, validate_key, validate_name
+from . import layout
+from .check import CheckReport, check_namespace
+from .environment import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_READERS,
+    DURABILITY,
+    MAX_MAP_SIZE,
+    MAX_READERS,
+    SharedEnvironment,
+)
+from .layout import SHORT_KEY, Databases, stored_key
+
+R = TypeVar("R")
+
+#: Candidates read per read transaction by a search.
+SEARCH_CHUNK = 256
+#: Expired items a write transaction removes in passing.
+PURGE_IN_PASSING = 8
+#: A query's other posting lists narrow the candidates when at most this many
+#: times the smallest; longer ones are left to the header matcher.
+INTERSECT_RATIO = 64
+
+_get: Callable[[Any, bytes], Any] = lmdb.Transaction.get  # a C method: as a read action it costs no frame
+
+
+def _int_option(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(f"{name} must be an int from {low} to {high}, got {value!r}")
+    return value
+
+
+class LmdbEngine:
+    """One namespace of an LMDB store, with a synchronous API.
+
+    Args:
+        path: the store directory; created (mode 0700, files 0600) if missing.
+        namespace: the keyspace inside the store (any non-empty str; a store
+            holds as many as it is given).
+        durability: ``"sync"`` (default; fsync per commit), ``"async"`` (may lose
+            the last commits on power loss, never consistency) or ``"none"``
+            (flushing left to the OS).
+        map_size: the initial map size in bytes; it grows by itself.
+        max_readers: how many read transactions may run at once across every
+            process using the store (fixed by the first process to open it).
+
+    Raises:
+        ValidationError: a bad option, or a durability that differs from the
+            one this process already opened the store with.
+        StorageError: the store cannot be opened, or is of another format version.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        namespace: str = "default",
+        durability: str = "sync",
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_readers: int = DEFAULT_MAX_READERS,
+    ) -> None:
+        self._namespace_bytes = validate_name(namespace, "namespace")
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValidationError(f"path must be a str or path, got {type(path).__name__}")
+        try:
+            self.path = os.path.realpath(os.fspath(path))
+        except (TypeError, ValueError) as exc:  # a NUL byte, bytes paths
+            raise ValidationError(f"path {path!r} is not usable: {exc}") from exc
+        self.namespace = namespace
+        if not isinstance(durability, str) or durability not in DURABILITY:
+            raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
+        self.durability = durability
+        self._map_size = _int_option("map_size", map_size, 1, MAX_MAP_SIZE)
+        self._max_readers = _int_option("max_readers", max_readers, 1, MAX_READERS)
+        self._shared: SharedEnvironment | None = None
+        self._prefix = b""
+        #: Records a search has checked, all searches together: what the planner saves shows here.
+        self.candidates_examined = 0
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"LmdbEngine({self.path!r}, namespace={self.namespace!r}, durability={self.durability!r})"
+
+    def _open(self) -> SharedEnvironment:
+        shared = SharedEnvironment.acquire(
+            self.path, self.durability, self._map_size, self._max_readers, layout.open_databases
+        )
+        try:
+            name = self._namespace_bytes
+            prefix = shared.read(lambda txn, dbs: layout.find_namespace(txn, dbs.meta, name))
+            if prefix is None:
+                prefix = shared.write_one(lambda txn, dbs: layout.claim_namespace(txn, dbs.meta, name))
+        except BaseException:
+            shared.release()
+            raise
+        self._prefix = prefix
+        self._shared = shared
+        return shared
+
+    @property
+    def shared(self) -> SharedEnvironment:
+        """The open environment (reopened if :meth:`close` was called)."""
+        return self._shared if self._shared is not None else self._open()
+
+    def close(self) -> None:
+        """Release the environment; the engine reopens it on next use."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.release()
+
+    def record_key(self, key_bytes: bytes) -> bytes:
+        """The ``records`` database key of an item key (its namespace prefix, its stored form)."""
+        return self._prefix + (key_bytes if len(key_bytes) <= SHORT_KEY else stored_key(key_bytes))
+
+    # -- writes --------------------------------------------------------------
+
+    def _index(self, txn: Any, dbs: Databases, fields: Any) -> None:
+        for db, key, value in layout.index_entries(self._prefix, fields):
+            txn.put(key, value, db=dbs[db])
+
+    def _unindex(self, txn: Any, dbs: Databases, fields: Any) -> None:
+        for db, key, value in layout.index_entries(self._prefix, fields):
+            txn.delete(key, value, db=dbs[db])
+
+    def _remove(self, txn: Any, dbs: Databases, fields: Any) -> None:
+        txn.delete(self.record_key(fields.key), db=dbs.records)
+        self._unindex(txn, dbs, fields)
+
+    def _purge(self, txn: Any, dbs: Databases, now: int, most: int) -> int:
+        """Remove up to ``most`` expired items (expiry order); returns how many."""
+        removed = 0
+        prefix = self._prefix
+        cursor = txn.cursor(db=dbs.expires)
+        while removed < most and cursor.set_range(prefix):
+            entry = cursor.key()
+            if not entry.startswith(prefix):
+                break
+            expires, sid = layout.time_of(entry)
+            if expires > now:
+                break
+            stored = txn.get(layout.id_key(prefix, sid), db=dbs.ids)
+            raw = None if stored is None else txn.get(prefix + stored, db=dbs.records)
+            try:
+                fields = None if raw is None else decode_fields(raw, stored)
+            except StorageCorruptionError:
+                fields = None  # a damaged record stays for `check` to report; it must not block writes
+            if fields is None:  # an entry whose item is gone or unreadable: drop the entry
+                cursor.delete()
+                continue
+            self._remove(txn, dbs, fields)
+            removed += 1
+        return removed
+
+    def save_in(self, txn: Any, dbs: Databases, prepared: PreparedSave) -> StorageItem[Any]:
+        """Save inside a write transaction: record and every index entry together."""
+        now = now_micros()
+        self._purge(txn, dbs, now, PURGE_IN_PASSING)
+        record_key = self.record_key(prepared.key_bytes)
+        raw = txn.get(record_key, db=dbs.records)
+        old = None if raw is None else decode_fields(raw, prepared.key)
+        if old is not None:
+            self._unindex(txn, dbs, old)
+        fields, record, item = prepared.build(old, now, functools.partial(layout.next_id, txn, dbs.meta))
+        txn.put(record_key, record, db=dbs.records)
+        self._index(txn, dbs, fields)
+        return item
+
+    def delete_in(self, txn: Any, dbs: Databases, key: str, key_bytes: bytes, content_type: str | None) -> bool:
+        """Delete inside a write transaction; True if a live item (of ``content_type``) was removed."""
+        now = now_micros()
+        self._purge(txn, dbs, now, PURGE_IN_PASSING)
+        fields = live_fields(txn.get(self.record_key(key_bytes), db=dbs.records), key, content_type, now)
+        if fields is None or fields.key != key_bytes:
+            return False
+        self._remove(txn, dbs, fields)
+        return True
+
+    def write(self, op: Callable[[Any, Databases], R]) -> R:
+        """Run one write operation (``op(txn, dbs)``) in its own transaction, in this thread."""
+        return self.shared.write_one(op)
+
+    def save_op(
+        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> Callable[[Any, Databases], StorageItem[Any]]:
+        """Check and encode a save now; the returned op writes it inside a write transaction.
+
+        Raises:
+            ValidationError, SerializationError: bad arguments (nothing is queued).
+        """
+        return functools.partial(self.save_in, prepared=prepare_save(key, data, content_type, expires_at, tags))
+
+    def delete_op(self, key: str, content_type: str | None = None) -> Callable[[Any, Databases], bool]:
+        """Check a delete now; the returned op runs it inside a write transaction."""
+        key_bytes = validate_key(key)
+        if content_type is not None:
+            validate_name(content_type, "content_type")
+        return functools.partial(self.delete_in, key=key, key_bytes=key_bytes, content_type=content_type)
+
+    def save(
+        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> StorageItem[Any]:
+        """Store ``data`` under ``key`` (see :meth:`StorageProvider.save`)."""
+        return self.write(self.save_op(key, data, content_type, expires_at, tags))
+
+    def delete(self, key: str, *, content_type: str | None = None) -> bool:
+        """Delete the live item under ``key``; True if there was one."""
+        return self.write(self.delete_op(key, content_type))
+
+    def purge_expired(self) -> int:
+        """Remove every expired item and its index entries; returns how many.
+
+        Readers never see expired items anyway: this only reclaims space.
+        """
+        total = 0
+        while True:
+            removed = self.write(lambda txn, dbs: self._purge(txn, dbs, now_micros(), 1000))
+            total += removed
+            if removed < 1000:
+                return total
+
+    # -- reads -----------------------------------------------------------------
+
+    def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
+        """The live item under ``key`` (of ``content_type``, if given).
+
+        Raises:
+            ItemNotFoundError: there is none.
+        """
+        key_bytes = validate_key(key)
+        # The read path, kept free of Python frames it can do without: no property,
+        # the transaction's own C method as the action.
+        shared = self._shared if self._shared is not None else self._open()  # first: the prefix comes with it
+        if len(key_bytes) <= SHORT_KEY:
+            return load_item(shared.read(_get, self._prefix + key_bytes), key, content_type, now_micros())
+        item = load_item(shared.read(_get, self._prefix + stored_key(key_bytes)), key, content_type, now_micros())
+        if item.metadata.key != key:  # a digest collision: another long key
+            raise ItemNotFoundError(f"no item under key {key!r}", {"key": key})
+        return item
+
+    def search_chunks(self, query: StorageQuery) -> Iterator[list[StorageResult[Any]]]:
+        """The results of ``query`` in lists, each read in one short transaction.
+
+        Raises:
+            ValidationError: a bad query field (on the first ``next``).
+        """
+        compiled = compile_query(query)
+        remaining = compiled.spec.limit
+        if remaining == 0:
+            return
+        shared = self.shared  # first: the prefix comes with it
+        source, moving = self._plan(compiled.spec, shared)
+        # An item re-saved with a later expiry moves ahead in the expiry index and
+        # would be met twice by a search that walks it: remember what was yielded.
+        seen: set[UUID] | None = set() if moving else None
+        position: bytes | None = None
+        while True:
+            hits, position = shared.read(functools.partial(self._chunk, compiled, source, position, remaining))
+            if seen is not None:
+                hits = [hit for hit in hits if hit.item.metadata.id not in seen]
+                seen.update(hit.item.metadata.id for hit in hits)
+            if hits:
+                yield hits
+            if remaining is not None:
+                remaining -= len(hits)
+            if position is None or remaining == 0:
+                return
+
+    def search(self, query: StorageQuery) -> Iterator[StorageResult[Any]]:
+        """The live items that meet every criterion of ``query``."""
+        for chunk in self.search_chunks(query):
+            yield from chunk
+
+    def _chunk(
+        self,
+        compiled: CompiledQuery,
+        source: _Source,
+        position: bytes | None,
+        limit: int | None,
+        txn: Any,
+        dbs: Databases,
+    ) -> tuple[list[StorageResult[Any]], bytes | None]:
+        candidates, position = source(txn, dbs, position)
+        self.candidates_examined += len(candidates)
+        return list(select(compiled, candidates, now_micros(), limit)), position
+
+    def _plan(self, spec: QuerySpec, shared: SharedEnvironment) -> tuple[_Source, bool]:
+        """The cheapest access path: the smallest posting list of the query's tags
+        and content type, else the literal prefix of its pattern, else a time
+        range, else every record. The flag says whether the path is the expiry
+        index, where a concurrent save can move an item ahead of the search."""
+        prefix = self._prefix
+        postings = [(2, layout.tag_key(prefix, k, v)) for k, v in spec.tags]
+        if spec.content_type is not None:
+            postings.append((3, layout.type_key(prefix, spec.content_type)))
+        if postings:
+            sizes = shared.read(lambda txn, dbs: [_posting_size(txn, dbs[db], key) for db, key in postings])
+            order = sorted(range(len(postings)), key=sizes.__getitem__)
+            smallest = max(sizes[order[0]], 1)
+            # Lists much longer than the smallest cost more to read than their
+            # candidates cost to check: the header matcher checks those instead.
+            narrowing = [postings[i] for i in order[1:] if sizes[i] <= INTERSECT_RATIO * smallest]
+            return _PostingSource(self, postings[order[0]], narrowing), False
+        literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
+        if not literal and (spec.created_after is not None or spec.created_before is not None):
+            return functools.partial(self._from_time_range, 4, spec.created_after, spec.created_before), False
+        if not literal and (spec.expires_after is not None or spec.expires_before is not None):
+            return functools.partial(self._from_time_range, 5, spec.expires_after, spec.expires_before), True
+        return functools.partial(self._from_prefix, prefix + layout.scan_prefix(literal)), False
+
+    def by_id(self, txn: Any, dbs: Databases, sids: list[bytes], deleted_ok: bool = False) -> _Candidates:
+        """The (stored key, record) of each item id (8 bytes), in two bulk reads.
+
+        An id without a key was deleted after the ids were read (``deleted_ok``)
+        or is a dangling index entry; a key without its record is always damage.
+
+        Raises:
+            StorageCorruptionError: an index names an item that has no record.
+        """
+        prefix = self._prefix
+        stored = txn.cursor(db=dbs.ids).getmulti([prefix + sid for sid in sids])
+        if len(stored) < len(sids) and not deleted_ok:
+            found = {bytes(key[len(prefix) :]) for key, _ in stored}
+            missing = next(sid for sid in sids if sid not in found)
+            raise self._dangling(int.from_bytes(missing, "big"))
+        records: _Candidates = txn.cursor(db=dbs.records).getmulti([prefix + key for _, key in stored])
+        if len(records) < len(stored):
+            there = {bytes(key) for key, _ in records}
+            gone = next(id_key for id_key, key in stored if prefix + key not in there)
+            raise self._dangling(int.from_bytes(gone[len(prefix) :], "big"))
+        return records
+
+    def _dangling(self, sid: int) -> StorageCorruptionError:
+        return StorageCorruptionError(
+            f"index of namespace {self.namespace!r} names item id {sid} that has no record; run `unistore check`"
+        )
+
+    def _from_prefix(self, start: bytes, txn: Any, dbs: Databases, after: bytes | None) -> _Batch:
+        cursor = txn.cursor(db=dbs.records)
+        if not cursor.set_range(after if after is not None else start):
+            return [], None
+        # One C-level read of the chunk (plus one to resume after), then cut it in
+        # bulk: keys are sorted, so those with the prefix are one leading run.
+        wanted = SEARCH_CHUNK + (1 if after is None else 2)  # the resume point itself comes back first
+        candidates: list[tuple[bytes, bytes]] = list(itertools.islice(cursor.iternext(), wanted))
+        if after is not None and candidates[0][0] == after:
+            del candidates[0]
+        if candidates and not candidates[-1][0].startswith(start):
+            ends = [key.startswith(start) for key, _ in candidates]
+            return candidates[: ends.index(False)], None
+        if len(candidates) > SEARCH_CHUNK:
+            del candidates[SEARCH_CHUNK:]
+            return candidates, candidates[-1][0]
+        return candidates, None
+
+    def _from_time_range(
+        self, db: int, low: int | None, high: int | None, txn: Any, dbs: Databases, after: bytes | None
+    ) -> _Batch:
+        prefix = self._prefix
+        cursor = txn.cursor(db=dbs[db])
+        first = layout.time_key(prefix, low if low is not None else -layout.TIME_BIAS, 0)
+        sids: list[bytes] = []
+        last = None
+        if cursor.set_range(after if after is not None else first):
+            for entry in cursor.iternext(values=False):
+                if entry == after:
+                    continue
+                if not entry.startswith(prefix) or (high is not None and layout.time_of(entry)[0] > high):
+                    break
+                sids.append(entry[-8:])
+                last = entry
+                if len(sids) == SEARCH_CHUNK:
+                    return self.by_id(txn, dbs, sids), last
+        return self.by_id(txn, dbs, sids), None
+
+    # -- checking --------------------------------------------------------------------
+
+    def check(self) -> CheckReport:
+        """Verify that every index entry of this namespace points at a live record of
+        the right id and every record is fully indexed, in one read transaction."""
+        shared = self.shared  # first: the prefix comes with it
+        prefix = self._prefix
+        return shared.read(lambda txn, dbs: check_namespace(txn, dbs, prefix))
+
+
+_Candidates = list[tuple[bytes, bytes]]
+_Batch = tuple[_Candidates, "bytes | None"]
+_Source = Callable[[Any, Databases, "bytes | None"], _Batch]
+
+
+def _read_ids(txn: Any, db: Any, key: bytes) -> bytes:
+    """A whole posting list in one bulk read (MDB_GET_MULTIPLE), as ids back to back."""
+    entries = txn.cursor(db=db).getmulti([key], dupdata=True, dupfixed_bytes=8, keyfixed=True)
+    return ids_from_entries(entries, len(key))
+
+
+class _PostingSource:
+    """Candidates from the query's smallest posting list, read in bulk on the first
+    chunk and ANDed there with the query's comparable posting lists; later chunks
+    walk those ids. A search thus holds 8 bytes per id of its smallest list."""
+
+    def __init__(self, engine: LmdbEngine, smallest: tuple[int, bytes], narrowing: list[tuple[int, bytes]]) -> None:
+        self._engine = engine
+        self._smallest = smallest
+        self._narrowing = narrowing
+        self._ids: bytes | None = None
+        self._offset = 0
+
+    def __call__(self, txn: Any, dbs: Databases, after: bytes | None) -> _Batch:
+        if self._ids is None:
+            db, key = self._smallest
+            ids = _read_ids(txn, dbs[db], key)
+            for db, key in self._narrowing:
+                ids = intersect_ids(ids, _read_ids(txn, dbs[db], key))
+            self._ids = ids
+        chunk = self._ids[self._offset : self._offset + 8 * SEARCH_CHUNK]
+        self._offset += len(chunk)
+        sids = [chunk[i : i + 8] for i in range(0, len(chunk), 8)]
+        # Items deleted since the first chunk read their ids are skipped, not damage.
+        candidates = self._engine.by_id(txn, dbs, sids, deleted_ok=self._offset > len(chunk))
+        return candidates, sids[-1] if self._offset < len(self._ids) else None
+
+
+def _posting_size(txn: Any, db: Any, key: bytes) -> int:
+    cursor = txn.cursor(db=db)
+    return int(cursor.count()) if cursor.set_key(key) else 0
+
+
+__all__ = ["INTERSECT_RATIO", "PURGE_IN_PASSING", "SEARCH_CHUNK", "LmdbEngine"]

@@ -1,0 +1,469 @@
+"""The LMDB environment of a store in this process: opened once, shared, and kept usable.
+
+LMDB forbids opening one environment twice in a process, so every engine on a
+directory shares one :class:`SharedEnvironment`, opened and closed under one
+registry lock (closed when its last user leaves). It owns the environment and
+its database handles; engines never hold either, they run actions inside the
+environment's :class:`EnvironmentGate`, which is what lets the environment be
+replaced under them:
+
+- **Map growth.** A write that finds the map full grows it (doubling) once no
+  transaction of this process is running; one that finds the map grown by
+  another process adopts the new size. Transactions arriving meanwhile wait;
+  running ones finish first (searches read in short chunks, so none stays
+  open while a caller holds a result). A growth that fails (no address space
+  left) fails its writes with a :class:`~unistore.errors.StorageError` and the
+  environment is reopened by the next operation, so the store works again
+  once memory is back.
+- **Fork.** Servers and pools fork (gunicorn ``--preload``, multiprocessing,
+  celery prefork), and LMDB handles must not cross a fork. Just before a fork
+  (``os.register_at_fork``) the environment is closed once no transaction
+  runs; parent and child each reopen it on their next operation, the child
+  with its own writer thread. The child thus never touches the parent's
+  handles, and py-lmdb's guard against a second open in one process (which a
+  child would otherwise inherit) is released. A writer thread also records
+  its process id, so a child never submits to a thread it does not have.
+- **Reader slots.** LMDB gives every concurrent read transaction a slot in the
+  lock file (512 by default here, ``max_readers``). When they run out, slots
+  of dead processes are reclaimed and the read retried, for a while, before a
+  :class:`~unistore.errors.StorageError` says to raise ``max_readers``.
+
+Every LMDB error leaves as a :class:`~unistore.errors.StorageError` with the
+original chained. No transaction is ever begun while holding the GIL-bound
+registry lock against the writer thread: databases are opened inside explicit
+transactions (py-lmdb's ``open_db`` without one takes LMDB's write lock while
+holding the GIL, which deadlocks against a writer that holds the write lock
+and waits for the GIL).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import lmdb
+
+from ...errors import StorageCorruptionError, StorageError, ValidationError
+from .layout import DATABASES, Databases, Opener
+from .writer import GroupCommitWriter, Op, Outcome
+
+_logger = logging.getLogger(__name__)
+R = TypeVar("R")
+
+DURABILITY = {
+    # LMDB's MDB_NOMETASYNC keeps atomicity and consistency but may lose the last
+    # commit on power loss; MDB_NOSYNC leaves flushing to the OS. A process crash
+    # loses nothing acknowledged in any mode: the OS still holds the pages.
+    "sync": {"sync": True, "metasync": True},
+    "async": {"sync": True, "metasync": False},
+    "none": {"sync": False, "metasync": False},
+}
+#: The map is address space, not disk: a large start costs nothing until pages are used.
+DEFAULT_MAP_SIZE = 1 << 30
+MAX_MAP_SIZE = sys.maxsize  # py-lmdb's own limit (a size_t that Python can hold)
+DEFAULT_MAX_READERS = 512
+MAX_READERS = 1 << 20  # 64 MiB of lock file: past any real need
+#: How long a read waits for a reader slot to free up before it fails.
+READER_SLOT_WAIT = 5.0
+
+
+def translate(exc: lmdb.Error) -> StorageError:
+    """The unistore error for an LMDB error (the caller chains ``exc``)."""
+    name = type(exc).__name__
+    if isinstance(
+        exc,
+        (
+            lmdb.CorruptedError,
+            lmdb.PageNotFoundError,
+            lmdb.InvalidError,
+            lmdb.VersionMismatchError,
+            lmdb.IncompatibleError,
+        ),
+    ):
+        return StorageCorruptionError(f"LMDB store is damaged or not an LMDB store ({name}): {exc}")
+    if isinstance(exc, lmdb.ReadersFullError):
+        return StorageError(f"every LMDB reader slot is in use ({name}); raise max_readers: {exc}")
+    return StorageError(f"LMDB failed ({name}): {exc}")
+
+
+def _chained(error: StorageError, cause: BaseException) -> StorageError:
+    error.__cause__ = cause
+    return error
+
+
+class EnvironmentGate:
+    """Lets transactions run freely, and an action that needs none running run alone.
+
+    ``enter``/``leave`` bracket every transaction of this process; ``exclusive``
+    waits until none is running, holds new ones back and runs its action. It
+    relies on the GIL making ``deque.append``/``deque.pop`` atomic and ordered:
+    a transaction announces itself, then checks for a holder, while a holder
+    marks itself, then checks for transactions, so neither can miss the other.
+    Two lock-free deque operations cost far less than a lock pair on a read
+    that takes microseconds; only a transaction that meets a holder pays more.
+
+    An exclusive action may leave the gate *broken* (:meth:`mark_broken`): then
+    the next transaction to arrive runs ``repair`` exclusively first, and fails
+    with its error if it fails, until one succeeds.
+    """
+
+    def __init__(self, repair: Callable[[], None]) -> None:
+        # A deque, not a list: a list reallocates as it goes from empty to one and back.
+        active: collections.deque[None] = collections.deque()
+        self._active = active
+        self._held = False
+        self._broken = False
+        self._open = threading.Event()
+        self._open.set()
+        self._holder = threading.Lock()
+        self._repair = repair
+        # Bound C methods, so a transaction pays no Python frame for them.
+        self._announce: Callable[[None], None] = active.append
+        self.leave: Callable[[], object] = active.pop
+
+    def enter(self) -> None:
+        """Announce a transaction, waiting out an exclusive action (and repairing a broken gate)."""
+        self._announce(None)
+        if self._held:
+            self._enter_slowly()
+
+    def _enter_slowly(self) -> None:
+        while True:
+            self.leave()
+            self._open.wait()
+            if self._broken:
+                self.exclusive(self._mend)
+            self._announce(None)
+            if not self._held:
+                return
+
+    def _mend(self) -> None:
+        if self._broken:  # another thread may have mended it while this one waited
+            self._repair()
+            self._broken = False
+
+    def hold(self) -> None:
+        """Wait until no transaction runs, and hold new ones back until :meth:`release`."""
+        self._holder.acquire()
+        self._open.clear()
+        self._held = True
+        while self._active:
+            time.sleep(0.0002)
+
+    def release(self) -> None:
+        """End a :meth:`hold`; a broken gate stays closed to the fast path until repaired."""
+        self._held = self._broken
+        self._open.set()
+        self._holder.release()
+
+    def mark_broken(self) -> None:
+        """Say, while holding the gate, that ``repair`` must run before the next transaction."""
+        self._broken = True
+
+    def exclusive(self, action: Callable[[], None]) -> None:
+        """Run ``action`` while no transaction of this process runs."""
+        self.hold()
+        try:
+            action()
+        finally:
+            self.release()
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's threads: an announcement caught mid-flight, a waiter's lock."""
+        self._active.clear()
+        self._open = threading.Event()
+
+
+class SharedEnvironment:
+    """One open LMDB environment, shared by every engine on its directory in this process."""
+
+    _registry: ClassVar[dict[str, SharedEnvironment]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: str, durability: str, map_size: int, max_readers: int, opener: Opener) -> None:
+        self.path = path
+        self.durability = durability
+        self._map_size = map_size
+        self._max_readers = max_readers
+        self._opener = opener
+        self.gate = EnvironmentGate(self._reopen)
+        self.users = 0
+        self._writer: GroupCommitWriter | None = None
+        self._writer_pid = 0
+        self.env: Any = None
+        self.dbs: Databases = None  # type: ignore[assignment]  # set by _open_env
+        self._records: Any = None
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot create the store directory {path!r}: {exc}") from exc
+        self._open_env()
+
+    def _open_env(self) -> None:
+        try:
+            env = lmdb.open(
+                self.path,
+                map_size=self._map_size,
+                max_dbs=len(DATABASES),
+                max_readers=self._max_readers,
+                mode=0o600,  # a store is private to its owner
+                readahead=False,  # random reads of small records: readahead only fills the page cache
+                max_spare_txns=4,
+                **DURABILITY[self.durability],
+            )
+        except lmdb.Error as exc:
+            raise translate(exc) from exc
+        try:
+            dbs = self._opener(env)
+            env.reader_check()  # free reader slots left by crashed processes
+        except BaseException as exc:
+            env.close()
+            if isinstance(exc, lmdb.Error):
+                raise translate(exc) from exc
+            raise
+        self.env, self.dbs, self._records = env, dbs, dbs.records
+
+    def _close_env(self) -> None:
+        env, self.env = self.env, None
+        if env is not None:
+            env.close()
+
+    def _reopen(self) -> None:
+        """The gate's repair: a new environment in place of a closed or broken one."""
+        try:
+            self._close_env()
+        except lmdb.Error as exc:  # a broken environment may fail to close; the new one is what counts
+            _logger.warning("closing the LMDB environment of %s failed: %r", self.path, exc)
+        self._open_env()
+
+    @classmethod
+    def acquire(
+        cls, path: str, durability: str, map_size: int, max_readers: int, opener: Opener
+    ) -> SharedEnvironment:
+        """The environment of ``path``, opened if this process has not opened it yet."""
+        with cls._registry_lock:
+            shared = cls._registry.get(path)
+            if shared is None:
+                shared = cls._registry[path] = cls(path, durability, map_size, max_readers, opener)
+            elif shared.durability != durability:
+                raise ValidationError(
+                    f"durability={durability!r}: the store {path!r} is already open in this process "
+                    f"with durability={shared.durability!r}, and one environment has one setting"
+                )
+            shared.users += 1
+            return shared
+
+    def release(self) -> None:
+        """Drop one user; the last one stops the writer and closes the environment."""
+        with self._registry_lock:
+            self.users -= 1
+            if self.users:
+                return
+            del self._registry[self.path]
+            writer, self._writer = self._writer, None
+            if writer is not None and self._writer_pid == os.getpid():
+                writer.stop()
+            try:
+                self._close_env()
+            except lmdb.Error as exc:
+                raise translate(exc) from exc
+
+    def writer(self) -> GroupCommitWriter:
+        """The environment's group-commit thread in this process, started on first use
+        (and again if it ended, or belongs to the process this one was forked from)."""
+        writer = self._writer
+        if writer is None or not writer.accepting or self._writer_pid != os.getpid():
+            with self._registry_lock:
+                writer = self._writer
+                if writer is None or not writer.accepting or self._writer_pid != os.getpid():
+                    writer = self._writer = GroupCommitWriter(self.write_batch, f"unistore-writer:{self.path}")
+                    self._writer_pid = os.getpid()
+        return writer
+
+    # -- growth ---------------------------------------------------------------
+
+    def _grow(self) -> None:
+        def double() -> None:
+            size = self.env.info()["map_size"] * 2
+            try:
+                self.env.set_mapsize(size)
+            except lmdb.Error as exc:
+                self.gate.mark_broken()  # reopened, at the size it had, by the next operation
+                raise StorageError(
+                    f"the store's map could not grow to {size} bytes ({type(exc).__name__}: {exc}); "
+                    "nothing was written"
+                ) from exc
+            self._map_size = size
+
+        self.gate.exclusive(double)
+
+    def adopt_size(self) -> None:
+        """Take the map size another process has grown the store to."""
+
+        def adopt() -> None:
+            try:
+                self.env.set_mapsize(0)
+            except lmdb.Error as exc:
+                self.gate.mark_broken()
+                raise translate(exc) from exc
+            self._map_size = self.env.info()["map_size"]
+
+        self.gate.exclusive(adopt)
+
+    # -- transactions -----------------------------------------------------------
+
+    def read(self, action: Callable[..., R], key: bytes | None = None) -> R:
+        """Run ``action(txn, dbs)`` in a read transaction; with ``key``,
+        ``action(txn, key)`` on the records database (a load passes ``txn.get``
+        itself: no closure, no frame)."""
+        waited_since = 0.0
+        while True:
+            self.gate.enter()
+            try:
+                with self.env.begin(db=self._records) as txn:  # no other keyword: each costs measurably here
+                    return action(txn, self.dbs) if key is None else action(txn, key)
+            except lmdb.MapResizedError:
+                then = self.adopt_size  # once outside the gate
+            except lmdb.ReadersFullError as exc:
+                waited_since = waited_since or time.monotonic()
+                if time.monotonic() - waited_since > READER_SLOT_WAIT:
+                    raise translate(exc) from exc
+                then = self._reclaim_readers
+            except lmdb.Error as exc:
+                raise translate(exc) from exc
+            finally:
+                self.gate.leave()
+            then()
+
+    def _reclaim_readers(self) -> None:
+        """Free the slots of dead processes; if there were none, give live readers a moment."""
+        self.gate.enter()
+        try:
+            freed = self.env.reader_check()
+        except lmdb.Error as exc:
+            raise translate(exc) from exc
+        finally:
+            self.gate.leave()
+        if not freed:
+            time.sleep(0.001)
+
+    def write_batch(self, ops: list[Op]) -> list[Outcome]:
+        """Apply ``ops`` (each ``op(txn, dbs)``) in one write transaction; one outcome per op.
+
+        The ops first run straight in the transaction. If one raises, that
+        attempt is rolled back and the batch runs again with each op in a
+        nested transaction, so that the op is rolled back alone and the others
+        land (nesting every time would cost each op a nested transaction). A
+        full map grows the map and reruns the whole batch.
+
+        Raises:
+            StorageError: the map could not grow (every op failed).
+        """
+        isolated = False
+        while True:
+            then: Callable[[], None] | None = None
+            self.gate.enter()
+            try:
+                with self.env.begin(write=True) as txn:
+                    dbs = self.dbs
+                    return [self._apply(txn, dbs, op) for op in ops] if isolated else _apply_all(txn, dbs, ops)
+            except _OneFailed:
+                isolated = True
+            except lmdb.MapFullError:
+                then = self._grow
+            except lmdb.MapResizedError:
+                then = self.adopt_size
+            except lmdb.Error as exc:
+                return [(False, _chained(translate(exc), exc))] * len(ops)
+            finally:
+                self.gate.leave()
+            if then is not None:
+                then()
+
+    def write_one(self, op: Callable[..., R]) -> R:
+        """Run one write operation in its own transaction, in this thread; raise its error."""
+        [(ok, outcome)] = self.write_batch([op])
+        if not ok:
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+    def _apply(self, txn: Any, dbs: Databases, op: Op) -> Outcome:
+        child = self.env.begin(write=True, parent=txn)
+        try:
+            result = op(child, dbs)
+        except lmdb.MapFullError:
+            child.abort()
+            raise
+        except lmdb.Error as exc:
+            child.abort()
+            return False, _chained(translate(exc), exc)
+        except Exception as exc:
+            child.abort()
+            return False, exc
+        child.commit()
+        return True, result
+
+    # -- fork -------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        self.gate.hold()
+        try:
+            self._close_env()
+        except lmdb.Error as exc:  # nothing can be raised to the forking caller from here
+            _logger.error("closing the LMDB environment of %s before a fork failed: %r", self.path, exc)
+
+    def _after_fork(self, in_child: bool) -> None:
+        if in_child:
+            self._writer = None  # its thread is not in this process
+            self.gate.after_fork_in_child()
+        self.gate.mark_broken()  # reopened by the next operation, in each process
+        self.gate.release()
+
+
+class _OneFailed(Exception):
+    """An op of a batch raised: rerun the batch with each op in a nested transaction."""
+
+
+def _apply_all(txn: Any, dbs: Databases, ops: list[Op]) -> list[Outcome]:
+    try:
+        return [(True, op(txn, dbs)) for op in ops]
+    except lmdb.MapFullError:
+        raise
+    except Exception as exc:
+        raise _OneFailed from exc  # leaves the transaction: this attempt is rolled back
+
+
+def _before_fork() -> None:
+    SharedEnvironment._registry_lock.acquire()
+    for shared in SharedEnvironment._registry.values():
+        shared._before_fork()
+
+
+def _after_fork(in_child: bool) -> None:
+    for shared in SharedEnvironment._registry.values():
+        shared._after_fork(in_child)
+    SharedEnvironment._registry_lock.release()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=lambda: _after_fork(False),
+    after_in_child=lambda: _after_fork(True),
+)
+
+__all__ = [
+    "DEFAULT_MAP_SIZE",
+    "DEFAULT_MAX_READERS",
+    "DURABILITY",
+    "MAX_MAP_SIZE",
+    "MAX_READERS",
+    "EnvironmentGate",
+    "SharedEnvironment",
+    "translate",
+]

@@ -1,0 +1,276 @@
+"""The on-disk layout of an LMDB store, format version 2: database names and key encodings.
+
+A store is one LMDB environment holding one fixed set of named databases,
+shared by every namespace. Each namespace is numbered once (four bytes,
+big-endian, from 1) in ``meta``, and every key it owns in the other databases
+starts with that number, its *prefix*. A transaction's cost therefore does not
+depend on how many namespaces exist (LMDB makes every transaction pay for every
+open database: 7 per namespace in format 1 made a load 78% slower at 120
+namespaces, and stopped at 128).
+
+=========  =================================================  ==================================
+database   key                                                value
+=========  =================================================  ==================================
+records    prefix + stored key                                the record (see ``_coretypes``)
+ids        prefix + item id (8 bytes, big-endian)             the stored key
+tags       prefix + u32 length + tag key + tag value          item ids, dupsort + dupfixed
+types      prefix + content type                              item ids, dupsort + dupfixed
+created    prefix + created µs (8 bytes, order-kept) + id     empty
+expires    prefix + expires µs (8 bytes, order-kept) + id     empty
+meta       ``format``, ``next_id``, ``next_namespace``,        u32, u64, u32,
+           ``ns=`` + name (or its digest), ``ns#`` + number   number + name, name
+=========  =================================================  ==================================
+
+The *stored key* is the item's key when it fits LMDB's 511-byte key limit
+with the prefix (up to :data:`SHORT_KEY` bytes); a longer key is stored as its
+first :data:`KEPT_KEY_BYTES` bytes plus the SHA-256 of the whole key, which is
+:data:`LONG_KEY` bytes long and so never equals a short key. Keys keep their
+leading bytes, so a prefix scan still finds them; the record holds the real
+key, and every candidate is checked against it. Index keys too long for LMDB
+are replaced by a marker byte and their SHA-256 in the same way: a digest can
+only cost a wasted candidate, never a wrong result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ...core import RecordFields
+from ...errors import StorageCorruptionError, StorageError
+
+FORMAT_VERSION = 2
+
+#: The named databases, in the order of :class:`Databases`, and whether each is a posting list.
+DATABASES = (
+    ("records", False),
+    ("ids", False),
+    ("tags", True),
+    ("types", True),
+    ("created", False),
+    ("expires", False),
+    ("meta", False),
+)
+
+MAX_LMDB_KEY = 511  # LMDB's compile-time limit (mdb_env_get_maxkeysize)
+PREFIX_SIZE = 4
+#: The longest key stored as it is; longer ones get the digest form.
+SHORT_KEY = MAX_LMDB_KEY - PREFIX_SIZE - 1
+#: The length of a digest-form stored key: one more than any short key.
+LONG_KEY = SHORT_KEY + 1
+_DIGEST_SIZE = 32
+#: The leading bytes of a long key that its stored form keeps.
+KEPT_KEY_BYTES = LONG_KEY - _DIGEST_SIZE
+#: Index keys beyond this (after the prefix) are replaced by a digest.
+_MAX_INDEX_KEY = MAX_LMDB_KEY - PREFIX_SIZE
+_DIGEST_MARK = b"\xff"  # no UTF-8 text and no u32 length prefix of a sane size starts with it
+#: Namespace names longer than this are looked up by digest.
+_LONG_NAME = 400
+
+_U32 = struct.Struct(">I")
+_ID = struct.Struct(">Q")
+_TIME_ID = struct.Struct(">QQ")
+TIME_BIAS = 1 << 63  # signed µs to unsigned, so byte order is time order
+
+_META_FORMAT = b"format"
+_META_NEXT_ID = b"next_id"
+_META_NEXT_NAMESPACE = b"next_namespace"
+_META_NAME = b"ns="
+_META_NUMBER = b"ns#"
+
+
+class Databases(NamedTuple):
+    """The handles of one open store's databases."""
+
+    records: Any
+    ids: Any
+    tags: Any
+    types: Any
+    created: Any
+    expires: Any
+    meta: Any
+
+
+# -- key encodings ----------------------------------------------------------------
+
+
+def _digest(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()
+
+
+def stored_key(key: bytes) -> bytes:
+    """The form ``key`` is stored under (without the namespace prefix)."""
+    return key if len(key) <= SHORT_KEY else key[:KEPT_KEY_BYTES] + _digest(key)
+
+
+def scan_prefix(literal: bytes) -> bytes:
+    """What the stored key of every key starting with ``literal`` starts with."""
+    return literal[:KEPT_KEY_BYTES]
+
+
+def _index_key(prefix: bytes, raw: bytes) -> bytes:
+    return prefix + (raw if len(raw) <= _MAX_INDEX_KEY else _DIGEST_MARK + _digest(raw))
+
+
+def tag_key(prefix: bytes, tag_key: bytes, tag_value: bytes) -> bytes:
+    """The ``tags`` database key of one tag."""
+    return _index_key(prefix, _U32.pack(len(tag_key)) + tag_key + tag_value)
+
+
+def type_key(prefix: bytes, content_type: bytes) -> bytes:
+    """The ``types`` database key of one content type."""
+    return _index_key(prefix, content_type)
+
+
+def time_key(prefix: bytes, micros: int, sid: int) -> bytes:
+    """The ``created``/``expires`` database key of one item."""
+    return prefix + _TIME_ID.pack(micros + TIME_BIAS, sid)
+
+
+def time_of(entry: bytes) -> tuple[int, int]:
+    """The (µs, item id) of a ``created``/``expires`` key."""
+    micros, sid = _TIME_ID.unpack_from(entry, PREFIX_SIZE)
+    return micros - TIME_BIAS, sid
+
+
+def id_key(prefix: bytes, sid: int) -> bytes:
+    """The ``ids`` database key of one item."""
+    return prefix + _ID.pack(sid)
+
+
+def index_entries(prefix: bytes, fields: RecordFields) -> list[tuple[int, bytes, bytes]]:
+    """Every index entry of a record, as (database number in :class:`Databases`, key, value):
+    what a save writes, a delete removes and a check expects."""
+    sid = _ID.pack(fields.sid)
+    entries = [(1, prefix + sid, stored_key(fields.key))]
+    entries += [(2, tag_key(prefix, k, v), sid) for k, v in fields.tags]
+    entries.append((3, type_key(prefix, fields.content_type), sid))
+    entries.append((4, time_key(prefix, fields.created, fields.sid), b""))
+    if fields.expires is not None:
+        entries.append((5, time_key(prefix, fields.expires, fields.sid), b""))
+    return entries
+
+
+def next_id(txn: Any, meta: Any) -> int:
+    """A new item id, unique in the store (inside a write transaction)."""
+    raw = txn.get(_META_NEXT_ID, db=meta)
+    sid = 1 if raw is None else _ID.unpack(raw)[0]
+    txn.put(_META_NEXT_ID, _ID.pack(sid + 1), db=meta)
+    return sid
+
+
+# -- namespaces -------------------------------------------------------------------
+
+
+def _name_key(name: bytes) -> bytes:
+    return _META_NAME + (name if len(name) <= _LONG_NAME else _DIGEST_MARK + _digest(name))
+
+
+def find_namespace(txn: Any, meta: Any, name: bytes) -> bytes | None:
+    """The prefix of namespace ``name``, or None if the store has none by that name.
+
+    Raises:
+        StorageCorruptionError: the entry names another namespace (damage).
+    """
+    entry = txn.get(_name_key(name), db=meta)
+    if entry is None:
+        return None
+    if entry[PREFIX_SIZE:] != name:
+        raise StorageCorruptionError(f"the namespace entry of {name.decode(errors='replace')!r} names another")
+    return bytes(entry[:PREFIX_SIZE])
+
+
+def claim_namespace(txn: Any, meta: Any, name: bytes) -> bytes:
+    """The prefix of namespace ``name``, numbered now if it is new (inside a write transaction)."""
+    found = find_namespace(txn, meta, name)
+    if found is not None:
+        return found
+    raw = txn.get(_META_NEXT_NAMESPACE, db=meta)
+    number = 1 if raw is None else _U32.unpack(raw)[0]
+    if number > 0xFFFFFFFF - 1:
+        raise StorageError("the store has numbered 2**32 - 1 namespaces, its most")
+    prefix = _U32.pack(number)
+    txn.put(_META_NEXT_NAMESPACE, _U32.pack(number + 1), db=meta)
+    txn.put(_name_key(name), prefix + name, db=meta)
+    txn.put(_META_NUMBER + prefix, name, db=meta)
+    return prefix
+
+
+def namespaces(txn: Any, meta: Any) -> dict[str, bytes]:
+    """Every namespace of the store: name to prefix."""
+    cursor = txn.cursor(db=meta)
+    found = {}
+    if cursor.set_range(_META_NUMBER):
+        for key, name in cursor:
+            if not key.startswith(_META_NUMBER):
+                break
+            found[bytes(name).decode()] = bytes(key[len(_META_NUMBER) :])
+    return found
+
+
+# -- opening ----------------------------------------------------------------------
+
+
+def _unknown_store(names: set[bytes]) -> StorageError:
+    if any(name.endswith(b"/records") for name in names):
+        return StorageError(
+            "the store is in unistore's LMDB format version 1, and this version reads format "
+            f"{FORMAT_VERSION} only; copy its items into a new store with the unistore release that wrote it"
+        )
+    return StorageError("the LMDB environment holds data that is not a unistore store")
+
+
+def open_databases(env: Any) -> Databases:
+    """Open (creating them in a new store) the store's databases.
+
+    In a write transaction, even for a store that exists: py-lmdb ends a read
+    transaction by resetting it, which closes the handles opened in it. (The
+    caller's thread waits for LMDB's write lock without the GIL.)
+
+    Raises:
+        StorageError: the store is of another format version, or not a unistore store.
+    """
+    with env.begin(write=True) as txn:
+        found = {bytes(name) for name in txn.cursor().iternext(values=False)}
+        if found and b"meta" not in found:
+            raise _unknown_store(found)
+        databases = Databases(
+            *(env.open_db(name.encode(), txn=txn, dupsort=posting, dupfixed=posting) for name, posting in DATABASES)
+        )
+        version = txn.get(_META_FORMAT, db=databases.meta)
+        if version is None and not found:
+            version = _U32.pack(FORMAT_VERSION)
+            txn.put(_META_FORMAT, version, db=databases.meta)
+    number = _U32.unpack(version)[0] if version is not None and len(version) == 4 else None
+    if number != FORMAT_VERSION:
+        raise StorageError(f"the store is in format version {number}; this version of unistore reads {FORMAT_VERSION}")
+    return databases
+
+
+Opener = Callable[[Any], Databases]
+
+__all__ = [
+    "DATABASES",
+    "FORMAT_VERSION",
+    "KEPT_KEY_BYTES",
+    "LONG_KEY",
+    "PREFIX_SIZE",
+    "SHORT_KEY",
+    "TIME_BIAS",
+    "Databases",
+    "claim_namespace",
+    "find_namespace",
+    "id_key",
+    "index_entries",
+    "namespaces",
+    "next_id",
+    "open_databases",
+    "scan_prefix",
+    "stored_key",
+    "tag_key",
+    "time_key",
+    "time_of",
+    "type_key",
+]
