@@ -3,6 +3,7 @@ factory that the conformance and property suites run against."""
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import os
 import shutil
@@ -29,6 +30,39 @@ settings.register_profile(  # under valgrind every example costs ~50x: fewer of 
     "valgrind", max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+# -- watchdog ------------------------------------------------------------------
+
+#: Seconds any one test may take before the watchdog ends the run (scaled by
+#: UNISTORE_WATCHDOG_SCALE, e.g. under valgrind); ``@pytest.mark.watchdog(s)`` sets a test's own.
+WATCHDOG_SECONDS = 600
+
+
+def _real_stderr(config: pytest.Config) -> int:
+    """The file descriptor of the terminal's stderr, which pytest's capture has replaced."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    saved = getattr(getattr(getattr(capture, "_global_capturing", None), "err", None), "targetfd_save", None)
+    return saved if isinstance(saved, int) else 2
+
+
+@pytest.fixture(autouse=True)
+def watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Make a test that hangs fail the run instead of hanging it.
+
+    faulthandler's timer is a C thread that needs no GIL, so it fires even when
+    a deadlock holds the GIL (as py-lmdb's ``open_db`` once did): it prints
+    every thread's stack to the real stderr and exits the process with status 1.
+    A forked child must not rearm it (it would wait for the parent's timer thread).
+    """
+    marker = request.node.get_closest_marker("watchdog")
+    seconds = marker.args[0] if marker is not None else WATCHDOG_SECONDS
+    scale = float(os.environ.get("UNISTORE_WATCHDOG_SCALE", "1"))
+    stderr = _real_stderr(request.config)
+    os.write(stderr, b"")  # fails now, not when the watchdog fires, if it is not writable
+    faulthandler.dump_traceback_later(seconds * scale, exit=True, file=stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 # -- redis-server --------------------------------------------------------------

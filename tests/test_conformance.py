@@ -333,12 +333,37 @@ async def test_provider_is_usable_after_cleanup(provider_factory: Factory) -> No
 
 async def test_unicode_keys_and_tags(provider_factory: Factory) -> None:
     provider = provider_factory()
-    key = "ключ:" + "é" * 251  # 511 UTF-8 bytes, the limit
+    key = "ключ:" + "é" * 251  # 511 UTF-8 bytes: LMDB's own key limit, stored in the long-key form
     assert len(key.encode()) == 511
     await provider.save(key, 1, "тип", tags={"ярлык": "значение", "empty": ""})
     assert (await provider.load(key)).metadata.tags == {"ярлык": "значение", "empty": ""}
     assert await keys_of(provider, pattern="ключ:*", tags={"ярлык": "значение", "empty": ""}) == {key}
     assert await keys_of(provider, content_type="тип") == {key}
+
+
+@pytest.mark.parametrize("size", [600, 5_000, 100_000])
+async def test_keys_of_any_length(provider_factory: Factory, size: int) -> None:
+    provider = provider_factory()
+    head = "user:" + "k" * (size - 10)
+    first, second = head + "aaaaa", head + "bbbbb"  # alike in all but their last bytes
+    assert len(first.encode()) == size
+    await provider.save(first, 1, "t", tags={"n": "1"})
+    await provider.save(second, 2, "t", tags={"n": "2"})
+    await provider.save("user:short", 3, "t")
+    assert (await provider.load(first)).data == 1
+    assert (await provider.load(second)).metadata.key == second
+    assert await keys_of(provider, pattern="user:k*") == {first, second}
+    assert await keys_of(provider, pattern=head + "a*") == {first}  # a literal prefix longer than any LMDB key
+    assert await keys_of(provider, pattern="*bbbbb") == {second}
+    assert await keys_of(provider, tags={"n": "2"}) == {second}
+    await provider.save(first, 10, "t")  # an upsert of a long key
+    assert (await provider.load(first)).data == 10
+    assert await provider.delete(first) is True
+    assert await provider.delete(first) is False
+    with pytest.raises(ItemNotFoundError):
+        await provider.load(first)
+    assert (await provider.load(second)).data == 2
+    assert await keys_of(provider, pattern="user:*") == {second, "user:short"}
 
 
 async def test_long_content_types_and_tags(provider_factory: Factory) -> None:

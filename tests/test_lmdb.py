@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from unistore import (
@@ -28,6 +29,7 @@ from unistore import (
 from unistore.codec import prepare_save
 from unistore.providers import LmdbStorageProvider
 from unistore.providers.lmdb import engine as lmdb_engine
+from unistore.providers.lmdb import layout
 from unistore.providers.lmdb.engine import LmdbEngine
 from unistore.providers.lmdb.environment import EnvironmentGate, SharedEnvironment
 
@@ -129,6 +131,8 @@ def test_unknown_options_are_refused_by_the_signature(store: Path) -> None:
 def test_bad_paths(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="path must be a str or path"):
         LmdbEngine(42)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="is not usable"):
+        LmdbEngine(str(tmp_path / "nul\0byte"))
     a_file = tmp_path / "file"
     a_file.write_text("not a directory")
     with pytest.raises(StorageError, match="cannot create the store directory"):
@@ -141,6 +145,60 @@ def test_not_an_lmdb_store_is_reported_as_corruption(store: Path) -> None:
     with pytest.raises(StorageCorruptionError, match="damaged or not an LMDB store"):
         LmdbEngine(store)
     assert str(store) not in SharedEnvironment._registry
+
+
+def make_raw_store(store: Path, entries: dict[bytes | None, dict[bytes, bytes]]) -> None:
+    """An LMDB environment written directly: database name (None: the main one) to its items."""
+    env = lmdb.open(str(store), max_dbs=10)
+    with env.begin(write=True) as txn:
+        for name, items in entries.items():
+            db = env.open_db(name, txn=txn) if name is not None else None
+            for key, value in items.items():
+                txn.put(key, value, db=db)
+    env.close()
+
+
+def test_a_format_1_store_is_refused_with_a_clear_error(store: Path) -> None:
+    make_raw_store(store, {b"default/records": {b"k": b"record"}, b"default/meta": {b"namespace": b"default"}})
+    with pytest.raises(StorageError, match="format version 1, and this version reads format 2 only"):
+        LmdbEngine(store)
+    assert str(store) not in SharedEnvironment._registry
+
+
+def test_a_store_of_a_later_format_is_refused(store: Path) -> None:
+    LmdbEngine(store).close()
+    make_raw_store(store, {b"meta": {b"format": (3).to_bytes(4, "big")}})
+    with pytest.raises(StorageError, match="the store is in format version 3; this version of unistore reads 2"):
+        LmdbEngine(store)
+
+
+def test_a_main_database_key_where_a_database_belongs_is_damage(store: Path) -> None:
+    make_raw_store(store, {None: {b"meta": b"a plain value, not a database"}})
+    with pytest.raises(StorageCorruptionError, match="damaged or not an LMDB store"):
+        LmdbEngine(store)
+    assert str(store) not in SharedEnvironment._registry
+
+
+def test_an_lmdb_environment_of_other_data_is_refused(store: Path) -> None:
+    make_raw_store(store, {None: {b"someone's": b"data"}})
+    with pytest.raises(StorageError, match="holds data that is not a unistore store"):
+        LmdbEngine(store)
+
+
+def test_claiming_a_namespace_twice_gives_its_number(engine: LmdbEngine) -> None:
+    # What a process meets when another numbered the namespace between its look-up and its claim.
+    again = engine.write(lambda txn, dbs: layout.claim_namespace(txn, dbs.meta, b"main"))
+    assert again == engine.write(lambda txn, dbs: layout.find_namespace(txn, dbs.meta, b"main"))
+    assert engine.write(lambda txn, dbs: layout.claim_namespace(txn, dbs.meta, b"new")) != again
+
+
+def test_namespace_numbers_are_finite(store: Path) -> None:
+    engine = LmdbEngine(store)
+    engine.write(lambda txn, dbs: txn.put(b"next_namespace", b"\xff\xff\xff\xff", db=dbs.meta))
+    with pytest.raises(StorageError, match="numbered 2\\*\\*32 - 1 namespaces"):
+        LmdbEngine(store, namespace="one too many")
+    assert engine.shared.users == 1  # the failed open released its use
+    engine.close()
 
 
 def test_long_namespaces_use_a_digest_label(store: Path) -> None:
@@ -263,6 +321,19 @@ async def test_purge_and_purge_in_passing(store: Path) -> None:
     assert (report.records, report.tag_entries, report.expires_entries, report.ok) == (1, 0, 1, True)
     assert [r.item.metadata.key async for r in provider.search(StorageQuery())] == ["stays"]
     await provider.cleanup()
+
+
+def test_purge_in_passing_stays_in_its_namespace(store: Path) -> None:
+    first, second = LmdbEngine(store, namespace="first"), LmdbEngine(store, namespace="second")
+    soon = datetime.now(UTC) + timedelta(milliseconds=50)
+    second.save("expiring", 1, "t", expires_at=soon)
+    threading.Event().wait(0.1)
+    first.save("k", 1, "t")  # its purge in passing meets only the other namespace's entry, and stops
+    assert second.check().expires_entries == 1
+    second.save("k", 1, "t")  # this one removes it
+    assert second.check().expires_entries == 0
+    first.close()
+    second.close()
 
 
 def test_purge_of_many(engine: LmdbEngine) -> None:
@@ -513,6 +584,26 @@ def test_check_and_search_report_a_damaged_index(engine: LmdbEngine) -> None:
     assert "b'garbage' does not decode" in text
     with pytest.raises(StorageCorruptionError, match="has no record; run `unistore check`"):
         list(engine.search(StorageQuery(tags={"colour": "red"})))
+
+
+def test_a_long_key_whose_record_names_another_key_is_not_found(engine: LmdbEngine) -> None:
+    mine, other = "m" * 1000, "o" * 1000
+    engine.save(other, "other's", "t")
+    record = engine.shared.read(lambda txn, dbs: txn.get(engine.record_key(other.encode())))
+    engine.write(lambda txn, dbs: txn.put(engine.record_key(mine.encode()), record, db=dbs.records))
+    with pytest.raises(ItemNotFoundError):
+        engine.load(mine)  # as a digest collision would look: the record holds the real key
+    assert engine.delete(mine) is False
+    assert engine.load(other).data == "other's"
+
+
+def test_an_id_without_its_key_in_a_posting_list_is_reported(engine: LmdbEngine) -> None:
+    engine.save("k", 1, "t", tags={"a": "b"})
+    sid = engine.check().ids  # one item: its id entry
+    assert sid == 1
+    engine.write(lambda txn, dbs: txn.delete(next(iter(txn.cursor(db=dbs.ids).iternext(values=False))), db=dbs.ids))
+    with pytest.raises(StorageCorruptionError, match="has no record; run `unistore check`"):
+        list(engine.search(StorageQuery(tags={"a": "b"})))
 
 
 def test_purge_drops_expiry_entries_whose_item_is_gone(engine: LmdbEngine) -> None:

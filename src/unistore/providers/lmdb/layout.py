@@ -198,18 +198,6 @@ def claim_namespace(txn: Any, meta: Any, name: bytes) -> bytes:
     return prefix
 
 
-def namespaces(txn: Any, meta: Any) -> dict[str, bytes]:
-    """Every namespace of the store: name to prefix."""
-    cursor = txn.cursor(db=meta)
-    found = {}
-    if cursor.set_range(_META_NUMBER):
-        for key, name in cursor:
-            if not key.startswith(_META_NUMBER):
-                break
-            found[bytes(name).decode()] = bytes(key[len(_META_NUMBER) :])
-    return found
-
-
 # -- opening ----------------------------------------------------------------------
 
 
@@ -264,7 +252,6 @@ __all__ = [
     "find_namespace",
     "id_key",
     "index_entries",
-    "namespaces",
     "next_id",
     "open_databases",
     "scan_prefix",

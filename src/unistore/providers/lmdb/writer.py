@@ -107,16 +107,13 @@ class GroupCommitWriter:
         try:
             while self._serve_one():
                 pass
-        except BaseException as exc:  # the loop itself broke: say so to everyone waiting
+        except BaseException as exc:  # beyond any one batch: the thread ends, and says so to everyone
             self.failure = exc
             self.accepting = False
             _logger.critical("unistore group-commit writer %s stopped: %r", self._thread.name, exc)
-            error = StorageError(f"the group-commit writer stopped ({exc!r}); nothing was written")
-            error.__cause__ = exc
             pending = list(self._queue)
             self._queue.clear()
-            _settle(pending, [(False, error)] * len(pending))
-            raise
+            _settle(pending, [(False, _stopped(exc))] * len(pending))
 
     def _serve_one(self) -> bool:
         """Commit one batch; False once stopped with nothing left."""
@@ -132,9 +129,18 @@ class GroupCommitWriter:
             outcomes = self._commit([op for op, _, _ in batch])
         except Exception as exc:  # beyond any one op (growing the map failed): the batch fails
             outcomes = [(False, exc)] * len(batch)
+        except BaseException as exc:  # the thread is going down: its batch must not wait forever
+            _settle(batch, [(False, _stopped(exc))] * len(batch))
+            raise
         self.batches += 1
         _settle(batch, outcomes)
         return True
+
+
+def _stopped(cause: BaseException) -> StorageError:
+    error = StorageError(f"the group-commit writer stopped ({cause!r}); the write may not have landed")
+    error.__cause__ = cause
+    return error
 
 
 __all__ = ["MAX_BATCH", "GroupCommitWriter", "Op", "Outcome"]
