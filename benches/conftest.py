@@ -13,10 +13,10 @@ import diskcache
 import lmdb
 import msgpack
 import pytest
-from unistore.providers.lmdb_engine import LmdbEngine
 
 from unistore import MetricsManager, UnifiedStorageManager
 from unistore.providers import LmdbStorageProvider
+from unistore.providers.lmdb import LmdbEngine
 
 BATCH = 1000
 

@@ -8,9 +8,9 @@ from typing import Any
 import diskcache
 import msgpack
 import pytest
-from unistore.providers.lmdb_engine import LmdbEngine
 
 from unistore import UnifiedStorageManager
+from unistore.providers.lmdb import LmdbEngine
 
 pytestmark = pytest.mark.benchmark(group="load")
 
