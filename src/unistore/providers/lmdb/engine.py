@@ -197,7 +197,7 @@ class LmdbEngine:
         old = None if raw is None else decode_fields(raw, prepared.key)
         if old is not None:
             self._unindex(txn, dbs, old)
-        fields, record, item = prepared.build(old, now, functools.partial(layout.next_id, txn, dbs.meta))
+        fields, record, item = prepared.build(old, now, functools.partial(layout.next_id, txn, dbs.ids, self._prefix))
         txn.put(record_key, record, db=dbs.records)
         self._index(txn, dbs, fields)
         return item

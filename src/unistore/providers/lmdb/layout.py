@@ -17,7 +17,7 @@ tags       prefix + u32 length + tag key + tag value          item ids, dupsort 
 types      prefix + content type                              item ids, dupsort + dupfixed
 created    prefix + created µs (8 bytes, order-kept) + id     empty
 expires    prefix + expires µs (8 bytes, order-kept) + id     empty
-meta       ``format``, ``next_id``, ``next_namespace``,        u32, u64, u32,
+meta       ``format``, ``next_namespace``,                     u32, u32,
            ``ns=`` + name (or its digest), ``ns#`` + number   number + name, name
 =========  =================================================  ==================================
 
@@ -75,7 +75,6 @@ _TIME_ID = struct.Struct(">QQ")
 TIME_BIAS = 1 << 63  # signed µs to unsigned, so byte order is time order
 
 _META_FORMAT = b"format"
-_META_NEXT_ID = b"next_id"
 _META_NEXT_NAMESPACE = b"next_namespace"
 _META_NAME = b"ns="
 _META_NUMBER = b"ns#"
@@ -153,12 +152,22 @@ def index_entries(prefix: bytes, fields: RecordFields) -> list[tuple[int, bytes,
     return entries
 
 
-def next_id(txn: Any, meta: Any) -> int:
-    """A new item id, unique in the store (inside a write transaction)."""
-    raw = txn.get(_META_NEXT_ID, db=meta)
-    sid = 1 if raw is None else _ID.unpack(raw)[0]
-    txn.put(_META_NEXT_ID, _ID.pack(sid + 1), db=meta)
-    return sid
+def next_id(txn: Any, ids: Any, prefix: bytes) -> int:
+    """A new item id in the namespace of ``prefix``: one past its highest (inside a write transaction).
+
+    Read from the ``ids`` database that the save writes anyway, rather than kept
+    in ``meta``: a counter there would cost every save a put in a sixth database
+    (measured: about 5 µs of a 40 µs save). The id of a namespace's newest item
+    may come back after that item is deleted, which is harmless: every index
+    entry of a deleted item goes with it, and searches check every candidate.
+    """
+    cursor = txn.cursor(db=ids)
+    # The last id of this namespace is the entry just before the next namespace's first.
+    found = cursor.set_range(_U32.pack(_U32.unpack(prefix)[0] + 1)) and cursor.prev()
+    if not found:  # no later namespace has ids
+        found = cursor.last()
+    last = cursor.key() if found else b""
+    return _ID.unpack_from(last, PREFIX_SIZE)[0] + 1 if last.startswith(prefix) else 1
 
 
 # -- namespaces -------------------------------------------------------------------
