@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,30 @@ def test_save_none_manager_fresh_store(
     benchmark.extra_info["batch"] = batch
     benchmark.pedantic(lambda: loop.run_until_complete(saves()), rounds=SAVE_ROUNDS, iterations=1, warmup_rounds=1)
     provider.engine.close()
+
+
+@pytest.mark.benchmark(group="save-none-vs-raw")
+def test_save_none_raw_lmdb_index_entries(benchmark: Any, workdir: Path, batch: int, record: dict[str, Any]) -> None:
+    """The floor the layout sets: raw py-lmdb writing what one save must write in one
+    transaction (the record, its id, its content-type posting, its created entry,
+    after reading the key's old record), no unistore code."""
+    env = lmdb.open(str(workdir / "raw-entries"), max_dbs=8, map_size=1 << 30, sync=False, metasync=False)
+    with env.begin(write=True) as txn:
+        records, ids, created = (env.open_db(name, txn=txn) for name in (b"records", b"ids", b"created"))
+        types = env.open_db(b"types", txn=txn, dupsort=True, dupfixed=True)
+    prefix = b"\x00\x00\x00\x01"
+
+    def saves() -> None:
+        for _ in range(batch):
+            n = next(_numbers)
+            key, sid = prefix + b"s:%d" % n, n.to_bytes(8, "big")
+            with env.begin(write=True) as txn:
+                txn.get(key, db=records)
+                txn.put(key, msgpack.packb(record), db=records)
+                txn.put(prefix + sid, key[4:], db=ids)
+                txn.put(prefix + b"user", sid, db=types)
+                txn.put(prefix + time.time_ns().to_bytes(8, "big") + sid, b"", db=created)
+
+    benchmark.extra_info["batch"] = batch
+    benchmark.pedantic(saves, rounds=SAVE_ROUNDS, iterations=1, warmup_rounds=1)
+    env.close()
