@@ -267,10 +267,8 @@ class LmdbEngine:
         # The read path, kept free of Python frames it can do without: no property,
         # the transaction's own C method as the action.
         shared = self._shared if self._shared is not None else self._open()  # first: the prefix comes with it
-        if len(key_bytes) <= SHORT_KEY:
-            return load_item(shared.read(_get, self._prefix + key_bytes), key, content_type, now_micros())
-        item = load_item(shared.read(_get, self._prefix + stored_key(key_bytes)), key, content_type, now_micros())
-        if item.metadata.key != key:  # a digest collision: another long key
+        item = load_item(shared.read(_get, self.record_key(key_bytes)), key, content_type, now_micros())
+        if len(key_bytes) > SHORT_KEY and item.metadata.key != key:  # a long key's digest form names another
             raise ItemNotFoundError(f"no item under key {key!r}", {"key": key})
         return item
 
