@@ -133,10 +133,47 @@ def test_bad_paths(tmp_path: Path) -> None:
         LmdbEngine(42)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="is not usable"):
         LmdbEngine(str(tmp_path / "nul\0byte"))
+    odd = LmdbEngine(str(tmp_path / "not utf-8 \udcff"))  # the byte 0xff in a file name, as the OS gave it
+    odd.save("k", 1, "t")
+    assert odd.load("k").data == 1 and os.path.isdir(os.fsencode(tmp_path) + b"/not utf-8 \xff")
+    odd.close()
+    with pytest.raises(ValidationError, match="path must not be empty"):
+        LmdbEngine("")
     a_file = tmp_path / "file"
     a_file.write_text("not a directory")
     with pytest.raises(StorageError, match="cannot create the store directory"):
         LmdbEngine(a_file)
+
+
+def test_a_tiny_map_size_grows_as_the_store_is_made(store: Path) -> None:
+    engine = LmdbEngine(store, map_size=1)
+    engine.save("k", 1, "t")
+    assert engine.load("k").data == 1
+    engine.close()
+
+
+TRUNCATE = """
+import os, sys
+from unistore import StorageCorruptionError
+from unistore.providers import LmdbEngine
+try:
+    LmdbEngine(sys.argv[1]).load("k5")
+except StorageCorruptionError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_truncated_data_file_is_refused_at_open(store: Path) -> None:
+    engine = LmdbEngine(store, durability="none")
+    for n in range(2000):
+        engine.save(f"k{n}", "x" * 100, "t")
+    engine.close()
+    os.truncate(store / "data.mdb", 20_000)
+    # In a child: before the check, LMDB's first read past the end was a SIGBUS.
+    command = [sys.executable, "-c", TRUNCATE, str(store)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "refused: the store's data.mdb is 20000 bytes, shorter than the" in done.stdout
 
 
 def test_not_an_lmdb_store_is_reported_as_corruption(store: Path) -> None:
@@ -582,6 +619,9 @@ def test_check_and_search_report_a_damaged_index(engine: LmdbEngine) -> None:
     assert "tags index entry" in text and "points at no record" in text
     assert "record under b'misfiled' says its key is b'copied'" in text
     assert "b'garbage' does not decode" in text
+    with pytest.raises(StorageCorruptionError) as caught:
+        list(engine.search(StorageQuery(pattern="garb*")))
+    assert caught.value.details["key"] == "garbage"  # as load names it: the key, a str
     with pytest.raises(StorageCorruptionError, match="has no record; run `unistore check`"):
         list(engine.search(StorageQuery(tags={"colour": "red"})))
 

@@ -182,6 +182,51 @@ def test_readers_killed_mid_read_never_fill_the_table(tmp_path: Path) -> None:
     engine.close()
 
 
+def _hold_every_slot(engine: LmdbEngine, seconds: float) -> list[int]:
+    """Fork two children that hold a read transaction each (all of max_readers=2) for
+    ``seconds``, then free their slots and exit; returns their pids once both hold."""
+    children = []
+    for _ in range(2):
+        ready, holding = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                engine.shared.read(lambda txn, dbs, fd=holding: (os.write(fd, b"x"), time.sleep(seconds)))
+                engine.close()  # frees its slot
+            finally:
+                os._exit(0)
+        os.close(holding)
+        assert os.read(ready, 1) == b"x"
+        os.close(ready)
+        children.append(pid)
+    return children
+
+
+@pytest.mark.watchdog(60)
+def test_a_reopen_waits_for_live_readers_to_free_a_slot(tmp_path: Path) -> None:
+    engine = LmdbEngine(tmp_path / "store", durability="none", max_readers=2)
+    engine.save("k", 1, "t")
+    children = _hold_every_slot(engine, 0.5)
+    assert engine.load("k").data == 1  # the reopen after the forks waits for a slot
+    for pid in children:
+        os.waitpid(pid, 0)
+    engine.close()
+
+
+@pytest.mark.watchdog(60)
+def test_a_reopen_that_finds_no_slot_in_time_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(environment, "READER_SLOT_WAIT", 0.05)
+    engine = LmdbEngine(tmp_path / "store", durability="none", max_readers=2)
+    engine.save("k", 1, "t")
+    children = _hold_every_slot(engine, 2)
+    with pytest.raises(StorageError, match="raise max_readers"):
+        engine.load("k")
+    for pid in children:
+        os.waitpid(pid, 0)
+    assert engine.load("k").data == 1  # the next operation reopens it
+    engine.close()
+
+
 def test_readers_full_of_live_readers_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(environment, "READER_SLOT_WAIT", 0.05)
     engine = LmdbEngine(tmp_path / "store", durability="none", max_readers=1)
@@ -443,4 +488,112 @@ async def test_cleanup_lets_the_event_loop_run_while_the_writer_finishes(tmp_pat
     await closing
     assert (await pending).data == 1
     assert (await provider.load("last")).data == 1
+    await provider.cleanup()
+
+
+# -- found by attacking the environment layer ----------------------------------------
+
+
+@pytest.mark.watchdog(120)
+@pytest.mark.parametrize("durability", ["sync", "none"])
+def test_two_threads_that_both_fill_the_map(tmp_path: Path, durability: str) -> None:
+    # One writer meets a full map while the other waits for LMDB's write lock: the
+    # first must not wait for the second (which waits for it) before it can grow.
+    engine = LmdbEngine(tmp_path / "store", map_size=64 * 1024, durability=durability)
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            for n in range(200):
+                engine.save(f"t{thread}-{n}", "x" * 2000, "t")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(100)
+    assert errors == []
+    assert len(list(engine.search(StorageQuery()))) == 400
+    assert engine.check().ok
+    engine.close()
+
+
+@pytest.mark.watchdog(120)
+def test_forked_workers_that_grow_the_map_under_each_other(tmp_path: Path) -> None:
+    # Every fork makes both sides reopen the store, while the others keep growing it.
+    store = str(tmp_path / "store")
+    engine = LmdbEngine(store, map_size=64 * 1024, durability="none")
+    engine.save("seed", 1, "t")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_grow_in_child, args=(engine, n)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(90)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert len(list(engine.search(StorageQuery(pattern="w*")))) == 4 * 60
+    assert engine.check().ok
+    engine.close()
+
+
+def _grow_in_child(engine: LmdbEngine, worker: int) -> None:
+    signal.alarm(60)
+    try:
+        for n in range(60):
+            engine.save(f"w{worker}-{n}", "x" * 3000, "t")
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+@pytest.mark.watchdog(120)
+async def test_cleanup_while_saves_run(tmp_path: Path) -> None:
+    provider = LmdbStorageProvider(tmp_path / "store", durability="none")
+    stop = False
+
+    refusals: list[str] = []
+
+    async def saves() -> int:
+        done = 0
+        while not stop:
+            try:
+                await provider.save("k", done, "t")
+                done += 1
+            except StorageError as exc:  # a save the cleanup overtook: said plainly
+                refusals.append(str(exc))
+            await asyncio.sleep(0)
+        return done
+
+    saving = asyncio.create_task(saves())
+    for _ in range(100):
+        await provider.cleanup()
+        await asyncio.sleep(0)
+    stop = True
+    assert await saving > 0
+    assert all("closed" in refusal for refusal in refusals)
+    assert (await provider.load("k")).data >= 0
+    await provider.cleanup()
+
+
+@pytest.mark.watchdog(60)
+async def test_cleanup_during_a_search_ends_it_with_a_clear_error(tmp_path: Path) -> None:
+    provider = LmdbStorageProvider(tmp_path / "store", durability="none")
+    for n in range(600):
+        provider.engine.save(f"k{n:03d}", n, "t")
+    seen = 0
+
+    async def read_all() -> None:
+        nonlocal seen
+        async for _ in provider.search(StorageQuery(pattern="k*")):
+            seen += 1
+            if seen == 1:
+                await provider.cleanup()
+
+    with pytest.raises(StorageError, match="closed"):
+        await read_all()
+    assert seen == 256  # the chunk in hand, then the clear error
+    assert len([r async for r in provider.search(StorageQuery(pattern="k*"))]) == 600  # reopened
     await provider.cleanup()

@@ -100,9 +100,13 @@ class LmdbEngine:
         if not isinstance(path, (str, os.PathLike)):
             raise ValidationError(f"path must be a str or path, got {type(path).__name__}")
         try:
-            self.path = os.path.realpath(os.fspath(path))
+            given = os.fspath(path)
+            self.path = os.path.realpath(given)
+            os.fsencode(self.path)
         except (TypeError, ValueError) as exc:  # a NUL byte, bytes paths
             raise ValidationError(f"path {path!r} is not usable: {exc}") from exc
+        if not given:
+            raise ValidationError("path must not be empty (write '.' for the current directory)")
         self.namespace = namespace
         if not isinstance(durability, str) or durability not in DURABILITY:
             raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
@@ -316,7 +320,11 @@ class LmdbEngine:
     ) -> tuple[list[StorageResult[Any]], bytes | None]:
         candidates, position = source(txn, dbs, position)
         self.candidates_examined += len(candidates)
-        return list(select(compiled, candidates, now_micros(), limit)), position
+        try:
+            return list(select(compiled, candidates, now_micros(), limit)), position
+        except StorageCorruptionError as exc:  # name the key as load does: without the prefix, a str
+            key = exc.details["key"][len(self._prefix) :].decode(errors="replace")
+            raise StorageCorruptionError(str(exc).replace(repr(exc.details["key"]), repr(key)), {"key": key}) from exc
 
     def _plan(self, spec: QuerySpec, shared: SharedEnvironment) -> tuple[_Source, bool]:
         """The cheapest access path: the smallest posting list of the query's tags

@@ -109,6 +109,14 @@ class EnvironmentGate:
     An exclusive action may leave the gate *broken* (:meth:`mark_broken`): then
     the next transaction to arrive runs ``repair`` exclusively first, and fails
     with its error if it fails, until one succeeds.
+
+    No thread waits for the gate while it is itself announced: a transaction
+    that needs the others out of the way (one that filled the map must abort
+    while no read starts, then grow) stalls new ones (:meth:`stall`), which waits for
+    nothing, ends its transaction, leaves, and only then runs its action with
+    ``exclusive(..., stalled=True)``. (Waiting while announced deadlocked: with
+    a second writer announced and waiting for LMDB's write lock, with a fork or
+    a repair waiting for the announced one.)
     """
 
     def __init__(self, repair: Callable[[], None]) -> None:
@@ -117,6 +125,7 @@ class EnvironmentGate:
         self._active = active
         self._held = False
         self._broken = False
+        self._stalls = 0
         self._open = threading.Event()
         self._open.set()
         self._holder = threading.Lock()
@@ -146,28 +155,40 @@ class EnvironmentGate:
             self._repair()
             self._broken = False
 
-    def hold(self, own: int = 0) -> None:
-        """Wait until no transaction runs but the caller's ``own`` (0 or 1), and hold
-        new ones back until :meth:`release`."""
+    def stall(self) -> None:
+        """Hold new transactions back at once, waiting for nothing (the caller may be
+        announced); the caller must then leave and call ``exclusive(..., stalled=True)``."""
+        self._stalls += 1
+        self._held = True
+        self._open.clear()
+
+    def hold(self) -> None:
+        """Wait until no transaction runs, and hold new ones back until :meth:`release`.
+        Never call it while announced."""
         self._holder.acquire()
         self._open.clear()
         self._held = True
-        while len(self._active) > own:
+        while self._active:
             time.sleep(0.0002)
 
     def release(self) -> None:
-        """End a :meth:`hold`; a broken gate stays closed to the fast path until repaired."""
-        self._held = self._broken
-        self._open.set()
+        """End a :meth:`hold`. A broken gate stays closed to the fast path until
+        repaired; a stalled one until its staller's exclusive action has run."""
+        self._held = self._broken or self._stalls > 0
+        if not self._held or self._broken:
+            self._open.set()
         self._holder.release()
 
     def mark_broken(self) -> None:
         """Say, while holding the gate, that ``repair`` must run before the next transaction."""
         self._broken = True
 
-    def exclusive(self, action: Callable[[], None]) -> None:
-        """Run ``action`` while no transaction of this process runs."""
+    def exclusive(self, action: Callable[[], None], stalled: bool = False) -> None:
+        """Run ``action`` while no transaction of this process runs (``stalled``: the
+        caller stalled the gate, and this ends its stall)."""
         self.hold()
+        if stalled:
+            self._stalls -= 1
         try:
             action()
         finally:
@@ -193,6 +214,8 @@ class SharedEnvironment:
         self._opener = opener
         self.gate = EnvironmentGate(self._reopen)
         self.users = 0
+        #: Set when the last user has closed the store: what is still under way fails.
+        self.closed = False
         self._writer: GroupCommitWriter | None = None
         self._writer_pid = 0
         self.env: Any = None
@@ -205,28 +228,57 @@ class SharedEnvironment:
         self._open_env()
 
     def _open_env(self) -> None:
-        try:
-            env = lmdb.open(
-                self.path,
-                map_size=self._map_size,
-                max_dbs=len(DATABASES),
-                max_readers=self._max_readers,
-                mode=0o600,  # a store is private to its owner
-                readahead=False,  # random reads of small records: readahead only fills the page cache
-                max_spare_txns=4,
-                **DURABILITY[self.durability],
-            )
-        except lmdb.Error as exc:
-            raise translate(exc) from exc
-        try:
-            dbs = self._opener(env)
-            env.reader_check()  # free reader slots left by crashed processes
-        except BaseException as exc:
-            env.close()
-            if isinstance(exc, lmdb.Error):
+        """Open the environment and its databases; wait out reader slots held by live readers."""
+        waited_since = 0.0
+        while True:
+            try:
+                env, dbs = self._try_open()
+            except lmdb.ReadersFullError as exc:  # opening reads too
+                waited_since = waited_since or time.monotonic()
+                if time.monotonic() - waited_since > READER_SLOT_WAIT:
+                    raise translate(exc) from exc
+                time.sleep(0.001)
+                continue
+            except lmdb.Error as exc:
                 raise translate(exc) from exc
+            self.env, self.dbs, self._records = env, dbs, dbs.records
+            return
+
+    def _try_open(self) -> tuple[Any, Databases]:
+        env = lmdb.open(
+            os.fsencode(self.path),  # bytes: a file name need not be UTF-8
+            map_size=self._map_size,
+            max_dbs=len(DATABASES),
+            max_readers=self._max_readers,
+            mode=0o600,  # a store is private to its owner
+            readahead=False,  # random reads of small records: readahead only fills the page cache
+            max_spare_txns=4,
+            **DURABILITY[self.durability],
+        )
+        try:
+            env.reader_check()  # free reader slots left by crashed processes
+            self._check_size(env)
+            while True:
+                try:
+                    return env, self._opener(env)
+                except lmdb.MapResizedError:  # another process grew the map meanwhile
+                    env.set_mapsize(0)
+                except lmdb.MapFullError:  # a map too small for even the empty store
+                    env.set_mapsize(env.info()["map_size"] * 2)
+        except BaseException:
+            env.close()
             raise
-        self.env, self.dbs, self._records = env, dbs, dbs.records
+
+    def _check_size(self, env: Any) -> None:
+        """Refuse a data file shorter than its own metadata says: reading past its end
+        would kill the process with SIGBUS, not raise."""
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = os.path.getsize(os.path.join(self.path, "data.mdb"))
+        if size < needed:
+            raise StorageCorruptionError(
+                f"the store's data.mdb is {size} bytes, shorter than the {needed} its own metadata "
+                "says it holds: it was truncated; restore it from a backup"
+            )
 
     def _close_env(self) -> None:
         # py-lmdb's close raises nothing: mdb_env_close has no error to report.
@@ -235,7 +287,13 @@ class SharedEnvironment:
             env.close()
 
     def _reopen(self) -> None:
-        """The gate's repair: a new environment in place of a closed or broken one."""
+        """The gate's repair: a new environment in place of a broken one (or of the
+        one closed before a fork), unless the store was closed by its last user."""
+        if self.closed:
+            raise StorageError(
+                f"the store {self.path!r} was closed (cleanup) during this operation; "
+                "the provider reopens it on its next one"
+            )
         self._close_env()
         self._open_env()
 
@@ -263,10 +321,15 @@ class SharedEnvironment:
             if self.users:
                 return
             del self._registry[self.path]
+            self.closed = True
             writer, self._writer = self._writer, None
             if writer is not None and self._writer_pid == os.getpid():
                 writer.stop()
-            self._close_env()
+            self.gate.exclusive(self._close_for_good)
+
+    def _close_for_good(self) -> None:
+        self._close_env()
+        self.gate.mark_broken()  # anything still under way meets the closed store in _reopen
 
     def writer(self) -> GroupCommitWriter:
         """The environment's group-commit thread in this process, started on first use
@@ -274,6 +337,8 @@ class SharedEnvironment:
         writer = self._writer
         if writer is None or not writer.accepting or self._writer_pid != os.getpid():
             with self._registry_lock:
+                if self.closed:
+                    raise StorageError(f"the store {self.path!r} was closed (cleanup); nothing was written")
                 writer = self._writer
                 if writer is None or not writer.accepting or self._writer_pid != os.getpid():
                     writer = self._writer = GroupCommitWriter(self.write_batch, f"unistore-writer:{self.path}")
@@ -282,9 +347,10 @@ class SharedEnvironment:
 
     # -- growth ---------------------------------------------------------------
 
-    def _grow_held(self) -> None:
-        """Double the map; the caller holds the gate, and this releases it."""
-        try:
+    def _grow(self) -> None:
+        """Double the map; the caller stalled the gate (and has left it)."""
+
+        def double() -> None:
             size = self.env.info()["map_size"] * 2
             try:
                 self.env.set_mapsize(size)
@@ -295,8 +361,8 @@ class SharedEnvironment:
                     "nothing was written"
                 ) from exc
             self._map_size = size
-        finally:
-            self.gate.release()
+
+        self.gate.exclusive(double, stalled=True)
 
     def adopt_size(self) -> None:
         """Take the map size another process has grown the store to."""
@@ -369,10 +435,10 @@ class SharedEnvironment:
                     txn.commit()  # may fill the map too: LMDB writes its free list then
                     return outcomes
                 except lmdb.MapFullError:
-                    # Hold readers back before the abort: py-lmdb's abort takes a lock that every
-                    # read call takes too, and busy readers starve it (seen: 1 save of 20 in 30 s
-                    # under 3 searching threads). The hold lasts through the growth.
-                    self.gate.hold(own=1)
+                    # Stall new transactions before the abort: py-lmdb's abort takes a lock that
+                    # every read call takes too, and busy readers starved it (seen: 1 save of 20
+                    # in 30 s under 3 searching threads). The stall lasts through the growth.
+                    self.gate.stall()
                     grow = True
                     txn.abort()  # a no-op after a failed commit
                 except BaseException:
@@ -386,8 +452,8 @@ class SharedEnvironment:
                 return [(False, _chained(translate(exc), exc))] * len(ops)
             finally:
                 self.gate.leave()
-                if grow:
-                    self._grow_held()
+                if grow:  # on every way out: the stall must end
+                    self._grow()
             if resized:
                 self.adopt_size()
 
@@ -418,6 +484,10 @@ class SharedEnvironment:
 
     def _before_fork(self) -> None:
         self.gate.hold()
+        if self.env is not None:
+            # Reclaim dead processes' reader slots while an environment is there to do it:
+            # py-lmdb's open reads, so a table full of dead slots would fail the reopens.
+            self.env.reader_check()
         self._close_env()
 
     def _after_fork(self, in_child: bool) -> None:

@@ -89,7 +89,8 @@ class GroupCommitWriter:
             StorageError: the thread has ended.
         """
         if not self.accepting:
-            raise StorageError(f"the group-commit writer has stopped ({self.failure!r}); nothing was written")
+            why = f"it failed: {self.failure!r}" if self.failure is not None else "the store was closed"
+            raise StorageError(f"the group-commit writer has stopped ({why}); nothing was written")
         self._queue.append((op, loop, future))
         if self._idle:
             with self._wake:
