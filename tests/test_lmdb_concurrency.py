@@ -578,6 +578,16 @@ async def test_cleanup_while_saves_run(tmp_path: Path) -> None:
     await provider.cleanup()
 
 
+async def test_no_writer_starts_on_a_closed_store(tmp_path: Path) -> None:
+    provider = LmdbStorageProvider(tmp_path / "store")
+    shared = provider.engine.shared
+    await provider.cleanup()
+    with pytest.raises(StorageError, match="was closed"):
+        shared.writer()  # what a save that captured the store before the cleanup meets
+    await provider.save("k", 1, "t")  # the provider itself reopens
+    await provider.cleanup()
+
+
 @pytest.mark.watchdog(60)
 async def test_cleanup_during_a_search_ends_it_with_a_clear_error(tmp_path: Path) -> None:
     provider = LmdbStorageProvider(tmp_path / "store", durability="none")
