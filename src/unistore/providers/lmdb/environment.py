@@ -67,7 +67,8 @@ DEFAULT_MAP_SIZE = 1 << 30
 MAX_MAP_SIZE = sys.maxsize  # py-lmdb's own limit (a size_t that Python can hold)
 DEFAULT_MAX_READERS = 512
 MAX_READERS = 1 << 20  # 64 MiB of lock file: past any real need
-#: How long a read waits for a reader slot to free up before it fails.
+#: How long an open or a read waits for LMDB to have room (a free reader slot; at open, a map
+#: another process has stopped growing) before it fails.
 READER_SLOT_WAIT = 5.0
 
 
@@ -228,12 +229,15 @@ class SharedEnvironment:
         self._open_env()
 
     def _open_env(self) -> None:
-        """Open the environment and its databases; wait out reader slots held by live readers."""
+        """Open the environment and its databases, retrying while reader slots are all
+        held by live readers or another process is growing the map."""
         waited_since = 0.0
         while True:
             try:
                 env, dbs = self._try_open()
-            except lmdb.ReadersFullError as exc:  # opening reads too
+            except (lmdb.ReadersFullError, lmdb.MapResizedError) as exc:
+                # Opening reads too: it needs a reader slot, and it fails if another
+                # process grows the map between reading its size and reading.
                 waited_since = waited_since or time.monotonic()
                 if time.monotonic() - waited_since > READER_SLOT_WAIT:
                     raise translate(exc) from exc
