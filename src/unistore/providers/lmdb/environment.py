@@ -91,6 +91,18 @@ def translate(exc: lmdb.Error) -> StorageError:
     return StorageError(f"LMDB failed ({name}): {exc}")
 
 
+def _still_waiting(since: float, exc: lmdb.Error) -> float:
+    """When a wait for LMDB to have room began (``since``, 0.0 on the first try).
+
+    Raises:
+        StorageError: the wait has lasted :data:`READER_SLOT_WAIT` seconds.
+    """
+    now = time.monotonic()
+    if since and now - since > READER_SLOT_WAIT:
+        raise translate(exc) from exc
+    return since or now
+
+
 def _chained(error: StorageError, cause: BaseException) -> StorageError:
     error.__cause__ = cause
     return error
@@ -238,9 +250,7 @@ class SharedEnvironment:
             except (lmdb.ReadersFullError, lmdb.MapResizedError) as exc:
                 # Opening reads too: it needs a reader slot, and it fails if another
                 # process grows the map between reading its size and reading.
-                waited_since = waited_since or time.monotonic()
-                if time.monotonic() - waited_since > READER_SLOT_WAIT:
-                    raise translate(exc) from exc
+                waited_since = _still_waiting(waited_since, exc)
                 time.sleep(0.001)
                 continue
             except lmdb.Error as exc:
@@ -396,9 +406,7 @@ class SharedEnvironment:
             except lmdb.MapResizedError:
                 then = self.adopt_size  # once outside the gate
             except lmdb.ReadersFullError as exc:
-                waited_since = waited_since or time.monotonic()
-                if time.monotonic() - waited_since > READER_SLOT_WAIT:
-                    raise translate(exc) from exc
+                waited_since = _still_waiting(waited_since, exc)
                 then = self._reclaim_readers
             except lmdb.Error as exc:
                 raise translate(exc) from exc
