@@ -735,6 +735,24 @@ async def test_a_search_on_the_expiry_index_meets_each_item_once(store: Path) ->
     await provider.cleanup()
 
 
+async def test_a_limit_counts_only_items_not_met_before(store: Path) -> None:
+    # Items moved ahead by a re-save come back in a later chunk as repeats; dropping
+    # them after the chunk's limit was applied used to yield fewer than the limit.
+    provider = LmdbStorageProvider(store, durability="none")
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    total = 3 * lmdb_engine.SEARCH_CHUNK
+    for n in range(total):
+        await provider.save(f"k{n}", n, "t", expires_at=soon + timedelta(seconds=n))
+    seen = []
+    async for result in provider.search(StorageQuery(expires_after=soon, limit=total)):
+        seen.append(result.item.metadata.key)
+        # Ahead of the search, among items it has not met yet.
+        later = soon + timedelta(seconds=result.item.data + 300.5)
+        await provider.save(result.item.metadata.key, result.item.data, "t", expires_at=later)
+    assert len(seen) == len(set(seen)) == total  # every match once, none crowded out
+    await provider.cleanup()
+
+
 def test_a_damaged_expired_record_does_not_block_writes(engine: LmdbEngine) -> None:
     soon = datetime.now(UTC) + timedelta(milliseconds=50)
     engine.save("damaged", 1, "t", expires_at=soon)

@@ -293,9 +293,12 @@ class LmdbEngine:
         seen: set[UUID] | None = set() if moving else None
         position: bytes | None = None
         while True:
-            hits, position = shared.read(functools.partial(self._chunk, compiled, source, position, remaining))
+            # Where repeats are dropped, the limit is applied after dropping them: a repeat
+            # must not take the place of an item not yet met (nor end the chunk early).
+            chunk_limit = remaining if seen is None else None
+            hits, position = shared.read(functools.partial(self._chunk, compiled, source, position, chunk_limit))
             if seen is not None:
-                hits = [hit for hit in hits if hit.item.metadata.id not in seen]
+                hits = [hit for hit in hits if hit.item.metadata.id not in seen][:remaining]
                 seen.update(hit.item.metadata.id for hit in hits)
             if hits:
                 yield hits
