@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,24 @@ from unistore.providers.lmdb.writer import GroupCommitWriter
 
 def keys_of(results: Any) -> set[str]:
     return {result.item.metadata.key for result in results}
+
+
+def run_threads(work: Callable[[int], None], count: int, timeout: float) -> list[BaseException]:
+    """Run ``work(0)`` to ``work(count - 1)`` in threads at once, to the end; what they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            work(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,), daemon=True) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return errors
 
 
 # -- fork --------------------------------------------------------------------------
@@ -139,22 +158,14 @@ def test_three_hundred_threads_read_at_once(tmp_path: Path) -> None:
     for n in range(50):
         engine.save(f"k{n}", n, "t", tags={"all": "yes"})
     together = threading.Barrier(300, timeout=60)
-    errors: list[BaseException] = []
 
     def reader(n: int) -> None:
-        try:
-            # Every thread holds a read transaction while all 300 meet: 300 slots at once.
-            engine.shared.read(lambda txn, dbs: together.wait())
-            assert engine.load(f"k{n % 50}").data == n % 50
-            assert len(list(engine.search(StorageQuery(tags={"all": "yes"})))) == 50
-        except BaseException as exc:
-            errors.append(exc)
+        # Every thread holds a read transaction while all 300 meet: 300 slots at once.
+        engine.shared.read(lambda txn, dbs: together.wait())
+        assert engine.load(f"k{n % 50}").data == n % 50
+        assert len(list(engine.search(StorageQuery(tags={"all": "yes"})))) == 50
 
-    threads = [threading.Thread(target=reader, args=(n,), daemon=True) for n in range(300)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(90)
+    errors = run_threads(reader, 300, 90)
     assert errors == []
     engine.close()
 
@@ -300,22 +311,14 @@ async def test_opening_namespaces_while_durable_saves_run(tmp_path: Path) -> Non
 @pytest.mark.watchdog(120)
 def test_two_threads_open_save_and_close_one_store(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    errors: list[BaseException] = []
 
-    def churn(name: str) -> None:
-        try:
-            for n in range(1000):
-                engine = LmdbEngine(store, namespace=name, durability="none")
-                engine.save(f"k{n}", n, "t")
-                engine.close()
-        except BaseException as exc:
-            errors.append(exc)
+    def churn(thread: int) -> None:
+        for n in range(1000):
+            engine = LmdbEngine(store, namespace=f"t{thread}", durability="none")
+            engine.save(f"k{n}", n, "t")
+            engine.close()
 
-    threads = [threading.Thread(target=churn, args=(f"t{n}",), daemon=True) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(100)
+    errors = run_threads(churn, 2, 100)
     assert errors == []
     assert str(Path(store).resolve()) not in SharedEnvironment._registry
     for name in ("t0", "t1"):
@@ -500,20 +503,12 @@ def test_two_threads_that_both_fill_the_map(tmp_path: Path, durability: str) -> 
     # One writer meets a full map while the other waits for LMDB's write lock: the
     # first must not wait for the second (which waits for it) before it can grow.
     engine = LmdbEngine(tmp_path / "store", map_size=64 * 1024, durability=durability)
-    errors: list[BaseException] = []
 
     def work(thread: int) -> None:
-        try:
-            for n in range(200):
-                engine.save(f"t{thread}-{n}", "x" * 2000, "t")
-        except BaseException as exc:
-            errors.append(exc)
+        for n in range(200):
+            engine.save(f"t{thread}-{n}", "x" * 2000, "t")
 
-    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(100)
+    errors = run_threads(work, 2, 100)
     assert errors == []
     assert len(list(engine.search(StorageQuery()))) == 400
     assert engine.check().ok
