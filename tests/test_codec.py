@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from unistore import SerializationError, StorageCorruptionError, StorageQuery
-from unistore.codec import compile_query, decode_item, encode_payload, select
+from unistore.codec import decode_item, encode_payload
 from unistore.core import FORMAT_VERSION, HEADER_SIZE, QueryMatcher, pack_record, unpack_payload, unpack_record
+from unistore.index import compile_query, select
 from unistore.providers import MemoryStorageProvider
 
 UUID_BYTES = UUID("00112233-4455-6677-8899-aabbccddeeff").bytes

@@ -447,7 +447,6 @@ async def test_a_writer_started_by_another_thread_meanwhile_is_used(tmp_path: Pa
     await provider.cleanup()
 
 
-
 @pytest.mark.watchdog(60)
 async def test_a_writer_thread_that_dies_fails_its_callers_and_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from unistore import (
     ValidationError,
 )
 from unistore.codec import decode_item
+from unistore.index import CompiledQuery
 from unistore.providers import MemoryStorageProvider
 
 
@@ -46,9 +47,27 @@ class Broken(StorageProvider[Any]):
     async def delete(self, key: str, *, content_type: str | None = None) -> bool:
         raise StorageError("disk on fire")
 
-    async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+    async def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         raise StorageError("search on fire")
         yield  # an async generator that fails when iterated
+
+    async def save_many(
+        self,
+        items: Mapping[str, Any],
+        content_type: str,
+        expires_at: datetime | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> list[StorageItem[Any]]:
+        raise StorageError("disk on fire")
+
+    async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
+        raise StorageError("disk on fire")
+
+    async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+        raise StorageError("disk on fire")
+
+    async def delete_matching(self, query: StorageQuery | CompiledQuery) -> int:
+        raise StorageError("disk on fire")
 
     async def cleanup(self) -> None:
         self.cleanups += 1
@@ -63,7 +82,7 @@ class Counting(MemoryStorageProvider):
         self.cleanups = 0
         self.open_searches = 0
 
-    async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+    async def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         self.open_searches += 1
         try:
             async for result in super().search(query):
@@ -94,7 +113,7 @@ class PlainIterator:
 class Plain(MemoryStorageProvider):
     """Searches with a plain iterator (ignoring the query: the test stores one item)."""
 
-    def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+    def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         return PlainIterator([StorageResult(decode_item(r, k)) for k, r in self._records.items()])
 
 
@@ -128,16 +147,26 @@ async def test_failures_are_counted_logged_and_raised(caplog: pytest.LogCaptureF
     manager = UnifiedStorageManager(metrics=metrics)
     manager.register_provider("b", Broken())
     caplog.set_level(logging.DEBUG, logger="unistore")
-    for call in (manager.save("k", 1, "b"), manager.load("k", "b"), manager.delete("k", "b")):
+    calls = (
+        manager.save("k", 1, "b"),
+        manager.load("k", "b"),
+        manager.delete("k", "b"),
+        manager.save_many({"k": 1}, "b"),
+        manager.load_many(["k"], "b"),
+        manager.delete_many(["k"], "b"),
+        manager.delete_matching(StorageQuery(content_type="b")),
+    )
+    for call in calls:
         with pytest.raises(StorageError, match="disk on fire"):
             await call
     with pytest.raises(StorageError, match="search on fire"):
         [r async for r in manager.search(StorageQuery())]
-    for operation in ("save", "load", "delete"):
+    bulk = ["save_many", "load_many", "delete_many", "delete_matching"]
+    for operation in ["save", "load", "delete", *bulk]:
         assert ops(metrics, operation, "b", "false") == 1
     assert ops(metrics, "search", "*", "false") == 1
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert [r.operation for r in errors] == ["save", "load", "delete", "search"]  # type: ignore[attr-defined]
+    assert [r.operation for r in errors] == ["save", "load", "delete", *bulk, "search"]  # type: ignore[attr-defined]
     assert all(r.content_type in ("b", "*") and "on fire" in r.error for r in errors)  # type: ignore[attr-defined]
 
 
@@ -250,3 +279,32 @@ async def test_re_registering_replaces() -> None:
         await old.load("k")
     with pytest.raises(ValidationError):
         manager.register_provider(None, new)  # type: ignore[arg-type]
+
+
+async def test_bulk_operations_route_by_content_type_and_are_measured() -> None:
+    metrics = MetricsManager()
+    manager = UnifiedStorageManager(metrics=metrics)
+    first, second = Counting(), Counting()
+    for content_type, provider in (("a", first), ("b", first), ("c", second)):
+        manager.register_provider(content_type, provider)
+    saved = await manager.save_many({"x": 1, "y": 2, "z": 3}, "a", tags={"g": "1"})
+    assert [item.metadata.key for item in saved] == ["x", "y", "z"]
+    await manager.save_many({"w": 4}, "c", tags={"g": "1"})
+    assert set(await manager.load_many(["x", "y", "w", "nope"], "a")) == {"x", "y"}  # w is a "c" item
+    assert await manager.load_many(["x"], "b") == {}  # same provider, other content type
+    assert await manager.delete_many(["x", "w"], "a") == 1
+    assert await manager.delete_matching(StorageQuery(tags={"g": "1"}, limit=2)) == 2  # a limit counts over all
+    assert await manager.delete_matching(StorageQuery(tags={"g": "1"})) == 1
+    assert [r async for r in manager.search(StorageQuery())] == []
+    for operation, content_type in (
+        ("save_many", "a"),
+        ("save_many", "c"),
+        ("load_many", "a"),
+        ("load_many", "b"),
+        ("delete_many", "a"),
+    ):
+        assert ops(metrics, operation, content_type, "true") == 1
+    assert ops(metrics, "delete_matching", "*", "true") == 2
+    with pytest.raises(ValidationError, match="query must be a StorageQuery"):
+        await manager.delete_matching("tag=x")  # type: ignore[arg-type]
+    assert ops(metrics, "delete_matching", "*", "false") == 1

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -30,18 +29,14 @@ from uuid import UUID
 import msgpack
 
 from ._coretypes import EXT_DATETIME, EXT_UUID, new_uuid_bytes
-from .core import QueryMatcher, RecordFields, pack_record, unpack_item, unpack_payload, unpack_record
-from .errors import ItemNotFoundError, SerializationError, StorageCorruptionError
+from .core import RecordFields, pack_record, unpack_item, unpack_payload, unpack_record
+from .errors import ItemNotFoundError, SerializationError, StorageCorruptionError, ValidationError
 from .model import (
-    QuerySpec,
     StorageItem,
-    StorageQuery,
-    StorageResult,
     Tags,
     datetime_to_micros,
     validate_key,
     validate_name,
-    validate_query,
     validate_tags,
     validate_time,
 )
@@ -92,7 +87,8 @@ def is_live(expires: int | None, now: int) -> bool:
     return expires is None or expires > now
 
 
-def _corrupt(key: object, exc: Exception) -> StorageCorruptionError:
+def undecodable(key: object, exc: BaseException | None) -> StorageCorruptionError:
+    """The error for the record under ``key``, which does not decode (``exc`` says why)."""
     return StorageCorruptionError(f"the record stored under key {key!r} does not decode: {exc}", {"key": key})
 
 
@@ -102,14 +98,20 @@ def decode_item(record: bytes, key: object) -> StorageItem[Any]:
     Raises:
         StorageCorruptionError: the record does not decode.
     """
-    return _unpack(record, key, None, None)  # type: ignore[return-value]  # None only when expiry or type is checked
+    return live_item(record, key, None, None)  # type: ignore[return-value]  # None only when expiry or type is checked
 
 
-def _unpack(record: bytes, key: object, content_type: bytes | None, now: int | None) -> StorageItem[Any] | None:
+def live_item(record: bytes, key: object, content_type: bytes | None, now: int | None) -> StorageItem[Any] | None:
+    """The item a record holds if it is live at ``now`` and of ``content_type``
+    (None: either is not checked), else None; ``key`` names it in errors.
+
+    Raises:
+        StorageCorruptionError: the record does not decode.
+    """
     try:
         return unpack_item(record, content_type, now, unpack_payload)
     except _DECODE_ERRORS as exc:
-        raise _corrupt(key, exc) from exc
+        raise undecodable(key, exc) from exc
 
 
 def _encoded_type(content_type: str | None) -> bytes | None:
@@ -125,7 +127,7 @@ def decode_fields(record: bytes, key: object) -> RecordFields:
     try:
         return unpack_record(record)
     except StorageCorruptionError as exc:
-        raise _corrupt(key, exc) from exc
+        raise undecodable(key, exc) from exc
 
 
 def live_fields(record: bytes | None, key: str, content_type: str | None, now: int) -> RecordFields | None:
@@ -153,7 +155,7 @@ def load_item(record: bytes | None, key: str, content_type: str | None, now: int
     """
     wanted = _encoded_type(content_type)
     if record is not None:
-        item = _unpack(record, key, wanted, now)
+        item = live_item(record, key, wanted, now)
         if item is not None:
             return item
     where = "" if content_type is None else f" with content type {content_type!r}"
@@ -229,48 +231,30 @@ def prepare_save(
     return PreparedSave(key, key_bytes, content_type_bytes, tag_pairs, expires, payload, loaded)
 
 
-@dataclass(frozen=True)
-class CompiledQuery:
-    """A checked query and its header matcher."""
-
-    spec: QuerySpec
-    matcher: QueryMatcher
-
-
-def compile_query(query: StorageQuery) -> CompiledQuery:
-    """Check a query and compile its matcher once.
+def prepare_many(
+    items: object,
+    content_type: str,
+    expires_at: datetime | None = None,
+    tags: Tags | None = None,
+) -> list[PreparedSave]:
+    """Check and encode the arguments of ``save_many``: every item, before anything is written.
 
     Raises:
-        ValidationError: naming the bad field.
+        ValidationError: ``items`` is not a mapping of keys to data, or a bad key,
+            content type, tags or ``expires_at``.
+        SerializationError: an item's data cannot be stored (naming its key).
     """
-    spec = validate_query(query)
-    matcher = QueryMatcher(
-        spec.pattern,
-        spec.content_type,
-        spec.tags,
-        spec.created_after,
-        spec.created_before,
-        spec.expires_after,
-        spec.expires_before,
-    )
-    return CompiledQuery(spec, matcher)
-
-
-def select(
-    compiled: CompiledQuery, candidates: Sequence[tuple[object, bytes]], now: int, limit: int | None
-) -> Iterator[StorageResult[Any]]:
-    """The results among ``(key, record)`` candidates, checked by header first
-    and decoded only when they match, stopping after ``limit`` (None: no limit).
-
-    Raises:
-        StorageCorruptionError: a candidate does not decode (its key is named).
-    """
-    if limit == 0:
-        return
-    try:  # one call for the whole batch: the per-candidate work stays in the core
-        hits = compiled.matcher.matching([record for _, record in candidates], now, -1 if limit is None else limit)
-    except StorageCorruptionError as exc:
-        raise _corrupt(candidates[exc.details["index"]][0], exc) from exc
-    for index in hits:
-        key, record = candidates[index]
-        yield StorageResult(decode_item(record, key))
+    if not isinstance(items, Mapping):
+        raise ValidationError(f"items must be a mapping of keys to data, got {type(items).__name__}")
+    content_type_bytes = validate_name(content_type, "content_type")
+    tag_pairs = validate_tags(tags)
+    expires = validate_time(expires_at, "expires_at")
+    prepared = []
+    for key, data in items.items():
+        key_bytes = validate_key(key)
+        try:
+            payload, loaded = encode_payload(data)
+        except SerializationError as exc:
+            raise SerializationError(f"item {key!r}: {exc}", {"key": key}) from exc.__cause__
+        prepared.append(PreparedSave(key, key_bytes, content_type_bytes, tag_pairs, expires, payload, loaded))
+    return prepared

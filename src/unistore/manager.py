@@ -9,15 +9,17 @@ structured fields) and re-raised unchanged. Nothing is swallowed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
 from .errors import ItemNotFoundError, ProviderNotFoundError, ValidationError
+from .index import compile_query
 from .metrics import MetricsManager
-from .model import StorageItem, StorageQuery, StorageResult, Tags, validate_name, validate_query
+from .model import StorageItem, StorageQuery, StorageResult, Tags, validate_name
 from .providers.base import CleanupOnExit, StorageProvider
 
 _logger = logging.getLogger(__name__)
@@ -166,6 +168,68 @@ class UnifiedStorageManager(CleanupOnExit):
         provider = self._provider(content_type)
         return await self._measured("delete", content_type, provider.delete(key, content_type=content_type))
 
+    def _providers_of(self, query: StorageQuery) -> list[StorageProvider[Any]]:
+        """The provider of ``query.content_type``, or every distinct one when it is None."""
+        if query.content_type is not None:
+            return [self._provider(query.content_type)]
+        return self._distinct_providers()
+
+    async def save_many(
+        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> list[StorageItem[Any]]:
+        """Save every ``key → data`` of ``items`` through the provider of ``content_type``,
+        all or nothing; see :meth:`StorageProvider.save_many`.
+
+        Raises:
+            ProviderNotFoundError: no provider for ``content_type``.
+        """
+        provider = self._provider(content_type)
+        call = provider.save_many(items, content_type, expires_at, tags)
+        return await self._measured("save_many", content_type, call)
+
+    async def load_many(self, keys: Iterable[str], content_type: str) -> dict[str, StorageItem[Any]]:
+        """The live items under ``keys`` stored with ``content_type``, by key; the others are absent.
+
+        Raises:
+            ProviderNotFoundError: no provider for ``content_type``.
+        """
+        provider = self._provider(content_type)
+        return await self._measured("load_many", content_type, provider.load_many(keys, content_type=content_type))
+
+    async def delete_many(self, keys: Iterable[str], content_type: str) -> int:
+        """Delete the items under ``keys`` stored with ``content_type``; how many there were.
+
+        Raises:
+            ProviderNotFoundError: no provider for ``content_type``.
+        """
+        provider = self._provider(content_type)
+        return await self._measured("delete_many", content_type, provider.delete_many(keys, content_type=content_type))
+
+    async def delete_matching(self, query: StorageQuery) -> int:
+        """Delete every live item that ``query`` matches, from the provider of
+        ``query.content_type`` or from every distinct provider once when it is None
+        (each provider atomically); returns how many.
+
+        Raises:
+            ValidationError: a bad query field.
+            ProviderNotFoundError: no provider for ``query.content_type``.
+        """
+        content_type = getattr(query, "content_type", None)
+        label = content_type if isinstance(content_type, str) and content_type else "*"
+        return await self._measured("delete_matching", label, self._delete_matching(query))
+
+    async def _delete_matching(self, query: StorageQuery) -> int:
+        compiled = compile_query(query)
+        limit = compiled.spec.limit
+        deleted = 0
+        for provider in self._providers_of(query):
+            if limit is not None:  # a limit counts over every provider, as in search
+                if deleted == limit:
+                    break
+                compiled = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=limit - deleted))
+            deleted += await provider.delete_matching(compiled)
+        return deleted
+
     async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
         """Results from the provider of ``query.content_type``, or from every
         distinct provider once when it is None, up to ``query.limit`` in all.
@@ -174,11 +238,9 @@ class UnifiedStorageManager(CleanupOnExit):
             ValidationError: a bad query field.
             ProviderNotFoundError: no provider for ``query.content_type``.
         """
-        remaining = validate_query(query).limit
-        if query.content_type is not None:
-            providers = [self._provider(query.content_type)]
-        else:
-            providers = self._distinct_providers()
+        compiled = compile_query(query)  # once, for every provider
+        remaining = compiled.spec.limit
+        providers = self._providers_of(query)
         if remaining == 0:
             return
         label = query.content_type or "*"
@@ -186,7 +248,7 @@ class UnifiedStorageManager(CleanupOnExit):
         started = _perf_counter()
         try:
             for provider in providers:
-                results = provider.search(query)
+                results = provider.search(compiled)
                 try:
                     async for result in results:
                         yield result

@@ -11,6 +11,7 @@ microseconds since the Unix epoch).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Generic, TypeVar
@@ -154,6 +155,18 @@ def validate_key(key: object) -> bytes:
     return validate_name(key, "key")
 
 
+def validate_keys(keys: object) -> dict[str, bytes]:
+    """An iterable of keys (not one str), each as :func:`validate_key` checks it: each
+    distinct key once, in first-seen order, with its UTF-8."""
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        raise ValidationError(f"keys must be an iterable of str keys, got {type(keys).__name__}")
+    checked: dict[str, bytes] = {}
+    for key in keys:
+        if type(key) is not str or key not in checked:  # anything but a str is refused here
+            checked[key] = validate_key(key)
+    return checked
+
+
 def validate_tags(tags: object, field_name: str = "tags") -> list[tuple[bytes, bytes]]:
     """A ``dict[str, str]`` (or ``None``) as UTF-8 pairs sorted by key."""
     if tags is None:
@@ -239,6 +252,7 @@ __all__ = [
     "micros_to_datetime",
     "now_micros",
     "validate_key",
+    "validate_keys",
     "validate_name",
     "validate_query",
     "validate_tags",

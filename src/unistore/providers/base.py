@@ -1,19 +1,26 @@
-"""The provider interface: five async methods, as the requirement (R065) draws them.
+"""The provider interface: R065's five async methods, and four bulk ones.
 
 ``load`` and ``delete`` take one keyword beyond R065, ``content_type``: when
 given, only an item stored under that content type counts (the manager uses it
 so that a content type is part of an item's identity, checked atomically by
 the provider rather than by a load followed by a delete).
+
+The bulk methods (``save_many``, ``load_many``, ``delete_many``,
+``delete_matching``) are each native to their backend: one transaction, script
+or pipeline for the whole batch, never a loop of single calls. ``search`` and
+``delete_matching`` also take a query the index layer has compiled already
+(:class:`unistore.index.CompiledQuery`), so that the manager checks a query once.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Generic, TypeVar
 
+from ..index import CompiledQuery
 from ..model import StorageItem, StorageQuery, StorageResult, Tags
 
 T = TypeVar("T")
@@ -68,9 +75,48 @@ class StorageProvider(CleanupOnExit, Generic[T]):
         """Remove the item under ``key``; True if a live item (of ``content_type``, if given) was removed."""
 
     @abstractmethod
-    def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[T]]:
+    def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[T]]:
         """The live items that meet every criterion of ``query``, in no set order.
 
         Raises:
             ValidationError: a bad query field (when iteration starts).
+        """
+
+    @abstractmethod
+    async def save_many(
+        self, items: Mapping[str, T], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> list[StorageItem[T]]:
+        """Store every ``key → data`` of ``items`` with the same content type, expiry and
+        tags, atomically: every item is checked before anything is written, and a
+        refused batch writes nothing. Returns the items in the order of ``items``.
+
+        Raises:
+            ValidationError: ``items`` is not a mapping, or a bad key, content type, tags or ``expires_at``.
+            SerializationError: an item's data cannot be stored (its key is named).
+        """
+
+    @abstractmethod
+    async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[T]]:
+        """The live items under ``keys`` (of ``content_type``, if given), by key; keys
+        without one are absent.
+
+        Raises:
+            ValidationError: ``keys`` is not an iterable of keys (a lone str is refused), or a bad key.
+        """
+
+    @abstractmethod
+    async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+        """Remove the items under ``keys`` atomically; how many live ones (of ``content_type``, if given) there were.
+
+        Raises:
+            ValidationError: ``keys`` is not an iterable of keys, or a bad key.
+        """
+
+    @abstractmethod
+    async def delete_matching(self, query: StorageQuery | CompiledQuery) -> int:
+        """Remove every live item that ``query`` matches (up to its ``limit``) with
+        its index entries, atomically; returns how many.
+
+        Raises:
+            ValidationError: a bad query field.
         """

@@ -1,20 +1,35 @@
 """An in-process provider for tests and ephemeral data.
 
 It stores the same encoded records as the persistent providers, so it runs the
-codec and the query matcher for real; it just keeps them in a dict.
+codec, the query matcher and the index layer's search loop for real; it just
+keeps the records in a dict, and has no indexes to plan over: every search
+reads every record.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from ..codec import compile_query, decode_fields, is_live, live_fields, load_item, prepare_save, select
+from .. import index
+from ..codec import decode_fields, is_live, live_fields, live_item, load_item, prepare_many, prepare_save
 from ..errors import StorageCorruptionError
-from ..model import StorageItem, StorageQuery, StorageResult, Tags, now_micros, validate_key, validate_name
+from ..model import (
+    StorageItem,
+    StorageQuery,
+    StorageResult,
+    Tags,
+    now_micros,
+    validate_key,
+    validate_keys,
+    validate_name,
+)
 from .base import StorageProvider
+
+#: Records a search checks between two yields to the event loop.
+SEARCH_CHUNK = 256
 
 
 class MemoryStorageProvider(StorageProvider[Any]):
@@ -39,29 +54,83 @@ class MemoryStorageProvider(StorageProvider[Any]):
     async def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
-        prepared = prepare_save(key, data, content_type, expires_at, tags)
-        old = self._records.get(key)
-        old_fields = decode_fields(old, key) if old is not None else None
-        _, record, item = prepared.build(old_fields, now_micros(), self._sids.__next__)
-        self._records[key] = record
+        [item] = self._save_all([prepare_save(key, data, content_type, expires_at, tags)])
         return item
+
+    async def save_many(
+        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> list[StorageItem[Any]]:
+        return self._save_all(prepare_many(items, content_type, expires_at, tags))
+
+    def _save_all(self, prepared: list[Any]) -> list[StorageItem[Any]]:
+        records = self._records
+        now = now_micros()
+        # Every old record decoded before anything is replaced: a damaged one refuses the batch whole.
+        olds = [decode_fields(records[save.key], save.key) if save.key in records else None for save in prepared]
+        items = []
+        for save, old in zip(prepared, olds, strict=True):
+            _, record, item = save.build(old, now, self._sids.__next__)
+            records[save.key] = record
+            items.append(item)
+        return items
 
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         validate_key(key)
         return load_item(self._records.get(key), key, content_type, now_micros())
 
+    async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
+        checked = validate_keys(keys)
+        wanted = None if content_type is None else validate_name(content_type, "content_type")
+        now = now_micros()
+        found = {}
+        for key in checked:
+            record = self._records.get(key)
+            item = None if record is None else live_item(record, key, wanted, now)
+            if item is not None:
+                found[key] = item
+        return found
+
     async def delete(self, key: str, *, content_type: str | None = None) -> bool:
         validate_key(key)
-        if live_fields(self._records.get(key), key, content_type, now_micros()) is None:
-            return False
-        del self._records[key]
-        return True
+        return self._delete_all([key], content_type) == 1
 
-    async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
-        compiled = compile_query(query)
-        # A snapshot: the caller may save or delete while it iterates.
-        for result in select(compiled, list(self._records.items()), now_micros(), compiled.spec.limit):
-            yield result
+    async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+        checked = validate_keys(keys)
+        if content_type is not None:
+            validate_name(content_type, "content_type")
+        return self._delete_all(checked, content_type)
+
+    def _delete_all(self, keys: Iterable[str], content_type: str | None) -> int:
+        now = now_micros()
+        live = [key for key in keys if live_fields(self._records.get(key), key, content_type, now) is not None]
+        for key in live:
+            del self._records[key]
+        return len(live)
+
+    def _reader(self) -> Any:
+        """A chunk reader over a snapshot of the records: the caller may save or
+        delete while it iterates."""
+        snapshot = list(self._records.items())
+
+        def read(position: int | None) -> index.Chunk:
+            start = position or 0
+            end = start + SEARCH_CHUNK
+            return snapshot[start:end], end if end < len(snapshot) else None
+
+        return read
+
+    async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
+        compiled = index.compile_query(query)
+        for chunk in index.search_chunks(compiled, self._reader()):
+            for result in chunk:
+                yield result
+
+    async def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> int:
+        compiled = index.compile_query(query)
+        matched = [key for chunk in index.matching_chunks(compiled, self._reader()) for key, _ in chunk]
+        for key in matched:
+            del self._records[key]
+        return len(matched)
 
     async def purge_expired(self) -> int:
         """Drop expired records (readers never see them anyway); returns how many."""

@@ -4,11 +4,10 @@
 :class:`~unistore.providers.lmdb.LmdbStorageProvider` is its async face. The
 on-disk layout is :mod:`.layout`'s; the environment, its sharing, growth and
 fork safety are :mod:`.environment`'s. Every write holds the record and all
-its index entries in one transaction. Searches plan the cheapest access path
-(the smallest posting list of the query's tags and content type, else the
-literal prefix of its pattern, else a time range, else the namespace's
-records), read candidates in chunks of short read transactions and check each
-with the core's header matcher.
+its index entries in one transaction. Searches are planned and run by the
+index layer (:mod:`unistore.index`); this engine gives it the sizes of its
+candidate sources and reads their candidates in chunks of short read
+transactions.
 """
 
 from __future__ import annotations
@@ -16,26 +15,27 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
-from uuid import UUID
 
 import lmdb
 
-from ...codec import (
-    CompiledQuery,
-    PreparedSave,
-    compile_query,
-    decode_fields,
-    live_fields,
-    load_item,
-    prepare_save,
-    select,
-)
-from ...core import glob_literal_prefix, ids_from_entries, intersect_ids
+from ... import index
+from ...codec import PreparedSave, decode_fields, live_fields, live_item, load_item, prepare_many, prepare_save
+from ...core import ids_from_entries, intersect_ids
 from ...errors import ItemNotFoundError, StorageCorruptionError, ValidationError
-from ...model import QuerySpec, StorageItem, StorageQuery, StorageResult, Tags, now_micros, validate_key, validate_name
+from ...model import (
+    QuerySpec,
+    StorageItem,
+    StorageQuery,
+    StorageResult,
+    Tags,
+    now_micros,
+    validate_key,
+    validate_keys,
+    validate_name,
+)
 from . import layout
 from .check import CheckReport, check_namespace
 from .environment import (
@@ -54,9 +54,12 @@ R = TypeVar("R")
 SEARCH_CHUNK = 256
 #: Expired items a write transaction removes in passing.
 PURGE_IN_PASSING = 8
-#: A query's other posting lists narrow the candidates when at most this many
-#: times the smallest; longer ones are left to the header matcher.
-INTERSECT_RATIO = 64
+#: What a candidate costs this engine on each access path, in µs, native core (the
+#: planner adds the core's header match): measured over 100,000 items, see
+#: docs/benchmarks.md, "planner".
+COSTS = index.Costs(scan=0.4, fetch=1.3, posting=0.01, time_entry=0.3)
+#: A namespace with more content types than this is sized by its store's records.
+NAMESPACE_TYPES_COUNTED = 64
 
 _get: Callable[[Any, bytes], Any] = lmdb.Transaction.get  # a C method: as a read action it costs no frame
 
@@ -247,6 +250,124 @@ class LmdbEngine:
         """Delete the live item under ``key``; True if there was one."""
         return self.write(self.delete_op(key, content_type))
 
+    # -- bulk operations ---------------------------------------------------------------
+
+    def save_many_in(self, txn: Any, dbs: Databases, prepared: list[PreparedSave]) -> list[StorageItem[Any]]:
+        """Save a batch inside one write transaction: the old records read in one
+        bulk read, the new records and index entries written database by database."""
+        now = now_micros()
+        self._purge(txn, dbs, now, PURGE_IN_PASSING)
+        record_keys = [self.record_key(save.key_bytes) for save in prepared]
+        old_records = dict(txn.cursor(db=dbs.records).getmulti(record_keys))
+        first = layout.next_id(txn, dbs.ids, self._prefix)
+        new_sids = itertools.count(first).__next__
+        writes: list[list[tuple[bytes, bytes]]] = [[] for _ in dbs]
+        items = []
+        for save, record_key in zip(prepared, record_keys, strict=True):
+            raw = old_records.get(record_key)
+            old = None if raw is None else decode_fields(raw, save.key)
+            if old is not None:
+                self._unindex(txn, dbs, old)
+            fields, record, item = save.build(old, now, new_sids)
+            writes[0].append((record_key, record))
+            for db, key, value in layout.index_entries(self._prefix, fields):
+                writes[db].append((key, value))
+            items.append(item)
+        for db, pairs in enumerate(writes):
+            if pairs:
+                pairs.sort()  # in key order, each put lands next to the one before
+                txn.cursor(db=dbs[db]).putmulti(pairs)
+        return items
+
+    def save_many_op(
+        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> Callable[[Any, Databases], list[StorageItem[Any]]]:
+        """Check and encode every item now; the returned op writes them all in one write transaction.
+
+        Raises:
+            ValidationError, SerializationError: a bad argument or item (nothing is queued).
+        """
+        return functools.partial(self.save_many_in, prepared=prepare_many(items, content_type, expires_at, tags))
+
+    def save_many(
+        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> list[StorageItem[Any]]:
+        """Store every item of ``items`` (key → data) in one transaction: all of them or,
+        if any is refused, none. Returns the items in the order of ``items``."""
+        return self.write(self.save_many_op(items, content_type, expires_at, tags))
+
+    def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
+        """The live items under ``keys`` (of ``content_type``, if given), read in one
+        transaction; keys without one are absent.
+
+        Raises:
+            ValidationError: ``keys`` is not an iterable of keys, or a bad key or content type.
+        """
+        checked = validate_keys(keys)
+        wanted = None if content_type is None else validate_name(content_type, "content_type")
+        shared = self.shared  # first: the prefix comes with it
+        record_keys = [self.record_key(key_bytes) for key_bytes in checked.values()]
+        found = dict(shared.read(lambda txn, dbs: txn.cursor(db=dbs.records).getmulti(record_keys)))
+        now = now_micros()
+        items: dict[str, StorageItem[Any]] = {}
+        for key, record_key in zip(checked, record_keys, strict=True):
+            raw = found.get(record_key)
+            item = None if raw is None else live_item(raw, key, wanted, now)
+            if item is not None and item.metadata.key == key:  # a long key's digest form may name another
+                items[key] = item
+        return items
+
+    def delete_many_in(self, txn: Any, dbs: Databases, checked: dict[str, bytes], content_type: str | None) -> int:
+        """Delete a batch inside one write transaction; how many live items were removed."""
+        now = now_micros()
+        self._purge(txn, dbs, now, PURGE_IN_PASSING)
+        removed = 0
+        for key, key_bytes in checked.items():
+            fields = live_fields(txn.get(self.record_key(key_bytes), db=dbs.records), key, content_type, now)
+            if fields is not None and fields.key == key_bytes:
+                self._remove(txn, dbs, fields)
+                removed += 1
+        return removed
+
+    def delete_many_op(self, keys: Iterable[str], content_type: str | None = None) -> Callable[[Any, Databases], int]:
+        """Check every key now; the returned op deletes them in one write transaction."""
+        checked = validate_keys(keys)
+        if content_type is not None:
+            validate_name(content_type, "content_type")
+        return functools.partial(self.delete_many_in, checked=checked, content_type=content_type)
+
+    def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+        """Delete the live items under ``keys`` (of ``content_type``, if given) in one
+        transaction; returns how many there were."""
+        return self.write(self.delete_many_op(keys, content_type))
+
+    def delete_matching_in(self, txn: Any, dbs: Databases, compiled: index.CompiledQuery) -> int:
+        """Delete every live item ``compiled`` matches, inside one write transaction."""
+        self._purge(txn, dbs, now_micros(), PURGE_IN_PASSING)
+        plan = self._plan(compiled.spec, txn, dbs)
+        source = self._source(plan)
+        matched = [
+            decode_fields(record, self._key_name(key))
+            for chunk in index.matching_chunks(compiled, lambda position: source(txn, dbs, position), self._key_name)
+            for key, record in chunk
+        ]
+        for fields in matched:
+            self._remove(txn, dbs, fields)
+        return len(matched)
+
+    def delete_matching_op(self, query: StorageQuery | index.CompiledQuery) -> Callable[[Any, Databases], int]:
+        """Check ``query`` now; the returned op deletes what it matches in one write transaction.
+
+        Raises:
+            ValidationError: a bad query field.
+        """
+        return functools.partial(self.delete_matching_in, compiled=index.compile_query(query))
+
+    def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> int:
+        """Delete every live item that ``query`` matches (up to its ``limit``), atomically;
+        returns how many."""
+        return self.write(self.delete_matching_op(query))
+
     def purge_expired(self) -> int:
         """Remove every expired item and its index entries; returns how many.
 
@@ -276,82 +397,57 @@ class LmdbEngine:
             raise ItemNotFoundError(f"no item under key {key!r}", {"key": key})
         return item
 
-    def search_chunks(self, query: StorageQuery) -> Iterator[list[StorageResult[Any]]]:
+    def explain(self, query: StorageQuery) -> index.Plan:
+        """The plan a search of ``query`` would follow now (see :func:`unistore.index.plan`).
+
+        Raises:
+            ValidationError: a bad query field.
+        """
+        spec = index.compile_query(query).spec
+        shared = self.shared  # first: the prefix comes with it
+        return shared.read(functools.partial(self._plan, spec))
+
+    def _plan(self, spec: QuerySpec, txn: Any, dbs: Databases) -> index.Plan:
+        return index.plan(spec, _Sizes(txn, dbs, self._prefix), COSTS)
+
+    def _source(self, plan: index.Plan) -> _Source:
+        """The chunk reader of a plan's path."""
+        if plan.path == index.POSTINGS:
+            terms = [(layout.database_of(kind), layout.posting_key(self._prefix, term)) for kind, term in plan.terms]
+            return _PostingSource(self, terms)
+        if plan.path == index.KEYS:
+            return functools.partial(self._from_prefix, self._prefix + layout.scan_prefix(plan.literal))
+        kind = index.CREATED if plan.path == index.CREATED_RANGE else index.EXPIRES
+        return functools.partial(self._from_time_range, layout.database_of(kind), plan.low, plan.high)
+
+    def search_chunks(self, query: StorageQuery | index.CompiledQuery) -> Iterator[list[StorageResult[Any]]]:
         """The results of ``query`` in lists, each read in one short transaction.
 
         Raises:
             ValidationError: a bad query field (on the first ``next``).
         """
-        compiled = compile_query(query)
-        remaining = compiled.spec.limit
-        if remaining == 0:
+        compiled = index.compile_query(query)
+        if compiled.spec.limit == 0:
             return
         shared = self.shared  # first: the prefix comes with it
-        source, moving = self._plan(compiled.spec, shared)
-        # An item re-saved with a later expiry moves ahead in the expiry index and
-        # would be met twice by a search that walks it: remember what was yielded.
-        seen: set[UUID] | None = set() if moving else None
-        position: bytes | None = None
-        while True:
-            # Where repeats are dropped, the limit is applied after dropping them: a repeat
-            # must not take the place of an item not yet met (nor end the chunk early).
-            chunk_limit = remaining if seen is None else None
-            hits, position = shared.read(functools.partial(self._chunk, compiled, source, position, chunk_limit))
-            if seen is not None:
-                hits = [hit for hit in hits if hit.item.metadata.id not in seen][:remaining]
-                seen.update(hit.item.metadata.id for hit in hits)
-            if hits:
-                yield hits
-            if remaining is not None:
-                remaining -= len(hits)
-            if position is None or remaining == 0:
-                return
+        plan = shared.read(functools.partial(self._plan, compiled.spec))
+        source = self._source(plan)
 
-    def search(self, query: StorageQuery) -> Iterator[StorageResult[Any]]:
+        def read(position: bytes | None) -> index.Chunk:
+            candidates, position = shared.read(lambda txn, dbs: source(txn, dbs, position))
+            self.candidates_examined += len(candidates)
+            return candidates, position
+
+        yield from index.search_chunks(compiled, read, plan.repeats, self._key_name)
+
+    def search(self, query: StorageQuery | index.CompiledQuery) -> Iterator[StorageResult[Any]]:
         """The live items that meet every criterion of ``query``."""
         for chunk in self.search_chunks(query):
             yield from chunk
 
-    def _chunk(
-        self,
-        compiled: CompiledQuery,
-        source: _Source,
-        position: bytes | None,
-        limit: int | None,
-        txn: Any,
-        dbs: Databases,
-    ) -> tuple[list[StorageResult[Any]], bytes | None]:
-        candidates, position = source(txn, dbs, position)
-        self.candidates_examined += len(candidates)
-        try:
-            return list(select(compiled, candidates, now_micros(), limit)), position
-        except StorageCorruptionError as exc:  # name the key as load does: without the prefix, a str
-            key = exc.details["key"][len(self._prefix) :].decode(errors="replace")
-            raise StorageCorruptionError(str(exc).replace(repr(exc.details["key"]), repr(key)), {"key": key}) from exc
-
-    def _plan(self, spec: QuerySpec, shared: SharedEnvironment) -> tuple[_Source, bool]:
-        """The cheapest access path: the smallest posting list of the query's tags
-        and content type, else the literal prefix of its pattern, else a time
-        range, else every record. The flag says whether the path is the expiry
-        index, where a concurrent save can move an item ahead of the search."""
-        prefix = self._prefix
-        postings = [(2, layout.tag_key(prefix, k, v)) for k, v in spec.tags]
-        if spec.content_type is not None:
-            postings.append((3, layout.type_key(prefix, spec.content_type)))
-        if postings:
-            sizes = shared.read(lambda txn, dbs: [_posting_size(txn, dbs[db], key) for db, key in postings])
-            order = sorted(range(len(postings)), key=sizes.__getitem__)
-            smallest = max(sizes[order[0]], 1)
-            # Lists much longer than the smallest cost more to read than their
-            # candidates cost to check: the header matcher checks those instead.
-            narrowing = [postings[i] for i in order[1:] if sizes[i] <= INTERSECT_RATIO * smallest]
-            return _PostingSource(self, postings[order[0]], narrowing), False
-        literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
-        if not literal and (spec.created_after is not None or spec.created_before is not None):
-            return functools.partial(self._from_time_range, 4, spec.created_after, spec.created_before), False
-        if not literal and (spec.expires_after is not None or spec.expires_before is not None):
-            return functools.partial(self._from_time_range, 5, spec.expires_after, spec.expires_before), True
-        return functools.partial(self._from_prefix, prefix + layout.scan_prefix(literal)), False
+    def _key_name(self, record_key: bytes) -> str:
+        """An item's key as errors name it: its stored form, without the prefix, as text."""
+        return bytes(record_key[len(self._prefix) :]).decode(errors="replace")
 
     def by_id(self, txn: Any, dbs: Databases, sids: list[bytes], deleted_ok: bool = False) -> _Candidates:
         """The (stored key, record) of each item id (8 bytes), in two bulk reads.
@@ -401,21 +497,18 @@ class LmdbEngine:
     def _from_time_range(
         self, db: int, low: int | None, high: int | None, txn: Any, dbs: Databases, after: bytes | None
     ) -> _Batch:
-        prefix = self._prefix
         cursor = txn.cursor(db=dbs[db])
-        first = layout.time_key(prefix, low if low is not None else -layout.TIME_BIAS, 0)
+        first, last = _time_bounds(self._prefix, low, high)
         sids: list[bytes] = []
-        last = None
         if cursor.set_range(after if after is not None else first):
             for entry in cursor.iternext(values=False):
                 if entry == after:
                     continue
-                if not entry.startswith(prefix) or (high is not None and layout.time_of(entry)[0] > high):
+                if entry > last:
                     break
                 sids.append(entry[-8:])
-                last = entry
                 if len(sids) == SEARCH_CHUNK:
-                    return self.by_id(txn, dbs, sids), last
+                    return self.by_id(txn, dbs, sids), entry
         return self.by_id(txn, dbs, sids), None
 
     # -- checking --------------------------------------------------------------------
@@ -440,22 +533,21 @@ def _read_ids(txn: Any, db: Any, key: bytes) -> bytes:
 
 
 class _PostingSource:
-    """Candidates from the query's smallest posting list, read in bulk on the first
-    chunk and ANDed there with the query's comparable posting lists; later chunks
-    walk those ids. A search thus holds 8 bytes per id of its smallest list."""
+    """Candidates from a plan's posting lists: the first (the smallest) read in bulk
+    on the first chunk and ANDed there with the others; later chunks walk those
+    ids. A search thus holds 8 bytes per id of its smallest list."""
 
-    def __init__(self, engine: LmdbEngine, smallest: tuple[int, bytes], narrowing: list[tuple[int, bytes]]) -> None:
+    def __init__(self, engine: LmdbEngine, terms: list[tuple[int, bytes]]) -> None:
         self._engine = engine
-        self._smallest = smallest
-        self._narrowing = narrowing
+        self._terms = terms
         self._ids: bytes | None = None
         self._offset = 0
 
     def __call__(self, txn: Any, dbs: Databases, after: bytes | None) -> _Batch:
         if self._ids is None:
-            db, key = self._smallest
+            (db, key), *others = self._terms
             ids = _read_ids(txn, dbs[db], key)
-            for db, key in self._narrowing:
+            for db, key in others:
                 ids = intersect_ids(ids, _read_ids(txn, dbs[db], key))
             self._ids = ids
         chunk = self._ids[self._offset : self._offset + 8 * SEARCH_CHUNK]
@@ -471,4 +563,64 @@ def _posting_size(txn: Any, db: Any, key: bytes) -> int:
     return int(cursor.count()) if cursor.set_key(key) else 0
 
 
-__all__ = ["INTERSECT_RATIO", "PURGE_IN_PASSING", "SEARCH_CHUNK", "LmdbEngine"]
+class _Sizes:
+    """The sizes of one namespace's candidate sources, for the planner (:class:`unistore.index.Sizes`),
+    read in the transaction ``txn``."""
+
+    def __init__(self, txn: Any, dbs: Databases, prefix: bytes) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self._prefix = prefix
+
+    def posting(self, kind: int, term: bytes) -> int:
+        return _posting_size(self._txn, self._dbs[layout.database_of(kind)], layout.posting_key(self._prefix, term))
+
+    def keys(self, literal: bytes, most: int | None) -> int:
+        prefix = self._prefix
+        if not literal:
+            return self._namespace_size()
+        start = prefix + layout.scan_prefix(literal)
+        cursor = self._txn.cursor(db=self._dbs.records)
+        if not cursor.set_range(start):
+            return 0
+        count = 0
+        for key in cursor.iternext(values=False):
+            if count == most or not key.startswith(start):
+                break
+            count += 1
+        return count
+
+    def _namespace_size(self) -> int:
+        """The namespace's items: the sum of its content types' posting lists, read
+        in bulk; where it has more types than is worth counting, the store's records."""
+        prefix = self._prefix
+        cursor = self._txn.cursor(db=self._dbs.types)
+        total = 0
+        found = cursor.set_range(prefix)
+        for _ in range(NAMESPACE_TYPES_COUNTED):
+            if not found or not cursor.key().startswith(prefix):
+                return total
+            total += cursor.count()
+            found = cursor.next_nodup()
+        return int(self._txn.stat(self._dbs.records)["entries"])
+
+    def times(self, kind: int, low: int | None, high: int | None, most: int) -> int:
+        cursor = self._txn.cursor(db=self._dbs[layout.database_of(kind)])
+        first, last = _time_bounds(self._prefix, low, high)
+        count = 0
+        if cursor.set_range(first):
+            for entry in cursor.iternext(values=False):
+                if count == most or entry > last:
+                    break
+                count += 1
+        return count
+
+
+def _time_bounds(prefix: bytes, low: int | None, high: int | None) -> tuple[bytes, bytes]:
+    """The first and last keys a time order may hold from ``low`` to ``high`` (inclusive)."""
+    first = layout.time_key(prefix, low if low is not None else -layout.TIME_BIAS, 0)
+    last = layout.time_key(prefix, high, 2**64 - 1) if high is not None else prefix + b"\xff" * 16
+    return first, last
+
+
+__all__ = ["COSTS", "PURGE_IN_PASSING", "SEARCH_CHUNK", "LmdbEngine"]

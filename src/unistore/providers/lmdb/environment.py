@@ -314,9 +314,7 @@ class SharedEnvironment:
         self._open_env()
 
     @classmethod
-    def acquire(
-        cls, path: str, durability: str, map_size: int, max_readers: int, opener: Opener
-    ) -> SharedEnvironment:
+    def acquire(cls, path: str, durability: str, map_size: int, max_readers: int, opener: Opener) -> SharedEnvironment:
         """The environment of ``path``, opened if this process has not opened it yet."""
         with cls._registry_lock:
             shared = cls._registry.get(path)
@@ -373,8 +371,7 @@ class SharedEnvironment:
             except lmdb.Error as exc:
                 self.gate.mark_broken()  # reopened, at the size it had, by the next operation
                 raise StorageError(
-                    f"the store's map could not grow to {size} bytes ({type(exc).__name__}: {exc}); "
-                    "nothing was written"
+                    f"the store's map could not grow to {size} bytes ({type(exc).__name__}: {exc}); nothing was written"
                 ) from exc
             self._map_size = size
 

@@ -13,7 +13,7 @@ database   key                                                value
 =========  =================================================  ==================================
 records    prefix + stored key                                the record (see ``_coretypes``)
 ids        prefix + item id (8 bytes, big-endian)             the stored key
-tags       prefix + u32 length + tag key + tag value          item ids, dupsort + dupfixed
+tags       prefix + tag term (u32 length, key, value)         item ids, dupsort + dupfixed
 types      prefix + content type                              item ids, dupsort + dupfixed
 created    prefix + created µs (8 bytes, order-kept) + id     empty
 expires    prefix + expires µs (8 bytes, order-kept) + id     empty
@@ -38,6 +38,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ... import index
 from ...core import RecordFields
 from ...errors import StorageCorruptionError, StorageError
 
@@ -113,14 +114,9 @@ def _index_key(prefix: bytes, raw: bytes) -> bytes:
     return prefix + (raw if len(raw) <= _MAX_INDEX_KEY else _DIGEST_MARK + _digest(raw))
 
 
-def tag_key(prefix: bytes, tag_key: bytes, tag_value: bytes) -> bytes:
-    """The ``tags`` database key of one tag."""
-    return _index_key(prefix, _U32.pack(len(tag_key)) + tag_key + tag_value)
-
-
-def type_key(prefix: bytes, content_type: bytes) -> bytes:
-    """The ``types`` database key of one content type."""
-    return _index_key(prefix, content_type)
+def posting_key(prefix: bytes, term: bytes) -> bytes:
+    """The ``tags``/``types`` database key of a posting list's term (see :mod:`unistore.index`)."""
+    return _index_key(prefix, term)
 
 
 def time_key(prefix: bytes, micros: int, sid: int) -> bytes:
@@ -139,16 +135,23 @@ def id_key(prefix: bytes, sid: int) -> bytes:
     return prefix + _ID.pack(sid)
 
 
+#: Where each kind of index entry (:mod:`unistore.index`) lives: its database's number in :class:`Databases`.
+_DATABASE_OF = {index.TAG: 2, index.CONTENT_TYPE: 3, index.CREATED: 4, index.EXPIRES: 5}
+
+
+def database_of(kind: int) -> int:
+    """The number in :class:`Databases` of the database that holds index entries of ``kind``."""
+    return _DATABASE_OF[kind]
+
+
 def index_entries(prefix: bytes, fields: RecordFields) -> list[tuple[int, bytes, bytes]]:
     """Every index entry of a record, as (database number in :class:`Databases`, key, value):
-    what a save writes, a delete removes and a check expects."""
+    what a save writes, a delete removes and a check expects. The terms are the
+    index layer's; this adds the ``ids`` entry and the encoding of each."""
     sid = _ID.pack(fields.sid)
     entries = [(1, prefix + sid, stored_key(fields.key))]
-    entries += [(2, tag_key(prefix, k, v), sid) for k, v in fields.tags]
-    entries.append((3, type_key(prefix, fields.content_type), sid))
-    entries.append((4, time_key(prefix, fields.created, fields.sid), b""))
-    if fields.expires is not None:
-        entries.append((5, time_key(prefix, fields.expires, fields.sid), b""))
+    entries += [(_DATABASE_OF[kind], posting_key(prefix, term), sid) for kind, term in index.postings(fields)]
+    entries += [(_DATABASE_OF[kind], time_key(prefix, micros, fields.sid), b"") for kind, micros in index.times(fields)]
     return entries
 
 
@@ -258,15 +261,15 @@ __all__ = [
     "TIME_BIAS",
     "Databases",
     "claim_namespace",
+    "database_of",
     "find_namespace",
     "id_key",
     "index_entries",
     "next_id",
     "open_databases",
+    "posting_key",
     "scan_prefix",
     "stored_key",
-    "tag_key",
     "time_key",
     "time_of",
-    "type_key",
 ]

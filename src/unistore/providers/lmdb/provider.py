@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from ...index import CompiledQuery
 from ...model import StorageItem, StorageQuery, StorageResult, Tags
 from ..base import StorageProvider
 from .check import CheckReport
@@ -88,11 +89,30 @@ class LmdbStorageProvider(StorageProvider[Any]):
         deleted: bool = await self._write(self.engine.delete_op(key, content_type))
         return deleted
 
-    async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+    async def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         for chunk in self.engine.search_chunks(query):
             for result in chunk:
                 yield result
             await asyncio.sleep(0)  # a long search lets other tasks run between chunks
+
+    async def save_many(
+        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> list[StorageItem[Any]]:
+        saved: list[StorageItem[Any]] = await self._write(
+            self.engine.save_many_op(items, content_type, expires_at, tags)
+        )
+        return saved
+
+    async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
+        return self.engine.load_many(keys, content_type=content_type)
+
+    async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+        deleted: int = await self._write(self.engine.delete_many_op(keys, content_type))
+        return deleted
+
+    async def delete_matching(self, query: StorageQuery | CompiledQuery) -> int:
+        deleted: int = await self._write(self.engine.delete_matching_op(query))
+        return deleted
 
     # Housekeeping runs in a worker thread: it may take long, and a hop is cheap next to it.
 

@@ -1,0 +1,371 @@
+"""The index layer: what every indexed backend shares, held once.
+
+- **Index entries**: the terms a record is indexed under (:func:`postings`,
+  :func:`times`): what a save writes, a delete removes and a check expects.
+  A backend only decides how a term becomes one of its keys.
+- **Queries**: a query is checked and its header matcher compiled once
+  (:func:`compile_query`); :func:`select` picks the results among candidates.
+- **The planner** (:func:`plan`): from the query and the sizes of its
+  candidate sources (posting lists, a key-prefix range, a time range, the
+  whole keyspace), given by the backend through :class:`Sizes`, the cheapest
+  access path by a cost model whose constants (:class:`Costs`) each backend
+  measures for itself.
+- **The search loop** (:func:`search_chunks`): candidates read in chunks,
+  headers matched, repeats dropped, ``limit`` applied after dropping them,
+  resumed where the last chunk ended.
+
+A backend supplies only its primitives: sizes, a reader of one chunk of a
+plan's candidates, fetch by id or key, and its write transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .codec import decode_item, undecodable
+from .core import NATIVE, QueryMatcher, RecordFields, glob_literal_prefix
+from .errors import StorageCorruptionError
+from .model import QuerySpec, StorageQuery, StorageResult, now_micros, validate_query
+
+# -- index entries ------------------------------------------------------------------
+
+#: What a term indexes: the kinds of entries a record has.
+TAG, CONTENT_TYPE, CREATED, EXPIRES = range(4)
+#: The kinds that are posting lists (a term and the items that have it); the
+#: others are time orders (a time and the item).
+POSTING_KINDS = (TAG, CONTENT_TYPE)
+
+_U32 = struct.Struct(">I")
+
+
+def tag_term(key: bytes, value: bytes) -> bytes:
+    """The posting-list term of one tag: the key's length (u32, big-endian), the key,
+    the value; so no two (key, value) pairs share a term, whatever bytes they hold."""
+    return _U32.pack(len(key)) + key + value
+
+
+def postings(fields: RecordFields) -> list[tuple[int, bytes]]:
+    """The posting lists a record belongs to, as (kind, term)."""
+    terms = [(TAG, tag_term(key, value)) for key, value in fields.tags]
+    terms.append((CONTENT_TYPE, fields.content_type))
+    return terms
+
+
+def times(fields: RecordFields) -> list[tuple[int, int]]:
+    """The time orders a record is in, as (kind, microseconds)."""
+    entries = [(CREATED, fields.created)]
+    if fields.expires is not None:
+        entries.append((EXPIRES, fields.expires))
+    return entries
+
+
+def query_postings(spec: QuerySpec) -> list[tuple[int, bytes]]:
+    """The posting lists every result of a query is in, as (kind, term)."""
+    terms = [(TAG, tag_term(key, value)) for key, value in spec.tags]
+    if spec.content_type is not None:
+        terms.append((CONTENT_TYPE, spec.content_type))
+    return terms
+
+
+# -- queries -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """A checked query and its header matcher."""
+
+    spec: QuerySpec
+    matcher: QueryMatcher
+
+
+def compile_query(query: StorageQuery | CompiledQuery) -> CompiledQuery:
+    """Check a query and compile its matcher, once: a query compiled already
+    (as the manager hands one to its providers) comes back as it is.
+
+    Raises:
+        ValidationError: naming the bad field.
+    """
+    if isinstance(query, CompiledQuery):
+        return query
+    spec = validate_query(query)
+    matcher = QueryMatcher(
+        spec.pattern,
+        spec.content_type,
+        spec.tags,
+        spec.created_after,
+        spec.created_before,
+        spec.expires_after,
+        spec.expires_before,
+    )
+    return CompiledQuery(spec, matcher)
+
+
+def _matching(
+    compiled: CompiledQuery,
+    candidates: Sequence[tuple[Any, bytes]],
+    now: int,
+    limit: int | None,
+    name: Callable[[Any], object] | None,
+) -> list[int]:
+    """The indexes of the candidates that match, by header only, up to ``limit``."""
+    try:  # one call for the whole batch: the per-candidate work stays in the core
+        return compiled.matcher.matching([record for _, record in candidates], now, -1 if limit is None else limit)
+    except StorageCorruptionError as exc:
+        key = candidates[exc.details["index"]][0]
+        raise undecodable(key if name is None else name(key), exc) from exc
+
+
+def select(
+    compiled: CompiledQuery,
+    candidates: Sequence[tuple[Any, bytes]],
+    now: int,
+    limit: int | None,
+    name: Callable[[Any], object] | None = None,
+) -> list[StorageResult[Any]]:
+    """The results among ``(key, record)`` candidates, checked by header first
+    and decoded only when they match, stopping after ``limit`` (None: no limit).
+
+    Raises:
+        StorageCorruptionError: a candidate does not decode; ``name(key)`` (the
+            key itself by default) names it.
+    """
+    if limit == 0:
+        return []
+    results = []
+    for index in _matching(compiled, candidates, now, limit, name):
+        key, record = candidates[index]
+        try:
+            results.append(StorageResult(decode_item(record, key)))
+        except StorageCorruptionError as exc:
+            if name is None:
+                raise
+            raise undecodable(name(key), exc.__cause__) from exc.__cause__
+    return results
+
+
+# -- the planner ---------------------------------------------------------------------
+
+#: What the core's header matcher adds to each candidate, in µs (measured:
+#: docs/benchmarks.md, "core-query"): the pure twin's is twenty times the native one's.
+MATCH_COST = 0.06 if NATIVE else 1.3
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What a backend pays per candidate on each access path, in µs, not counting
+    the header match (:data:`MATCH_COST`); measured by each backend on this machine.
+
+    Attributes:
+        scan: a record met walking the records in key order.
+        fetch: a record reached from an id or key found in an index.
+        posting: one entry of a posting list, read (and intersected).
+        time_entry: one entry of a time order, walked.
+    """
+
+    scan: float
+    fetch: float
+    posting: float
+    time_entry: float
+
+
+#: The access paths a plan can take.
+POSTINGS, KEYS, CREATED_RANGE, EXPIRES_RANGE = "postings", "keys", "created", "expires"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a search reads its candidates.
+
+    Attributes:
+        path: :data:`POSTINGS` (the first of ``terms`` walked, the rest ANDed
+            with it), :data:`KEYS` (the keys that start with ``literal``; all of
+            them when it is empty), :data:`CREATED_RANGE` or :data:`EXPIRES_RANGE`
+            (items by time from ``low`` to ``high``, inclusive, None: unbounded).
+        candidates: how many candidates the planner expects.
+        cost: what it expects them to cost, in µs.
+    """
+
+    path: str
+    terms: tuple[tuple[int, bytes], ...] = ()
+    literal: bytes = b""
+    low: int | None = None
+    high: int | None = None
+    candidates: float = 0.0
+    cost: float = 0.0
+
+    @property
+    def repeats(self) -> bool:
+        """Whether a concurrent save can move an item ahead of the search on this path
+        (a re-save with a later expiry), so that it is met twice."""
+        return self.path == EXPIRES_RANGE
+
+
+class Sizes(Protocol):
+    """The sizes of a backend's candidate sources, read for one plan."""
+
+    def posting(self, kind: int, term: bytes) -> int:
+        """How many items the posting list of ``term`` holds."""
+
+    def keys(self, literal: bytes, most: int | None) -> int:
+        """How many keys start with ``literal`` (every key when empty), counted up to ``most`` (None: all)."""
+
+    def times(self, kind: int, low: int | None, high: int | None, most: int) -> int:
+        """How many items the time order ``kind`` holds from ``low`` to ``high``, counted up to ``most``."""
+
+
+def _within(budget: float, each: float) -> int:
+    """How many candidates at ``each`` µs fit in ``budget`` µs, plus one: a count
+    that reaches it means the path costs more than the budget."""
+    return math.floor(budget / each) + 1
+
+
+def plan(spec: QuerySpec, sizes: Sizes, costs: Costs) -> Plan:
+    """The cheapest way to read the candidates of ``spec``.
+
+    The whole keyspace bounds every plan. A query's posting lists are walked
+    from the smallest; each other one is read and ANDed with it only when the
+    fetches it saves (assuming it is independent of the rest) cost more than
+    reading it. A key-prefix or time range is counted only up to what the best
+    plan so far costs, so sizing never costs more than that plan.
+    """
+    scan = costs.scan + MATCH_COST
+    fetch = costs.fetch + MATCH_COST
+    everything = sizes.keys(b"", None)
+    best = Plan(KEYS, candidates=everything, cost=everything * scan)
+    terms = query_postings(spec)
+    if terms:
+        counted = sorted(((sizes.posting(kind, term), (kind, term)) for kind, term in terms), key=lambda s: s[0])
+        size, first = counted[0]
+        chosen, candidates, cost = [first], float(size), size * costs.posting
+        for size, term in counted[1:]:
+            kept = candidates * min(size / max(everything, 1), 1.0)
+            if (candidates - kept) * fetch > size * costs.posting:
+                chosen.append(term)
+                candidates, cost = kept, cost + size * costs.posting
+        cost += candidates * fetch
+        if cost <= best.cost:
+            best = Plan(POSTINGS, tuple(chosen), candidates=candidates, cost=cost)
+    literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
+    if literal:
+        count = sizes.keys(literal, _within(best.cost, scan))
+        if count * scan <= best.cost:  # at equal cost, the narrower range
+            best = Plan(KEYS, literal=literal, candidates=count, cost=count * scan)
+    for kind, path, low, high in (
+        (CREATED, CREATED_RANGE, spec.created_after, spec.created_before),
+        (EXPIRES, EXPIRES_RANGE, spec.expires_after, spec.expires_before),
+    ):
+        if low is None and high is None:
+            continue
+        each = costs.time_entry + fetch
+        count = sizes.times(kind, low, high, _within(best.cost, each))
+        if count * each < best.cost:
+            best = Plan(path, low=low, high=high, candidates=count, cost=count * each)
+    return best
+
+
+# -- the search loop -----------------------------------------------------------------
+
+#: What a chunk reader returns: ``(key, record)`` candidates, and where to resume
+#: (None: the candidates are exhausted).
+Chunk = tuple[Sequence[tuple[Any, bytes]], Any]
+
+
+def search_chunks(
+    compiled: CompiledQuery,
+    read: Callable[[Any], Chunk],
+    repeats: bool = False,
+    name: Callable[[Any], object] | None = None,
+) -> Iterator[list[StorageResult[Any]]]:
+    """The results of a query, chunk by chunk.
+
+    Args:
+        compiled: the query.
+        read: ``read(position)`` reads the chunk of candidates that starts at
+            ``position`` (None: the first).
+        repeats: whether the path may meet one item twice (:attr:`Plan.repeats`);
+            then what was yielded is remembered and met again is dropped, and
+            ``limit`` is applied after dropping, so a repeat never takes the
+            place of an item not yet met.
+        name: names a candidate's key in a :class:`StorageCorruptionError`.
+
+    Raises:
+        StorageCorruptionError: a candidate does not decode.
+    """
+    if not repeats:
+        yield from _chunks(compiled.spec.limit, read, lambda found, now, most: select(compiled, found, now, most, name))
+        return
+    seen: set[Any] = set()
+
+    def fresh(found: Sequence[tuple[Any, bytes]], now: int, most: int | None) -> list[StorageResult[Any]]:
+        hits = [hit for hit in select(compiled, found, now, None, name) if hit.item.metadata.id not in seen][:most]
+        seen.update(hit.item.metadata.id for hit in hits)
+        return hits
+
+    yield from _chunks(compiled.spec.limit, read, fresh)
+
+
+def matching_chunks(
+    compiled: CompiledQuery, read: Callable[[Any], Chunk], name: Callable[[Any], object] | None = None
+) -> Iterator[list[tuple[Any, bytes]]]:
+    """The ``(key, record)`` candidates that match a query, chunk by chunk, undecoded
+    (what a delete needs). For a reader that no writer can overtake (inside a write
+    transaction, or over a snapshot): the path meets no item twice.
+
+    Raises:
+        StorageCorruptionError: a candidate's header does not parse.
+    """
+
+    def matches(found: Sequence[tuple[Any, bytes]], now: int, most: int | None) -> list[tuple[Any, bytes]]:
+        return [found[index] for index in _matching(compiled, found, now, most, name)]
+
+    yield from _chunks(compiled.spec.limit, read, matches)
+
+
+def _chunks(limit: int | None, read: Callable[[Any], Chunk], pick: Callable[..., list[Any]]) -> Iterator[list[Any]]:
+    """The one search loop: read a chunk, ``pick(candidates, now, most)`` its hits,
+    yield them, resume, until the candidates or ``limit`` run out."""
+    remaining = limit
+    if remaining == 0:
+        return
+    position = None
+    while True:
+        candidates, position = read(position)
+        hits = pick(candidates, now_micros(), remaining)
+        if hits:
+            yield hits
+        if remaining is not None:
+            remaining -= len(hits)
+        if position is None or remaining == 0:
+            return
+
+
+__all__ = [
+    "CONTENT_TYPE",
+    "CREATED",
+    "CREATED_RANGE",
+    "EXPIRES",
+    "EXPIRES_RANGE",
+    "KEYS",
+    "MATCH_COST",
+    "POSTINGS",
+    "POSTING_KINDS",
+    "TAG",
+    "Chunk",
+    "CompiledQuery",
+    "Costs",
+    "Plan",
+    "Sizes",
+    "compile_query",
+    "matching_chunks",
+    "plan",
+    "postings",
+    "query_postings",
+    "search_chunks",
+    "select",
+    "tag_term",
+    "times",
+]
