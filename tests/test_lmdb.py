@@ -795,3 +795,40 @@ def test_a_damaged_namespace_entry_is_refused(store: Path) -> None:
     with pytest.raises(StorageCorruptionError, match="the namespace entry of 'mine' names another"):
         LmdbEngine(store, namespace="mine")
     assert str(store) not in SharedEnvironment._registry  # the failed open released the store
+
+
+def test_the_engine_runs_bulk_operations_synchronously(engine: LmdbEngine) -> None:
+    engine.save_many({f"k{n}": n for n in range(10)}, "t")
+    engine.save_many({"x": 1}, "other")
+    assert engine.delete_many(["k0", "k1", "nope"]) == 2
+    assert engine.delete_many(["x"], content_type="t") == 0  # stored under "other"
+    assert engine.delete_matching(StorageQuery(pattern="k*", limit=3)) == 3
+    assert sorted(engine.load_many([f"k{n}" for n in range(10)] + ["x"])) == ["k5", "k6", "k7", "k8", "k9", "x"]
+    assert engine.check().ok
+
+
+def test_a_namespace_of_many_content_types_is_sized_by_its_store(store: Path) -> None:
+    other = LmdbEngine(store, namespace="other", durability="none")
+    other.save_many({f"o{n}": n for n in range(5)}, "t")
+    engine = LmdbEngine(store, namespace="many", durability="none")
+    for n in range(lmdb_engine.NAMESPACE_TYPES_COUNTED + 1):
+        engine.save(f"k{n}", n, f"type{n}")
+    # Counting every type's posting list would cost more than it is worth: every record of the store bounds it.
+    assert engine.explain(StorageQuery(pattern="*")).candidates == lmdb_engine.NAMESPACE_TYPES_COUNTED + 1 + 5
+    assert other.explain(StorageQuery(pattern="*")).candidates == 5
+    assert len(list(engine.search(StorageQuery(pattern="k*")))) == lmdb_engine.NAMESPACE_TYPES_COUNTED + 1
+    engine.close()
+    other.close()
+
+
+def test_a_posting_list_longer_than_a_chunk_is_walked_chunk_by_chunk(engine: LmdbEngine) -> None:
+    total = 3 * lmdb_engine.SEARCH_CHUNK + 5
+    seed(engine, total)
+    engine.save_many({f"filler{n}": n for n in range(3000)}, "f")  # so that the tag is worth its ids
+    query = StorageQuery(tags={"all": "yes"})
+    assert engine.explain(query).path == index.POSTINGS
+    chunks = list(engine.search_chunks(query))
+    assert [len(chunk) for chunk in chunks] == [lmdb_engine.SEARCH_CHUNK] * 3 + [5]
+    assert len({r.item.metadata.key for chunk in chunks for r in chunk}) == total
+    query.limit = lmdb_engine.SEARCH_CHUNK + 3
+    assert examined(engine, query) == (lmdb_engine.SEARCH_CHUNK + 3, 2 * lmdb_engine.SEARCH_CHUNK)

@@ -19,13 +19,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import pytest
 
-from unistore import ItemNotFoundError, StorageError, StorageQuery
+from unistore import ItemNotFoundError, StorageError, StorageQuery, index
 from unistore.providers import LmdbEngine, LmdbStorageProvider
 from unistore.providers.lmdb import environment
 from unistore.providers.lmdb.environment import SharedEnvironment
@@ -601,3 +602,43 @@ async def test_cleanup_during_a_search_ends_it_with_a_clear_error(tmp_path: Path
     assert seen == 256  # the chunk in hand, then the clear error
     assert len([r async for r in provider.search(StorageQuery(pattern="k*"))]) == 600  # reopened
     await provider.cleanup()
+
+
+# -- exact limit under concurrent writers --------------------------------------------------
+
+
+@pytest.mark.watchdog(120)
+def test_a_limit_is_exact_while_another_thread_moves_items_ahead(tmp_path: Path) -> None:
+    """700 items due to expire, a search for 700 of them by expiry, and a thread that
+    keeps re-saving them with later expiries: items met once are met again ahead of
+    the search, and must neither come back twice nor crowd out an item not yet met."""
+    engine = LmdbEngine(tmp_path / "store", durability="none")
+    engine.save_many({f"still{n}": n for n in range(5000)}, "t")  # no expiry: the expiry index is the cheap path
+    soon = datetime.now(timezone.utc) + timedelta(hours=1)
+    query = StorageQuery(expires_after=soon, limit=700)
+    assert engine.explain(query).path == index.EXPIRES_RANGE
+    for trial in range(4):
+        for n in range(700):
+            engine.save(f"due{n}", n, "t", expires_at=soon + timedelta(seconds=n))
+        searching = threading.Event()
+        done = threading.Event()
+
+        def move_ahead(_: int, searching: threading.Event = searching, done: threading.Event = done) -> None:
+            searching.wait(10)
+            later = 1000.0
+            while not done.is_set():
+                for n in range(0, 700, 7):
+                    later += 1
+                    engine.save(f"due{n}", n, "t", expires_at=soon + timedelta(seconds=later))
+
+        writer = threading.Thread(target=run_threads, args=(move_ahead, 1, 60), daemon=True)
+        writer.start()
+        found = []
+        for chunk in engine.search_chunks(query):
+            searching.set()
+            found += [result.item.metadata.key for result in chunk]
+            time.sleep(0.002)  # let the writer move items past the search
+        done.set()
+        writer.join(60)
+        assert len(found) == len(set(found)) == 700, trial
+    engine.close()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .codec import decode_item, undecodable
-from .core import NATIVE, QueryMatcher, RecordFields, glob_literal_prefix
+from .core import QueryMatcher, RecordFields, glob_literal_prefix
 from .errors import StorageCorruptionError
 from .model import QuerySpec, StorageQuery, StorageResult, now_micros, validate_query
 
@@ -149,19 +149,16 @@ def select(
 
 # -- the planner ---------------------------------------------------------------------
 
-#: What the core's header matcher adds to each candidate, in µs (measured:
-#: docs/benchmarks.md, "core-query"): the pure twin's is twenty times the native one's.
-MATCH_COST = 0.06 if NATIVE else 1.3
-
 
 @dataclass(frozen=True)
 class Costs:
-    """What a backend pays per candidate on each access path, in µs, not counting
-    the header match (:data:`MATCH_COST`); measured by each backend on this machine.
+    """What a backend pays per candidate on each access path, in µs, measured by each
+    backend with the native core. The pure twin follows the same plans (its header
+    match costs more on every path alike), so both cores give the same plans.
 
     Attributes:
-        scan: a record met walking the records in key order.
-        fetch: a record reached from an id or key found in an index.
+        scan: a record met walking the records in key order, its header matched.
+        fetch: a record reached from an id or key found in an index, its header matched.
         posting: one entry of a posting list, read (and intersected).
         time_entry: one entry of a time order, walked.
     """
@@ -232,8 +229,7 @@ def plan(spec: QuerySpec, sizes: Sizes, costs: Costs) -> Plan:
     reading it. A key-prefix or time range is counted only up to what the best
     plan so far costs, so sizing never costs more than that plan.
     """
-    scan = costs.scan + MATCH_COST
-    fetch = costs.fetch + MATCH_COST
+    scan, fetch = costs.scan, costs.fetch
     everything = sizes.keys(b"", None)
     best = Plan(KEYS, candidates=everything, cost=everything * scan)
     terms = query_postings(spec)
@@ -350,7 +346,6 @@ __all__ = [
     "EXPIRES",
     "EXPIRES_RANGE",
     "KEYS",
-    "MATCH_COST",
     "POSTINGS",
     "POSTING_KINDS",
     "TAG",

@@ -54,10 +54,9 @@ R = TypeVar("R")
 SEARCH_CHUNK = 256
 #: Expired items a write transaction removes in passing.
 PURGE_IN_PASSING = 8
-#: What a candidate costs this engine on each access path, in µs, native core (the
-#: planner adds the core's header match): measured over 100,000 items, see
-#: docs/benchmarks.md, "planner".
-COSTS = index.Costs(scan=0.4, fetch=1.3, posting=0.01, time_entry=0.3)
+#: What a candidate costs this engine on each access path, in µs, native core:
+#: measured over 100,000 items (docs/benchmarks.md, "Index layer").
+COSTS = index.Costs(scan=0.46, fetch=1.36, posting=0.01, time_entry=0.3)
 #: A namespace with more content types than this is sized by its store's records.
 NAMESPACE_TYPES_COUNTED = 64
 
