@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
@@ -740,3 +740,42 @@ async def test_manager_delete_matching_visits_each_provider_once(provider_factor
     assert await manager.delete_matching(StorageQuery()) == 0
     assert_indexes_clean(shared)
     assert_indexes_clean(other)
+
+
+class _RepeatingMapping(Mapping[str, Any]):
+    """A mapping whose items() names one key twice (a broken Mapping, or str subclasses equal but hashed apart)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        self._pairs = pairs
+
+    def __getitem__(self, key: str) -> Any:
+        return dict(self._pairs)[key]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self._pairs)
+
+    def items(self) -> Any:
+        return list(self._pairs)
+
+
+class _IdentityKey(str):
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+async def test_a_batch_naming_one_key_twice_is_refused(provider_factory: Factory) -> None:
+    # Both copies used to be saved as new items, leaving one's index entries pointing at no record.
+    provider = provider_factory()
+    await provider.save("a", 0, "t")
+    for batch in (_RepeatingMapping([("b", 1), ("a", 2), ("a", 1)]), {_IdentityKey("a"): 1, _IdentityKey("a"): 2}):
+        with pytest.raises(ValidationError, match="key 'a' more than once"):
+            await provider.save_many(batch, "t", tags={"x": "1"})  # type: ignore[arg-type]
+        assert {r.item.metadata.key async for r in provider.search(StorageQuery())} == {"a"}
+        assert (await provider.load("a")).data == 0
+    engine = getattr(provider, "engine", None)
+    assert engine is None or engine.check().ok

@@ -240,8 +240,8 @@ def prepare_many(
     """Check and encode the arguments of ``save_many``: every item, before anything is written.
 
     Raises:
-        ValidationError: ``items`` is not a mapping of keys to data, or a bad key,
-            content type, tags or ``expires_at``.
+        ValidationError: ``items`` is not a mapping of keys to data, names a key
+            twice, or a bad key, content type, tags or ``expires_at``.
         SerializationError: an item's data cannot be stored (naming its key).
     """
     if not isinstance(items, Mapping):
@@ -250,8 +250,12 @@ def prepare_many(
     tag_pairs = validate_tags(tags)
     expires = validate_time(expires_at, "expires_at")
     prepared = []
+    seen: set[bytes] = set()
     for key, data in items.items():
         key_bytes = validate_key(key)
+        if key_bytes in seen:  # a mapping may still name one key twice (str subclasses hashed apart, a broken items())
+            raise ValidationError(f"items holds key {key!r} more than once")
+        seen.add(key_bytes)
         try:
             payload, loaded = encode_payload(data)
         except SerializationError as exc:
