@@ -31,11 +31,12 @@ from unistore._coretypes import (
     FORMAT_VERSION,
     GLOB_MAX_NESTING,
     HEADER_SIZE,
+    PAYLOAD_ERRORS,
     RecordFields,
     corrupt,
     plan_glob,
 )
-from unistore.model import StorageItem, StorageMetadata
+from unistore.model import StorageItem, StorageMetadata, StorageResult
 
 cdef object _UTC = timezone.utc
 cdef tuple _NO_ARGS = ()
@@ -352,6 +353,10 @@ def unpack_item(bytes record not None, content_type, now, decode):
         StorageCorruptionError: the record does not parse.
         whatever ``decode`` raises for a payload it cannot decode.
     """
+    return _item(record, content_type, now, decode)
+
+
+cdef object _item(bytes record, object content_type, object now, object decode):
     cdef Header h
     _read_header(record, &h)
     if now is not None and h.flags & _FLAG_EXPIRES and h.expires <= <int64_t>now:
@@ -775,6 +780,40 @@ cdef class QueryMatcher:
                     break
         return found
 
+    def results(self, records, int64_t now, Py_ssize_t most=-1):
+        """The items of the records that :meth:`matches`, decoded, as search
+        results, stopping after ``most`` of them (-1: no limit).
+
+        Raises:
+            StorageCorruptionError: a record's header does not parse, or a matching
+                record does not decode; ``details["index"]`` says which.
+        """
+        cdef list found = []
+        cdef list items = records if type(records) is list else list(records)
+        cdef Py_ssize_t index
+        cdef bytes record
+        for index in range(len(items)):
+            record = items[index]
+            try:
+                if not self._match(record, now):
+                    continue
+                item = _item(record, None, None, _UNPACK_PAYLOAD)
+            except StorageCorruptionError as exc:
+                exc.details["index"] = index
+                raise
+            except PAYLOAD_ERRORS as exc:
+                error = corrupt(str(exc))
+                error.details["index"] = index
+                raise error from exc
+            result = _blank(StorageResult)  # as its dataclass __init__ would set it
+            _set(result, "item", item)
+            _set(result, "score", 1.0)
+            _set(result, "highlights", [])
+            found.append(result)
+            if len(found) == most:
+                break
+        return found
+
     cdef int _match(self, bytes record, int64_t now) except -1:
         cdef Header h
         _read_header(record, &h)
@@ -805,11 +844,31 @@ cdef class QueryMatcher:
         return 1
 
     cdef int _tags_match(self, bytes record, const Header* h) except -1:
-        cdef dict lookup = dict(_tag_pairs(record, h))
-        for tag_key, tag_value in self._tags:
-            if lookup.get(tag_key) != tag_value:
-                return 0
-        return 1
+        # What the pure twin's dict of the record's tags answers (the last of a
+        # repeated key wins), without building it: the spans of the checked section.
+        cdef Py_ssize_t room[256]
+        cdef Py_ssize_t* spans = _tag_spans(record, h, room, 256)
+        cdef const char* p = PyBytes_AS_STRING(record)
+        cdef Py_ssize_t j, found, key_len, value_len
+        cdef bytes tag_key, tag_value
+        try:
+            for tag_key, tag_value in self._tags:
+                key_len = PyBytes_GET_SIZE(tag_key)
+                found = -1
+                for j in range(h.tag_count):
+                    if spans[4 * j + 1] == key_len and memcmp(p + spans[4 * j], PyBytes_AS_STRING(tag_key), key_len) == 0:
+                        found = j
+                if found < 0:
+                    return 0
+                value_len = PyBytes_GET_SIZE(tag_value)
+                if spans[4 * found + 3] != value_len or memcmp(
+                    p + spans[4 * found + 2], PyBytes_AS_STRING(tag_value), value_len
+                ):
+                    return 0
+            return 1
+        finally:
+            if spans != room:
+                PyMem_Free(spans)
 
 
 # -- sorted id lists -------------------------------------------------------------------

@@ -258,6 +258,33 @@ def test_query_matching_agrees(
     assert outcome(native.QueryMatcher(**query).matching, batch, now) == outcome(
         _purecore.QueryMatcher(**query).matching, batch, now
     )
+    assert found(native.QueryMatcher(**query).results, batch, now) == found(
+        _purecore.QueryMatcher(**query).results, batch, now
+    )
+
+
+def found(call: Any, *args: Any) -> Any:
+    """What ``results`` returns, or which record it names and why: the header's own
+    message, or the class of the payload decoder's error (their messages differ)."""
+    try:
+        return ("ok", call(*args))
+    except StorageCorruptionError as exc:
+        cause = exc.__cause__
+        payload = isinstance(cause, (ValueError, TypeError, OverflowError))
+        return ("raised", exc.details["index"], type(cause).__name__ if payload else str(exc))
+
+
+@given(values=matchable, payload=st.binary(max_size=6), data=st.data())
+def test_results_agree_on_any_payload(native: ModuleType, values: dict[str, Any], payload: bytes, data: Any) -> None:
+    # Decoding happens in the same call: a payload that does not decode is named by index alike.
+    record = _purecore.pack_record(**{**values, "expires": None, "payload": payload})
+    batch = [_purecore.pack_record(**{**values, "expires": None}), record]
+    matcher: dict[str, Any] = {"pattern": None, "content_type": None, "tags": [], "created_after": None}
+    matcher.update(created_before=None, expires_after=None, expires_before=None)
+    ours, theirs = native.QueryMatcher(**matcher), _purecore.QueryMatcher(**matcher)
+    assert found(ours.results, batch, 0) == found(theirs.results, batch, 0)
+    most = data.draw(st.integers(-1, 2))
+    assert found(ours.results, batch, 0, most) == found(theirs.results, batch, 0, most)
 
 
 def test_matching_names_the_damaged_record(twin: ModuleType) -> None:
@@ -268,6 +295,20 @@ def test_matching_names_the_damaged_record(twin: ModuleType) -> None:
     with pytest.raises(StorageCorruptionError) as caught:
         matcher.matching([good, good, b"\x01short"], 0)
     assert caught.value.details["index"] == 2
+
+
+def test_results_name_the_record_that_does_not_decode(twin: ModuleType) -> None:
+    good = twin.pack_record(1, bytes(16), 0, 0, None, b"k", b"t", [(b"a", b"1")], b"\x01")
+    matcher = twin.QueryMatcher(None, None, [(b"a", b"1")], None, None, None, None)
+    [first, second] = matcher.results([good, good], 0)
+    assert (first.item.metadata.key, first.item.data, first.score, first.highlights) == ("k", 1, 1.0, [])
+    assert first.highlights is not second.highlights  # each result its own list, as the dataclass makes them
+    assert len(matcher.results([good, good, b"never read"], 0, 2)) == 2
+    for damaged, cause in ((b"\x01short", None), (good[:-1] + b"\xc1", ValueError)):
+        with pytest.raises(StorageCorruptionError) as caught:
+            matcher.results([good, damaged], 0)
+        assert caught.value.details["index"] == 1
+        assert cause is None or isinstance(caught.value.__cause__, cause)
 
 
 def test_query_matching_examples(twin: ModuleType) -> None:

@@ -65,6 +65,12 @@ def corrupt(why: str) -> StorageCorruptionError:
     return StorageCorruptionError(f"corrupt record: {why}")
 
 
+#: What the msgpack decoders (msgpack's and the native core's, alike) raise for a
+#: payload that is not what we wrote; with StorageCorruptionError, every way a
+#: record can fail to decode.
+PAYLOAD_ERRORS = (ValueError, TypeError, OverflowError)
+
+
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 

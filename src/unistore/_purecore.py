@@ -26,13 +26,14 @@ from ._coretypes import (
     GLOB_MAX_NESTING,
     HEADER_FORMAT,
     HEADER_SIZE,
+    PAYLOAD_ERRORS,
     RecordFields,
     corrupt,
     plan_glob,
     uuid_from_bytes,
 )
 from .errors import StorageCorruptionError
-from .model import StorageItem, StorageMetadata, micros_to_datetime
+from .model import StorageItem, StorageMetadata, StorageResult, micros_to_datetime
 
 HEADER = struct.Struct(HEADER_FORMAT)
 _U32 = struct.Struct("<I")
@@ -398,6 +399,33 @@ class QueryMatcher:
                 found.append(index)
                 if len(found) == most:
                     break
+        return found
+
+    def results(self, records: Sequence[bytes], now: int, most: int = -1) -> list[StorageResult[Any]]:
+        """The items of the records that :meth:`matches`, decoded, as search
+        results, stopping after ``most`` of them (-1: no limit).
+
+        Raises:
+            StorageCorruptionError: a record's header does not parse, or a matching
+                record does not decode; ``details["index"]`` says which.
+        """
+        found = []
+        matches = self.matches
+        for index, record in enumerate(records):
+            try:
+                if not matches(record, now):
+                    continue
+                item = unpack_item(record, None, None, unpack_payload)
+            except StorageCorruptionError as exc:
+                exc.details["index"] = index
+                raise
+            except PAYLOAD_ERRORS as exc:
+                error = corrupt(str(exc))
+                error.details["index"] = index
+                raise error from exc
+            found.append(StorageResult(item))  # type: ignore[arg-type]  # None only when expiry or type is checked
+            if len(found) == most:
+                break
         return found
 
 

@@ -28,7 +28,7 @@ from uuid import UUID
 
 import msgpack
 
-from ._coretypes import EXT_DATETIME, EXT_UUID, new_uuid_bytes
+from ._coretypes import EXT_DATETIME, EXT_UUID, PAYLOAD_ERRORS, new_uuid_bytes
 from .core import RecordFields, pack_record, unpack_item, unpack_payload, unpack_record
 from .errors import ItemNotFoundError, SerializationError, StorageCorruptionError, ValidationError
 from .model import (
@@ -43,7 +43,7 @@ from .model import (
 
 _I64 = struct.Struct(">q")
 # What the core, msgpack and the model raise for bytes that are not what we wrote.
-_DECODE_ERRORS = (StorageCorruptionError, ValueError, TypeError, OverflowError)
+_DECODE_ERRORS = (StorageCorruptionError, *PAYLOAD_ERRORS)
 
 
 def _pack_default(value: object) -> msgpack.ExtType:

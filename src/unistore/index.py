@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .codec import decode_item, undecodable
+from ._coretypes import PAYLOAD_ERRORS
+from .codec import undecodable
 from .core import QueryMatcher, RecordFields, glob_literal_prefix
 from .errors import StorageCorruptionError
 from .model import QuerySpec, StorageQuery, StorageResult, now_micros, validate_query
@@ -135,16 +136,12 @@ def select(
     """
     if limit == 0:
         return []
-    results = []
-    for index in _matching(compiled, candidates, now, limit, name):
-        key, record = candidates[index]
-        try:
-            results.append(StorageResult(decode_item(record, key)))
-        except StorageCorruptionError as exc:
-            if name is None:
-                raise
-            raise undecodable(name(key), exc.__cause__) from exc.__cause__
-    return results
+    try:  # one call for the whole batch: the per-candidate work, decoding included, stays in the core
+        return compiled.matcher.results([record for _, record in candidates], now, -1 if limit is None else limit)
+    except StorageCorruptionError as exc:
+        key = candidates[exc.details["index"]][0]
+        why = exc.__cause__ if isinstance(exc.__cause__, PAYLOAD_ERRORS) else exc  # the decoder's own words
+        raise undecodable(key if name is None else name(key), why) from why
 
 
 # -- the planner ---------------------------------------------------------------------
