@@ -14,6 +14,7 @@ from cpython.datetime cimport datetime_new, import_datetime
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject, PyObject_GenericSetAttr, PyTypeObject
 from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
@@ -217,11 +218,32 @@ def pack_record(
     bytes payload not None,
 ):
     """Lay out one record. ``tags`` must already be sorted by key."""
-    cdef Py_ssize_t tags_len = 0, total, pos
-    cdef bytes tag_key, tag_value, part
-    pairs = list(tags)
+    cdef list pairs = list(tags)
+    return _pack(sid, PyBytes_AS_STRING(uuid), created, updated, expires, key, content_type, pairs, _tags_size(pairs), payload)
+
+
+cdef Py_ssize_t _tags_size(list pairs) except -1:
+    cdef Py_ssize_t size = 0
+    cdef bytes tag_key, tag_value
     for tag_key, tag_value in pairs:
-        tags_len += 8 + PyBytes_GET_SIZE(tag_key) + PyBytes_GET_SIZE(tag_value)
+        size += 8 + PyBytes_GET_SIZE(tag_key) + PyBytes_GET_SIZE(tag_value)
+    return size
+
+
+cdef bytes _pack(
+    uint64_t sid,
+    const char* uuid,
+    int64_t created,
+    int64_t updated,
+    object expires,
+    bytes key,
+    bytes content_type,
+    list pairs,
+    Py_ssize_t tags_len,
+    bytes payload,
+):
+    cdef Py_ssize_t total, pos
+    cdef bytes tag_key, tag_value, part
     total = _HEADER + PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(content_type) + tags_len + PyBytes_GET_SIZE(payload)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
@@ -231,7 +253,7 @@ def pack_record(
     p[3] = 0
     _put_u32(p + 4, <uint32_t>len(pairs))
     _put_u64(p + 8, sid)
-    memcpy(p + 16, PyBytes_AS_STRING(uuid), 16)
+    memcpy(p + 16, uuid, 16)
     _put_u64(p + 32, <uint64_t>created)
     _put_u64(p + 40, <uint64_t>updated)
     _put_u64(p + 48, <uint64_t>(<int64_t>expires if expires is not None else 0))
@@ -251,6 +273,62 @@ def pack_record(
         pos += 4 + PyBytes_GET_SIZE(tag_value)
     memcpy(p + pos, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
     return out
+
+
+def pack_new(
+    list key_bytes not None,
+    list payloads not None,
+    list data not None,
+    bytes content_type not None,
+    tags,
+    expires,
+    int64_t now,
+    uint64_t first_sid,
+    bytes uuids not None,
+):
+    """The records and items of new items saved together at ``now``, sharing one
+    content type, tags and expiry: ids from ``first_sid`` up, each UUID (version 4)
+    from 16 of the random bytes ``uuids``, each item's data as already decoded.
+    Keys, content type and tags must be UTF-8 (they come checked).
+
+    Raises:
+        ValueError: the lists and ``uuids`` do not hold one of each per key.
+    """
+    cdef Py_ssize_t count = len(key_bytes), index
+    if len(payloads) != count or len(data) != count or PyBytes_GET_SIZE(uuids) != 16 * count:
+        raise ValueError("pack_new needs one payload, one value and 16 random bytes per key")
+    cdef list pairs = list(tags)
+    cdef Py_ssize_t tags_len = _tags_size(pairs)
+    cdef uint8_t raw[16]
+    cdef bytes key
+    cdef list records = PyList_New(count), items = PyList_New(count)
+    created = _datetime(now)  # shared: datetimes, the content type's text and the tags' are immutable
+    expires_at = _datetime(<int64_t>expires) if expires is not None else None
+    type_text = content_type.decode()
+    cdef dict tag_texts = {tag_key.decode(): tag_value.decode() for tag_key, tag_value in pairs}
+    for index in range(count):
+        memcpy(raw, PyBytes_AS_STRING(uuids) + 16 * index, 16)
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        key = key_bytes[index]
+        record = _pack(first_sid + index, <const char*>raw, now, now, expires, key, content_type, pairs, tags_len,
+                       payloads[index])
+        metadata = _blank(StorageMetadata)  # in the order of the dataclass fields
+        _set(metadata, "id", _uuid(<const char*>raw))
+        _set(metadata, "key", key.decode())
+        _set(metadata, "content_type", type_text)
+        _set(metadata, "created_at", created)
+        _set(metadata, "updated_at", created)
+        _set(metadata, "expires_at", expires_at)
+        _set(metadata, "tags", tag_texts.copy())
+        item = _blank(StorageItem)
+        _set(item, "data", data[index])
+        _set(item, "metadata", metadata)
+        Py_INCREF(record)
+        PyList_SET_ITEM(records, index, record)
+        Py_INCREF(item)
+        PyList_SET_ITEM(items, index, item)
+    return records, items
 
 
 def unpack_record(bytes record not None):
@@ -1007,6 +1085,7 @@ __all__ = [
     "glob_match",
     "ids_from_entries",
     "intersect_ids",
+    "pack_new",
     "pack_record",
     "union_ids",
     "unpack_item",

@@ -402,3 +402,44 @@ def test_bulk_posting_reads_agree(native: ModuleType, key: bytes, ids: list[byte
     damaged = entries[: len(entries) - cut] if entries else b"x" * cut
     assert outcome(native.ids_from_entries, damaged, len(key)) == outcome(_purecore.ids_from_entries, damaged, len(key))
     assert outcome(native.ids_from_entries, entries, -1) == outcome(_purecore.ids_from_entries, entries, -1)
+
+
+# -- batches of new records ------------------------------------------------------------------
+
+utf8 = st.text(min_size=1, max_size=6).map(str.encode)
+
+
+@given(
+    keys=st.lists(utf8, max_size=4, unique=True),
+    content_type=utf8,
+    tags=st.dictionaries(utf8, st.text(max_size=3).map(str.encode), max_size=2).map(lambda tags: sorted(tags.items())),
+    expires=st.none() | st.integers(-(2**40), 2**40),
+    now=st.integers(-(2**40), 2**40),
+    first=st.integers(1, 2**63),
+    data=st.data(),
+)
+def test_batches_of_new_records_agree(
+    native: ModuleType,
+    keys: list[bytes],
+    content_type: bytes,
+    tags: list[tuple[bytes, bytes]],
+    expires: int | None,
+    now: int,
+    first: int,
+    data: st.DataObject,
+) -> None:
+    values = [data.draw(st.integers(-(2**63), 2**64 - 1) | st.text(max_size=4)) for _ in keys]
+    payloads = [msgpack.packb(value) for value in values]
+    uuids = data.draw(st.binary(min_size=16 * len(keys), max_size=16 * len(keys)))
+    args = (keys, payloads, values, content_type, tags, expires, now, first, uuids)
+    records, items = native.pack_new(*args)
+    pure_records, pure_items = _purecore.pack_new(*args)
+    assert records == pure_records and repr(items) == repr(pure_items)
+    for index, record in enumerate(records):  # each record is what pack_record lays out, its item what it holds
+        item = _purecore.unpack_item(record, None, None, _purecore.unpack_payload)
+        assert repr(item) == repr(items[index]) and item.metadata.id.version == 4
+        assert _purecore.unpack_record(record).sid == first + index
+    with pytest.raises(ValueError, match="16 random bytes per key"):
+        native.pack_new(keys, payloads, values, content_type, tags, expires, now, first, uuids + b"x")
+    with pytest.raises(ValueError, match="16 random bytes per key"):
+        _purecore.pack_new(keys, [*payloads, b"\xc0"], values, content_type, tags, expires, now, first, uuids)

@@ -72,6 +72,52 @@ def pack_record(
     return b"".join((head, key, content_type, tag_section, payload))
 
 
+class _Decoded:
+    """A payload decoder that returns the data the payload was made from."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __call__(self, payload: bytes) -> Any:
+        return self.data
+
+
+def pack_new(
+    key_bytes: list[bytes],
+    payloads: list[bytes],
+    data: list[Any],
+    content_type: bytes,
+    tags: Sequence[tuple[bytes, bytes]],
+    expires: int | None,
+    now: int,
+    first_sid: int,
+    uuids: bytes,
+) -> tuple[list[bytes], list[StorageItem[Any]]]:
+    """The records and items of new items saved together at ``now``, sharing one
+    content type, tags and expiry: ids from ``first_sid`` up, each UUID (version 4)
+    from 16 of the random bytes ``uuids``, each item's data as already decoded.
+    Keys, content type and tags must be UTF-8 (they come checked).
+
+    Raises:
+        ValueError: the lists and ``uuids`` do not hold one of each per key.
+    """
+    count = len(key_bytes)
+    if len(payloads) != count or len(data) != count or len(uuids) != 16 * count:
+        raise ValueError("pack_new needs one payload, one value and 16 random bytes per key")
+    records, items = [], []
+    for index, key in enumerate(key_bytes):
+        raw = bytearray(uuids[16 * index : 16 * index + 16])
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        record = pack_record(first_sid + index, bytes(raw), now, now, expires, key, content_type, tags, payloads[index])
+        item = unpack_item(record, None, None, _Decoded(data[index]))
+        records.append(record)
+        items.append(item)
+    return records, items  # type: ignore[return-value]  # items are None only when expiry or type is checked
+
+
 def _check_header(record: bytes) -> tuple[Any, ...]:
     if len(record) < HEADER_SIZE:
         raise corrupt(f"{len(record)} bytes is shorter than the {HEADER_SIZE}-byte header")
@@ -441,6 +487,7 @@ __all__ = [
     "glob_match",
     "ids_from_entries",
     "intersect_ids",
+    "pack_new",
     "pack_record",
     "union_ids",
     "unpack_item",

@@ -60,7 +60,8 @@ class MemoryStorageProvider(StorageProvider[Any]):
     async def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> list[StorageItem[Any]]:
-        return self._save_all(prepare_many(items, content_type, expires_at, tags))
+        batch = prepare_many(items, content_type, expires_at, tags)
+        return self._save_all([batch.save(index) for index in range(len(batch.keys))])
 
     def _save_all(self, prepared: list[Any]) -> list[StorageItem[Any]]:
         records = self._records

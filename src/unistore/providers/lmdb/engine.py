@@ -22,8 +22,17 @@ from typing import Any, TypeVar
 import lmdb
 
 from ... import index
-from ...codec import PreparedSave, decode_fields, live_fields, live_item, load_item, prepare_many, prepare_save
-from ...core import ids_from_entries, intersect_ids
+from ...codec import (
+    PreparedBatch,
+    PreparedSave,
+    decode_fields,
+    live_fields,
+    live_item,
+    load_item,
+    prepare_many,
+    prepare_save,
+)
+from ...core import RecordFields, ids_from_entries, intersect_ids, pack_new
 from ...errors import ItemNotFoundError, StorageCorruptionError, ValidationError
 from ...model import (
     QuerySpec,
@@ -251,31 +260,58 @@ class LmdbEngine:
 
     # -- bulk operations ---------------------------------------------------------------
 
-    def save_many_in(self, txn: Any, dbs: Databases, prepared: list[PreparedSave]) -> list[StorageItem[Any]]:
+    def save_many_in(self, txn: Any, dbs: Databases, batch: PreparedBatch) -> list[StorageItem[Any]]:
         """Save a batch inside one write transaction: the old records read in one
-        bulk read, the new records and index entries written database by database."""
+        bulk read, the new items' records and items built by the core in one call,
+        and every record and index entry written database by database, in key order."""
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
-        record_keys = [self.record_key(save.key_bytes) for save in prepared]
+        prefix = self._prefix
+        record_keys = [self.record_key(key_bytes) for key_bytes in batch.key_bytes]
         old_records = dict(txn.cursor(db=dbs.records).getmulti(record_keys))
-        first = layout.next_id(txn, dbs.ids, self._prefix)
-        new_sids = itertools.count(first).__next__
-        writes: list[list[tuple[bytes, bytes]]] = [[] for _ in dbs]
-        items = []
-        for save, record_key in zip(prepared, record_keys, strict=True):
+        sids = itertools.count(layout.next_id(txn, dbs.ids, prefix))
+        items: list[Any] = [None] * len(record_keys)
+        records: list[Any] = [None] * len(record_keys)
+        replaced: list[list[tuple[bytes, bytes]]] = [[] for _ in dbs]  # the index entries of replaced items
+        new = []
+        for position, record_key in enumerate(record_keys):
             raw = old_records.get(record_key)
-            old = None if raw is None else decode_fields(raw, save.key)
-            if old is not None:
-                self._unindex(txn, dbs, old)
-            fields, record, item = save.build(old, now, new_sids)
-            writes[0].append((record_key, record))
-            for db, key, value in layout.index_entries(self._prefix, fields):
-                writes[db].append((key, value))
-            items.append(item)
-        for db, pairs in enumerate(writes):
-            if pairs:
-                pairs.sort()  # in key order, each put lands next to the one before
-                txn.cursor(db=dbs[db]).putmulti(pairs)
+            if raw is None:
+                new.append(position)
+                continue
+            save = batch.save(position)
+            old = decode_fields(raw, save.key)
+            self._unindex(txn, dbs, old)
+            fields, records[position], items[position] = save.build(old, now, sids.__next__)
+            for db, key, value in layout.index_entries(prefix, fields):
+                replaced[db].append((key, value))
+        for db, pairs in enumerate(replaced):
+            txn.cursor(db=dbs[db]).putmulti(sorted(pairs))
+        if new:
+            first = next(sids)
+            keys = [batch.key_bytes[position] for position in new]
+            made, built = pack_new(
+                keys,
+                [batch.payloads[position] for position in new],
+                [batch.data[position] for position in new],
+                batch.content_type_bytes,
+                batch.tag_pairs,
+                batch.expires,
+                now,
+                first,
+                os.urandom(16 * len(new)),
+            )
+            for position, record, item in zip(new, made, built, strict=True):
+                records[position], items[position] = record, item
+            expires, content_type, tags = batch.expires, batch.content_type_bytes, batch.tag_pairs
+            like = RecordFields(first, b"", now, now, expires, b"", content_type, tags, b"")
+            for db, keys_and_values in layout.batch_entries(prefix, like, range(first, first + len(new)), keys):
+                txn.cursor(db=dbs[db]).putmulti(keys_and_values)  # in key order already
+        # Every record, in key order, as pairs made one at a time (zip reuses its tuple).
+        order = sorted(range(len(record_keys)), key=record_keys.__getitem__)
+        txn.cursor(db=dbs.records).putmulti(
+            zip(map(record_keys.__getitem__, order), map(records.__getitem__, order), strict=True)
+        )
         return items
 
     def save_many_op(
@@ -286,7 +322,7 @@ class LmdbEngine:
         Raises:
             ValidationError, SerializationError: a bad argument or item (nothing is queued).
         """
-        return functools.partial(self.save_many_in, prepared=prepare_many(items, content_type, expires_at, tags))
+        return functools.partial(self.save_many_in, batch=prepare_many(items, content_type, expires_at, tags))
 
     def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None

@@ -34,8 +34,9 @@ only cost a wasted candidate, never a wrong result.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from ... import index
@@ -155,6 +156,19 @@ def index_entries(prefix: bytes, fields: RecordFields) -> list[tuple[int, bytes,
     return entries
 
 
+def batch_entries(prefix: bytes, like: RecordFields, sids: range, keys: list[bytes]) -> Iterator[tuple[int, Any]]:
+    """The index entries of new items saved together, which differ from the record
+    ``like`` only in their ids (``sids``, ascending) and keys: per database, an
+    iterable of its (key, value) pairs, in key order; the entries
+    :func:`index_entries` gives each item."""
+    ids = [_ID.pack(sid) for sid in sids]
+    yield 1, zip([prefix + sid for sid in ids], map(stored_key, keys), strict=True)
+    for kind, term in index.postings(like):
+        yield _DATABASE_OF[kind], zip(itertools.repeat(posting_key(prefix, term)), ids)
+    for kind, micros in index.times(like):
+        yield _DATABASE_OF[kind], zip([time_key(prefix, micros, sid) for sid in sids], itertools.repeat(b""))
+
+
 def next_id(txn: Any, ids: Any, prefix: bytes) -> int:
     """A new item id in the namespace of ``prefix``: one past its highest (inside a write transaction).
 
@@ -260,6 +274,7 @@ __all__ = [
     "SHORT_KEY",
     "TIME_BIAS",
     "Databases",
+    "batch_entries",
     "claim_namespace",
     "database_of",
     "find_namespace",
