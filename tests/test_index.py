@@ -160,3 +160,11 @@ def test_matching_chunks_are_the_undecoded_hits_up_to_the_limit() -> None:
     assert [key for chunk in index.matching_chunks(query, reader(chunks)) for key, _ in chunk] == ["k1", "k2", "k3"]
     assert list(index.matching_chunks(index.compile_query(StorageQuery(limit=0)), reader(chunks))) == []
     assert index.compile_query(query) is query  # compiled once: a compiled query passes through
+
+
+def test_matching_chunks_name_a_record_whose_header_does_not_parse() -> None:
+    chunks = [[*records(2), ("stored-form", b"\x01short")]]
+    query = index.compile_query(StorageQuery())
+    with pytest.raises(StorageCorruptionError) as caught:
+        list(index.matching_chunks(query, reader(chunks), name=str.upper))
+    assert caught.value.details["key"] == "STORED-FORM" and "68-byte header" in str(caught.value)
