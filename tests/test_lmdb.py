@@ -832,3 +832,24 @@ def test_a_posting_list_longer_than_a_chunk_is_walked_chunk_by_chunk(engine: Lmd
     assert len({r.item.metadata.key for chunk in chunks for r in chunk}) == total
     query.limit = lmdb_engine.SEARCH_CHUNK + 3
     assert examined(engine, query) == (lmdb_engine.SEARCH_CHUNK + 3, 2 * lmdb_engine.SEARCH_CHUNK)
+
+
+def test_a_big_batch_into_a_tiny_map_grows_it_in_a_few_bigger_steps(store: Path) -> None:
+    # Each growth reruns the whole batch: doubling a 64 KiB map up to the 25 MB this
+    # batch needs took 9 reruns; growing 2x, 4x, 8x, then 16x takes 4.
+    engine = LmdbEngine(store, map_size=64 * 1024, durability="none")
+    shared = engine.shared
+    factors: list[int] = []
+    grow = shared._grow
+
+    def counted(factor: int = 2) -> None:
+        factors.append(factor)
+        grow(factor)
+
+    shared._grow = counted  # type: ignore[method-assign]
+    blob = os.urandom(50_000)
+    saved = engine.save_many({f"k{n}": blob for n in range(500)}, "t", tags={"big": "yes"})
+    assert len(saved) == 500 and factors == [2, 4, 8, 16]
+    assert len(engine.load_many([f"k{n}" for n in range(500)])) == 500
+    assert engine.check().ok
+    engine.close()
