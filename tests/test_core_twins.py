@@ -443,3 +443,15 @@ def test_batches_of_new_records_agree(
         native.pack_new(keys, payloads, values, content_type, tags, expires, now, first, uuids + b"x")
     with pytest.raises(ValueError, match="16 random bytes per key"):
         _purecore.pack_new(keys, [*payloads, b"\xc0"], values, content_type, tags, expires, now, first, uuids)
+
+
+def test_tags_are_matched_on_records_with_many_tags(twin: ModuleType) -> None:
+    # More tags than the native matcher's room on the stack: their spans go to the heap.
+    tags = sorted((f"k{n:03d}".encode(), f"v{n}".encode()) for n in range(100))
+    record = twin.pack_record(1, bytes(16), 0, 0, None, b"key", b"t", tags, b"\xc0")
+    match = twin.QueryMatcher
+    assert match(None, None, [(b"k099", b"v99"), (b"k000", b"v0")], None, None, None, None).matches(record, 0)
+    assert not match(None, None, [(b"k099", b"v98")], None, None, None, None).matches(record, 0)
+    assert not match(None, None, [(b"k100", b"v100")], None, None, None, None).matches(record, 0)
+    [result] = match(None, None, [(b"k050", b"v50")], None, None, None, None).results([record], 0)
+    assert len(result.item.metadata.tags) == 100
