@@ -1,0 +1,88 @@
+"""The Redis layout: the keys one namespace shard owns, and how they are named.
+
+Every key of a namespace shard starts with the same *shard prefix*,
+``us{<namespace>:<shard>}:``, whose braces are a Redis Cluster hash tag: all of
+a shard's keys live in one slot, so one Lua script may touch any of them (no
+CROSSSLOT). The namespace is percent-encoded into the tag, keeping only
+``A-Z a-z 0-9 _ . -``: the prefix then holds no glob character, no brace and
+no colon of its own, so two namespaces never share a prefix and a SCAN MATCH
+pattern can put the prefix in front of a user's pattern as a plain literal.
+
+=====================  ===========================================  ===================================
+key                    what it holds                                members / value
+=====================  ===========================================  ===================================
+prefix + ``r:`` + key  the item's record (the codec's bytes)        expires by PEXPIREAT with the item
+prefix + ``t:`` + term  a tag's posting set (term: the index layer's)  item keys
+prefix + ``c:`` + type  a content type's posting set                item keys
+prefix + ``created``   every item by creation time                  item keys, score µs
+prefix + ``expires``   the items that expire, by expiry time         item keys, score µs
+=====================  ===========================================  ===================================
+
+An item key goes into these names and sets as its raw UTF-8 bytes: Redis keys
+and members are binary-safe and have no length limit that matters here (512 MB).
+Scores are microseconds since the epoch, exact in a double until the year 2255.
+"""
+
+from __future__ import annotations
+
+import string
+
+from ... import index
+
+_KEEP = frozenset((string.ascii_letters + string.digits + "_.-").encode())
+
+#: The parts after the shard prefix.
+RECORD = b"r:"
+TAG = b"t:"
+CONTENT_TYPE = b"c:"
+CREATED = b"created"
+EXPIRES = b"expires"
+
+_POSTING_PART = {index.TAG: TAG, index.CONTENT_TYPE: CONTENT_TYPE}
+_TIME_PART = {index.CREATED: CREATED, index.EXPIRES: EXPIRES}
+
+
+def escape_namespace(name: bytes) -> bytes:
+    """``name`` with every byte outside ``A-Z a-z 0-9 _ . -`` as ``%XX`` (upper-case hex)."""
+    return b"".join(bytes((byte,)) if byte in _KEEP else b"%%%02X" % byte for byte in name)
+
+
+def shard_prefix(namespace: bytes, shard: int) -> bytes:
+    """The prefix of every key of shard ``shard`` of ``namespace``; its hash tag pins them to one slot."""
+    return b"us{" + escape_namespace(namespace) + b":" + str(shard).encode() + b"}:"
+
+
+def record_key(prefix: bytes, key: bytes) -> bytes:
+    """The Redis key of an item's record."""
+    return prefix + RECORD + key
+
+
+def posting_key(prefix: bytes, kind: int, term: bytes) -> bytes:
+    """The Redis key of the posting set of an index term (:mod:`unistore.index`)."""
+    return prefix + _POSTING_PART[kind] + term
+
+
+def time_key(prefix: bytes, kind: int) -> bytes:
+    """The Redis key of a time order (:data:`unistore.index.CREATED` or ``EXPIRES``)."""
+    return prefix + _TIME_PART[kind]
+
+
+def scan_pattern(prefix: bytes, pattern: bytes | None) -> bytes:
+    """The SCAN MATCH pattern of the records whose keys match the Redis glob ``pattern``
+    (None: every record): the prefix is literal, so nothing outside it can match."""
+    return prefix + RECORD + (pattern if pattern is not None else b"*")
+
+
+__all__ = [
+    "CONTENT_TYPE",
+    "CREATED",
+    "EXPIRES",
+    "RECORD",
+    "TAG",
+    "escape_namespace",
+    "posting_key",
+    "record_key",
+    "scan_pattern",
+    "shard_prefix",
+    "time_key",
+]

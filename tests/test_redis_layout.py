@@ -1,0 +1,152 @@
+"""The Redis layout and write scripts, against a real redis-server: key names,
+hash tags, escaping, and what SAVE and DELETE leave in the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from unistore.codec import decode_item, prepare_save
+from unistore.model import now_micros
+from unistore.providers.redis import layout, scripts
+
+UTC = timezone.utc
+HOUR = 3_600_000_000  # µs
+
+
+@given(first=st.binary(min_size=1, max_size=12), second=st.binary(min_size=1, max_size=12), shard=st.integers(0, 99))
+def test_no_namespace_shard_prefix_starts_another(first: bytes, second: bytes, shard: int) -> None:
+    one, other = layout.shard_prefix(first, shard), layout.shard_prefix(second, shard)
+    assert one.startswith(other) == (first == second)
+    escaped = layout.escape_namespace(first)
+    assert not set(escaped) & set(b"*?[]\\{}:")  # nothing a glob, a hash tag or a part separator reads
+    assert layout.shard_prefix(first, shard) != layout.shard_prefix(first, shard + 1)
+
+
+def test_every_key_of_a_shard_is_in_one_slot() -> None:
+    prefix = layout.shard_prefix(b"ns {with} braces*", 3)
+    assert prefix == b"us{ns%20%7Bwith%7D%20braces%2A:3}:"
+    keys = [
+        layout.record_key(prefix, b"any key {at} all"),
+        layout.posting_key(prefix, 0, b"\x00\x00\x00\x01ab"),
+        layout.posting_key(prefix, 1, b"doc"),
+        layout.time_key(prefix, 2),
+        layout.time_key(prefix, 3),
+    ]
+    assert len({key_slot(key) for key in keys}) == 1
+
+
+@pytest.fixture
+def client(redis_port: int) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=redis_port, db=14, protocol=3)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def test_a_scan_pattern_never_reaches_another_namespace(client: redis.Redis) -> None:
+    mine, other = layout.shard_prefix(b"a", 0), layout.shard_prefix(b"a:0}:r:", 0)
+    for prefix in (mine, other):
+        for key in (b"x", b"*", b"}:r:x", b"a:0}:r:x"):
+            client.set(layout.record_key(prefix, key), b"")
+    for pattern in (b"*", b"*x", b"?", b"\\*", b"[*]"):
+        found = set(client.scan_iter(match=layout.scan_pattern(mine, pattern)))
+        assert found and all(key.startswith(mine + layout.RECORD) for key in found), pattern
+    assert set(client.scan_iter(match=layout.scan_pattern(mine, None))) == {
+        layout.record_key(mine, key) for key in (b"x", b"*", b"}:r:x", b"a:0}:r:x")
+    }
+
+
+class Shard:
+    """One namespace shard, written through the scripts as a provider will."""
+
+    def __init__(self, client: redis.Redis, namespace: bytes) -> None:
+        self.client = client
+        self.prefix = layout.shard_prefix(namespace, 0)
+        self._save = client.register_script(scripts.SAVE)
+        self._delete = client.register_script(scripts.DELETE)
+
+    def save(
+        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, now: int = 0, **tags: str
+    ) -> Any:
+        now = now or now_micros()  # the scripts judge expiry by the now they are given
+        _, record, _ = prepare_save(key, data, content_type, expires_at, tags).build(None, now, lambda: 0)
+        stored = self._save(keys=[layout.record_key(self.prefix, key.encode())], args=[record, key, self.prefix, now])
+        return decode_item(stored, key)
+
+    def delete(self, key: str, content_type: str = "", now: int = 0) -> int:
+        args = [key, self.prefix, now or now_micros(), content_type]
+        return int(self._delete(keys=[layout.record_key(self.prefix, key.encode())], args=args))
+
+    def members(self, part: bytes) -> set[bytes]:
+        return set(self.client.smembers(self.prefix + part))
+
+    def scores(self, part: bytes) -> dict[bytes, float]:
+        return dict(self.client.zrange(self.prefix + part, 0, -1, withscores=True))
+
+
+def test_save_writes_the_record_and_every_index_entry(client: redis.Redis) -> None:
+    shard = Shard(client, b"ns")
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    item = shard.save("k", {"n": 1}, "doc", soon, colour="red")
+    assert decode_item(client.get(layout.record_key(shard.prefix, b"k")), "k") == item
+    assert shard.members(b"c:doc") == shard.members(b"t:\x00\x00\x00\x06colourred") == {b"k"}
+    created = item.metadata.created_at.timestamp() * 1e6
+    assert shard.scores(b"created") == {b"k": pytest.approx(created, abs=1)}
+    assert shard.scores(b"expires") == {b"k": pytest.approx(soon.timestamp() * 1e6, abs=1)}
+    assert 3_500_000 < client.pttl(layout.record_key(shard.prefix, b"k")) <= 3_600_000  # Redis expires it too
+
+
+def test_an_upsert_keeps_the_item_and_swaps_its_index_entries(client: redis.Redis) -> None:
+    shard = Shard(client, b"ns")
+    first = shard.save("k", 1, "doc", datetime.now(UTC) + timedelta(hours=1), colour="red")
+    second = shard.save("k", 2, "note", None, size="L")
+    assert (second.metadata.id, second.metadata.created_at) == (first.metadata.id, first.metadata.created_at)
+    assert second.metadata.updated_at > first.metadata.updated_at and second.data == 2
+    assert shard.members(b"c:doc") == shard.members(b"t:\x00\x00\x00\x06colourred") == set()
+    assert shard.members(b"c:note") == shard.members(b"t:\x00\x00\x00\x04sizeL") == {b"k"}
+    assert shard.scores(b"expires") == {} and client.pttl(layout.record_key(shard.prefix, b"k")) == -1
+
+
+def test_a_save_over_an_expired_record_makes_a_new_item(client: redis.Redis) -> None:
+    shard = Shard(client, b"ns")
+    # Expired when the script runs (as by a microsecond, while Redis, by the millisecond, still holds it).
+    old = shard.save("k", 1, "doc", datetime.now(UTC) + timedelta(hours=1), tag="a")
+    new = shard.save("k", 2, "doc", None, now=now_micros() + 2 * HOUR)
+    assert new.metadata.id != old.metadata.id and new.metadata.created_at > old.metadata.created_at
+    assert shard.members(b"t:\x00\x00\x00\x03taga") == set() and shard.scores(b"expires") == {}
+
+
+def test_a_save_already_expired_leaves_no_record(client: redis.Redis) -> None:
+    shard = Shard(client, b"ns")
+    shard.save("k", 1, "doc", datetime(1969, 1, 1, tzinfo=UTC))
+    assert client.get(layout.record_key(shard.prefix, b"k")) is None  # accepted, and gone at once
+
+
+def test_delete_removes_a_live_item_of_its_content_type_only(client: redis.Redis) -> None:
+    shard = Shard(client, b"ns")
+    assert shard.delete("missing") == 0
+    shard.save("k", 1, "doc", None, colour="red")
+    assert shard.delete("k", "note") == 0 and client.exists(layout.record_key(shard.prefix, b"k"))
+    assert shard.delete("k", "doc") == 1
+    assert client.keys(b"*") == []  # the record and every index entry
+    shard.save("gone", 1, "doc", datetime.now(UTC) + timedelta(hours=1), colour="red")
+    assert shard.delete("gone", now=now_micros() + 2 * HOUR) == 0  # expired: not a live item, but its leftovers go
+    assert client.keys(b"*") == []
+
+
+def test_two_namespaces_in_one_database_stay_apart(client: redis.Redis) -> None:
+    one, two = Shard(client, b"one"), Shard(client, b"two")
+    one.save("k", 1, "doc", None, colour="red")
+    two.save("k", 2, "doc", None, colour="red")
+    assert one.delete("k") == 1
+    assert decode_item(client.get(layout.record_key(two.prefix, b"k")), "k").data == 2
+    assert two.members(b"c:doc") == {b"k"}
