@@ -79,12 +79,24 @@ class Shard:
     ) -> Any:
         now = now or now_micros()  # the scripts judge expiry by the now they are given
         _, record, _ = prepare_save(key, data, content_type, expires_at, tags).build(None, now, lambda: 0)
-        stored = self._save(keys=[layout.record_key(self.prefix, key.encode())], args=[record, key, self.prefix, now])
+        [stored] = self._save(keys=[layout.record_key(self.prefix, key.encode())], args=[self.prefix, now, key, record])
         return decode_item(stored, key)
 
+    def save_many(self, items: dict[str, Any], content_type: str, now: int = 0) -> list[Any]:
+        now = now or now_micros()
+        keys, args = [], [self.prefix, now]
+        for key, data in items.items():
+            _, record, _ = prepare_save(key, data, content_type).build(None, now, lambda: 0)
+            keys.append(layout.record_key(self.prefix, key.encode()))
+            args += [key, record]
+        return [decode_item(stored, key) for stored, key in zip(self._save(keys=keys, args=args), items, strict=True)]
+
+    def delete_many(self, keys: list[str], content_type: str = "", now: int = 0) -> int:
+        args = [self.prefix, now or now_micros(), content_type, *keys]
+        return int(self._delete(keys=[layout.record_key(self.prefix, key.encode()) for key in keys], args=args))
+
     def delete(self, key: str, content_type: str = "", now: int = 0) -> int:
-        args = [key, self.prefix, now or now_micros(), content_type]
-        return int(self._delete(keys=[layout.record_key(self.prefix, key.encode())], args=args))
+        return self.delete_many([key], content_type, now)
 
     def members(self, part: bytes) -> set[bytes]:
         return set(self.client.smembers(self.prefix + part))
@@ -150,3 +162,25 @@ def test_two_namespaces_in_one_database_stay_apart(client: redis.Redis) -> None:
     assert one.delete("k") == 1
     assert decode_item(client.get(layout.record_key(two.prefix, b"k")), "k").data == 2
     assert two.members(b"c:doc") == {b"k"}
+
+
+def test_one_script_saves_and_deletes_a_batch_atomically(client: redis.Redis) -> None:
+    shard = Shard(client, b"ns")
+    kept = shard.save("b", 0, "doc", None)
+    saved = shard.save_many({"a": 1, "b": 2, "c": 3}, "doc")
+    assert [item.data for item in saved] == [1, 2, 3]
+    assert saved[1].metadata.id == kept.metadata.id  # an upsert in a batch keeps its item too
+    assert shard.members(b"c:doc") == {b"a", b"b", b"c"}
+    assert shard.delete_many(["a", "c", "missing", "a"], "note") == 0
+    assert shard.delete_many(["a", "c", "missing", "a"]) == 2
+    assert shard.members(b"c:doc") == {b"b"} and set(shard.scores(b"created")) == {b"b"}
+    # A script that fails midway (here: a record too short to read) leaves nothing of its batch.
+    bad = [layout.record_key(shard.prefix, key) for key in (b"x", b"y")]
+    good_record = client.get(layout.record_key(shard.prefix, b"b"))
+    with pytest.raises(redis.ResponseError):
+        shard._save(keys=bad, args=[shard.prefix, now_micros(), "x", good_record, "y", b"short"])
+    assert not client.exists(*bad) and shard.members(b"c:doc") == {b"b"}
+    twice = [layout.record_key(shard.prefix, b"x")] * 2
+    with pytest.raises(redis.ResponseError, match="names one key twice"):
+        shard._save(keys=twice, args=[shard.prefix, now_micros(), "x", good_record, "x", good_record])
+    assert not client.exists(*bad)

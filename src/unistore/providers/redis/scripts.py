@@ -58,49 +58,73 @@ end
 local function live(f, now) return f.expires == nil or f.expires > now end
 """
 
-#: KEYS: the record key. ARGV: the new record, the item key, the shard prefix, now (µs).
-#: Saves the record (with its expiry as PXAT), keeping the id and creation time of a
-#: live record it replaces, and swaps the old index entries for the new; returns the
-#: record as stored.
+#: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), then each
+#: item's key and new record. Saves every record (with its expiry as PXAT), keeping
+#: the id and creation time of a live record it replaces, and swaps the old index
+#: entries for the new; returns the records as stored. One item is a save, several
+#: are a shard's part of a ``save_many``: atomic either way.
 SAVE = (
     _RECORD
     + r"""
-local record, member, prefix, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local old = redis.call('GET', KEYS[1])
-if old then
-  local before = fields(old)
-  unindex(prefix, member, before)
-  if live(before, now) then  -- the same item: its id, UUID and creation time stay
-    record = string.sub(record, 1, 8) .. string.sub(old, 9, 40) .. string.sub(record, 41)
+local prefix, now = ARGV[1], tonumber(ARGV[2])
+-- Everything is read and checked first: Redis does not undo a script's writes when
+-- it fails, so a batch that cannot be saved whole must fail before its first write.
+local plans, stored, seen = {}, {}, {}
+for i, record_key in ipairs(KEYS) do
+  local member, record = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  if seen[record_key] then return redis.error_reply('a batch names one key twice') end
+  seen[record_key] = true
+  local old = redis.call('GET', record_key)
+  local before = nil
+  if old then
+    before = fields(old)
+    if live(before, now) then  -- the same item: its id, UUID and creation time stay
+      record = string.sub(record, 1, 8) .. string.sub(old, 9, 40) .. string.sub(record, 41)
+    end
+  end
+  plans[i] = {member = member, before = before, after = fields(record)}
+  stored[i] = record
+end
+for i, record_key in ipairs(KEYS) do
+  local plan = plans[i]
+  if plan.before then unindex(prefix, plan.member, plan.before) end
+  index(prefix, plan.member, plan.after)
+  if plan.after.expires then
+    redis.call('SET', record_key, stored[i], 'PXAT', math.max(math.ceil(plan.after.expires / 1000), 1))
+  else
+    redis.call('SET', record_key, stored[i])
   end
 end
-local after = fields(record)
-index(prefix, member, after)
-if after.expires then
-  redis.call('SET', KEYS[1], record, 'PXAT', math.max(math.ceil(after.expires / 1000), 1))
-else
-  redis.call('SET', KEYS[1], record)
-end
-return record
+return stored
 """
 )
 
-#: KEYS: the record key. ARGV: the item key, the shard prefix, now (µs), the content
-#: type that must match (empty: any). Deletes the record and its index entries;
-#: returns 1 if a live item (of that content type) was removed, else 0. An expired
-#: record met here is removed too.
+#: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), the content
+#: type that must match (empty: any), then each item's key. Deletes the records and
+#: their index entries; returns how many live items (of that content type) were
+#: removed. An expired record met here is removed too.
 DELETE = (
     _RECORD
     + r"""
-local member, prefix, now, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local old = redis.call('GET', KEYS[1])
-if not old then return 0 end
-local f = fields(old)
-if live(f, now) and wanted ~= '' and f.content_type ~= wanted then return 0 end
-unindex(prefix, member, f)
-redis.call('DEL', KEYS[1])
-if live(f, now) then return 1 end
-return 0
+local prefix, now, wanted = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local doomed, seen, removed = {}, {}, 0
+for i, record_key in ipairs(KEYS) do  -- every record read and checked before the first write
+  local old = nil
+  if not seen[record_key] then old = redis.call('GET', record_key) end
+  seen[record_key] = true
+  if old then
+    local f = fields(old)
+    if not live(f, now) or wanted == '' or f.content_type == wanted then
+      doomed[#doomed + 1] = {record_key = record_key, member = ARGV[3 + i], fields = f}
+      if live(f, now) then removed = removed + 1 end
+    end
+  end
+end
+for _, d in ipairs(doomed) do
+  unindex(prefix, d.member, d.fields)
+  redis.call('DEL', d.record_key)
+end
+return removed
 """
 )
 
