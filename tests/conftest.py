@@ -10,7 +10,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, settings
 
 from unistore import StorageProvider
 from unistore.providers import LmdbStorageProvider, MemoryStorageProvider
+from unistore.providers.redis.provider import RedisStorageProvider
 
 settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -122,11 +124,13 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 # -- providers -------------------------------------------------------------------
 
-PROVIDERS = ["memory", "lmdb"]
+PROVIDERS = ["memory", "lmdb", "redis"]
 
 
 @pytest.fixture(params=PROVIDERS)
-def provider_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], StorageProvider[Any]]]:
+async def provider_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[[], StorageProvider[Any]]]:
     """Makes fresh, empty, isolated providers of one kind; every conformance test runs on each kind.
 
     Each LMDB provider gets a store of its own: hypothesis calls the factory once
@@ -140,6 +144,9 @@ def provider_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         provider: StorageProvider[Any]
         if request.param == "lmdb":
             provider = LmdbStorageProvider(tmp_path / f"store{number}", namespace=f"ns{number}")
+        elif request.param == "redis":  # one database shared by every test: a namespace each
+            port = request.getfixturevalue("redis_port")
+            provider = RedisStorageProvider({"host": "127.0.0.1", "port": port, "namespace": uuid.uuid4().hex})
         else:
             provider = MemoryStorageProvider(namespace=f"ns{number}")
         made.append(provider)
@@ -149,3 +156,5 @@ def provider_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     for provider in made:
         if isinstance(provider, LmdbStorageProvider):
             provider.engine.close()
+        elif isinstance(provider, RedisStorageProvider):
+            await provider.cleanup()

@@ -92,7 +92,9 @@ class Shard:
         return [decode_item(stored, key) for stored, key in zip(self._save(keys=keys, args=args), items, strict=True)]
 
     def delete_many(self, keys: list[str], content_type: str = "", now: int = 0) -> int:
-        args = [self.prefix, now or now_micros(), content_type, *keys]
+        args = [self.prefix, now or now_micros(), content_type]
+        for key in keys:
+            args += [key, ""]
         return int(self._delete(keys=[layout.record_key(self.prefix, key.encode()) for key in keys], args=args))
 
     def delete(self, key: str, content_type: str = "", now: int = 0) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -279,26 +279,36 @@ def search_chunks(
         compiled: the query.
         read: ``read(position)`` reads the chunk of candidates that starts at
             ``position`` (None: the first).
-        repeats: whether the path may meet one item twice (:attr:`Plan.repeats`);
-            then what was yielded is remembered and met again is dropped, and
-            ``limit`` is applied after dropping, so a repeat never takes the
-            place of an item not yet met.
+        repeats: whether the path may meet one item twice (:attr:`Plan.repeats`;
+            on Redis, every SCAN-family path); then what was yielded is
+            remembered and met again is dropped, and ``limit`` is applied after
+            dropping, so a repeat never takes the place of an item not yet met.
         name: names a candidate's key in a :class:`StorageCorruptionError`.
 
     Raises:
         StorageCorruptionError: a candidate does not decode.
     """
-    if not repeats:
-        yield from _chunks(compiled.spec.limit, read, lambda found, now, most: select(compiled, found, now, most, name))
-        return
-    seen: set[Any] = set()
+    yield from _chunks(_Loop(compiled.spec.limit, _results(compiled, repeats, name)), read)
 
-    def fresh(found: Sequence[tuple[Any, bytes]], now: int, most: int | None) -> list[StorageResult[Any]]:
-        hits = [hit for hit in select(compiled, found, now, None, name) if hit.item.metadata.id not in seen][:most]
-        seen.update(hit.item.metadata.id for hit in hits)
-        return hits
 
-    yield from _chunks(compiled.spec.limit, read, fresh)
+async def search_chunks_async(
+    compiled: CompiledQuery,
+    read: Callable[[Any], Awaitable[Chunk]],
+    repeats: bool = False,
+    name: Callable[[Any], object] | None = None,
+) -> AsyncIterator[list[StorageResult[Any]]]:
+    """:func:`search_chunks` for a backend whose reads are awaited."""
+    async for hits in _chunks_async(_Loop(compiled.spec.limit, _results(compiled, repeats, name)), read):
+        yield hits
+
+
+async def matching_chunks_async(
+    compiled: CompiledQuery, read: Callable[[Any], Awaitable[Chunk]], name: Callable[[Any], object] | None = None
+) -> AsyncIterator[list[tuple[Any, bytes]]]:
+    """:func:`matching_chunks` for a backend whose reads are awaited (a path with
+    repeats gives them too: the caller drops them)."""
+    async for hits in _chunks_async(_Loop(compiled.spec.limit, _matches(compiled, name)), read):
+        yield hits
 
 
 def matching_chunks(
@@ -312,28 +322,68 @@ def matching_chunks(
         StorageCorruptionError: a candidate's header does not parse.
     """
 
-    def matches(found: Sequence[tuple[Any, bytes]], now: int, most: int | None) -> list[tuple[Any, bytes]]:
-        return [found[index] for index in _matching(compiled, found, now, most, name)]
-
-    yield from _chunks(compiled.spec.limit, read, matches)
+    yield from _chunks(_Loop(compiled.spec.limit, _matches(compiled, name)), read)
 
 
-def _chunks(limit: int | None, read: Callable[[Any], Chunk], pick: Callable[..., list[Any]]) -> Iterator[list[Any]]:
-    """The one search loop: read a chunk, ``pick(candidates, now, most)`` its hits,
-    yield them, resume, until the candidates or ``limit`` run out."""
-    remaining = limit
-    if remaining == 0:
-        return
-    position = None
-    while True:
-        candidates, position = read(position)
-        hits = pick(candidates, now_micros(), remaining)
+def _matches(
+    compiled: CompiledQuery, name: Callable[[Any], object] | None
+) -> Callable[[Sequence[tuple[Any, bytes]], int, int | None], list[tuple[Any, bytes]]]:
+    """What the loop picks from a chunk for a delete: the matching candidates, undecoded."""
+    return lambda found, now, most: [found[index] for index in _matching(compiled, found, now, most, name)]
+
+
+def _results(
+    compiled: CompiledQuery, repeats: bool, name: Callable[[Any], object] | None
+) -> Callable[[Sequence[tuple[Any, bytes]], int, int | None], list[StorageResult[Any]]]:
+    """What the loop picks from a chunk: its results, without the repeats if the path has them."""
+    if not repeats:
+        return lambda found, now, most: select(compiled, found, now, most, name)
+    seen: set[Any] = set()
+
+    def fresh(found: Sequence[tuple[Any, bytes]], now: int, most: int | None) -> list[StorageResult[Any]]:
+        hits = [hit for hit in select(compiled, found, now, None, name) if hit.item.metadata.id not in seen][:most]
+        seen.update(hit.item.metadata.id for hit in hits)
+        return hits
+
+    return fresh
+
+
+_END = object()  # a position: nothing more to read
+
+
+class _Loop:
+    """The one search loop's decisions, whoever reads the chunks: ``pick(candidates,
+    now, most)`` a chunk's hits, count them against ``limit``, say where to resume."""
+
+    __slots__ = ("_pick", "_remaining", "start")
+
+    def __init__(self, limit: int | None, pick: Callable[..., list[Any]]) -> None:
+        self._pick = pick
+        self._remaining = limit
+        self.start: Any = _END if limit == 0 else None
+
+    def take(self, candidates: Sequence[tuple[Any, bytes]], position: Any) -> tuple[list[Any], Any]:
+        """The hits of a chunk, and where to read next (:data:`_END`: nowhere)."""
+        hits = self._pick(candidates, now_micros(), self._remaining)
+        if self._remaining is not None:
+            self._remaining -= len(hits)
+        return hits, _END if position is None or self._remaining == 0 else position
+
+
+def _chunks(loop: _Loop, read: Callable[[Any], Chunk]) -> Iterator[list[Any]]:
+    position = loop.start
+    while position is not _END:
+        hits, position = loop.take(*read(position))
         if hits:
             yield hits
-        if remaining is not None:
-            remaining -= len(hits)
-        if position is None or remaining == 0:
-            return
+
+
+async def _chunks_async(loop: _Loop, read: Callable[[Any], Awaitable[Chunk]]) -> AsyncIterator[list[Any]]:
+    position = loop.start
+    while position is not _END:
+        hits, position = loop.take(*await read(position))
+        if hits:
+            yield hits
 
 
 __all__ = [
@@ -353,10 +403,12 @@ __all__ = [
     "Sizes",
     "compile_query",
     "matching_chunks",
+    "matching_chunks_async",
     "plan",
     "postings",
     "query_postings",
     "search_chunks",
+    "search_chunks_async",
     "select",
     "tag_term",
     "times",

@@ -38,7 +38,7 @@ local function fields(record)  -- what the index needs of a record
   end
   local expires = nil
   if flags % 2 == 1 then expires = int64(record, 49) end
-  return {created = int64(record, 33), expires = expires, content_type = content_type, tags = tags}
+  return {created = int64(record, 33), expires = expires, content_type = content_type, tags = tags, payload_start = at}
 end
 
 local function unindex(prefix, member, f)
@@ -46,13 +46,20 @@ local function unindex(prefix, member, f)
   for _, term in ipairs(f.tags) do redis.call('SREM', prefix .. 't:' .. term, member) end
   redis.call('ZREM', prefix .. 'created', member)
   redis.call('ZREM', prefix .. 'expires', member)
+  redis.call('HDEL', prefix .. 'heads', member)
 end
 
-local function index(prefix, member, f)
+-- A record that expires also leaves its head (all but the payload) in the shard's
+-- 'heads' hash, which has no TTL: once Redis has expired the record, purging still
+-- knows which index entries were its.
+local function index(prefix, member, f, record)
   redis.call('SADD', prefix .. 'c:' .. f.content_type, member)
   for _, term in ipairs(f.tags) do redis.call('SADD', prefix .. 't:' .. term, member) end
   redis.call('ZADD', prefix .. 'created', f.created, member)
-  if f.expires then redis.call('ZADD', prefix .. 'expires', f.expires, member) end
+  if f.expires then
+    redis.call('ZADD', prefix .. 'expires', f.expires, member)
+    redis.call('HSET', prefix .. 'heads', member, string.sub(record, 1, f.payload_start - 1))
+  end
 end
 
 local function live(f, now) return f.expires == nil or f.expires > now end
@@ -88,7 +95,7 @@ end
 for i, record_key in ipairs(KEYS) do
   local plan = plans[i]
   if plan.before then unindex(prefix, plan.member, plan.before) end
-  index(prefix, plan.member, plan.after)
+  index(prefix, plan.member, plan.after, stored[i])
   if plan.after.expires then
     redis.call('SET', record_key, stored[i], 'PXAT', math.max(math.ceil(plan.after.expires / 1000), 1))
   else
@@ -100,9 +107,9 @@ return stored
 )
 
 #: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), the content
-#: type that must match (empty: any), then each item's key. Deletes the records and
-#: their index entries; returns how many live items (of that content type) were
-#: removed. An expired record met here is removed too.
+#: type that must match (empty: any), then each item's key and the record it must
+#: still hold (empty: any). Deletes the records and their index entries; returns
+#: how many live items were removed. An expired record met here is removed too.
 DELETE = (
     _RECORD
     + r"""
@@ -112,10 +119,11 @@ for i, record_key in ipairs(KEYS) do  -- every record read and checked before th
   local old = nil
   if not seen[record_key] then old = redis.call('GET', record_key) end
   seen[record_key] = true
+  local expected = ARGV[3 + 2 * i]
   if old then
     local f = fields(old)
-    if not live(f, now) or wanted == '' or f.content_type == wanted then
-      doomed[#doomed + 1] = {record_key = record_key, member = ARGV[3 + i], fields = f}
+    if not live(f, now) or ((wanted == '' or f.content_type == wanted) and (expected == '' or expected == old)) then
+      doomed[#doomed + 1] = {record_key = record_key, member = ARGV[2 + 2 * i], fields = f}
       if live(f, now) then removed = removed + 1 end
     end
   end
@@ -128,4 +136,21 @@ return removed
 """
 )
 
-__all__ = ["DELETE", "SAVE"]
+#: KEYS: the shard's expiry order. ARGV: the shard prefix, now (µs), how many at most.
+#: Removes the index entries (and any record Redis has not dropped yet) of items
+#: expired by now, oldest first; returns how many it met.
+PURGE = (
+    _RECORD
+    + r"""
+local prefix, now = ARGV[1], tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  local head = redis.call('HGET', prefix .. 'heads', member)
+  if head then unindex(prefix, member, fields(head)) else redis.call('ZREM', KEYS[1], member) end
+  redis.call('DEL', prefix .. 'r:' .. member)
+end
+return #due
+"""
+)
+
+__all__ = ["DELETE", "PURGE", "SAVE"]
