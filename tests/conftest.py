@@ -19,8 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from unistore import StorageProvider
-from unistore.providers import LmdbStorageProvider, MemoryStorageProvider
-from unistore.providers.redis.provider import RedisStorageProvider
+from unistore.providers import LmdbStorageProvider, MemoryStorageProvider, RedisStorageProvider
 
 settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -76,12 +75,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_redis(workdir: Path, wanted: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """A private redis-server on 127.0.0.1 (on port ``wanted``, or a free one), its data in
+    ``workdir`` (loaded from a dump there), and its port, once it answers."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: apt-get install -y redis-server (scripts/test does it)")
-    for _ in range(5):  # a port found free can be taken before the server binds it
-        port = _free_port()
+    for _ in range(5 if wanted is None else 1):  # a port found free can be taken before the server binds it
+        port = _free_port() if wanted is None else wanted
         process = subprocess.Popen(
             [
                 binary,
@@ -113,10 +114,16 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     pytest.fail("could not start redis-server on a free loopback port")
 
 
+@pytest.fixture
+def redis_starter() -> Callable[..., tuple[subprocess.Popen[bytes], int]]:
+    """:func:`start_redis`, for a test that stops and starts a server of its own."""
+    return start_redis
+
+
 @pytest.fixture(scope="session")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """The port of a private redis-server on 127.0.0.1, for the whole session."""
-    process, port = _start_redis(tmp_path_factory.mktemp("redis"))
+    process, port = start_redis(tmp_path_factory.mktemp("redis"))
     yield port
     process.terminate()
     process.wait(timeout=10)

@@ -16,6 +16,7 @@ from .errors import ValidationError
 from .providers.base import StorageProvider
 from .providers.lmdb import LmdbStorageProvider
 from .providers.memory import MemoryStorageProvider
+from .providers.redis import RedisStorageProvider
 
 # An opener pops the options it knows and returns the constructor to call once
 # no option is left over, so a bad URL creates nothing.
@@ -48,14 +49,30 @@ def _open_lmdb(url: SplitResult, params: dict[str, str]) -> Callable[[], Storage
     return functools.partial(LmdbStorageProvider, unquote(url.path), namespace=namespace, **options)
 
 
-_OPENERS: dict[str, Opener] = {"lmdb": _open_lmdb, "memory": _open_memory}
+#: The query options of a Redis URL: the provider's and those redis-py reads from a URL.
+_REDIS_OPTIONS = frozenset(
+    {"namespace", "shards", "ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "socket_timeout"}
+    | {"socket_connect_timeout"}
+)
+
+
+def _open_redis(url: SplitResult, params: dict[str, str]) -> Callable[[], StorageProvider[Any]]:
+    _number_option(params, "shards")  # its digits checked here; the URL itself goes to from_url
+    for name in _REDIS_OPTIONS & set(params):
+        del params[name]
+    return functools.partial(RedisStorageProvider.from_url, url.geturl())
+
+
+_OPENERS: dict[str, Opener] = {"lmdb": _open_lmdb, "memory": _open_memory, "redis": _open_redis, "rediss": _open_redis}
 
 
 def open_provider(url: str) -> StorageProvider[Any]:
     """The provider a URL names.
 
     Schemes: ``lmdb:///abs/path`` (options: ``namespace``, ``durability``,
-    ``map_size``, ``max_readers``) and ``memory://`` (option: ``namespace``).
+    ``map_size``, ``max_readers``), ``redis://[user:password@]host:port/db`` and
+    ``rediss://`` (TLS) (options: ``namespace``, ``shards``, and redis-py's
+    ``ssl_*`` and ``socket_*timeout``), and ``memory://`` (option: ``namespace``).
 
     Raises:
         ValidationError: an unknown scheme, a malformed URL or an unknown option.

@@ -3,5 +3,6 @@
 from .base import StorageProvider
 from .lmdb import LmdbEngine, LmdbStorageProvider
 from .memory import MemoryStorageProvider
+from .redis import RedisStorageProvider
 
-__all__ = ["LmdbEngine", "LmdbStorageProvider", "MemoryStorageProvider", "StorageProvider"]
+__all__ = ["LmdbEngine", "LmdbStorageProvider", "MemoryStorageProvider", "RedisStorageProvider", "StorageProvider"]

@@ -1,1 +1,5 @@
-"""The Redis provider's parts: its key layout and the Lua scripts that write a shard."""
+"""The Redis provider (:mod:`.provider`), its key layout and its Lua scripts."""
+
+from .provider import RedisStorageProvider
+
+__all__ = ["RedisStorageProvider"]

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ... import index
-from ...codec import PreparedSave, live_item, load_item, prepare_many, prepare_save, undecodable
+from ...codec import PreparedSave, live_item, load_item, prepare_many, prepare_save
 from ...core import unpack_item
 from ...errors import StorageConnectionError, StorageError, ValidationError
 from ...model import (
@@ -297,8 +297,9 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         key_bytes = validate_key(key)
         client = self._redis()
+        record_key = layout.record_key(self._prefixes[self._shard(key_bytes)], key_bytes)
         with _translated():
-            record = await client.get(layout.record_key(self._prefixes[self._shard(key_bytes)], key_bytes))
+            record: Any = await client.get(record_key)  # bytes: the client never decodes
         return load_item(record, key, content_type, now_micros())
 
     async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
@@ -321,6 +322,17 @@ class RedisStorageProvider(StorageProvider[Any]):
             if item is not None:
                 items[name] = item
         return items
+
+    async def explain(self, query: StorageQuery | index.CompiledQuery, shard: int = 0) -> index.Plan:
+        """The plan a search of ``query`` would follow now in ``shard`` (see :func:`unistore.index.plan`).
+
+        Raises:
+            ValidationError: a bad query field.
+        """
+        return await self._plan(index.compile_query(query).spec, shard)
+
+    async def _plan(self, spec: Any, shard: int) -> index.Plan:
+        return index.plan(spec, await _Sizes.read(self._redis(), self._prefixes[shard], spec), COSTS)
 
     async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         compiled = index.compile_query(query)
@@ -345,7 +357,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         """The chunk reader of the cheapest plan for ``spec`` in ``shard``."""
         client = self._redis()
         prefix = self._prefixes[shard]
-        plan = index.plan(spec, await _Sizes.read(client, prefix, spec), COSTS)
+        plan = await self._plan(spec, shard)
         if plan.path == index.POSTINGS:
             first, *others = (layout.posting_key(prefix, kind, term) for kind, term in plan.terms)
             return _PostingReader(client, prefix, first, others)
@@ -360,11 +372,10 @@ def _no_sid() -> int:
 
 
 def _item(record: bytes, save: PreparedSave) -> StorageItem[Any]:
-    """The item a save stored: its record as the script returned it, the data as already decoded."""
-    try:
-        return unpack_item(record, None, None, save.loaded)  # type: ignore[no-any-return]
-    except StorageError as exc:
-        raise undecodable(save.key, exc) from exc
+    """The item a save stored: its record as the script returned it (ours, with a
+    replaced item's id and creation time), the data as already decoded."""
+    item: StorageItem[Any] = unpack_item(record, None, None, save.loaded)  # type: ignore[assignment]
+    return item
 
 
 def _key_name(key: bytes) -> str:
@@ -419,12 +430,12 @@ def _score(micros: int | None, unbounded: str) -> str:
     return unbounded if micros is None else str(micros)
 
 
-async def _records(client: aioredis.Redis, prefix: bytes, members: list[bytes]) -> list[tuple[bytes, bytes]]:
+async def _records(client: aioredis.Redis, prefix: bytes, members: list[Any]) -> list[tuple[bytes, bytes]]:
     """The (key, record) of each member that still has a record (Redis may have expired it)."""
     if not members:
         return []
     with _translated():
-        records = await client.mget([layout.record_key(prefix, member) for member in members])
+        records: list[Any] = await client.mget([layout.record_key(prefix, member) for member in members])
     return [(member, record) for member, record in zip(members, records, strict=True) if record is not None]
 
 
@@ -439,10 +450,9 @@ class _PostingReader:
         with _translated():
             cursor, members = await client.sscan(self._first, cursor or 0, count=SEARCH_CHUNK)
             for other in self._others:
-                if members:
-                    flags = await client.smismember(other, members)
-                    members = [member for member, flag in zip(members, flags, strict=True) if flag]
-        return await _records(client, self._prefix, list(members)), cursor or None
+                flags = await client.smismember(other, members) if members else []
+                members = [member for member, flag in zip(members, flags, strict=True) if flag]
+        return await _records(client, self._prefix, members), cursor or None
 
 
 class _ScanReader:
@@ -471,7 +481,7 @@ class _TimeReader:
     async def __call__(self, position: tuple[str, int] | None) -> index.Chunk:
         low, skip = position or self._start
         with _translated():
-            page = await self._client.zrange(
+            page: list[Any] = await self._client.zrange(
                 self._key, low, self._high, byscore=True, offset=skip, num=SEARCH_CHUNK, withscores=True
             )
         members = [member for member, _ in page]

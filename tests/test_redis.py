@@ -1,0 +1,188 @@
+"""What is Redis's own in the Redis provider, against real redis-servers: how it is
+built, shards, the planner's paths, expiry by Redis and purging, and a server
+that goes away and comes back. (The conformance and property suites run on it too.)"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from unistore import (
+    StorageConnectionError,
+    StorageCorruptionError,
+    StorageError,
+    StorageQuery,
+    ValidationError,
+    index,
+    open_provider,
+)
+from unistore.providers import RedisStorageProvider
+from unistore.providers.redis import layout
+from unistore.providers.redis import provider as redis_provider
+
+UTC = timezone.utc
+DB = 3  # this module's own database, emptied before each test
+
+
+@pytest.fixture
+def raw(redis_port: int) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=redis_port, db=DB)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def make(redis_port: int, raw: redis.Redis) -> AsyncIterator[Any]:
+    made: list[RedisStorageProvider] = []
+
+    def make(**settings: Any) -> RedisStorageProvider:
+        provider = RedisStorageProvider({"host": "127.0.0.1", "port": redis_port, "db": DB, **settings})
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        await provider.cleanup()
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValidationError, match="unknown Redis settings: 'hots'"):
+        RedisStorageProvider({"hots": "x"})
+    for shards in (0, 1025, "2", True):
+        with pytest.raises(ValidationError, match="shards must be an int from 1 to 1024"):
+            RedisStorageProvider(shards=shards)
+    with pytest.raises(ValidationError, match="namespace"):
+        RedisStorageProvider(namespace="")
+    for url, why in (
+        (5, "url must be a str"),
+        ("http://h", "starts with redis:// or rediss://"),
+        ("redis://h?shards=x", "shards must be an int"),
+    ):
+        with pytest.raises(ValidationError, match=why):
+            RedisStorageProvider.from_url(url)  # type: ignore[arg-type]
+
+
+async def test_built_from_a_url_or_open_provider(redis_port: int, raw: redis.Redis) -> None:
+    url = f"redis://127.0.0.1:{redis_port}/{DB}?namespace=urls&shards=3"
+    for provider in (RedisStorageProvider.from_url(url), open_provider(url)):
+        assert isinstance(provider, RedisStorageProvider)
+        assert (provider.namespace, provider.shards) == ("urls", 3)
+        assert repr(provider) == "RedisStorageProvider(host='127.0.0.1', namespace='urls', shards=3)"
+        await provider.save("k", 1, "t")
+        assert (await provider.load("k")).data == 1
+        await provider.cleanup()
+    secret = RedisStorageProvider({"host": "db.example", "password": "hunter2"})
+    assert "hunter2" not in repr(secret) and "db.example" in repr(secret)
+    with pytest.raises(ValidationError, match="unknown option"):
+        open_provider(f"redis://127.0.0.1:{redis_port}/0?namespaec=x")
+    with pytest.raises(ValidationError, match="shards must be a positive integer"):
+        open_provider(f"redis://127.0.0.1:{redis_port}/0?shards=-1")
+
+
+async def test_a_namespace_spread_over_shards_answers_as_one(make: Any, raw: redis.Redis) -> None:
+    provider = make(namespace="spread", shards=4)
+    saved = await provider.save_many({f"k{n}": n for n in range(200)}, "t", tags={"all": "yes"})
+    assert [item.data for item in saved] == list(range(200))
+    used = {key.split(b"}")[0] for key in raw.scan_iter(match=b"us{spread:*")}
+    assert used == {f"us{{spread:{shard}".encode() for shard in range(4)}  # every shard holds some
+    assert len(await provider.load_many([f"k{n}" for n in range(0, 200, 2)])) == 100
+    assert len([r async for r in provider.search(StorageQuery(tags={"all": "yes"}, limit=150))]) == 150
+    assert len([r async for r in provider.search(StorageQuery(pattern="k1*"))]) == 111
+    assert await provider.delete_many([f"k{n}" for n in range(100)]) == 100
+    assert await provider.delete_matching(StorageQuery(pattern="k1*", limit=5)) == 5
+    assert await provider.delete_matching(StorageQuery(tags={"all": "yes"})) == 95
+    assert [r async for r in provider.search(StorageQuery())] == []
+
+
+async def test_the_planner_takes_the_cheapest_path(make: Any, raw: redis.Redis) -> None:
+    provider = make(namespace="plans")
+    raw.mset({f"other:{n}": b"" for n in range(20_000)})  # a SCAN visits every key of the database
+    await provider.save_many({f"rare{n}": n for n in range(10)}, "t", tags={"rare": "yes"})
+    await provider.save_many({f"common{n}": n for n in range(2000)}, "t", tags={"common": "yes"})
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    await provider.save_many({f"due{n}": n for n in range(600)}, "d", expires_at=soon)  # one score for all
+    assert (await provider.explain(StorageQuery(tags={"rare": "yes"}))).path == index.POSTINGS
+    assert (await provider.explain(StorageQuery(pattern="*5", tags={"common": "yes"}))).path == index.KEYS
+    expiring = StorageQuery(expires_before=soon + timedelta(seconds=1))
+    assert (await provider.explain(expiring)).path == index.EXPIRES_RANGE
+    # 600 items of one expiry score read in pages of 256: no page repeats or skips one.
+    assert sorted([r.item.data async for r in provider.search(expiring)]) == list(range(600))
+    assert len([r async for r in provider.search(StorageQuery(tags={"rare": "yes", "common": "yes"}))]) == 0
+    both = StorageQuery(tags={"rare": "yes"}, content_type="t")
+    assert (await provider.explain(both)).terms[0] == (index.TAG, index.tag_term(b"rare", b"yes"))
+    assert len([r async for r in provider.search(both)]) == 10
+
+
+async def test_expired_items_vanish_and_purging_removes_their_index_entries(make: Any, raw: redis.Redis) -> None:
+    provider = make(namespace="ttl")
+    soon = datetime.now(UTC) + timedelta(milliseconds=50)
+    await provider.save_many({f"brief{n}": n for n in range(5)}, "t", expires_at=soon, tags={"x": "1"})
+    await provider.save("stays", 0, "t", tags={"x": "1"})
+    await asyncio.sleep(0.1)
+    prefix = layout.shard_prefix(b"ttl", 0)
+    assert not raw.exists(layout.record_key(prefix, b"brief0"))  # Redis expired it
+    assert raw.scard(layout.posting_key(prefix, index.TAG, index.tag_term(b"x", b"1"))) == 6  # stale entries
+    assert [r.item.metadata.key async for r in provider.search(StorageQuery(tags={"x": "1"}))] == ["stays"]
+    assert await provider.purge_expired() == 5
+    assert raw.scard(layout.posting_key(prefix, index.TAG, index.tag_term(b"x", b"1"))) == 1
+    assert raw.zcard(prefix + layout.EXPIRES) == 0 and not raw.exists(prefix + b"heads")
+    assert await provider.purge_expired() == 0
+
+
+async def test_purge_works_through_more_than_one_batch(make: Any, raw: redis.Redis, monkeypatch: Any) -> None:
+    monkeypatch.setattr(redis_provider, "PURGE_BATCH", 3)
+    provider = make(namespace="batches")
+    await provider.save_many(
+        {f"k{n}": n for n in range(7)}, "t", expires_at=datetime.now(UTC) + timedelta(milliseconds=20)
+    )
+    await asyncio.sleep(0.05)
+    assert await provider.purge_expired() == 7
+
+
+async def test_a_search_names_a_record_that_does_not_decode(make: Any, raw: redis.Redis) -> None:
+    provider = make(namespace="named")
+    await provider.save("fine", 1, "t")
+    raw.set(layout.record_key(layout.shard_prefix(b"named", 0), "dégât".encode()), b"\x01short")
+    with pytest.raises(StorageCorruptionError) as caught:
+        [r async for r in provider.search(StorageQuery(pattern="d*"))]
+    assert caught.value.details["key"] == "dégât"  # as load names it: the key, a str
+
+
+async def test_a_damaged_record_refuses_a_save_over_it(make: Any, raw: redis.Redis) -> None:
+    provider = make(namespace="damage")
+    raw.set(layout.record_key(layout.shard_prefix(b"damage", 0), b"k"), b"\x01short")
+    with pytest.raises(StorageError, match="Redis refused the operation") as caught:
+        await provider.save("k", 1, "t")
+    assert isinstance(caught.value.__cause__, redis.ResponseError)
+
+
+async def test_a_server_that_goes_away_and_comes_back(tmp_path: Path, redis_starter: Any) -> None:
+    process, port = redis_starter(tmp_path)
+    provider = RedisStorageProvider({"host": "127.0.0.1", "port": port, "namespace": uuid.uuid4().hex})
+    try:
+        await provider.save("before", 1, "t")
+        redis.Redis(port=port).save()  # kept in the server's dump, for the server that comes back
+        process.terminate()
+        process.wait(timeout=10)
+        for operation in (provider.load("before"), provider.save("during", 2, "t"), provider.delete("before")):
+            with pytest.raises(StorageConnectionError, match="Redis is unreachable") as caught:
+                await operation
+            assert caught.value.__cause__ is not None
+        with pytest.raises(StorageConnectionError):
+            [r async for r in provider.search(StorageQuery())]
+        process, _ = redis_starter(tmp_path, port)
+        assert (await provider.load("before")).data == 1  # the same provider, reconnected
+        await provider.save("after", 3, "t")
+        assert {r.item.metadata.key async for r in provider.search(StorageQuery())} == {"before", "after"}
+    finally:
+        await provider.cleanup()
+        process.terminate()
+        process.wait(timeout=10)
