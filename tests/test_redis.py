@@ -186,3 +186,24 @@ async def test_a_server_that_goes_away_and_comes_back(tmp_path: Path, redis_star
         await provider.cleanup()
         process.terminate()
         process.wait(timeout=10)
+
+
+async def test_a_key_saved_again_after_redis_expired_it_survives_purging(make: Any, raw: redis.Redis) -> None:
+    # The new save used to leave the expired item's index entries (and its expiry
+    # entry), and purging them then deleted the new, live record (found by probing).
+    provider = make(namespace="again")
+    await provider.save("k", 1, "t", datetime.now(UTC) + timedelta(milliseconds=30), tags={"old": "1"})
+    await provider.save("past", 1, "t", datetime(2000, 1, 1, tzinfo=UTC), tags={"old": "1"})
+    await asyncio.sleep(0.08)
+    await provider.save("k", 2, "t", tags={"new": "1"})
+    await provider.save("past", 2, "t", tags={"new": "1"})
+    prefix = layout.shard_prefix(b"again", 0)
+    assert raw.scard(layout.posting_key(prefix, index.TAG, index.tag_term(b"old", b"1"))) == 0
+    assert raw.zcard(prefix + layout.EXPIRES) == 0 and not raw.exists(prefix + b"heads")
+    assert await provider.purge_expired() == 0
+    assert {key: (await provider.load(key)).data for key in ("k", "past")} == {"k": 2, "past": 2}
+    await provider.save("gone", 1, "t", datetime.now(UTC) + timedelta(milliseconds=30), tags={"old": "1"})
+    await asyncio.sleep(0.08)
+    assert await provider.delete("gone") is False  # nothing live; its leftovers go with it
+    assert raw.scard(layout.posting_key(prefix, index.TAG, index.tag_term(b"old", b"1"))) == 0
+    assert raw.zcard(prefix + layout.EXPIRES) == 0

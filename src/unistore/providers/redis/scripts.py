@@ -63,6 +63,16 @@ local function index(prefix, member, f, record)
 end
 
 local function live(f, now) return f.expires == nil or f.expires > now end
+
+-- The record under a key, and what the index holds for it: its fields, or, once
+-- Redis has dropped an expired record, those of the head it left in 'heads'.
+local function held(prefix, record_key, member)
+  local record = redis.call('GET', record_key)
+  if record then return record, fields(record) end
+  local head = redis.call('HGET', prefix .. 'heads', member)
+  if head then return nil, fields(head) end
+  return nil, nil
+end
 """
 
 #: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), then each
@@ -81,13 +91,9 @@ for i, record_key in ipairs(KEYS) do
   local member, record = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
   if seen[record_key] then return redis.error_reply('a batch names one key twice') end
   seen[record_key] = true
-  local old = redis.call('GET', record_key)
-  local before = nil
-  if old then
-    before = fields(old)
-    if live(before, now) then  -- the same item: its id, UUID and creation time stay
-      record = string.sub(record, 1, 8) .. string.sub(old, 9, 40) .. string.sub(record, 41)
-    end
+  local old, before = held(prefix, record_key, member)
+  if old and live(before, now) then  -- the same item: its id, UUID and creation time stay
+    record = string.sub(record, 1, 8) .. string.sub(old, 9, 40) .. string.sub(record, 41)
   end
   plans[i] = {member = member, before = before, after = fields(record)}
   stored[i] = record
@@ -116,16 +122,15 @@ DELETE = (
 local prefix, now, wanted = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local doomed, seen, removed = {}, {}, 0
 for i, record_key in ipairs(KEYS) do  -- every record read and checked before the first write
-  local old = nil
-  if not seen[record_key] then old = redis.call('GET', record_key) end
+  local member, expected = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+  local old, f = nil, nil
+  if not seen[record_key] then old, f = held(prefix, record_key, member) end
   seen[record_key] = true
-  local expected = ARGV[3 + 2 * i]
-  if old then
-    local f = fields(old)
-    if not live(f, now) or ((wanted == '' or f.content_type == wanted) and (expected == '' or expected == old)) then
-      doomed[#doomed + 1] = {record_key = record_key, member = ARGV[2 + 2 * i], fields = f}
-      if live(f, now) then removed = removed + 1 end
-    end
+  if f and (not old or not live(f, now)) then  -- nothing live: its leftovers go
+    doomed[#doomed + 1] = {record_key = record_key, member = member, fields = f}
+  elseif f and (wanted == '' or f.content_type == wanted) and (expected == '' or expected == old) then
+    doomed[#doomed + 1] = {record_key = record_key, member = member, fields = f}
+    removed = removed + 1
   end
 end
 for _, d in ipairs(doomed) do
@@ -145,9 +150,16 @@ PURGE = (
 local prefix, now = ARGV[1], tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, member in ipairs(due) do
-  local head = redis.call('HGET', prefix .. 'heads', member)
-  if head then unindex(prefix, member, fields(head)) else redis.call('ZREM', KEYS[1], member) end
-  redis.call('DEL', prefix .. 'r:' .. member)
+  local record_key = prefix .. 'r:' .. member
+  local record, f = held(prefix, record_key, member)
+  if f == nil then
+    redis.call('ZREM', KEYS[1], member)  -- an entry with nothing behind it
+  elseif live(f, now) then  -- a live record under a stale entry: its own expiry, or none
+    if f.expires then redis.call('ZADD', KEYS[1], f.expires, member) else redis.call('ZREM', KEYS[1], member) end
+  else
+    unindex(prefix, member, f)
+    if record then redis.call('DEL', record_key) end
+  end
 end
 return #due
 """
