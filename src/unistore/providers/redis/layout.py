@@ -52,6 +52,12 @@ def shard_prefix(namespace: bytes, shard: int) -> bytes:
     return b"us{" + escape_namespace(namespace) + b":" + str(shard).encode() + b"}:"
 
 
+def shards_key(namespace: bytes) -> bytes:
+    """The key that records how many shards a namespace is split over (in no shard's slot
+    but its own: it is read alone)."""
+    return b"us{" + escape_namespace(namespace) + b"}:shards"
+
+
 def record_key(prefix: bytes, key: bytes) -> bytes:
     """The Redis key of an item's record."""
     return prefix + RECORD + key
@@ -84,5 +90,6 @@ __all__ = [
     "record_key",
     "scan_pattern",
     "shard_prefix",
+    "shards_key",
     "time_key",
 ]

@@ -121,8 +121,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         self._url = url
         self._settings = merged
         self._prefixes = [layout.shard_prefix(namespace_bytes, shard) for shard in range(shards)]
+        self._shards_key = layout.shards_key(namespace_bytes)
         self._client: aioredis.Redis | None = None
         self._owner: tuple[Any, int] | None = None  # the event loop and process the client belongs to
+        self._ready: asyncio.Task[None] | None = None  # the client's first check, awaited by every caller
         self._scripts: dict[str, Any] = {}
 
     @classmethod
@@ -154,21 +156,48 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     # -- the client ----------------------------------------------------------------------
 
-    def _redis(self) -> aioredis.Redis:
-        """The client of this event loop and process (a fork or another loop gets its own)."""
+    async def _redis(self) -> aioredis.Redis:
+        """The client of this event loop and process (a fork or another loop gets its own),
+        made once however many tasks ask for it at once.
+
+        Raises:
+            ValidationError: the namespace is split over another number of shards.
+            StorageConnectionError: Redis is unreachable.
+        """
         owner = (asyncio.get_running_loop(), os.getpid())
         if self._client is None or self._owner != owner:
             options: dict[str, Any] = {"protocol": 3, "retry": _retry()}
             if self._url is not None:
-                self._client = aioredis.Redis.from_url(self._url, **options, **self._settings)
+                client = aioredis.Redis.from_url(self._url, **options, **self._settings)
             else:
-                self._client = aioredis.Redis(**options, **self._settings)
-            self._owner = owner
+                client = aioredis.Redis(**options, **self._settings)
+            self._client, self._owner = client, owner
             self._scripts = {
-                name: self._client.register_script(source)
+                name: client.register_script(source)
                 for name, source in (("save", scripts.SAVE), ("delete", scripts.DELETE), ("purge", scripts.PURGE))
             }
-        return self._client
+            self._ready = owner[0].create_task(self._check_shards(client))
+        client, ready = self._client, self._ready
+        await ready  # type: ignore[misc]  # set with the client, never None here
+        return client
+
+    async def _check_shards(self, client: aioredis.Redis) -> None:
+        """Record the namespace's shard count, or refuse another: items go to the shard
+        their key hashes to, so another count would not find them. A client that
+        fails here is closed and dropped (the next operation makes a new one)."""
+        try:
+            with _translated():
+                before: Any = await client.set(self._shards_key, self.shards, nx=True, get=True)  # one atomic step
+            recorded = self.shards if before is None else int(before)
+            if recorded != self.shards:
+                raise ValidationError(
+                    f"namespace {self.namespace!r} is split over {recorded} shards; open it with shards={recorded}"
+                )
+        except BaseException:
+            if self._client is client:
+                self._client = self._owner = None
+            await client.aclose()
+            raise
 
     def _shard(self, key_bytes: bytes) -> int:
         return zlib.crc32(key_bytes) % self.shards
@@ -200,7 +229,7 @@ class RedisStorageProvider(StorageProvider[Any]):
             _, record, _ = save.build(None, now, _no_sid)  # the script keeps a replaced item's id
             keys.append(layout.record_key(prefix, save.key_bytes))
             args += [save.key_bytes, record]
-        client = self._redis()
+        client = await self._redis()
         with _translated():
             stored = await self._scripts["save"](keys=keys, args=args, client=client)
         return [_item(record, save) for record, save in zip(stored, saves, strict=True)]
@@ -233,7 +262,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         args: list[Any] = [prefix, now_micros(), content_type or ""]
         for position, key in enumerate(keys):
             args += [key, b"" if expected is None else expected[position]]
-        client = self._redis()
+        client = await self._redis()
         with _translated():
             return int(
                 await self._scripts["delete"](
@@ -280,7 +309,7 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def purge_expired(self) -> int:
         """Remove the index entries of items Redis has expired (and any expired record
         it has not dropped yet); returns how many items were purged."""
-        client = self._redis()
+        client = await self._redis()
         total = 0
         for prefix in self._prefixes:
             while True:
@@ -296,7 +325,7 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         key_bytes = validate_key(key)
-        client = self._redis()
+        client = await self._redis()
         record_key = layout.record_key(self._prefixes[self._shard(key_bytes)], key_bytes)
         with _translated():
             record: Any = await client.get(record_key)  # bytes: the client never decodes
@@ -307,7 +336,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         wanted = None if content_type is None else validate_name(content_type, "content_type")
         names = list(checked)
         encoded = list(checked.values())
-        client = self._redis()
+        client = await self._redis()
         records: list[Any] = [None] * len(names)
         for shard, positions in self._by_shard(encoded).items():
             prefix = self._prefixes[shard]
@@ -332,7 +361,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         return await self._plan(index.compile_query(query).spec, shard)
 
     async def _plan(self, spec: Any, shard: int) -> index.Plan:
-        return index.plan(spec, await _Sizes.read(self._redis(), self._prefixes[shard], spec), COSTS)
+        return index.plan(spec, await _Sizes.read(await self._redis(), self._prefixes[shard], spec), COSTS)
 
     async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         compiled = index.compile_query(query)
@@ -355,7 +384,7 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     async def _reader(self, spec: Any, shard: int) -> Callable[[Any], Awaitable[index.Chunk]]:
         """The chunk reader of the cheapest plan for ``spec`` in ``shard``."""
-        client = self._redis()
+        client = await self._redis()
         prefix = self._prefixes[shard]
         plan = await self._plan(spec, shard)
         if plan.path == index.POSTINGS:
