@@ -212,7 +212,8 @@ async def test_a_key_saved_again_after_redis_expired_it_survives_purging(make: A
 async def test_a_namespace_keeps_its_shard_count(make: Any) -> None:
     await make(namespace="counted", shards=3).save("k", 1, "t")
     other = make(namespace="counted", shards=2)
-    with pytest.raises(ValidationError, match="split over 3 shards; open it with shards=3"):
-        await other.load("k")
+    for _ in range(2):  # refused again: a client whose check failed is not kept
+        with pytest.raises(ValidationError, match="split over 3 shards; open it with shards=3"):
+            await other.load("k")
     assert (await make(namespace="counted", shards=3).load("k")).data == 1
     assert (await make(namespace="counted2", shards=2).load_many(["k"])) == {}  # another namespace: its own count

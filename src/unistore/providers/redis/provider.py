@@ -165,7 +165,7 @@ class RedisStorageProvider(StorageProvider[Any]):
             StorageConnectionError: Redis is unreachable.
         """
         owner = (asyncio.get_running_loop(), os.getpid())
-        if self._client is None or self._owner != owner:
+        if self._client is None or self._owner != owner or _failed(self._ready):
             options: dict[str, Any] = {"protocol": 3, "retry": _retry()}
             if self._url is not None:
                 client = aioredis.Redis.from_url(self._url, **options, **self._settings)
@@ -184,7 +184,7 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def _check_shards(self, client: aioredis.Redis) -> None:
         """Record the namespace's shard count, or refuse another: items go to the shard
         their key hashes to, so another count would not find them. A client that
-        fails here is closed and dropped (the next operation makes a new one)."""
+        fails here is closed (the next operation makes a new one)."""
         try:
             with _translated():
                 before: Any = await client.set(self._shards_key, self.shards, nx=True, get=True)  # one atomic step
@@ -194,8 +194,6 @@ class RedisStorageProvider(StorageProvider[Any]):
                     f"namespace {self.namespace!r} is split over {recorded} shards; open it with shards={recorded}"
                 )
         except BaseException:
-            if self._client is client:
-                self._client = self._owner = None
             await client.aclose()
             raise
 
@@ -394,6 +392,11 @@ class RedisStorageProvider(StorageProvider[Any]):
             return _ScanReader(client, prefix, spec.pattern)
         kind = index.CREATED if plan.path == index.CREATED_RANGE else index.EXPIRES
         return _TimeReader(client, prefix, layout.time_key(prefix, kind), plan.low, plan.high)
+
+
+def _failed(task: asyncio.Task[None] | None) -> bool:
+    """Whether a client's first check has ended without success."""
+    return task is not None and task.done() and (task.cancelled() or task.exception() is not None)
 
 
 def _no_sid() -> int:
