@@ -75,9 +75,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_redis(workdir: Path, wanted: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start_redis(workdir: Path, wanted: int | None = None, *options: str) -> tuple[subprocess.Popen[bytes], int]:
     """A private redis-server on 127.0.0.1 (on port ``wanted``, or a free one), its data in
-    ``workdir`` (loaded from a dump there), and its port, once it answers."""
+    ``workdir`` (loaded from a dump there), with more command-line ``options``, and its
+    port, once it answers (a PING refused for want of a password counts)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: apt-get install -y redis-server (scripts/test does it)")
@@ -96,6 +97,7 @@ def start_redis(workdir: Path, wanted: int | None = None) -> tuple[subprocess.Po
                 "no",
                 "--dir",
                 str(workdir),
+                *options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -105,7 +107,7 @@ def start_redis(workdir: Path, wanted: int | None = None) -> tuple[subprocess.Po
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
+                    if conn.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return process, port
             except OSError:
                 time.sleep(0.02)

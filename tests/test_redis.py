@@ -5,6 +5,8 @@ that goes away and comes back. (The conformance and property suites run on it to
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
@@ -217,3 +219,53 @@ async def test_a_namespace_keeps_its_shard_count(make: Any) -> None:
             await other.load("k")
     assert (await make(namespace="counted", shards=3).load("k")).data == 1
     assert (await make(namespace="counted2", shards=2).load_many(["k"])) == {}  # another namespace: its own count
+
+
+async def test_a_password_and_an_acl_user_limited_to_its_keys(tmp_path: Path, redis_starter: Any) -> None:
+    process, port = redis_starter(tmp_path, None, "--requirepass", "s3cret")
+    try:
+        admin = redis.Redis(port=port, password="s3cret")
+        admin.acl_setuser("app", enabled=True, passwords=["+apppass"], keys=["us{tenant*"], commands=["+@all"])
+        admin.close()
+        settings = {"host": "127.0.0.1", "port": port}
+        wrong = RedisStorageProvider({**settings, "password": "nope"})
+        with pytest.raises(StorageConnectionError, match="Redis refused the credentials"):
+            await wrong.load("k")
+        owner = RedisStorageProvider({**settings, "password": "s3cret", "namespace": "anything"})
+        await owner.save("k", 1, "t")
+        app = RedisStorageProvider({**settings, "username": "app", "password": "apppass", "namespace": "tenant-a"})
+        await app.save("k", 2, "t", tags={"x": "1"})
+        assert [r.item.data async for r in app.search(StorageQuery(tags={"x": "1"}))] == [2]
+        assert [r.item.data async for r in app.search(StorageQuery(pattern="*"))] == [2]  # its own keys only
+        outside = RedisStorageProvider({**settings, "username": "app", "password": "apppass", "namespace": "other"})
+        with pytest.raises(StorageError, match="Redis refused the operation: .*no permissions"):
+            await outside.save("k", 3, "t")
+        for provider in (wrong, owner, app, outside):
+            await provider.cleanup()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def test_a_provider_inherited_across_a_fork_works_in_the_child(make: Any) -> None:
+    provider = make(namespace="forked")
+    await provider.save("parent", 1, "t")
+    pid = os.fork()
+    if pid == 0:  # the child: its own watchdog, its own event loop, its own connections
+        signal.alarm(30)
+        code = 1
+        try:
+
+            async def child() -> None:
+                assert (await provider.load("parent")).data == 1
+                await provider.save("child", 2, "t")
+                await provider.cleanup()
+
+            asyncio.run(child())
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (await provider.load("child")).data == 2  # the parent's connections still work
+    assert (await provider.load("parent")).data == 1

@@ -23,8 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ... import index
@@ -85,6 +85,8 @@ def _translated() -> Iterator[None]:
     """Redis errors as unistore's, the cause chained."""
     try:
         yield
+    except AuthenticationError as exc:
+        raise StorageConnectionError(f"Redis refused the credentials: {exc}") from exc
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise StorageConnectionError(f"Redis is unreachable: {exc}") from exc
     except RedisError as exc:
