@@ -238,7 +238,7 @@ async def test_a_password_and_an_acl_user_limited_to_its_keys(tmp_path: Path, re
         assert [r.item.data async for r in app.search(StorageQuery(tags={"x": "1"}))] == [2]
         assert [r.item.data async for r in app.search(StorageQuery(pattern="*"))] == [2]  # its own keys only
         outside = RedisStorageProvider({**settings, "username": "app", "password": "apppass", "namespace": "other"})
-        with pytest.raises(StorageError, match="Redis refused the operation: .*no permissions"):
+        with pytest.raises(StorageError, match=r"Redis refused the operation: .*no permissions"):
             await outside.save("k", 3, "t")
         for provider in (wrong, owner, app, outside):
             await provider.cleanup()
