@@ -853,3 +853,22 @@ def test_a_big_batch_into_a_tiny_map_grows_it_in_a_few_bigger_steps(store: Path)
     assert len(engine.load_many([f"k{n}" for n in range(500)])) == 500
     assert engine.check().ok
     engine.close()
+
+
+def test_an_open_adopts_a_map_another_process_grew_while_it_opened(store: Path) -> None:
+    # The race made certain: the other process grows the map between this one's
+    # lmdb.open and its first transaction (it only ever happened by timing before).
+    LmdbEngine(store, map_size=1 << 20, durability="none").close()
+    grown: list[bool] = []
+
+    def opener(env: Any) -> Any:
+        if not grown:
+            grown.append(True)
+            grow_in_another_process(store)
+        return layout.open_databases(env)
+
+    shared = SharedEnvironment.acquire(os.path.realpath(store), "none", 1 << 20, 126, opener)
+    try:
+        assert grown == [True] and shared.env.info()["map_size"] >= 30_000_000
+    finally:
+        shared.release()
