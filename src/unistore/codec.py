@@ -186,11 +186,18 @@ class PreparedSave(NamedTuple):
         back from the record by the core (so it is what a load will return) with
         the data as already decoded.
         """
+        fields = self.fields(old, now, new_sid)
+        record = pack_record(*fields)
+        item = unpack_item(record, None, None, self.loaded)  # None only when expiry or type is checked
+        return fields, record, item  # type: ignore[return-value]
+
+    def fields(self, old: RecordFields | None, now: int, new_sid: Callable[[], int]) -> RecordFields:
+        """The fields of the new record (see :meth:`build`), for a caller that needs no item yet."""
         if old is not None and is_live(old.expires, now):
             sid, uuid, created = old.sid, old.uuid, old.created
         else:
             sid, uuid, created = new_sid(), new_uuid_bytes(), now
-        fields = RecordFields(
+        return RecordFields(
             sid,
             uuid,
             created,
@@ -201,9 +208,6 @@ class PreparedSave(NamedTuple):
             self.tag_pairs,
             self.payload,
         )
-        record = pack_record(*fields)
-        item = unpack_item(record, None, None, self.loaded)  # None only when expiry or type is checked
-        return fields, record, item  # type: ignore[return-value]
 
     def loaded(self, payload: bytes) -> Any:
         """The data, as the payload decodes (``payload`` is that payload)."""

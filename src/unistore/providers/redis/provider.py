@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ... import index
 from ...codec import PreparedSave, live_item, load_item, prepare_many, prepare_save
-from ...core import unpack_item
+from ...core import pack_record, unpack_item
 from ...errors import StorageConnectionError, StorageError, ValidationError
 from ...model import (
     StorageItem,
@@ -226,7 +226,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         keys: list[bytes] = []
         args: list[Any] = [prefix, now]
         for save in saves:
-            _, record, _ = save.build(None, now, _no_sid)  # the script keeps a replaced item's id
+            record = pack_record(*save.fields(None, now, _no_sid))  # the script keeps a replaced item's id
             keys.append(layout.record_key(prefix, save.key_bytes))
             args += [save.key_bytes, record]
         client = await self._redis()
