@@ -6,6 +6,7 @@ from __future__ import annotations
 import faulthandler
 import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -75,6 +76,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _free_cluster_port() -> int:
+    """A free loopback port whose cluster bus port (the port + 10000) is free too."""
+    for _ in range(100):
+        port = random.randrange(20000, 55000)
+        try:
+            with socket.socket() as data, socket.socket() as bus:
+                data.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    pytest.fail("found no free pair of ports for a Redis Cluster node")
+
+
 def start_redis(workdir: Path, wanted: int | None = None, *options: str) -> tuple[subprocess.Popen[bytes], int]:
     """A private redis-server on 127.0.0.1 (on port ``wanted``, or a free one), its data in
     ``workdir`` (loaded from a dump there), with more command-line ``options``, and its
@@ -116,6 +131,64 @@ def start_redis(workdir: Path, wanted: int | None = None, *options: str) -> tupl
     pytest.fail("could not start redis-server on a free loopback port")
 
 
+def _cluster_state(port: int) -> str:
+    reply = subprocess.run(
+        ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10, check=False
+    )
+    return reply.stdout
+
+
+def start_cluster(workdir: Path, masters: int = 3) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """A private Redis Cluster of ``masters`` masters (no replicas) on loopback, and
+    their ports, once every node reports the cluster ok."""
+    processes: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    try:
+        for number in range(masters):
+            node = workdir / f"node{number}"
+            node.mkdir()
+            process, port = start_redis(
+                node,
+                _free_cluster_port(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(node / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            )
+            processes.append(process)
+            ports.append(port)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports), "--cluster-yes"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        deadline = time.monotonic() + 30
+        while not all("cluster_state:ok" in _cluster_state(port) for port in ports):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the Redis Cluster on ports {ports} did not become ok")
+            time.sleep(0.1)
+    except BaseException:
+        for process in processes:
+            process.kill()
+            process.wait()
+        raise
+    return processes, ports
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """The ports of the masters of a private 3-master Redis Cluster, for the whole session."""
+    processes, ports = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield ports
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=10)
+
+
 @pytest.fixture
 def redis_starter() -> Callable[..., tuple[subprocess.Popen[bytes], int]]:
     """:func:`start_redis`, for a test that stops and starts a server of its own."""
@@ -133,7 +206,10 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 # -- providers -------------------------------------------------------------------
 
-PROVIDERS = ["memory", "lmdb", "redis"]
+PROVIDERS = ["memory", "lmdb", "redis", "redis-cluster"]
+#: The shards a namespace is split over on the cluster: more than its masters, so one
+#: namespace spans all of them and every search scatters.
+CLUSTER_SHARDS = 4
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -156,6 +232,9 @@ async def provider_factory(
         elif request.param == "redis":  # one database shared by every test: a namespace each
             port = request.getfixturevalue("redis_port")
             provider = RedisStorageProvider({"host": "127.0.0.1", "port": port, "namespace": uuid.uuid4().hex})
+        elif request.param == "redis-cluster":
+            nodes = [f"127.0.0.1:{port}" for port in request.getfixturevalue("redis_cluster")]
+            provider = RedisStorageProvider(cluster_nodes=nodes, namespace=uuid.uuid4().hex, shards=CLUSTER_SHARDS)
         else:
             provider = MemoryStorageProvider(namespace=f"ns{number}")
         made.append(provider)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
@@ -65,7 +66,8 @@ def test_settings_are_checked() -> None:
         RedisStorageProvider(namespace="")
     for url, why in (
         (5, "url must be a str"),
-        ("http://h", "starts with redis:// or rediss://"),
+        ("http://h", r"starts with redis://, rediss://, redis\+cluster:// or rediss\+cluster://"),
+        ("redis+sentinel://h", "starts with redis://"),
         ("redis://h?shards=x", "shards must be an int"),
     ):
         with pytest.raises(ValidationError, match=why):
@@ -93,8 +95,8 @@ async def test_a_namespace_spread_over_shards_answers_as_one(make: Any, raw: red
     provider = make(namespace="spread", shards=4)
     saved = await provider.save_many({f"k{n}": n for n in range(200)}, "t", tags={"all": "yes"})
     assert [item.data for item in saved] == list(range(200))
-    used = {key.split(b"}")[0] for key in raw.scan_iter(match=b"us{spread:*")}
-    assert used == {f"us{{spread:{shard}".encode() for shard in range(4)}  # every shard holds some
+    used = {key.split(b"}")[0] + b"}:" for key in raw.scan_iter(match=b"us{spread:*")}
+    assert used == {layout.shard_prefix(b"spread", shard, 4) for shard in range(4)}  # every shard holds some
     assert len(await provider.load_many([f"k{n}" for n in range(0, 200, 2)])) == 100
     assert len([r async for r in provider.search(StorageQuery(tags={"all": "yes"}, limit=150))]) == 150
     assert len([r async for r in provider.search(StorageQuery(pattern="k1*"))]) == 111
@@ -129,7 +131,7 @@ async def test_expired_items_vanish_and_purging_removes_their_index_entries(make
     await provider.save_many({f"brief{n}": n for n in range(5)}, "t", expires_at=soon, tags={"x": "1"})
     await provider.save("stays", 0, "t", tags={"x": "1"})
     await asyncio.sleep(0.1)
-    prefix = layout.shard_prefix(b"ttl", 0)
+    prefix = layout.shard_prefix(b"ttl", 0, 1)
     assert not raw.exists(layout.record_key(prefix, b"brief0"))  # Redis expired it
     assert raw.scard(layout.posting_key(prefix, index.TAG, index.tag_term(b"x", b"1"))) == 6  # stale entries
     assert [r.item.metadata.key async for r in provider.search(StorageQuery(tags={"x": "1"}))] == ["stays"]
@@ -152,7 +154,7 @@ async def test_purge_works_through_more_than_one_batch(make: Any, raw: redis.Red
 async def test_a_search_names_a_record_that_does_not_decode(make: Any, raw: redis.Redis) -> None:
     provider = make(namespace="named")
     await provider.save("fine", 1, "t")
-    raw.set(layout.record_key(layout.shard_prefix(b"named", 0), "dégât".encode()), b"\x01short")
+    raw.set(layout.record_key(layout.shard_prefix(b"named", 0, 1), "dégât".encode()), b"\x01short")
     with pytest.raises(StorageCorruptionError) as caught:
         [r async for r in provider.search(StorageQuery(pattern="d*"))]
     assert caught.value.details["key"] == "dégât"  # as load names it: the key, a str
@@ -160,7 +162,7 @@ async def test_a_search_names_a_record_that_does_not_decode(make: Any, raw: redi
 
 async def test_a_damaged_record_refuses_a_save_over_it(make: Any, raw: redis.Redis) -> None:
     provider = make(namespace="damage")
-    raw.set(layout.record_key(layout.shard_prefix(b"damage", 0), b"k"), b"\x01short")
+    raw.set(layout.record_key(layout.shard_prefix(b"damage", 0, 1), b"k"), b"\x01short")
     with pytest.raises(StorageError, match="Redis refused the operation") as caught:
         await provider.save("k", 1, "t")
     assert isinstance(caught.value.__cause__, redis.ResponseError)
@@ -199,7 +201,7 @@ async def test_a_key_saved_again_after_redis_expired_it_survives_purging(make: A
     await asyncio.sleep(0.08)
     await provider.save("k", 2, "t", tags={"new": "1"})
     await provider.save("past", 2, "t", tags={"new": "1"})
-    prefix = layout.shard_prefix(b"again", 0)
+    prefix = layout.shard_prefix(b"again", 0, 1)
     assert raw.scard(layout.posting_key(prefix, index.TAG, index.tag_term(b"old", b"1"))) == 0
     assert raw.zcard(prefix + layout.EXPIRES) == 0 and not raw.exists(prefix + b"heads")
     assert await provider.purge_expired() == 0
@@ -269,3 +271,89 @@ async def test_a_provider_inherited_across_a_fork_works_in_the_child(make: Any) 
     assert os.waitstatus_to_exitcode(status) == 0
     assert (await provider.load("child")).data == 2  # the parent's connections still work
     assert (await provider.load("parent")).data == 1
+
+
+# -- Redis Cluster -----------------------------------------------------------------
+
+
+def test_cluster_settings_are_checked() -> None:
+    for nodes, why in (
+        ([], "names no node"),
+        ("127.0.0.1:7000", "must be a list"),
+        (["127.0.0.1"], "with a port from 1 to 65535"),
+        (["127.0.0.1:0"], "with a port from 1 to 65535"),
+        ([("127.0.0.1", "x")], "with a port from 1 to 65535"),
+        ([("", 7000)], "with a port from 1 to 65535"),
+        ([7000], r"is 'host:port' or \(host, port\)"),
+    ):
+        with pytest.raises(ValidationError, match=why):
+            RedisStorageProvider(cluster_nodes=nodes)
+    for clash, why in (({"host": "h"}, "not host"), ({"port": 1, "db": 2}, "not port, db")):
+        with pytest.raises(ValidationError, match=f"reached through cluster_nodes, {why}"):
+            RedisStorageProvider(cluster_nodes=["h:1"], **clash)
+    with pytest.raises(ValidationError, match="database 0 only; the URL names '3'"):
+        open_provider("redis+cluster://h:1,h:2/3?namespace=x")
+    provider = open_provider("rediss+cluster://u:pw@h:1,[::1]:2/0?namespace=x&shards=16")
+    assert repr(provider) == "RedisStorageProvider(cluster='h:1,::1:2', namespace='x', shards=16)"
+    assert "pw" not in repr(provider)
+
+
+async def test_a_namespace_spans_every_master_of_a_cluster(redis_cluster: list[int]) -> None:
+    nodes = ",".join(f"127.0.0.1:{port}" for port in redis_cluster[1:])  # any node finds the others
+    provider = open_provider(f"redis+cluster://{nodes}?namespace=spans&shards=3")
+    try:
+        await provider.delete_matching(StorageQuery())
+        await provider.save_many({f"k{n}": n for n in range(300)}, "t", tags={"all": "yes"})
+        held = []
+        for port in redis_cluster:  # each master holds one shard, as the slots spread them
+            with redis.Redis(port=port) as master:
+                held.append(sum(1 for _ in master.scan_iter(match=b"us{spans:*}:r:*")))
+        assert all(held) and sum(held) == 300
+        for query in (StorageQuery(tags={"all": "yes"}), StorageQuery(pattern="k*"), StorageQuery()):
+            assert sorted([r.item.data async for r in provider.search(query)]) == list(range(300))
+        for limit in (1, 7, 256, 299):  # exact, however the shards' answers interleave
+            found = [r.item.metadata.key async for r in provider.search(StorageQuery(pattern="k*", limit=limit))]
+            assert len(found) == len(set(found)) == limit
+        assert await provider.delete_matching(StorageQuery(tags={"all": "yes"}, limit=150)) == 150
+        assert await provider.delete_matching(StorageQuery(pattern="k*")) == 150
+    finally:
+        await provider.cleanup()
+
+
+async def test_leaving_a_scattered_search_early_stops_every_shard(redis_cluster: list[int]) -> None:
+    provider = RedisStorageProvider(
+        cluster_nodes=[("127.0.0.1", redis_cluster[0])], namespace=uuid.uuid4().hex, shards=8
+    )
+    try:
+        await provider.save_many({f"k{n}": n for n in range(2000)}, "t")
+        before = len(asyncio.all_tasks())
+        search = provider.search(StorageQuery())
+        await anext(search)
+        assert len(asyncio.all_tasks()) > before  # the other shards are being read meanwhile
+        await search.aclose()
+        assert len(asyncio.all_tasks()) == before  # closed: no shard is still being read
+        async for _ in provider.search(StorageQuery()):
+            break  # Python closes a generator left this way when it collects it: soon, not at once
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(asyncio.all_tasks()) == before:
+                break
+        assert len(asyncio.all_tasks()) == before
+    finally:
+        await provider.cleanup()
+
+
+async def test_a_cluster_that_cannot_be_reached_or_is_no_cluster(redis_port: int) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    unreachable = open_provider(f"redis+cluster://127.0.0.1:{closed}?namespace=x&socket_connect_timeout=0.5")
+    with pytest.raises(StorageConnectionError, match="Redis Cluster is unreachable") as caught:
+        await unreachable.load("k")
+    assert caught.value.__cause__ is not None
+    standalone = open_provider(f"redis+cluster://127.0.0.1:{redis_port}?namespace=x")
+    with pytest.raises(StorageError, match="Cluster mode is not enabled") as refused:
+        await standalone.load("k")
+    assert not isinstance(refused.value, StorageConnectionError)
+    for provider in (unreachable, standalone):
+        await provider.cleanup()

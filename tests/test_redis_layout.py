@@ -21,18 +21,45 @@ UTC = timezone.utc
 HOUR = 3_600_000_000  # µs
 
 
-@given(first=st.binary(min_size=1, max_size=12), second=st.binary(min_size=1, max_size=12), shard=st.integers(0, 99))
-def test_no_namespace_shard_prefix_starts_another(first: bytes, second: bytes, shard: int) -> None:
-    one, other = layout.shard_prefix(first, shard), layout.shard_prefix(second, shard)
+@given(
+    first=st.binary(min_size=1, max_size=12),
+    second=st.binary(min_size=1, max_size=12),
+    shard=st.integers(0, 99),
+    shards=st.sampled_from([1, 2, 3, 7, 64, 100, 1024]),
+)
+def test_no_namespace_shard_prefix_starts_another(first: bytes, second: bytes, shard: int, shards: int) -> None:
+    shard %= shards
+    one, other = layout.shard_prefix(first, shard, shards), layout.shard_prefix(second, shard, shards)
     assert one.startswith(other) == (first == second)
     escaped = layout.escape_namespace(first)
     assert not set(escaped) & set(b"*?[]\\{}:")  # nothing a glob, a hash tag or a part separator reads
-    assert layout.shard_prefix(first, shard) != layout.shard_prefix(first, shard + 1)
+    assert one != layout.shard_prefix(first, (shard + 1) % shards, shards) or shards == 1
+    assert one.startswith(b"us{" + escaped + b":" + str(shard).encode() + b"}:") or one.startswith(
+        b"us{" + escaped + b":" + str(shard).encode() + b":"
+    )
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 4, 16, 64, 100, 1024])
+def test_shards_spread_evenly_over_the_slots(shards: int) -> None:
+    """Shards land in equal parts of the slot space, in order, so the masters of a
+    cluster (each owning a contiguous range) share a namespace's shards evenly."""
+    prefixes = [layout.shard_prefix(b"spread", shard, shards) for shard in range(shards)]
+    slots = [key_slot(prefix) for prefix in prefixes]
+    assert slots == [layout.slot(prefix[3 : prefix.index(b"}")]) for prefix in prefixes]  # Redis's own hash
+    parts = min(shards, layout.SPREAD)
+    assert [slot * parts // layout.SLOTS for slot in slots] == [shard * parts // shards for shard in range(shards)]
+    thirds = [0, 5461, 10923, layout.SLOTS]  # how redis-cli splits the slots over 3 masters
+    per_master = [sum(low <= slot < high for slot in slots) for low, high in zip(thirds, thirds[1:])]
+    assert max(per_master) - min(per_master) <= (0 if shards % 3 == 0 and shards <= 64 else 1 + shards // 64)
+    if shards == 1:  # the whole slot space is its part: no suffix
+        assert prefixes == [b"us{spread:0}:"]
 
 
 def test_every_key_of_a_shard_is_in_one_slot() -> None:
-    prefix = layout.shard_prefix(b"ns {with} braces*", 3)
-    assert prefix == b"us{ns%20%7Bwith%7D%20braces%2A:3}:"
+    prefix = layout.shard_prefix(b"ns {with} braces*", 3, 4)
+    assert prefix.startswith(b"us{ns%20%7Bwith%7D%20braces%2A:3")
+    with pytest.raises(ValueError, match="shard 4 is not one of 4"):
+        layout.shard_prefix(b"ns", 4, 4)
     keys = [
         layout.record_key(prefix, b"any key {at} all"),
         layout.posting_key(prefix, 0, b"\x00\x00\x00\x01ab"),
@@ -53,7 +80,7 @@ def client(redis_port: int) -> Iterator[redis.Redis]:
 
 
 def test_a_scan_pattern_never_reaches_another_namespace(client: redis.Redis) -> None:
-    mine, other = layout.shard_prefix(b"a", 0), layout.shard_prefix(b"a:0}:r:", 0)
+    mine, other = layout.shard_prefix(b"a", 0, 1), layout.shard_prefix(b"a:0}:r:", 0, 1)
     for prefix in (mine, other):
         for key in (b"x", b"*", b"}:r:x", b"a:0}:r:x"):
             client.set(layout.record_key(prefix, key), b"")
@@ -70,7 +97,7 @@ class Shard:
 
     def __init__(self, client: redis.Redis, namespace: bytes) -> None:
         self.client = client
-        self.prefix = layout.shard_prefix(namespace, 0)
+        self.prefix = layout.shard_prefix(namespace, 0, 1)
         self._save = client.register_script(scripts.SAVE)
         self._delete = client.register_script(scripts.DELETE)
 

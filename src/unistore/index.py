@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -291,24 +291,22 @@ def search_chunks(
     yield from _chunks(_Loop(compiled.spec.limit, _results(compiled, repeats, name)), read)
 
 
-async def search_chunks_async(
+def search_chunks_async(
     compiled: CompiledQuery,
     read: Callable[[Any], Awaitable[Chunk]],
     repeats: bool = False,
     name: Callable[[Any], object] | None = None,
-) -> AsyncIterator[list[StorageResult[Any]]]:
+) -> AsyncGenerator[list[StorageResult[Any]], None]:
     """:func:`search_chunks` for a backend whose reads are awaited."""
-    async for hits in _chunks_async(_Loop(compiled.spec.limit, _results(compiled, repeats, name)), read):
-        yield hits
+    return _chunks_async(_Loop(compiled.spec.limit, _results(compiled, repeats, name)), read)
 
 
-async def matching_chunks_async(
+def matching_chunks_async(
     compiled: CompiledQuery, read: Callable[[Any], Awaitable[Chunk]], name: Callable[[Any], object] | None = None
-) -> AsyncIterator[list[tuple[Any, bytes]]]:
+) -> AsyncGenerator[list[tuple[Any, bytes]], None]:
     """:func:`matching_chunks` for a backend whose reads are awaited (a path with
     repeats gives them too: the caller drops them)."""
-    async for hits in _chunks_async(_Loop(compiled.spec.limit, _matches(compiled, name)), read):
-        yield hits
+    return _chunks_async(_Loop(compiled.spec.limit, _matches(compiled, name)), read)
 
 
 def matching_chunks(
@@ -378,7 +376,7 @@ def _chunks(loop: _Loop, read: Callable[[Any], Chunk]) -> Iterator[list[Any]]:
             yield hits
 
 
-async def _chunks_async(loop: _Loop, read: Callable[[Any], Awaitable[Chunk]]) -> AsyncIterator[list[Any]]:
+async def _chunks_async(loop: _Loop, read: Callable[[Any], Awaitable[Chunk]]) -> AsyncGenerator[list[Any], None]:
     position = loop.start
     while position is not _END:
         hits, position = loop.take(*await read(position))

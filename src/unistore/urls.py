@@ -63,7 +63,14 @@ def _open_redis(url: SplitResult, params: dict[str, str]) -> Callable[[], Storag
     return functools.partial(RedisStorageProvider.from_url, url.geturl())
 
 
-_OPENERS: dict[str, Opener] = {"lmdb": _open_lmdb, "memory": _open_memory, "redis": _open_redis, "rediss": _open_redis}
+_OPENERS: dict[str, Opener] = {
+    "lmdb": _open_lmdb,
+    "memory": _open_memory,
+    "redis": _open_redis,
+    "rediss": _open_redis,
+    "redis+cluster": _open_redis,
+    "rediss+cluster": _open_redis,
+}
 
 
 def open_provider(url: str) -> StorageProvider[Any]:
@@ -71,8 +78,10 @@ def open_provider(url: str) -> StorageProvider[Any]:
 
     Schemes: ``lmdb:///abs/path`` (options: ``namespace``, ``durability``,
     ``map_size``, ``max_readers``), ``redis://[user:password@]host:port/db`` and
-    ``rediss://`` (TLS) (options: ``namespace``, ``shards``, and redis-py's
-    ``ssl_*`` and ``socket_*timeout``), and ``memory://`` (option: ``namespace``).
+    ``rediss://`` (TLS), ``redis+cluster://[user:password@]host:port,host:port``
+    and ``rediss+cluster://`` (a Redis Cluster, found from any of its nodes)
+    (options: ``namespace``, ``shards``, and redis-py's ``ssl_*`` and
+    ``socket_*timeout``), and ``memory://`` (option: ``namespace``).
 
     Raises:
         ValidationError: an unknown scheme, a malformed URL or an unknown option.

@@ -25,6 +25,7 @@ Scores are microseconds since the epoch, exact in a double until the year 2255.
 
 from __future__ import annotations
 
+import binascii
 import string
 
 from ... import index
@@ -47,9 +48,37 @@ def escape_namespace(name: bytes) -> bytes:
     return b"".join(bytes((byte,)) if byte in _KEEP else b"%%%02X" % byte for byte in name)
 
 
-def shard_prefix(namespace: bytes, shard: int) -> bytes:
-    """The prefix of every key of shard ``shard`` of ``namespace``; its hash tag pins them to one slot."""
-    return b"us{" + escape_namespace(namespace) + b":" + str(shard).encode() + b"}:"
+#: Redis Cluster's hash slots.
+SLOTS = 16384
+#: A namespace's shards are spread evenly over at most this many equal parts of the slot space.
+SPREAD = 64
+
+
+def slot(tag: bytes) -> int:
+    """The Redis Cluster slot of a key whose hash tag is ``tag`` (CRC16/XMODEM, as Redis)."""
+    return binascii.crc_hqx(tag, 0) % SLOTS
+
+
+def shard_prefix(namespace: bytes, shard: int, shards: int) -> bytes:
+    """The prefix of every key of shard ``shard`` (of ``shards``) of ``namespace``; its hash
+    tag pins them to one slot.
+
+    The tag is ``<namespace>:<shard>``, and, when that hashes outside the shard's
+    share of the slot space, ``:<n>`` after it for the least ``n`` that hashes inside:
+    a cluster's masters own contiguous slot ranges, so shards spread evenly over the
+    slots spread evenly over the masters, however few shards there are.
+    """
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not one of {shards}")
+    base = escape_namespace(namespace) + b":" + str(shard).encode()
+    parts = min(shards, SPREAD)
+    part = shard * parts // shards
+    low, high = part * SLOTS // parts, (part + 1) * SLOTS // parts
+    tag, salt = base, 0
+    while not low <= slot(tag) < high:
+        salt += 1
+        tag = base + b":" + str(salt).encode()
+    return b"us{" + tag + b"}:"
 
 
 def shards_key(namespace: bytes) -> bytes:
@@ -91,5 +120,6 @@ __all__ = [
     "scan_pattern",
     "shard_prefix",
     "shards_key",
+    "slot",
     "time_key",
 ]

@@ -15,15 +15,16 @@ import contextlib
 import dataclasses
 import os
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, ClusterDownError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -43,6 +44,8 @@ from ...model import (
 )
 from ..base import StorageProvider
 from . import layout, scripts
+
+_T = TypeVar("_T")
 
 #: What a candidate costs on each path, in µs, on loopback (docs/benchmarks.md):
 #: SCAN visits a key for about half a microsecond of server time; a candidate
@@ -87,8 +90,12 @@ def _translated() -> Iterator[None]:
         yield
     except AuthenticationError as exc:
         raise StorageConnectionError(f"Redis refused the credentials: {exc}") from exc
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ClusterDownError, OSError) as exc:
         raise StorageConnectionError(f"Redis is unreachable: {exc}") from exc
+    except RedisClusterException as exc:  # redis-py's own, not a RedisError
+        if isinstance(exc.__cause__, (RedisConnectionError, RedisTimeoutError, OSError)):
+            raise StorageConnectionError(f"Redis Cluster is unreachable: {exc}") from exc
+        raise StorageError(f"Redis Cluster refused the operation: {exc}") from exc
     except RedisError as exc:
         raise StorageError(f"Redis refused the operation: {exc}") from exc
 
@@ -100,11 +107,14 @@ class RedisStorageProvider(StorageProvider[Any]):
         config: the seed's mapping: ``host``, ``port``, ``db``, ``password``,
             ``username``, ``ssl`` (and ``ssl_ca_certs``, ``ssl_certfile``,
             ``ssl_keyfile``, ``ssl_cert_reqs``, ``socket_timeout``,
-            ``socket_connect_timeout``), ``namespace`` and ``shards``.
+            ``socket_connect_timeout``), ``namespace`` and ``shards``; for
+            Redis Cluster, ``cluster_nodes`` (``"host:port"`` strings or
+            ``(host, port)`` pairs: the nodes to discover the cluster from)
+            instead of ``host``, ``port`` and ``db``.
         **settings: the same, as keywords (they win over ``config``).
 
     Raises:
-        ValidationError: an unknown setting, a bad namespace or shard count.
+        ValidationError: an unknown setting, a bad namespace, shard count or node.
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None, **settings: Any) -> None:
@@ -112,6 +122,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         namespace = merged.pop("namespace", "default")
         shards = merged.pop("shards", 1)
         url = merged.pop("url", None)
+        nodes = merged.pop("cluster_nodes", None)
         unknown = sorted(set(merged) - CONNECTION_SETTINGS)
         if unknown:
             raise ValidationError(f"unknown Redis settings: {', '.join(map(repr, unknown))}")
@@ -121,8 +132,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         self.namespace = namespace
         self.shards = shards
         self._url = url
+        self._nodes = None if nodes is None else _cluster_nodes(nodes, merged)
         self._settings = merged
-        self._prefixes = [layout.shard_prefix(namespace_bytes, shard) for shard in range(shards)]
+        self._prefixes = [layout.shard_prefix(namespace_bytes, shard, shards) for shard in range(shards)]
         self._shards_key = layout.shards_key(namespace_bytes)
         self._client: aioredis.Redis | None = None
         self._owner: tuple[Any, int] | None = None  # the event loop and process the client belongs to
@@ -132,7 +144,9 @@ class RedisStorageProvider(StorageProvider[Any]):
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> RedisStorageProvider:
         """A provider for ``redis://[user:password@]host:port/db?namespace=x&shards=N``
-        (``rediss://`` for TLS); other query parameters go to redis-py.
+        (``rediss://`` for TLS), or for the Redis Cluster that the nodes of
+        ``redis+cluster://[user:password@]host:port,host:port,...?namespace=x&shards=N``
+        belong to (``rediss+cluster://`` for TLS); other query parameters go to redis-py.
 
         Raises:
             ValidationError: a malformed URL or setting.
@@ -140,8 +154,11 @@ class RedisStorageProvider(StorageProvider[Any]):
         if not isinstance(url, str):
             raise ValidationError(f"url must be a str, got {type(url).__name__}")
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValidationError(f"a Redis URL starts with redis:// or rediss://, got {url!r}")
+        scheme, _, cluster = parts.scheme.partition("+")
+        if scheme not in ("redis", "rediss") or cluster not in ("", "cluster"):
+            raise ValidationError(
+                f"a Redis URL starts with redis://, rediss://, redis+cluster:// or rediss+cluster://, got {url!r}"
+            )
         query = dict(parse_qsl(parts.query))
         namespace = query.pop("namespace", "default")
         shards_text = query.pop("shards", "1")
@@ -149,10 +166,20 @@ class RedisStorageProvider(StorageProvider[Any]):
             shards = int(shards_text)
         except ValueError:
             raise ValidationError(f"shards must be an int, got {shards_text!r}") from None
+        if cluster:  # the first node goes to redis-py in the URL (with the credentials and options), all as nodes
+            credentials, at, hosts = parts.netloc.rpartition("@")
+            nodes = hosts.split(",")
+            if parts.path not in ("", "/", "/0"):
+                raise ValidationError(f"Redis Cluster has database 0 only; the URL names {parts.path[1:]!r}: {url!r}")
+            settings["cluster_nodes"] = nodes
+            parts = parts._replace(scheme=scheme, netloc=credentials + at + nodes[0], path="")
         rest = urlunsplit(parts._replace(query=urlencode(query)))
         return cls(url=rest, namespace=namespace, shards=shards, **settings)
 
     def __repr__(self) -> str:
+        if self._nodes is not None:
+            where = ",".join(f"{host}:{port}" for host, port in self._nodes)
+            return f"RedisStorageProvider(cluster={where!r}, namespace={self.namespace!r}, shards={self.shards})"
         where = self._settings.get("host", "localhost") if self._url is None else urlsplit(self._url).hostname
         return f"RedisStorageProvider(host={where!r}, namespace={self.namespace!r}, shards={self.shards})"
 
@@ -168,11 +195,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         """
         owner = (asyncio.get_running_loop(), os.getpid())
         if self._client is None or self._owner != owner or _failed(self._ready):
-            options: dict[str, Any] = {"protocol": 3, "retry": _retry()}
-            if self._url is not None:
-                client = aioredis.Redis.from_url(self._url, **options, **self._settings)
-            else:
-                client = aioredis.Redis(**options, **self._settings)
+            client = self._new_client()
             self._client, self._owner = client, owner
             self._scripts = {
                 name: client.register_script(source)
@@ -182,6 +205,18 @@ class RedisStorageProvider(StorageProvider[Any]):
         client, ready = self._client, self._ready
         await ready  # type: ignore[misc]  # set with the client, never None here
         return client
+
+    def _new_client(self) -> Any:
+        """A new client (its connections are made on first use): a cluster's or one server's."""
+        options: dict[str, Any] = {"protocol": 3, "retry": _retry(), **self._settings}
+        if self._nodes is not None:
+            options["startup_nodes"] = [ClusterNode(host, port) for host, port in self._nodes]
+            if self._url is not None:
+                return RedisCluster.from_url(self._url, **options)
+            return RedisCluster(**options)
+        if self._url is not None:
+            return aioredis.Redis.from_url(self._url, **options)
+        return aioredis.Redis(**options)
 
     async def _check_shards(self, client: aioredis.Redis) -> None:
         """Record the namespace's shard count, or refuse another: items go to the shard
@@ -293,33 +328,41 @@ class RedisStorageProvider(StorageProvider[Any]):
         compiled = index.compile_query(query)
         limit = compiled.spec.limit
         unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+        if limit is None:  # every shard at once
+            shards = range(self.shards)
+            return sum(await asyncio.gather(*(self._delete_matching_in(shard, unlimited, None) for shard in shards)))
         deleted = 0
-        for shard in range(self.shards):
-            found: dict[bytes, bytes] = {}  # a SCAN may meet a key twice
-            async for chunk in self._matching(unlimited, shard):
-                for key, record in chunk:
-                    found.setdefault(key, record)
-            keys = list(found)[: None if limit is None else limit - deleted]
-            if keys:  # each only if it still holds the record that matched
-                deleted += await self._delete_in_shard(shard, keys, None, [found[key] for key in keys])
+        for shard in range(self.shards):  # in turn, each up to what the limit leaves
             if deleted == limit:
                 break
+            deleted += await self._delete_matching_in(shard, unlimited, limit - deleted)
         return deleted
+
+    async def _delete_matching_in(self, shard: int, compiled: index.CompiledQuery, most: int | None) -> int:
+        found: dict[bytes, bytes] = {}  # a SCAN may meet a key twice
+        async for chunk in self._matching(compiled, shard):
+            for key, record in chunk:
+                found.setdefault(key, record)
+        keys = list(found)[:most]
+        if not keys:
+            return 0
+        return await self._delete_in_shard(shard, keys, None, [found[key] for key in keys])  # each if still the same
 
     async def purge_expired(self) -> int:
         """Remove the index entries of items Redis has expired (and any expired record
         it has not dropped yet); returns how many items were purged."""
+        return sum(await asyncio.gather(*(self._purge_shard(prefix) for prefix in self._prefixes)))
+
+    async def _purge_shard(self, prefix: bytes) -> int:
         client = await self._redis()
         total = 0
-        for prefix in self._prefixes:
-            while True:
-                args = [prefix, now_micros(), PURGE_BATCH]
-                with _translated():
-                    met = int(await self._scripts["purge"](keys=[prefix + layout.EXPIRES], args=args, client=client))
-                total += met
-                if met < PURGE_BATCH:
-                    break
-        return total
+        while True:
+            args = [prefix, now_micros(), PURGE_BATCH]
+            with _translated():
+                met = int(await self._scripts["purge"](keys=[prefix + layout.EXPIRES], args=args, client=client))
+            total += met
+            if met < PURGE_BATCH:
+                return total
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -366,21 +409,29 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         compiled = index.compile_query(query)
         remaining = compiled.spec.limit
-        for shard in range(self.shards):
-            if remaining == 0:
-                return
-            part = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=remaining))
-            read = await self._reader(part.spec, shard)
-            async for chunk in index.search_chunks_async(part, read, repeats=True, name=_key_name):
-                for result in chunk:
+        if remaining == 0:
+            return
+        async with _scattered([self._search_shard(compiled, shard) for shard in range(self.shards)]) as chunks:
+            async for chunk in chunks:
+                for result in chunk[:remaining]:
                     yield result
                 if remaining is not None:
-                    remaining -= len(chunk)
+                    remaining -= min(len(chunk), remaining)
+                    if remaining == 0:
+                        return
+
+    async def _search_shard(self, compiled: index.CompiledQuery, shard: int) -> AsyncGenerator[list[Any], None]:
+        """One shard's results, a chunk at a time (each shard stops at the query's limit)."""
+        read = await self._reader(compiled.spec, shard)
+        async with contextlib.aclosing(index.search_chunks_async(compiled, read, True, _key_name)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _matching(self, compiled: index.CompiledQuery, shard: int) -> AsyncIterator[list[tuple[bytes, bytes]]]:
         read = await self._reader(compiled.spec, shard)
-        async for chunk in index.matching_chunks_async(compiled, read, name=_key_name):
-            yield chunk
+        async with contextlib.aclosing(index.matching_chunks_async(compiled, read, name=_key_name)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _reader(self, spec: Any, shard: int) -> Callable[[Any], Awaitable[index.Chunk]]:
         """The chunk reader of the cheapest plan for ``spec`` in ``shard``."""
@@ -394,6 +445,74 @@ class RedisStorageProvider(StorageProvider[Any]):
             return _ScanReader(client, prefix, spec.pattern)
         kind = index.CREATED if plan.path == index.CREATED_RANGE else index.EXPIRES
         return _TimeReader(client, prefix, layout.time_key(prefix, kind), plan.low, plan.high)
+
+
+@contextlib.asynccontextmanager
+async def _scattered(streams: list[AsyncGenerator[_T, None]]) -> AsyncIterator[AsyncIterator[_T]]:
+    """What every stream yields, in the order it arrives: the streams are read
+    concurrently, each one step ahead at most. On leaving, every stream is stopped
+    (its step in progress cancelled) and closed."""
+    if len(streams) == 1:
+        try:
+            yield streams[0]
+        finally:
+            await streams[0].aclose()
+        return
+    pending: dict[asyncio.Future[_T], AsyncGenerator[_T, None]] = {}
+
+    async def merged() -> AsyncGenerator[_T, None]:
+        for stream in streams:
+            pending[asyncio.ensure_future(anext(stream))] = stream
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for step in done:
+                stream = pending.pop(step)
+                try:
+                    value = step.result()
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(anext(stream))] = stream
+                yield value
+
+    chunks = merged()
+    try:
+        yield chunks
+    finally:
+        await chunks.aclose()
+        for step in pending:
+            step.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        for stream in streams:
+            await stream.aclose()
+
+
+def _cluster_nodes(nodes: Any, settings: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The ``(host, port)`` of each node given as ``"host:port"`` (``"[v6]:port"``) or a pair.
+
+    Raises:
+        ValidationError: no node, a malformed one, or a setting a cluster has no use for.
+    """
+    clashing = sorted({"host", "port"} & set(settings)) + (["db"] if settings.get("db", 0) != 0 else [])
+    if clashing:
+        raise ValidationError(f"a cluster is reached through cluster_nodes, not {', '.join(clashing)}")
+    if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Iterable):
+        raise ValidationError(f"cluster_nodes must be a list of 'host:port', got {nodes!r}")
+    found: list[tuple[str, int]] = []
+    for node in nodes:
+        if isinstance(node, str):
+            host, _, port = node.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        elif isinstance(node, tuple) and len(node) == 2:
+            host, port = node
+        else:
+            raise ValidationError(f"a cluster node is 'host:port' or (host, port), got {node!r}")
+        if not isinstance(host, str) or not host or not str(port).isdigit() or not 0 < int(port) < 65536:
+            raise ValidationError(f"a cluster node is 'host:port' with a port from 1 to 65535, got {node!r}")
+        found.append((host, int(port)))
+    if not found:
+        raise ValidationError("cluster_nodes names no node")
+    return found
 
 
 def _failed(task: asyncio.Task[None] | None) -> bool:
@@ -435,19 +554,21 @@ class _Sizes:
             )
             if low is not None or high is not None
         ]
+        node = _node(client, prefix)
         with _translated():
             async with client.pipeline(transaction=False) as pipe:
                 for kind, term in terms:
                     pipe.scard(layout.posting_key(prefix, kind, term))
-                pipe.dbsize()
                 for kind, low, high in bounds:
                     pipe.zcount(layout.time_key(prefix, kind), _score(low, "-inf"), _score(high, "+inf"))
+                if not node:  # one server: the keyspace's size in the same round trip
+                    pipe.dbsize()
                 replies = await pipe.execute()
-        postings = dict(zip(terms, replies, strict=False))
+            keyspace = await client.dbsize(**node) if node else replies.pop()
         return cls(
-            postings,
-            replies[len(terms)],
-            {kind: count for (kind, _, _), count in zip(bounds, replies[len(terms) + 1 :], strict=True)},
+            dict(zip(terms, replies, strict=False)),
+            keyspace,
+            {kind: count for (kind, _, _), count in zip(bounds, replies[len(terms) :], strict=True)},
         )
 
     def posting(self, kind: int, term: bytes) -> int:
@@ -458,6 +579,14 @@ class _Sizes:
 
     def times(self, kind: int, low: int | None, high: int | None, most: int) -> int:
         return int(self._times[kind])
+
+
+def _node(client: Any, prefix: bytes) -> dict[str, Any]:
+    """Where a command that names no key but is about a shard goes (SCAN, DBSIZE): on a
+    cluster, to the node that holds the shard's slot; on one server, nowhere special."""
+    if isinstance(client, RedisCluster):  # a prefix is ASCII (layout.escape_namespace)
+        return {"target_nodes": client.get_node_from_key(prefix.decode("ascii"))}
+    return {}
 
 
 def _score(micros: int | None, unbounded: str) -> str:
@@ -497,9 +626,13 @@ class _ScanReader:
         self._match = layout.scan_pattern(prefix, pattern)
         self._cut = len(prefix) + len(layout.RECORD)
 
-    async def __call__(self, cursor: int | None) -> index.Chunk:
+    async def __call__(self, cursor: Any) -> index.Chunk:
         with _translated():
-            cursor, keys = await self._client.scan(cursor or 0, match=self._match, count=SCAN_COUNT)
+            cursor, keys = await self._client.scan(
+                cursor or 0, match=self._match, count=SCAN_COUNT, **_node(self._client, self._prefix)
+            )
+        if isinstance(cursor, dict):  # a cluster's SCAN answers per node: here one node's
+            [cursor] = cursor.values()
         members = [key[self._cut :] for key in keys]
         return await _records(self._client, self._prefix, members), cursor or None
 
