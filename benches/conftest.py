@@ -5,6 +5,10 @@ so per-operation figures are the round time divided by BATCH."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +93,37 @@ def batch() -> int:
 def record() -> dict[str, Any]:
     """The record every benchmark stores and loads."""
     return RECORD
+
+
+@pytest.fixture(scope="session")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The port of a private redis-server on 127.0.0.1 (no persistence), for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server (scripts/test does it)")
+    workdir = tmp_path_factory.mktemp("redis")
+    for _ in range(5):  # a port found free can be taken before the server binds it
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+        process = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.02)
+        else:
+            process.kill()
+            process.wait()
+            continue
+        yield port
+        process.terminate()
+        process.wait(timeout=10)
+        return
+    pytest.fail("could not start redis-server on a free loopback port")
