@@ -5,7 +5,9 @@ that goes away and comes back. (The conformance and property suites run on it to
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import re
 import signal
 import socket
 import uuid
@@ -23,6 +25,7 @@ from unistore import (
     StorageError,
     StorageQuery,
     ValidationError,
+    cli,
     index,
     open_provider,
 )
@@ -357,3 +360,73 @@ async def test_a_cluster_that_cannot_be_reached_or_is_no_cluster(redis_port: int
     assert not isinstance(refused.value, StorageConnectionError)
     for provider in (unreachable, standalone):
         await provider.cleanup()
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+async def test_check_counts_a_healthy_namespace_and_tolerates_what_redis_expired(make: Any, raw: redis.Redis) -> None:
+    provider = make(namespace="healthy", shards=2)
+    soon = datetime.now(UTC) + timedelta(milliseconds=40)
+    await provider.save_many({f"k{n}": n for n in range(20)}, "t", tags={"a": "1"})
+    await provider.save_many({f"e{n}": n for n in range(5)}, "e", expires_at=soon, tags={"a": "1"})
+    await provider.save("k0", "again", "u", tags={"b": "2"})  # an upsert moves its entries
+    await provider.delete("k1")
+    report = await provider.check()
+    assert report.ok, report.problems
+    assert (report.records, report.tag_entries, report.type_entries) == (24, 24, 24)
+    assert (report.created_entries, report.expires_entries, report.ids) == (24, 5, 0)
+    await asyncio.sleep(0.08)  # Redis expires five records: their entries are stale, not damage
+    assert (await provider.check()).ok
+    assert await provider.purge_expired() == 5
+    report = await provider.check()
+    assert report.ok and (report.records, report.expires_entries) == (19, 0)
+
+
+async def test_check_reports_each_kind_of_damage(make: Any, raw: redis.Redis) -> None:
+    provider = make(namespace="hurt")
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    await provider.save("plain", 1, "t", tags={"colour": "red"})
+    await provider.save("due", 2, "t", expires_at=soon)
+    await provider.save("other", 3, "t")
+    prefix = layout.shard_prefix(b"hurt", 0, 1)
+    red = layout.posting_key(prefix, index.TAG, index.tag_term(b"colour", b"red"))
+    raw.srem(red, b"plain")  # a missing tag entry
+    raw.sadd(layout.posting_key(prefix, index.CONTENT_TYPE, b"t"), b"ghost")  # an entry with no record
+    raw.zadd(prefix + layout.CREATED, {b"other": 1})  # a wrong score
+    raw.hdel(prefix + b"heads", b"due")  # an expiring record without its head
+    raw.hset(prefix + b"heads", b"plain", b"x")  # a head for a record that does not expire
+    raw.hset(prefix + b"heads", b"lost", b"\x01short")  # a head that does not decode
+    raw.set(layout.record_key(prefix, b"copy"), raw.get(layout.record_key(prefix, b"other")))  # under another key
+    raw.set(layout.record_key(prefix, b"broken"), b"\x01short")
+    problems = (await provider.check()).problems
+    expected = [
+        r"tags index lacks entry .*plain",
+        r"types index entry .*ghost.* points at no record",
+        r"created index entry \(b'other', 1\) points at no record",
+        r"created index lacks entry \(b'other', \d+\)",
+        r"heads lacks entry b'due'",
+        r"heads entry b'plain' belongs to a record that does not expire",
+        r"heads entry: .*lost",
+        r"record under b'copy' says its key is b'other'",
+        r"broken",
+    ]
+    for pattern in expected:
+        assert any(re.search(pattern, problem) for problem in problems), (pattern, problems)
+    assert not (await make(namespace="unhurt").check()).problems
+
+
+async def test_check_and_purge_from_the_command_line(redis_port: int, raw: redis.Redis) -> None:
+    url = f"redis://127.0.0.1:{redis_port}/{DB}?namespace=cli"
+    provider = open_provider(url)
+    await provider.save("k", 1, "t", expires_at=datetime.now(UTC) + timedelta(milliseconds=30))
+    await provider.cleanup()
+    await asyncio.sleep(0.06)
+    out = io.StringIO()
+    assert await asyncio.to_thread(cli.main, ["check", "--store", url], out) == 0
+    assert "consistent" in out.getvalue()
+    assert await asyncio.to_thread(cli.main, ["purge", "--store", url], out) == 0
+    assert "purged 1 expired item(s)" in out.getvalue()
+    raw.sadd(layout.posting_key(layout.shard_prefix(b"cli", 0, 1), index.CONTENT_TYPE, b"t"), b"ghost")
+    assert await asyncio.to_thread(cli.main, ["check", "--store", url], out) == 1
+    assert "1 problem(s)" in out.getvalue()

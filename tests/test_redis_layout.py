@@ -3,6 +3,7 @@ hash tags, escaping, and what SAVE and DELETE leave in the server."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -49,7 +50,7 @@ def test_shards_spread_evenly_over_the_slots(shards: int) -> None:
     parts = min(shards, layout.SPREAD)
     assert [slot * parts // layout.SLOTS for slot in slots] == [shard * parts // shards for shard in range(shards)]
     thirds = [0, 5461, 10923, layout.SLOTS]  # how redis-cli splits the slots over 3 masters
-    per_master = [sum(low <= slot < high for slot in slots) for low, high in zip(thirds, thirds[1:])]
+    per_master = [sum(low <= slot < high for slot in slots) for low, high in itertools.pairwise(thirds)]
     assert max(per_master) - min(per_master) <= (0 if shards % 3 == 0 and shards <= 64 else 1 + shards // 64)
     if shards == 1:  # the whole slot space is its part: no suffix
         assert prefixes == [b"us{spread:0}:"]

@@ -3,12 +3,12 @@ of the right id, and every record is fully indexed (what ``unistore check`` runs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from ...codec import decode_fields
 from ...core import RecordFields
 from ...errors import StorageCorruptionError
+from ...index import CheckReport
 from . import layout
 
 #: Each index database (its number in :class:`~.layout.Databases`), its name and
@@ -20,24 +20,6 @@ _INDEXES = (
     (4, "created", "created_entries"),
     (5, "expires", "expires_entries"),
 )
-
-
-@dataclass
-class CheckReport:
-    """What a check found: entry counts, and one line per problem."""
-
-    records: int = 0
-    ids: int = 0
-    tag_entries: int = 0
-    type_entries: int = 0
-    created_entries: int = 0
-    expires_entries: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when every index entry points at its record and every record is indexed."""
-        return not self.problems
 
 
 def _entries(txn: Any, db: Any, prefix: bytes) -> set[tuple[bytes, bytes]]:

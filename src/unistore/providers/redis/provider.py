@@ -44,6 +44,7 @@ from ...model import (
 )
 from ..base import StorageProvider
 from . import layout, scripts
+from .check import check_shard
 
 _T = TypeVar("_T")
 
@@ -352,6 +353,20 @@ class RedisStorageProvider(StorageProvider[Any]):
         """Remove the index entries of items Redis has expired (and any expired record
         it has not dropped yet); returns how many items were purged."""
         return sum(await asyncio.gather(*(self._purge_shard(prefix) for prefix in self._prefixes)))
+
+    async def check(self) -> index.CheckReport:
+        """Verify that every index entry belongs to a record that has it and every record
+        is fully indexed, shard by shard (:mod:`.check`); check a store at rest.
+
+        Raises:
+            StorageConnectionError: Redis is unreachable.
+        """
+        client = await self._redis()
+        report = index.CheckReport()
+        for prefix in self._prefixes:
+            with _translated():
+                await check_shard(client, prefix, _node(client, prefix), report)
+        return report
 
     async def _purge_shard(self, prefix: bytes) -> int:
         client = await self._redis()
