@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import os
 import re
 import signal
@@ -23,7 +24,9 @@ from unistore import (
     StorageConnectionError,
     StorageCorruptionError,
     StorageError,
+    StorageMonitor,
     StorageQuery,
+    UnifiedStorageManager,
     ValidationError,
     cli,
     index,
@@ -430,3 +433,105 @@ async def test_check_and_purge_from_the_command_line(redis_port: int, raw: redis
     raw.sadd(layout.posting_key(layout.shard_prefix(b"cli", 0, 1), index.CONTENT_TYPE, b"t"), b"ghost")
     assert await asyncio.to_thread(cli.main, ["check", "--store", url], out) == 1
     assert "1 problem(s)" in out.getvalue()
+
+
+async def test_r065_validation_runs_unchanged_on_redis_but_for_the_port(redis_port: int) -> None:
+    """R065's validation test ("Validação"), word for word but for the port."""
+    # Setup
+    manager = UnifiedStorageManager()
+    monitor = StorageMonitor()
+
+    # Register providers
+    redis_provider = RedisStorageProvider({"host": "localhost", "port": redis_port})
+    manager.register_provider("test", redis_provider)
+
+    # Test save
+    item = await manager.save("test_key", {"value": "test"}, "test", tags={"purpose": "test"})
+
+    assert item.metadata.key == "test_key"
+    assert item.data["value"] == "test"
+    assert item.metadata.tags["purpose"] == "test"
+
+    # Test load
+    loaded = await manager.load("test_key", "test")
+    assert loaded.data["value"] == "test"
+
+    # Test search
+    query = StorageQuery(content_type="test", tags={"purpose": "test"})
+
+    results = []
+    async for result in manager.search(query):
+        results.append(result)
+
+    assert len(results) == 1
+    assert results[0].item.data["value"] == "test"
+
+    # Test delete
+    deleted = await manager.delete("test_key", "test")
+    assert deleted
+
+    # Test monitoring
+    await monitor.record_operation("test", "save", True)
+    await monitor.record_size("test", 1000)
+
+    await redis_provider.cleanup()  # not in R065's text: the suite fails on a leaked connection
+
+
+@pytest.mark.watchdog(120)
+async def test_a_server_killed_in_a_stream_of_writes_leaves_nothing_half_written(
+    tmp_path: Path, redis_starter: Any
+) -> None:
+    durable = ("--appendonly", "yes", "--appendfsync", "always")  # an acknowledged write is on disk
+    process, port = redis_starter(tmp_path, None, *durable)
+    provider = RedisStorageProvider({"host": "127.0.0.1", "port": port, "namespace": "stream", "shards": 2})
+    present: dict[str, int] = {}  # what the server acknowledged, saves and deletes
+    uncertain: set[str] = set()  # the keys of the writes the kill interrupted: done or not
+    failed: list[StorageConnectionError] = []
+    enough = asyncio.Event()
+
+    async def writer(number: int) -> None:
+        for batch in itertools.count():
+            keys = {f"w{number}:{batch}:{n}": batch for n in range(20)}
+            old = [f"w{number}:{batch - 2}:{n}" for n in range(20)] if batch >= 2 else []
+            try:
+                await provider.save_many(keys, "t", tags={"batch": f"{number}:{batch}"})
+                present.update(keys)
+                if batch == 50:
+                    enough.set()
+                if old:  # and the batch before last goes, in one delete
+                    await provider.delete_many(old)
+                    for key in old:
+                        del present[key]
+            except StorageConnectionError as exc:
+                failed.append(exc)
+                uncertain.update(keys, old)
+                return
+
+    writers = [asyncio.create_task(writer(number)) for number in range(4)]
+    try:
+        await enough.wait()
+        process.kill()  # mid-stream: scripts are in flight
+        process.wait(timeout=10)
+        await asyncio.wait_for(asyncio.gather(*writers), 60)
+        assert len(failed) == 4 and all(exc.__cause__ is not None for exc in failed)
+        process, _ = redis_starter(tmp_path, port, *durable)
+        report = await provider.check()  # the same provider object, reconnected
+        assert report.ok, report.problems
+        found = {r.item.metadata.key: r.item.data async for r in provider.search(StorageQuery())}
+        sure = {key: value for key, value in present.items() if key not in uncertain}
+        assert sure.items() <= found.items()  # every acknowledged write survived
+        assert not (found.keys() - present.keys() - uncertain)  # and no write that was not made
+        batches: dict[str, int] = {}
+        for key in found:
+            batch = key.rsplit(":", 1)[0]
+            batches[batch] = batches.get(batch, 0) + 1
+        # a batch is one script per shard: each shard's part is whole or absent
+        for batch, count in batches.items():
+            in_shards = [sum(1 for n in range(20) if provider._shard(f"{batch}:{n}".encode()) == s) for s in (0, 1)]
+            assert count in (0, *in_shards, 20), (batch, count)
+    finally:
+        for task in writers:
+            task.cancel()
+        await provider.cleanup()
+        process.terminate()
+        process.wait(timeout=10)
