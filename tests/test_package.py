@@ -73,3 +73,24 @@ def test_doctests(module_name: str) -> None:
     module = importlib.import_module(module_name)
     failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+def test_without_redis_py_everything_but_the_redis_provider_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py comes with the ``redis`` extra: a plain install imports, opens LMDB and
+    memory stores, and says what to install when a Redis store is asked for."""
+    import sys
+
+    for name in list(sys.modules):
+        if name == "redis" or name.startswith(("redis.", "unistore.providers.redis")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis now fails, as where it is not installed
+    import unistore.providers
+
+    assert unistore.open_provider("memory://").namespace == "default"
+    with pytest.raises(errors.StorageError, match=r"needs redis-py.*pip install 'unistore\[redis\]'") as caught:
+        unistore.open_provider("redis://user:secret@h:1/0")
+    assert "secret" not in str(caught.value) and isinstance(caught.value.__cause__, ImportError)
+    with pytest.raises(ImportError, match="needs redis-py"):
+        unistore.providers.RedisStorageProvider  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        unistore.providers.Nope  # noqa: B018

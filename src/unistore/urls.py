@@ -12,11 +12,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from .errors import ValidationError
+from .errors import StorageError, ValidationError
 from .providers.base import StorageProvider
 from .providers.lmdb import LmdbStorageProvider
 from .providers.memory import MemoryStorageProvider
-from .providers.redis import RedisStorageProvider
 
 # An opener pops the options it knows and returns the constructor to call once
 # no option is left over, so a bad URL creates nothing.
@@ -60,6 +59,10 @@ def _open_redis(url: SplitResult, params: dict[str, str]) -> Callable[[], Storag
     _number_option(params, "shards")  # its digits checked here; the URL itself goes to from_url
     for name in _REDIS_OPTIONS & set(params):
         del params[name]
+    try:
+        from .providers.redis import RedisStorageProvider  # noqa: PLC0415  (redis-py only for a Redis URL)
+    except ImportError as exc:
+        raise StorageError(f"url: {exc}") from exc  # (not the URL: it may hold a password)
     return functools.partial(RedisStorageProvider.from_url, url.geturl())
 
 
