@@ -5,6 +5,7 @@ that goes away and comes back. (The conformance and property suites run on it to
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
 import os
@@ -33,6 +34,7 @@ from unistore import (
     open_provider,
 )
 from unistore.providers import RedisStorageProvider
+from unistore.providers.redis import check as redis_check
 from unistore.providers.redis import layout
 from unistore.providers.redis import provider as redis_provider
 
@@ -535,3 +537,40 @@ async def test_a_server_killed_in_a_stream_of_writes_leaves_nothing_half_written
         await provider.cleanup()
         process.terminate()
         process.wait(timeout=10)
+
+
+async def test_check_pages_through_a_cluster(redis_cluster: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_check, "PAGE", 5)  # every SCAN, SSCAN, ZSCAN and HSCAN takes many calls
+    provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{redis_cluster[0]}"], namespace="paged", shards=2)
+    try:
+        await provider.delete_matching(StorageQuery())
+        soon = datetime.now(UTC) + timedelta(hours=1)
+        await provider.save_many({f"k{n}": n for n in range(400)}, "t", expires_at=soon, tags={"n": "x"})
+        report = await provider.check()
+        assert report.ok, report.problems[:5]
+        assert (report.records, report.tag_entries, report.expires_entries) == (400, 400, 400)
+    finally:
+        await provider.cleanup()
+
+
+async def test_limited_searches_leave_the_loop_quiet(make: Any) -> None:
+    """A search that stops at its limit leaves no task whose exception nobody read
+    (asyncio logs each at ERROR): a shard's read that ended (StopAsyncIteration) in the
+    wake-up whose chunk reached the limit used to. Found by tests/test_differential.py."""
+    loop = asyncio.get_running_loop()
+    errors: list[str] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(
+        lambda loop, context: errors.append(f"{context['message']}: {context.get('exception')!r}")
+    )
+    try:
+        provider = make(namespace="quiet", shards=3)
+        for key in ("a", "b", ":", "ab"):  # some shards empty, then fewer and fewer
+            await provider.save(key, None, "t")
+            for _ in range(50):
+                assert len([r async for r in provider.search(StorageQuery(limit=1))]) == 1
+        await asyncio.sleep(0)
+        gc.collect()  # an unread task exception is logged when the task is collected
+    finally:
+        loop.set_exception_handler(handler)
+    assert errors == []

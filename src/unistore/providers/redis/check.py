@@ -20,6 +20,8 @@ from . import layout
 
 #: Keys read per MGET.
 BATCH = 500
+#: What one SCAN, SSCAN, ZSCAN or HSCAN call is asked to visit.
+PAGE = 1000
 
 _POSTING_PARTS = ((layout.TAG, "tag_entries", "tags"), (layout.CONTENT_TYPE, "type_entries", "types"))
 _TIME_PARTS = ((layout.CREATED, "created_entries", "created"), (layout.EXPIRES, "expires_entries", "expires"))
@@ -30,7 +32,7 @@ async def _keys(client: Any, match: bytes, node: dict[str, Any]) -> list[bytes]:
     found: set[bytes] = set()
     cursor: Any = 0
     while True:
-        cursor, keys = await client.scan(cursor, match=match, count=1000, **node)
+        cursor, keys = await client.scan(cursor, match=match, count=PAGE, **node)
         if isinstance(cursor, dict):  # a cluster's SCAN answers per node: here one node's
             [cursor] = cursor.values()
         found.update(keys)
@@ -62,9 +64,8 @@ async def _records(
     record_keys = await _keys(client, layout.scan_pattern(prefix, None), node)
     for start in range(0, len(record_keys), BATCH):
         batch = record_keys[start : start + BATCH]
-        for record_key, record in zip(batch, await client.mget(batch), strict=True):
-            if record is None:  # expired or deleted since the SCAN met it
-                continue
+        found = zip(batch, await client.mget(batch), strict=True)
+        for record_key, record in [(key, record) for key, record in found if record is not None]:  # not gone since
             member = record_key[cut:]
             report.records += 1
             records[member] = None
@@ -90,7 +91,7 @@ async def _stale(
     heads: dict[bytes, bytes] = {}
     cursor = 0
     while True:
-        cursor, page = await client.hscan(prefix + b"heads", cursor, count=1000)
+        cursor, page = await client.hscan(prefix + b"heads", cursor, count=PAGE)
         heads.update(page)
         if not cursor:
             break
@@ -120,11 +121,11 @@ async def check_shard(client: Any, prefix: bytes, node: dict[str, Any], report: 
     found = _empty()
     for part, counter, name in _POSTING_PARTS:
         for set_key in await _keys(client, prefix + part + b"*", node):
-            async for member in client.sscan_iter(set_key, count=1000):
+            async for member in client.sscan_iter(set_key, count=PAGE):
                 found[name].add((set_key, member))
         setattr(report, counter, getattr(report, counter) + len(found[name]))
     for part, counter, name in _TIME_PARTS:
-        found[name] = {(member, int(score)) async for member, score in client.zscan_iter(prefix + part, count=1000)}
+        found[name] = {(member, int(score)) async for member, score in client.zscan_iter(prefix + part, count=PAGE)}
         setattr(report, counter, getattr(report, counter) + len(found[name]))
     for name, entries in found.items():
         stray = sorted(entries - expected[name] - stale[name])

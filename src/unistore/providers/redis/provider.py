@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -498,6 +499,9 @@ async def _scattered(streams: list[AsyncGenerator[_T, None]]) -> AsyncIterator[A
             step.cancel()
         if pending:
             await asyncio.wait(pending)
+        for step in pending:  # a step may have ended before its cancel (StopAsyncIteration): read it
+            if not step.cancelled():
+                step.exception()
         for stream in streams:
             await stream.aclose()
 
@@ -570,19 +574,26 @@ class _Sizes:
             if low is not None or high is not None
         ]
         node = _node(client, prefix)
+        everything = spec.pattern is None  # a SCAN then yields every record of the shard
         with _translated():
             async with client.pipeline(transaction=False) as pipe:
                 for kind, term in terms:
                     pipe.scard(layout.posting_key(prefix, kind, term))
                 for kind, low, high in bounds:
                     pipe.zcount(layout.time_key(prefix, kind), _score(low, "-inf"), _score(high, "+inf"))
+                if everything:
+                    pipe.zcard(layout.time_key(prefix, index.CREATED))  # every item has its creation time
                 if not node:  # one server: the keyspace's size in the same round trip
                     pipe.dbsize()
                 replies = await pipe.execute()
             keyspace = await client.dbsize(**node) if node else replies.pop()
+        # What a SCAN costs, counted in keys visited (the planner's unit): every key of
+        # the database, and, when no pattern narrows what it yields, each of the shard's
+        # records fetched, at what a fetch costs in visits. (A pattern is taken to yield few.)
+        fetched = replies.pop() * COSTS.fetch / COSTS.scan if everything else 0
         return cls(
             dict(zip(terms, replies, strict=False)),
-            keyspace,
+            keyspace + math.ceil(fetched),
             {kind: count for (kind, _, _), count in zip(bounds, replies[len(terms) :], strict=True)},
         )
 
@@ -590,7 +601,7 @@ class _Sizes:
         return int(self._postings[kind, term])
 
     def keys(self, literal: bytes, most: int | None) -> int:
-        return int(self._keys)  # a SCAN visits every key of the database, whatever the prefix
+        return int(self._keys)  # a SCAN visits every key of the database, whatever the prefix (see read)
 
     def times(self, kind: int, low: int | None, high: int | None, most: int) -> int:
         return int(self._times[kind])
