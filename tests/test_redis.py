@@ -574,3 +574,23 @@ async def test_limited_searches_leave_the_loop_quiet(make: Any) -> None:
     finally:
         loop.set_exception_handler(handler)
     assert errors == []
+
+
+async def test_cleanup_closes_every_connection(redis_port: int, redis_cluster: list[int]) -> None:
+    def connected() -> list[int]:
+        counts = []
+        for port in (redis_port, *redis_cluster):
+            with redis.Redis(port=port) as admin:
+                counts.append(int(admin.info("clients")["connected_clients"]) - 1)  # less this one
+        return counts
+
+    before = connected()
+    for round_ in range(30):
+        for provider in (
+            RedisStorageProvider({"port": redis_port, "namespace": "leaks", "shards": 2}),
+            RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{redis_cluster[0]}"], namespace="leaks", shards=3),
+        ):
+            await provider.save_many({f"k{n}": round_ for n in range(10)}, "t")
+            assert len([r async for r in provider.search(StorageQuery(pattern="k*"))]) == 10
+            await provider.cleanup()
+    assert connected() == before
