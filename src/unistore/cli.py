@@ -30,7 +30,7 @@ from .errors import StorageError
 from .manager import UnifiedStorageManager
 from .metrics import MetricsManager
 from .model import StorageQuery
-from .urls import open_provider
+from .urls import open_provider, redact
 
 _R = TypeVar("_R")
 
@@ -59,7 +59,7 @@ async def _search(manager: UnifiedStorageManager, query: StorageQuery) -> list[s
 async def run_demo(store: str, out: TextIO) -> None:
     """Walk one store through save, load, search and delete, printing each step."""
     provider = open_provider(store)
-    out.write(f"unistore demo on {store} (native core: {'yes' if NATIVE else 'no'})\n")
+    out.write(f"unistore demo on {redact(store)} (native core: {'yes' if NATIVE else 'no'})\n")
     async with UnifiedStorageManager(metrics=MetricsManager()) as manager:
         manager.register_provider("fruit", provider)
         soon = datetime.now(timezone.utc) + timedelta(hours=1)
@@ -93,7 +93,7 @@ async def _housekeep(store: str, method: str) -> Any:
     try:
         action = getattr(provider, method, None)
         if action is None:
-            raise StorageError(f"{store}: this kind of store has no {method.replace('_', ' ')}")
+            raise StorageError(f"{redact(store)}: this kind of store has no {method.replace('_', ' ')}")
         return await action()
     finally:
         await provider.cleanup()
@@ -103,7 +103,7 @@ async def run_check(store: str, out: TextIO) -> bool:
     """Check one store's indexes; prints the counts and each problem. True if consistent."""
     report = await _housekeep(store, "check")
     out.write(
-        f"{store}: {report.records} records, {report.ids} ids, {report.tag_entries} tag entries, "
+        f"{redact(store)}: {report.records} records, {report.ids} ids, {report.tag_entries} tag entries, "
         f"{report.type_entries} type entries, {report.created_entries} created entries, "
         f"{report.expires_entries} expiry entries\n"
     )
@@ -116,7 +116,7 @@ async def run_check(store: str, out: TextIO) -> bool:
 async def run_purge(store: str, out: TextIO) -> None:
     """Remove the expired items of one store; prints how many."""
     removed = await _housekeep(store, "purge_expired")
-    out.write(f"{store}: purged {removed} expired item(s)\n")
+    out.write(f"{redact(store)}: purged {removed} expired item(s)\n")
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

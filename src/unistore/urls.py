@@ -17,6 +17,18 @@ from .providers.base import StorageProvider
 from .providers.lmdb import LmdbStorageProvider
 from .providers.memory import MemoryStorageProvider
 
+
+def redact(url: str) -> str:
+    """``url`` with the password of its user info, if any, written as ``***``: for messages."""
+    scheme, found, rest = url.partition("://")
+    if not found:
+        return url
+    end = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return scheme + found + (user + colon + "***" * bool(colon) + at) + hosts + rest[end:]
+
+
 # An opener pops the options it knows and returns the constructor to call once
 # no option is left over, so a bad URL creates nothing.
 Opener = Callable[[SplitResult, dict[str, str]], Callable[[], StorageProvider[Any]]]
@@ -24,7 +36,7 @@ Opener = Callable[[SplitResult, dict[str, str]], Callable[[], StorageProvider[An
 
 def _open_memory(url: SplitResult, params: dict[str, str]) -> Callable[[], StorageProvider[Any]]:
     if url.netloc or url.path:
-        raise ValidationError(f"url: memory:// takes no host or path, got {url.geturl()!r}")
+        raise ValidationError(f"url: memory:// takes no host or path, got {redact(url.geturl())!r}")
     return functools.partial(MemoryStorageProvider, namespace=params.pop("namespace", "default"))
 
 
@@ -40,7 +52,9 @@ def _number_option(params: dict[str, str], name: str) -> dict[str, int]:
 
 def _open_lmdb(url: SplitResult, params: dict[str, str]) -> Callable[[], StorageProvider[Any]]:
     if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
-        raise ValidationError(f"url: lmdb URLs take an absolute path, lmdb:///path/to/store; got {url.geturl()!r}")
+        raise ValidationError(
+            f"url: lmdb URLs take an absolute path, lmdb:///path/to/store; got {redact(url.geturl())!r}"
+        )
     options: dict[str, Any] = {"durability": params.pop("durability", "sync")}
     options.update(_number_option(params, "map_size"))
     options.update(_number_option(params, "max_readers"))
@@ -94,22 +108,22 @@ def open_provider(url: str) -> StorageProvider[Any]:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ValidationError(f"url: {url!r} does not parse: {exc}") from exc
+        raise ValidationError(f"url: {redact(url)!r} does not parse: {exc}") from None
     if parts.fragment:
-        raise ValidationError(f"url: {url!r} has a '#' fragment; write '#' in a path as %23")
+        raise ValidationError(f"url: {redact(url)!r} has a '#' fragment; write '#' in a path as %23")
     opener = _OPENERS.get(parts.scheme)
     if opener is None:
         known = ", ".join(f"{scheme}://" for scheme in sorted(_OPENERS))
-        raise ValidationError(f"url: unknown scheme in {url!r}; known: {known}")
+        raise ValidationError(f"url: unknown scheme in {redact(url)!r}; known: {known}")
     params: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in params:
-            raise ValidationError(f"url: option {name!r} is given twice in {url!r}")
+            raise ValidationError(f"url: option {name!r} is given twice in {redact(url)!r}")
         params[name] = value
     construct = opener(parts, params)
     if params:
-        raise ValidationError(f"url: unknown option(s) {', '.join(sorted(params))} in {url!r}")
+        raise ValidationError(f"url: unknown option(s) {', '.join(sorted(params))} in {redact(url)!r}")
     return construct()
 
 
-__all__ = ["open_provider"]
+__all__ = ["open_provider", "redact"]

@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ... import index
 from ...codec import PreparedSave, live_item, load_item, prepare_many, prepare_save
 from ...core import pack_record, unpack_item
-from ...errors import StorageConnectionError, StorageError, ValidationError
+from ...errors import StorageConnectionError, StorageCorruptionError, StorageError, ValidationError
 from ...model import (
     StorageItem,
     StorageQuery,
@@ -43,6 +43,7 @@ from ...model import (
     validate_keys,
     validate_name,
 )
+from ...urls import redact
 from ..base import StorageProvider
 from . import layout, scripts
 from .check import check_shard
@@ -61,6 +62,8 @@ SCAN_COUNT = 1000
 PURGE_BATCH = 1000
 MAX_SHARDS = 1024
 
+#: The settings that are seconds.
+TIMEOUTS = frozenset({"socket_timeout", "socket_connect_timeout"})
 #: The connection settings the seed's mapping (and a URL) may carry.
 CONNECTION_SETTINGS = frozenset(
     {
@@ -138,10 +141,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         self._settings = merged
         self._prefixes = [layout.shard_prefix(namespace_bytes, shard, shards) for shard in range(shards)]
         self._shards_key = layout.shards_key(namespace_bytes)
-        self._client: aioredis.Redis | None = None
-        self._owner: tuple[Any, int] | None = None  # the event loop and process the client belongs to
-        self._ready: asyncio.Task[None] | None = None  # the client's first check, awaited by every caller
-        self._scripts: dict[str, Any] = {}
+        self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}  # by the event loop using it
 
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> RedisStorageProvider:
@@ -159,9 +159,15 @@ class RedisStorageProvider(StorageProvider[Any]):
         scheme, _, cluster = parts.scheme.partition("+")
         if scheme not in ("redis", "rediss") or cluster not in ("", "cluster"):
             raise ValidationError(
-                f"a Redis URL starts with redis://, rediss://, redis+cluster:// or rediss+cluster://, got {url!r}"
+                "a Redis URL starts with redis://, rediss://, redis+cluster:// or rediss+cluster://, "
+                f"got {redact(url)!r}"
             )
-        query = dict(parse_qsl(parts.query))
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))  # an empty namespace is refused, not "default"
+        for name in TIMEOUTS & set(query):  # redis-py would refuse them only at the first operation
+            try:
+                float(query[name])
+            except ValueError:
+                raise ValidationError(f"{name} must be a number of seconds, got {query[name]!r}") from None
         namespace = query.pop("namespace", "default")
         shards_text = query.pop("shards", "1")
         try:
@@ -172,7 +178,9 @@ class RedisStorageProvider(StorageProvider[Any]):
             credentials, at, hosts = parts.netloc.rpartition("@")
             nodes = hosts.split(",")
             if parts.path not in ("", "/", "/0"):
-                raise ValidationError(f"Redis Cluster has database 0 only; the URL names {parts.path[1:]!r}: {url!r}")
+                raise ValidationError(
+                    f"Redis Cluster has database 0 only; the URL names {parts.path[1:]!r}: {redact(url)!r}"
+                )
             settings["cluster_nodes"] = nodes
             parts = parts._replace(scheme=scheme, netloc=credentials + at + nodes[0], path="")
         rest = urlunsplit(parts._replace(query=urlencode(query)))
@@ -195,18 +203,45 @@ class RedisStorageProvider(StorageProvider[Any]):
             ValidationError: the namespace is split over another number of shards.
             StorageConnectionError: Redis is unreachable.
         """
-        owner = (asyncio.get_running_loop(), os.getpid())
-        if self._client is None or self._owner != owner or _failed(self._ready):
-            client = self._new_client()
-            self._client, self._owner = client, owner
-            self._scripts = {
-                name: client.register_script(source)
-                for name, source in (("save", scripts.SAVE), ("delete", scripts.DELETE), ("purge", scripts.PURGE))
-            }
-            self._ready = owner[0].create_task(self._check_shards(client))
-        client, ready = self._client, self._ready
-        await ready  # type: ignore[misc]  # set with the client, never None here
+        client: aioredis.Redis = (await self._connection()).client
         return client
+
+    async def _connection(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(loop)
+        if connection is None or connection.pid != os.getpid() or _failed(connection.ready):
+            client = self._new_client()
+            closer = self._closer(loop, client)
+            await anext(closer)
+            connection = _Connection(
+                client,
+                os.getpid(),
+                {
+                    name: client.register_script(source)
+                    for name, source in (("save", scripts.SAVE), ("delete", scripts.DELETE), ("purge", scripts.PURGE))
+                },
+                loop.create_task(self._check_shards(client)),
+                closer,
+            )
+            self._connections[loop] = connection
+        await asyncio.shield(connection.ready)  # a caller cancelled meanwhile does not cancel the others' wait
+        return connection
+
+    async def _closer(self, loop: asyncio.AbstractEventLoop, client: Any) -> AsyncGenerator[None, None]:
+        """Closes ``client`` when closed: by :meth:`cleanup`, or by ``asyncio.run`` when its
+        loop ends (it closes every async generator left open), so no connection outlives its loop."""
+        try:
+            yield
+        finally:
+            if self._connections.get(loop) is not None and self._connections[loop].client is client:
+                del self._connections[loop]
+            await client.aclose()
+
+    async def _run(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Run the script ``name`` (EVALSHA, loading it if the server lacks it)."""
+        connection = await self._connection()
+        with _translated():
+            return await connection.scripts[name](keys=keys, args=args, client=connection.client)
 
     def _new_client(self) -> Any:
         """A new client (its connections are made on first use): a cluster's or one server's."""
@@ -227,7 +262,13 @@ class RedisStorageProvider(StorageProvider[Any]):
         try:
             with _translated():
                 before: Any = await client.set(self._shards_key, self.shards, nx=True, get=True)  # one atomic step
-            recorded = self.shards if before is None else int(before)
+            try:
+                recorded = self.shards if before is None else int(before)
+            except ValueError:
+                raise StorageCorruptionError(
+                    f"namespace {self.namespace!r}: its shard count ({self._shards_key!r}) is damaged: {before!r}",
+                    details={"key": self._shards_key.decode()},
+                ) from None
             if recorded != self.shards:
                 raise ValidationError(
                     f"namespace {self.namespace!r} is split over {recorded} shards; open it with shards={recorded}"
@@ -249,11 +290,10 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def cleanup(self) -> None:
         """Close the connection pool; the provider reconnects on next use. (A pool made
         in another event loop or process cannot be closed from here: it is dropped.)"""
-        client, owner = self._client, self._owner
-        self._client = self._owner = None
-        if client is not None and owner == (asyncio.get_running_loop(), os.getpid()):
+        connection = self._connections.pop(asyncio.get_running_loop(), None)
+        if connection is not None and connection.pid == os.getpid():
             with _translated():
-                await client.aclose()
+                await connection.closer.aclose()
 
     # -- writes --------------------------------------------------------------------------
 
@@ -266,9 +306,7 @@ class RedisStorageProvider(StorageProvider[Any]):
             record = pack_record(*save.fields(None, now, _no_sid))  # the script keeps a replaced item's id
             keys.append(layout.record_key(prefix, save.key_bytes))
             args += [save.key_bytes, record]
-        client = await self._redis()
-        with _translated():
-            stored = await self._scripts["save"](keys=keys, args=args, client=client)
+        stored = await self._run("save", keys, args)
         return [_item(record, save) for record, save in zip(stored, saves, strict=True)]
 
     async def save(
@@ -299,13 +337,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         args: list[Any] = [prefix, now_micros(), content_type or ""]
         for position, key in enumerate(keys):
             args += [key, b"" if expected is None else expected[position]]
-        client = await self._redis()
-        with _translated():
-            return int(
-                await self._scripts["delete"](
-                    keys=[layout.record_key(prefix, key) for key in keys], args=args, client=client
-                )
-            )
+        return int(await self._run("delete", [layout.record_key(prefix, key) for key in keys], args))
 
     async def delete(self, key: str, *, content_type: str | None = None) -> bool:
         key_bytes = validate_key(key)
@@ -342,9 +374,12 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     async def _delete_matching_in(self, shard: int, compiled: index.CompiledQuery, most: int | None) -> int:
         found: dict[bytes, bytes] = {}  # a SCAN may meet a key twice
-        async for chunk in self._matching(compiled, shard):
-            for key, record in chunk:
-                found.setdefault(key, record)
+        async with contextlib.aclosing(self._matching(compiled, shard)) as chunks:
+            async for chunk in chunks:
+                for key, record in chunk:
+                    found.setdefault(key, record)
+                if most is not None and len(found) >= most:
+                    break  # enough: read no further
         keys = list(found)[:most]
         if not keys:
             return 0
@@ -370,12 +405,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         return report
 
     async def _purge_shard(self, prefix: bytes) -> int:
-        client = await self._redis()
         total = 0
         while True:
-            args = [prefix, now_micros(), PURGE_BATCH]
-            with _translated():
-                met = int(await self._scripts["purge"](keys=[prefix + layout.EXPIRES], args=args, client=client))
+            met = int(await self._run("purge", [prefix + layout.EXPIRES], [prefix, now_micros(), PURGE_BATCH]))
             total += met
             if met < PURGE_BATCH:
                 return total
@@ -417,6 +449,8 @@ class RedisStorageProvider(StorageProvider[Any]):
         Raises:
             ValidationError: a bad query field.
         """
+        if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < self.shards:
+            raise ValidationError(f"shard must be an int from 0 to {self.shards - 1}, got {shard!r}")
         return await self._plan(index.compile_query(query).spec, shard)
 
     async def _plan(self, spec: Any, shard: int) -> index.Plan:
@@ -443,7 +477,9 @@ class RedisStorageProvider(StorageProvider[Any]):
             async for chunk in chunks:
                 yield chunk
 
-    async def _matching(self, compiled: index.CompiledQuery, shard: int) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+    async def _matching(
+        self, compiled: index.CompiledQuery, shard: int
+    ) -> AsyncGenerator[list[tuple[bytes, bytes]], None]:
         read = await self._reader(compiled.spec, shard)
         async with contextlib.aclosing(index.matching_chunks_async(compiled, read, name=_key_name)) as chunks:
             async for chunk in chunks:
@@ -534,9 +570,21 @@ def _cluster_nodes(nodes: Any, settings: Mapping[str, Any]) -> list[tuple[str, i
     return found
 
 
-def _failed(task: asyncio.Task[None] | None) -> bool:
+@dataclasses.dataclass
+class _Connection:
+    """What one event loop of one process uses: a client, its scripts, its first check
+    (awaited by every caller), and the generator that closes it."""
+
+    client: Any
+    pid: int
+    scripts: dict[str, Any]
+    ready: asyncio.Task[None]
+    closer: AsyncGenerator[None, None]
+
+
+def _failed(task: asyncio.Task[None]) -> bool:
     """Whether a client's first check has ended without success."""
-    return task is not None and task.done() and (task.cancelled() or task.exception() is not None)
+    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 def _no_sid() -> int:
