@@ -206,6 +206,21 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 # -- providers -------------------------------------------------------------------
 
+#: What share of the profile's examples a property test runs on a provider whose every
+#: call is several round trips to several servers (the suite must fit CI's budget).
+NETWORK_SHARE = {"redis-cluster": 4}
+
+
+@pytest.fixture
+def property_settings(request: pytest.FixtureRequest) -> settings:
+    """The hypothesis settings of a property test run on ``provider_factory``'s provider:
+    the profile's, with a quarter of its examples on a Redis Cluster."""
+    kind = getattr(request.node, "callspec", None) and request.node.callspec.params.get("provider_factory")
+    profile = settings()
+    share = NETWORK_SHARE.get(kind, 1) if isinstance(kind, str) else 1
+    return settings(profile, max_examples=max(profile.max_examples // share, 20))
+
+
 PROVIDERS = ["memory", "lmdb", "redis", "redis-cluster"]
 #: The shards a namespace is split over on the cluster: more than its masters, so one
 #: namespace spans all of them and every search scatters.
