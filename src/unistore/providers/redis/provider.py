@@ -62,6 +62,9 @@ SCAN_COUNT = 1000
 PURGE_BATCH = 1000
 MAX_SHARDS = 1024
 
+#: Connections a cluster client opens to one node at most (redis-py's default, 100,
+#: refused 40 concurrent searches over 5 shards: it raises rather than waits).
+CLUSTER_CONNECTIONS = 1000
 #: The settings that are seconds.
 TIMEOUTS = frozenset({"socket_timeout", "socket_connect_timeout"})
 #: The connection settings the seed's mapping (and a URL) may carry.
@@ -248,6 +251,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         options: dict[str, Any] = {"protocol": 3, "retry": _retry(), **self._settings}
         if self._nodes is not None:
             options["startup_nodes"] = [ClusterNode(host, port) for host, port in self._nodes]
+            options.setdefault("max_connections", CLUSTER_CONNECTIONS)
             if self._url is not None:
                 return RedisCluster.from_url(self._url, **options)
             return RedisCluster(**options)
