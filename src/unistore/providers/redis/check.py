@@ -27,14 +27,23 @@ _POSTING_PARTS = ((layout.TAG, "tag_entries", "tags"), (layout.CONTENT_TYPE, "ty
 _TIME_PARTS = ((layout.CREATED, "created_entries", "created"), (layout.EXPIRES, "expires_entries", "expires"))
 
 
+async def scan_page(
+    client: Any, cursor: int, match: bytes, count: int, node: dict[str, Any]
+) -> tuple[int, list[bytes]]:
+    """One SCAN call on ``node`` (a shard's node on a cluster, see the provider's ``_node``):
+    the cursor to go on from (0: done) and the keys it met."""
+    after, keys = await client.scan(cursor, match=match, count=count, **node)
+    if isinstance(after, dict):  # a cluster's SCAN answers per node: here one node's
+        [after] = after.values()
+    return int(after), keys
+
+
 async def _keys(client: Any, match: bytes, node: dict[str, Any]) -> list[bytes]:
     """Every key that matches ``match`` (a SCAN may meet one twice: once here)."""
     found: set[bytes] = set()
-    cursor: Any = 0
+    cursor = 0
     while True:
-        cursor, keys = await client.scan(cursor, match=match, count=PAGE, **node)
-        if isinstance(cursor, dict):  # a cluster's SCAN answers per node: here one node's
-            [cursor] = cursor.values()
+        cursor, keys = await scan_page(client, cursor, match, PAGE, node)
         found.update(keys)
         if not cursor:
             return sorted(found)
@@ -133,4 +142,4 @@ async def check_shard(client: Any, prefix: bytes, node: dict[str, Any], report: 
         report.problems.extend(f"{name} index lacks entry {entry!r}" for entry in sorted(expected[name] - entries))
 
 
-__all__ = ["check_shard"]
+__all__ = ["check_shard", "scan_page"]

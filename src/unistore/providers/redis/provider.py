@@ -46,7 +46,7 @@ from ...model import (
 from ...urls import redact
 from ..base import StorageProvider
 from . import layout, scripts
-from .check import check_shard
+from .check import check_shard, scan_page
 
 _T = TypeVar("_T")
 
@@ -706,11 +706,9 @@ class _ScanReader:
 
     async def __call__(self, cursor: Any) -> index.Chunk:
         with _translated():
-            cursor, keys = await self._client.scan(
-                cursor or 0, match=self._match, count=SCAN_COUNT, **_node(self._client, self._prefix)
+            cursor, keys = await scan_page(
+                self._client, cursor or 0, self._match, SCAN_COUNT, _node(self._client, self._prefix)
             )
-        if isinstance(cursor, dict):  # a cluster's SCAN answers per node: here one node's
-            [cursor] = cursor.values()
         members = [key[self._cut :] for key in keys]
         return await _records(self._client, self._prefix, members), cursor or None
 
