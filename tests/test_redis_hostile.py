@@ -168,6 +168,9 @@ async def test_the_cli_does_not_print_the_password_of_a_store_url(redis_port: in
     """DEFECT: ``unistore check --store redis://user:password@…`` prints the URL, password
     included, on its first line of output (and ``purge`` does the same)."""
     url = f"redis://default:{SECRET}@127.0.0.1:{redis_port}/0?namespace={_namespace()}"  # nopass: any password
+    seeded = RedisStorageProvider.from_url(url)  # check and purge refuse a namespace that does not exist
+    await seeded.save("k", 1, "t")
+    await seeded.cleanup()
     for command in ("check", "purge"):
         out = io.StringIO()
         assert await asyncio.to_thread(cli.main, [command, "--store", url], out) == 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -33,6 +33,7 @@ from .core import RecordFields, pack_record, unpack_item, unpack_payload, unpack
 from .errors import ItemNotFoundError, SerializationError, StorageCorruptionError, ValidationError
 from .model import (
     StorageItem,
+    StorageMetadata,
     Tags,
     datetime_to_micros,
     validate_key,
@@ -175,6 +176,8 @@ class PreparedSave(NamedTuple):
     expires: int | None
     payload: bytes
     data: Any
+    #: A restore's identity, kept as given: (UUID bytes, created µs, updated µs); None for a save.
+    identity: tuple[bytes, int, int] | None = None
 
     def build(
         self, old: RecordFields | None, now: int, new_sid: Callable[[], int]
@@ -192,16 +195,24 @@ class PreparedSave(NamedTuple):
         return fields, record, item  # type: ignore[return-value]
 
     def fields(self, old: RecordFields | None, now: int, new_sid: Callable[[], int]) -> RecordFields:
-        """The fields of the new record (see :meth:`build`), for a caller that needs no item yet."""
-        if old is not None and is_live(old.expires, now):
-            sid, uuid, created = old.sid, old.uuid, old.created
+        """The fields of the new record (see :meth:`build`), for a caller that needs no item yet.
+
+        A restore (``identity`` set) takes its UUID and times as given, and only
+        its surrogate id from ``old``.
+        """
+        live = old if old is not None and is_live(old.expires, now) else None
+        sid = live.sid if live is not None else new_sid()
+        if self.identity is not None:
+            uuid, created, updated = self.identity
+        elif live is not None:
+            uuid, created, updated = live.uuid, live.created, now
         else:
-            sid, uuid, created = new_sid(), new_uuid_bytes(), now
+            uuid, created, updated = new_uuid_bytes(), now, now
         return RecordFields(
             sid,
             uuid,
             created,
-            now,
+            updated,
             self.expires,
             self.key_bytes,
             self.content_type_bytes,
@@ -300,3 +311,69 @@ def prepare_many(
         batch.payloads.append(payload)
         batch.data.append(loaded)
     return batch
+
+
+def _required_time(value: object, field_name: str) -> int:
+    micros = validate_time(value, field_name)
+    if micros is None:
+        raise ValidationError(f"{field_name} must be a datetime, got None")
+    return micros
+
+
+def _prepare_item(item: object, position: str) -> PreparedSave:
+    """Check and encode one whole item, its identity and times included; errors name
+    its key (or ``position``, when the key is not a str)."""
+    metadata = getattr(item, "metadata", None)
+    if not isinstance(item, StorageItem) or not isinstance(metadata, StorageMetadata):
+        raise ValidationError(f"{position} must be a StorageItem with StorageMetadata, got {type(item).__name__}")
+    key = metadata.key
+    try:
+        if not isinstance(metadata.id, UUID):
+            raise ValidationError(f"metadata.id must be a UUID, got {type(metadata.id).__name__}")
+        created = _required_time(metadata.created_at, "metadata.created_at")
+        updated = _required_time(metadata.updated_at, "metadata.updated_at")
+        prepared = prepare_save(key, item.data, metadata.content_type, metadata.expires_at, metadata.tags)
+    except (ValidationError, SerializationError) as exc:
+        where = f"item {key!r}" if isinstance(key, str) else position
+        raise type(exc)(f"{where}: {exc}", {"key": key}) from exc
+    return prepared._replace(identity=(metadata.id.bytes, created, updated))
+
+
+def prepare_restore(items: object) -> list[PreparedSave]:
+    """Check and encode the items of ``restore_many``, every one before anything is
+    written: each keeps its id, ``created_at``, ``updated_at``, expiry, tags and
+    content type as given.
+
+    Raises:
+        ValidationError: ``items`` is not an iterable of :class:`StorageItem`, names
+            a key twice, or an item has a bad key, id, time, content type or tags
+            (its key is named).
+        SerializationError: an item's data cannot be stored (its key is named).
+    """
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise ValidationError(f"items must be an iterable of StorageItem, got {type(items).__name__}")
+    prepared: list[PreparedSave] = []
+    seen: set[bytes] = set()
+    for position, item in enumerate(items):
+        save = _prepare_item(item, f"items[{position}]")
+        if save.key_bytes in seen:
+            raise ValidationError(f"items holds key {save.key!r} more than once", {"key": save.key})
+        seen.add(save.key_bytes)
+        prepared.append(save)
+    return prepared
+
+
+def item_record(item: StorageItem[Any]) -> bytes:
+    """The record of ``item`` exactly as given (id, times, expiry, content type, tags,
+    data), without a store's surrogate id: the same bytes from every store that
+    holds the same item, so two stores are compared by them.
+
+    Raises:
+        ValidationError, SerializationError: as :func:`prepare_restore`.
+    """
+    return pack_record(*_prepare_item(item, "item").fields(None, 0, no_surrogate_id))
+
+
+def no_surrogate_id() -> int:
+    """The surrogate id of a record that a store numbers itself, or does not use (Redis)."""
+    return 0

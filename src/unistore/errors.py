@@ -9,7 +9,8 @@ would naturally catch::
      ├── ValidationError          (also ValueError) bad key, tags, times, query, option
      ├── SerializationError       (also TypeError)  data that cannot be stored
      ├── StorageConnectionError                     backend unreachable after retries
-     └── StorageCorruptionError                     a stored record that does not decode
+     ├── StorageCorruptionError                     a stored record that does not decode
+     └── StoreNotFoundError                         a store or namespace that must exist does not
 
 Backend exceptions never leak raw: providers re-raise them as the most specific
 of these with the original chained as ``__cause__``.
@@ -64,6 +65,11 @@ class StorageCorruptionError(StorageError):
     """A stored record does not decode; ``details["key"]`` names it when known."""
 
 
+class StoreNotFoundError(StorageError):
+    """A store or namespace that was to be opened as it is (maintenance, reads from the
+    command line) does not exist; nothing was created. The message names it."""
+
+
 __all__ = [
     "ItemNotFoundError",
     "ProviderNotFoundError",
@@ -71,5 +77,6 @@ __all__ = [
     "StorageConnectionError",
     "StorageCorruptionError",
     "StorageError",
+    "StoreNotFoundError",
     "ValidationError",
 ]

@@ -3,40 +3,54 @@
 Each scheme maps to one opener; an opener takes the split URL and its query
 parameters, pops what it understands, and anything left over is an error, so a
 misspelt option never passes silently.
+
+:func:`open_existing` opens only what exists (maintenance, and the ``unistore``
+command's reads, never create a store or a namespace), and :func:`namespace_urls`
+names every namespace of the store a URL points at.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
-from .errors import StorageError, ValidationError
+from .errors import StorageError, StoreNotFoundError, ValidationError
 from .providers.base import StorageProvider
 from .providers.lmdb import LmdbStorageProvider
+from .providers.lmdb.provider import store_namespaces
 from .providers.memory import MemoryStorageProvider
+
+#: A query option that holds a password (any option whose name says so), up to its value.
+_PASSWORD_OPTION = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
 
 
 def redact(url: str) -> str:
-    """``url`` with the password of its user info, if any, written as ``***``: for messages."""
+    """``url`` with the password of its user info, and the value of any query option
+    named like a password, written as ``***``: for messages."""
     scheme, found, rest = url.partition("://")
     if not found:
         return url
     end = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
     userinfo, at, hosts = rest[:end].rpartition("@")
     user, colon, _ = userinfo.partition(":")
-    return scheme + found + (user + colon + "***" * bool(colon) + at) + hosts + rest[end:]
+    tail = _PASSWORD_OPTION.sub(r"\1***", rest[end:])
+    return scheme + found + (user + colon + "***" * bool(colon) + at) + hosts + tail
 
 
 # An opener pops the options it knows and returns the constructor to call once
 # no option is left over, so a bad URL creates nothing.
-Opener = Callable[[SplitResult, dict[str, str]], Callable[[], StorageProvider[Any]]]
+# ``create`` False: the provider must find its store and namespace (see open_existing).
+Opener = Callable[[SplitResult, dict[str, str], bool], Callable[[], StorageProvider[Any]]]
 
 
-def _open_memory(url: SplitResult, params: dict[str, str]) -> Callable[[], StorageProvider[Any]]:
+def _open_memory(url: SplitResult, params: dict[str, str], create: bool) -> Callable[[], StorageProvider[Any]]:
     if url.netloc or url.path:
         raise ValidationError(f"url: memory:// takes no host or path, got {redact(url.geturl())!r}")
+    if not create:
+        raise StoreNotFoundError("memory://: a memory store lives in one process; there is none to open")
     return functools.partial(MemoryStorageProvider, namespace=params.pop("namespace", "default"))
 
 
@@ -47,19 +61,40 @@ def _number_option(params: dict[str, str], name: str) -> dict[str, int]:
     text = params.pop(name)
     if not (text.isascii() and text.isdigit()):
         raise ValidationError(f"url: option {name} must be a positive integer, got {text!r}")
+    if len(text) > _MOST_DIGITS:  # int() refuses 4300 digits; no option is near this size
+        raise ValidationError(f"url: option {name} is out of range ({len(text)} digits)")
     return {name: int(text)}
 
 
-def _open_lmdb(url: SplitResult, params: dict[str, str]) -> Callable[[], StorageProvider[Any]]:
-    if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
-        raise ValidationError(
-            f"url: lmdb URLs take an absolute path, lmdb:///path/to/store; got {redact(url.geturl())!r}"
-        )
+#: The most digits of a number option: more than any size a machine has.
+_MOST_DIGITS = 40
+
+
+def _lmdb_path(url: SplitResult) -> str:
+    """The store directory of an lmdb URL: ``lmdb:///abs/path`` (or ``lmdb://localhost/abs/path``),
+    or ``lmdb://./rel/path``, relative to the current directory."""
+    if url.netloc in ("", "localhost") and url.path.startswith("/"):
+        return unquote(url.path)
+    if url.netloc == "." and (url.path.startswith("/") or not url.path):
+        return "." + unquote(url.path)
+    raise ValidationError(
+        "url: lmdb URLs take an absolute path, lmdb:///path/to/store, or one relative to the "
+        f"current directory, lmdb://./path/to/store; got {redact(url.geturl())!r}"
+    )
+
+
+def _lmdb_options(params: dict[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {"durability": params.pop("durability", "sync")}
     options.update(_number_option(params, "map_size"))
     options.update(_number_option(params, "max_readers"))
+    return options
+
+
+def _open_lmdb(url: SplitResult, params: dict[str, str], create: bool) -> Callable[[], StorageProvider[Any]]:
+    path = _lmdb_path(url)
+    options = _lmdb_options(params)
     namespace = params.pop("namespace", "default")
-    return functools.partial(LmdbStorageProvider, unquote(url.path), namespace=namespace, **options)
+    return functools.partial(LmdbStorageProvider, path, namespace=namespace, create=create, **options)
 
 
 #: The query options of a Redis URL: the provider's and those redis-py reads from a URL.
@@ -69,8 +104,23 @@ _REDIS_OPTIONS = frozenset(
 )
 
 
-def _open_redis(url: SplitResult, params: dict[str, str]) -> Callable[[], StorageProvider[Any]]:
+#: The path of a Redis URL: none, or a database number.
+_REDIS_DATABASE = re.compile(r"/?|/[0-9]+/?")
+
+
+def _open_redis(url: SplitResult, params: dict[str, str], create: bool) -> Callable[[], StorageProvider[Any]]:
+    # Opening creates nothing on the server (a namespace is recorded by its first
+    # operation): open_existing asks the server before that.
     _number_option(params, "shards")  # its digits checked here; the URL itself goes to from_url
+    if not url.scheme.endswith("+cluster"):  # (a cluster's nodes are checked one by one by the provider)
+        try:
+            url.port  # noqa: B018  (it parses the port, raising for a bad one)
+        except ValueError as exc:
+            raise ValidationError(f"url: bad port in {redact(url.geturl())!r}: {exc}") from None
+    if not _REDIS_DATABASE.fullmatch(unquote(url.path)):  # (redis-py would read /abc as database 0)
+        raise ValidationError(
+            f"url: a Redis URL's path is its database number (/0, the default, or /N): {redact(url.geturl())!r}"
+        )
     for name in _REDIS_OPTIONS & set(params):
         del params[name]
     try:
@@ -91,10 +141,12 @@ _OPENERS: dict[str, Opener] = {
 
 
 def open_provider(url: str) -> StorageProvider[Any]:
-    """The provider a URL names.
+    """The provider a URL names; a store or namespace that does not exist yet is
+    made by its first write (an LMDB store directory at once).
 
-    Schemes: ``lmdb:///abs/path`` (options: ``namespace``, ``durability``,
-    ``map_size``, ``max_readers``), ``redis://[user:password@]host:port/db`` and
+    Schemes: ``lmdb:///abs/path`` or ``lmdb://./rel/path`` (relative to the
+    current directory) (options: ``namespace``, ``durability``, ``map_size``,
+    ``max_readers``), ``redis://[user:password@]host:port/db`` and
     ``rediss://`` (TLS), ``redis+cluster://[user:password@]host:port,host:port``
     and ``rediss+cluster://`` (a Redis Cluster, found from any of its nodes)
     (options: ``namespace``, ``shards``, and redis-py's ``ssl_*`` and
@@ -102,6 +154,66 @@ def open_provider(url: str) -> StorageProvider[Any]:
 
     Raises:
         ValidationError: an unknown scheme, a malformed URL or an unknown option.
+    """
+    return _build(url, create=True)
+
+
+async def open_existing(url: str) -> StorageProvider[Any]:
+    """The provider a URL names, if its store and namespace exist (a
+    :class:`~unistore.maintenance.MaintainedProvider` too); nothing is
+    created (an LMDB store is looked for at once, a Redis namespace asked of the
+    server). ``memory://`` never names one that exists: a memory store lives
+    and dies with one provider.
+
+    Raises:
+        ValidationError: as :func:`open_provider`.
+        StoreNotFoundError: the store or the namespace does not exist.
+        StorageConnectionError: the Redis server is unreachable.
+    """
+    provider = _build(url, create=False)  # LMDB or Redis: memory:// is refused here
+    exists = getattr(provider, "namespace_exists", None)
+    if exists is not None and not await exists():
+        raise StoreNotFoundError(
+            f"{redact(url)}: the server holds no namespace {getattr(provider, 'namespace', '')!r}",
+            {"url": redact(url)},
+        )
+    return provider
+
+
+async def namespace_urls(url: str) -> list[str]:
+    """The URL of every namespace of the store ``url`` points at (itself if it names
+    one with ``?namespace=``); nothing is opened for writing, nothing created. A
+    Redis namespace's URL carries its shard count.
+
+    Raises:
+        ValidationError: as :func:`open_provider`.
+        StoreNotFoundError: the store does not exist, or holds no namespace.
+        StorageConnectionError: the Redis server is unreachable.
+    """
+    parts, params, construct = _constructor(url, create=False)  # memory:// is refused here
+    if "namespace" in params:
+        return [url]
+    known: list[tuple[str, dict[str, str]]]
+    if parts.scheme == "lmdb":
+        names = store_namespaces(_lmdb_path(parts), **_lmdb_options(dict(params)))
+        known = [(name, {}) for name in names]
+    else:
+        provider = construct()
+        found = await provider.namespaces()  # type: ignore[attr-defined]  # a Redis provider's
+        await provider.cleanup()
+        known = [(name, {"shards": str(shards)}) for name, shards in found]
+    if not known:
+        raise StoreNotFoundError(f"{redact(url)}: the store holds no namespace", {"url": redact(url)})
+    base = url.partition("?")[0]  # (urlunsplit would drop the empty host of lmdb:///path)
+    return [f"{base}?{urlencode({**params, 'namespace': name, **extra})}" for name, extra in known]
+
+
+def _parse(url: str) -> tuple[SplitResult, dict[str, str]]:
+    """A URL split, and its query options (each given once), checked as far as its
+    scheme and shape go.
+
+    Raises:
+        ValidationError: not a str, malformed, a fragment, an unknown scheme, an option twice.
     """
     if not isinstance(url, str):
         raise ValidationError(f"url must be a str, got {type(url).__name__}")
@@ -111,8 +223,7 @@ def open_provider(url: str) -> StorageProvider[Any]:
         raise ValidationError(f"url: {redact(url)!r} does not parse: {exc}") from None
     if parts.fragment:
         raise ValidationError(f"url: {redact(url)!r} has a '#' fragment; write '#' in a path as %23")
-    opener = _OPENERS.get(parts.scheme)
-    if opener is None:
+    if parts.scheme not in _OPENERS:
         known = ", ".join(f"{scheme}://" for scheme in sorted(_OPENERS))
         raise ValidationError(f"url: unknown scheme in {redact(url)!r}; known: {known}")
     params: dict[str, str] = {}
@@ -120,10 +231,21 @@ def open_provider(url: str) -> StorageProvider[Any]:
         if name in params:
             raise ValidationError(f"url: option {name!r} is given twice in {redact(url)!r}")
         params[name] = value
-    construct = opener(parts, params)
-    if params:
-        raise ValidationError(f"url: unknown option(s) {', '.join(sorted(params))} in {redact(url)!r}")
-    return construct()
+    return parts, params
 
 
-__all__ = ["open_provider", "redact"]
+def _constructor(url: str, create: bool) -> tuple[SplitResult, dict[str, str], Callable[[], StorageProvider[Any]]]:
+    """A URL split, its options, and the call that makes its provider, every option checked."""
+    parts, params = _parse(url)
+    left = dict(params)
+    construct = _OPENERS[parts.scheme](parts, left, create)
+    if left:
+        raise ValidationError(f"url: unknown option(s) {', '.join(sorted(left))} in {redact(url)!r}")
+    return parts, params, construct
+
+
+def _build(url: str, create: bool) -> StorageProvider[Any]:
+    return _constructor(url, create)[2]()
+
+
+__all__ = ["namespace_urls", "open_existing", "open_provider", "redact"]

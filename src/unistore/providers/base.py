@@ -1,4 +1,4 @@
-"""The provider interface: R065's five async methods, and four bulk ones.
+"""The provider interface: R065's five async methods, and five bulk ones.
 
 ``load`` and ``delete`` take one keyword beyond R065, ``content_type``: when
 given, only an item stored under that content type counts (the manager uses it
@@ -6,8 +6,9 @@ so that a content type is part of an item's identity, checked atomically by
 the provider rather than by a load followed by a delete).
 
 The bulk methods (``save_many``, ``load_many``, ``delete_many``,
-``delete_matching``) are each native to their backend: one transaction, script
-or pipeline for the whole batch, never a loop of single calls. ``search`` and
+``delete_matching``, and ``restore_many``, a migration's write path) are each
+native to their backend: one transaction, script or pipeline for the whole
+batch, never a loop of single calls. ``search`` and
 ``delete_matching`` also take a query the index layer has compiled already
 (:class:`unistore.index.CompiledQuery`), so that the manager checks a query once.
 """
@@ -15,7 +16,7 @@ or pipeline for the whole batch, never a loop of single calls. ``search`` and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -94,6 +95,26 @@ class StorageProvider(CleanupOnExit, Generic[T]):
             ValidationError: ``items`` is not a mapping, or a bad key, content type, tags or ``expires_at``.
             SerializationError: an item's data cannot be stored (its key is named).
         """
+
+    async def restore_many(self, items: Sequence[StorageItem[T]]) -> int:
+        """Store each item verbatim, as another store held it: its key, id,
+        ``created_at``, ``updated_at``, expiry, tags and content type are kept as
+        given (a migration's write path, :func:`unistore.migrate.copy`). An item
+        under a key that exists replaces it, index entries included. Atomic like
+        :meth:`save_many`: every item is checked before anything is written.
+        Returns how many items were written. An item whose expiry has passed is
+        written, and invisible at once.
+
+        Not abstract, so that a provider written before it existed still loads;
+        every provider of this package implements it natively.
+
+        Raises:
+            ValidationError: ``items`` is not a sequence of :class:`StorageItem`,
+                names a key twice, or an item has a bad field (its key is named).
+            SerializationError: an item's data cannot be stored (its key is named).
+            NotImplementedError: the provider cannot restore items.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot restore items verbatim (no restore_many)")
 
     @abstractmethod
     async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[T]]:

@@ -9,12 +9,22 @@ reads every record.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from .. import index
-from ..codec import decode_fields, is_live, live_fields, live_item, load_item, prepare_many, prepare_save
+from ..codec import (
+    PreparedSave,
+    decode_fields,
+    is_live,
+    live_fields,
+    live_item,
+    load_item,
+    prepare_many,
+    prepare_restore,
+    prepare_save,
+)
 from ..errors import StorageCorruptionError
 from ..model import (
     StorageItem,
@@ -63,7 +73,10 @@ class MemoryStorageProvider(StorageProvider[Any]):
         batch = prepare_many(items, content_type, expires_at, tags)
         return self._save_all([batch.save(index) for index in range(len(batch.keys))])
 
-    def _save_all(self, prepared: list[Any]) -> list[StorageItem[Any]]:
+    async def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
+        return len(self._save_all(prepare_restore(items)))
+
+    def _save_all(self, prepared: list[PreparedSave]) -> list[StorageItem[Any]]:
         records = self._records
         now = now_micros()
         # Every old record decoded before anything is replaced: a damaged one refuses the batch whole.

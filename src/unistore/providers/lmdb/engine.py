@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -30,10 +30,12 @@ from ...codec import (
     live_item,
     load_item,
     prepare_many,
+    prepare_restore,
     prepare_save,
 )
 from ...core import RecordFields, ids_from_entries, intersect_ids, pack_new
 from ...errors import ItemNotFoundError, StorageCorruptionError, ValidationError
+from ...maintenance import Usage
 from ...model import (
     QuerySpec,
     StorageItem,
@@ -47,6 +49,7 @@ from ...model import (
 )
 from . import layout
 from .check import CheckReport, check_namespace
+from .check import usage as namespace_usage
 from .environment import (
     DEFAULT_MAP_SIZE,
     DEFAULT_MAX_READERS,
@@ -261,33 +264,51 @@ class LmdbEngine:
     # -- bulk operations ---------------------------------------------------------------
 
     def save_many_in(self, txn: Any, dbs: Databases, batch: PreparedBatch) -> list[StorageItem[Any]]:
-        """Save a batch inside one write transaction: the old records read in one
-        bulk read, the new items' records and items built by the core in one call,
-        and every record and index entry written database by database, in key order."""
+        """Save a batch inside one write transaction (see :meth:`_write_many`)."""
+        return self._write_many(txn, dbs, batch.key_bytes, batch.save, batch)
+
+    def restore_many_in(self, txn: Any, dbs: Databases, restores: list[PreparedSave]) -> int:
+        """Restore items inside one write transaction (see :meth:`restore_many`); how many."""
+        return len(self._write_many(txn, dbs, [save.key_bytes for save in restores], restores.__getitem__, None))
+
+    def _write_many(
+        self,
+        txn: Any,
+        dbs: Databases,
+        key_bytes: list[bytes],
+        save: Callable[[int], PreparedSave],
+        batch: PreparedBatch | None,
+    ) -> list[StorageItem[Any]]:
+        """Write items (``save(position)`` each, keyed ``key_bytes``) inside one write
+        transaction: the old records read in one bulk read, and every record and
+        index entry written database by database, in key order. The new items of a
+        ``save_many`` ``batch``, alike but for key and data, are built by the core in
+        one call; every other item (a replaced one, a restored one) one at a time."""
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
         prefix = self._prefix
-        record_keys = [self.record_key(key_bytes) for key_bytes in batch.key_bytes]
+        record_keys = [self.record_key(encoded) for encoded in key_bytes]
         old_records = dict(txn.cursor(db=dbs.records).getmulti(record_keys))
         sids = itertools.count(layout.next_id(txn, dbs.ids, prefix))
         items: list[Any] = [None] * len(record_keys)
         records: list[Any] = [None] * len(record_keys)
-        replaced: list[list[tuple[bytes, bytes]]] = [[] for _ in dbs]  # the index entries of replaced items
+        one_by_one: list[list[tuple[bytes, bytes]]] = [[] for _ in dbs]  # the index entries of items built singly
         new = []
         for position, record_key in enumerate(record_keys):
             raw = old_records.get(record_key)
-            if raw is None:
+            if raw is None and batch is not None:
                 new.append(position)
                 continue
-            save = batch.save(position)
-            old = decode_fields(raw, save.key)
-            self._unindex(txn, dbs, old)
-            fields, records[position], items[position] = save.build(old, now, sids.__next__)
+            prepared = save(position)
+            old = None if raw is None else decode_fields(raw, prepared.key)
+            if old is not None:
+                self._unindex(txn, dbs, old)
+            fields, records[position], items[position] = prepared.build(old, now, sids.__next__)
             for db, key, value in layout.index_entries(prefix, fields):
-                replaced[db].append((key, value))
-        for db, pairs in enumerate(replaced):
+                one_by_one[db].append((key, value))
+        for db, pairs in enumerate(one_by_one):
             txn.cursor(db=dbs[db]).putmulti(sorted(pairs))
-        if new:
+        if batch is not None and new:
             first = next(sids)
             keys = [batch.key_bytes[position] for position in new]
             made, built = pack_new(
@@ -330,6 +351,19 @@ class LmdbEngine:
         """Store every item of ``items`` (key → data) in one transaction: all of them or,
         if any is refused, none. Returns the items in the order of ``items``."""
         return self.write(self.save_many_op(items, content_type, expires_at, tags))
+
+    def restore_many_op(self, items: Sequence[StorageItem[Any]]) -> Callable[[Any, Databases], int]:
+        """Check and encode every item now; the returned op restores them all in one write transaction.
+
+        Raises:
+            ValidationError, SerializationError: a bad item (nothing is queued).
+        """
+        return functools.partial(self.restore_many_in, restores=prepare_restore(items))
+
+    def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
+        """Store each item verbatim, its id, times, expiry and tags as given, in one
+        transaction (see :meth:`StorageProvider.restore_many`); returns how many."""
+        return self.write(self.restore_many_op(items))
 
     def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
         """The live items under ``keys`` (of ``content_type``, if given), read in one
@@ -548,12 +582,23 @@ class LmdbEngine:
 
     # -- checking --------------------------------------------------------------------
 
-    def check(self) -> CheckReport:
+    def check(self, repair: bool = False) -> CheckReport:
         """Verify that every index entry of this namespace points at a live record of
-        the right id and every record is fully indexed, in one read transaction."""
+        the right id and every record is fully indexed, in one read transaction; with
+        ``repair``, in one write transaction that also fixes what it finds (see
+        :mod:`.check`). Returns what was found."""
         shared = self.shared  # first: the prefix comes with it
         prefix = self._prefix
+        if repair:
+            return shared.write_one(lambda txn, dbs: check_namespace(txn, dbs, prefix, repair=True))
         return shared.read(lambda txn, dbs: check_namespace(txn, dbs, prefix))
+
+    def usage(self) -> dict[str, Usage]:
+        """The live items of this namespace and their record bytes, per content type,
+        in one read transaction (see :mod:`unistore.maintenance`)."""
+        shared = self.shared  # first: the prefix comes with it
+        prefix = self._prefix
+        return shared.read(lambda txn, dbs: namespace_usage(txn, dbs, prefix, now_micros()))
 
 
 _Candidates = list[tuple[bytes, bytes]]

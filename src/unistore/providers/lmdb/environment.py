@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import os
+import stat
 import sys
 import threading
 import time
@@ -48,8 +49,8 @@ from typing import Any, ClassVar, TypeVar
 
 import lmdb
 
-from ...errors import StorageCorruptionError, StorageError, ValidationError
-from .layout import DATABASES, Databases, Opener
+from ...errors import StorageCorruptionError, StorageError, StoreNotFoundError, ValidationError
+from .layout import DATABASES, Databases, Opener, open_databases
 from .writer import GroupCommitWriter, Op, Outcome
 
 R = TypeVar("R")
@@ -219,7 +220,9 @@ class SharedEnvironment:
     _registry: ClassVar[dict[str, SharedEnvironment]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, path: str, durability: str, map_size: int, max_readers: int, opener: Opener) -> None:
+    def __init__(
+        self, path: str, durability: str, map_size: int, max_readers: int, opener: Opener, create: bool = True
+    ) -> None:
         self.path = path
         self.durability = durability
         self._map_size = map_size
@@ -236,6 +239,10 @@ class SharedEnvironment:
         # dbs.records again, as an attribute of its own: the load path reads it on every
         # load, and the extra lookup measured 200 instructions of ~31k per load.
         self._records: Any = None
+        #: Whether opening may create the store (False: maintenance, which never creates one).
+        self._create = create
+        if not create and not _holds_data(os.path.join(path, "data.mdb")):  # (LMDB would write an empty one)
+            raise StoreNotFoundError(f"no unistore store at {path!r}", {"path": path})
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
         except (OSError, ValueError) as exc:
@@ -263,6 +270,7 @@ class SharedEnvironment:
     def _try_open(self) -> tuple[Any, Databases]:
         env = lmdb.open(
             os.fsencode(self.path),  # bytes: a file name need not be UTF-8
+            create=self._create,
             map_size=self._map_size,
             max_dbs=len(DATABASES),
             max_readers=self._max_readers,
@@ -314,12 +322,21 @@ class SharedEnvironment:
         self._open_env()
 
     @classmethod
-    def acquire(cls, path: str, durability: str, map_size: int, max_readers: int, opener: Opener) -> SharedEnvironment:
-        """The environment of ``path``, opened if this process has not opened it yet."""
+    def acquire(
+        cls, path: str, durability: str, map_size: int, max_readers: int, opener: Opener, create: bool = True
+    ) -> SharedEnvironment:
+        """The environment of ``path``, opened if this process has not opened it yet.
+
+        ``create`` False: a store must be there already (``opener`` should then
+        create no database either: see :func:`.layout.open_databases`).
+
+        Raises:
+            StoreNotFoundError: not ``create``, and there is no store at ``path`` (nothing is created).
+        """
         with cls._registry_lock:
             shared = cls._registry.get(path)
             if shared is None:
-                shared = cls._registry[path] = cls(path, durability, map_size, max_readers, opener)
+                shared = cls._registry[path] = cls(path, durability, map_size, max_readers, opener, create)
             elif shared.durability != durability:
                 raise ValidationError(
                     f"durability={durability!r}: the store {path!r} is already open in this process "
@@ -496,6 +513,29 @@ class SharedEnvironment:
         child.commit()
         return True, result
 
+    # -- backup -----------------------------------------------------------------
+
+    def copy_to(self, dest: str, compact: bool) -> None:
+        """Write a consistent copy of the whole store (every namespace) into the
+        directory ``dest`` (existing, with no ``data.mdb``), while others read and
+        write. ``compact``: leave out free pages and renumber the rest, so the copy
+        is as small as its live data (LMDB's own file never shrinks).
+
+        Raises:
+            StorageError: LMDB could not write the copy.
+        """
+        target = os.fsencode(dest)
+        if compact:  # in a read transaction of ours: the gate then knows a copy is running
+            self.read(lambda txn, dbs: _compact_copy(txn, dbs, target, self.env.info()["map_size"]))
+            return
+        self.gate.enter()
+        try:
+            self.env.copy(target)  # LMDB takes its own read transaction
+        except lmdb.Error as exc:
+            raise translate(exc) from exc
+        finally:
+            self.gate.leave()
+
     # -- fork -------------------------------------------------------------------
 
     def _before_fork(self) -> None:
@@ -512,6 +552,32 @@ class SharedEnvironment:
             self.gate.after_fork_in_child()
         self.gate.mark_broken()  # reopened by the next operation, in each process
         self.gate.release()
+
+
+def _holds_data(data: str) -> bool:
+    """Whether ``data`` is a file with something in it."""
+    try:
+        found = os.stat(data)
+    except (OSError, ValueError):  # none there (or a path no file can have)
+        return False
+    return stat.S_ISREG(found.st_mode) and found.st_size > 0
+
+
+def _compact_copy(txn: Any, dbs: Databases, target: bytes, map_size: int) -> None:
+    """Write what ``txn`` sees of every database into a new store in ``target``, entry by
+    entry in key order: the copy has no free pages. (LMDB's own compacting copy is not
+    used: in py-lmdb 3.0.0 it dies of SIGSEGV once a posting list holds some 600 ids.)"""
+    out = lmdb.open(target, map_size=map_size, max_dbs=len(DATABASES), mode=0o600, lock=False)
+    try:  # (an lmdb.Error here is translated by the read transaction this runs in)
+        copied = open_databases(out)  # the same databases, flags and format record
+        with out.begin(write=True) as into:
+            for (_, posting), source, dest in zip(DATABASES, dbs, copied, strict=True):
+                with txn.cursor(db=source) as cursor:
+                    # A posting list's ids go in as duplicates; other keys are unique, and
+                    # the format record already written to meta is replaced by the same.
+                    into.cursor(db=dest).putmulti(cursor.iternext(), dupdata=posting)
+    finally:
+        out.close()
 
 
 class _OneFailed(Exception):

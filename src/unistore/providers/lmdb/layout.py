@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 from ... import index
 from ...core import RecordFields
-from ...errors import StorageCorruptionError, StorageError
+from ...errors import StorageCorruptionError, StorageError, StoreNotFoundError
 
 FORMAT_VERSION = 2
 
@@ -224,6 +224,18 @@ def claim_namespace(txn: Any, meta: Any, name: bytes) -> bytes:
     return prefix
 
 
+def namespaces(txn: Any, meta: Any) -> list[tuple[str, bytes]]:
+    """Every namespace of the store, as (name, prefix), in the order they were numbered."""
+    cursor = txn.cursor(db=meta)
+    found: list[tuple[str, bytes]] = []
+    if cursor.set_range(_META_NUMBER):
+        for entry, name in cursor.iternext():
+            if not entry.startswith(_META_NUMBER):
+                break
+            found.append((bytes(name).decode(errors="replace"), bytes(entry[len(_META_NUMBER) :])))
+    return found
+
+
 # -- opening ----------------------------------------------------------------------
 
 
@@ -236,18 +248,21 @@ def _unknown_store(names: set[bytes]) -> StorageError:
     return StorageError("the LMDB environment holds data that is not a unistore store")
 
 
-def open_databases(env: Any) -> Databases:
-    """Open (creating them in a new store) the store's databases.
+def open_databases(env: Any, create: bool = True) -> Databases:
+    """Open (creating them in a new store, if ``create``) the store's databases.
 
     In a write transaction, even for a store that exists: py-lmdb ends a read
     transaction by resetting it, which closes the handles opened in it. (The
     caller's thread waits for LMDB's write lock without the GIL.)
 
     Raises:
+        StoreNotFoundError: not ``create``, and the environment holds no store yet.
         StorageError: the store is of another format version, or not a unistore store.
     """
     with env.begin(write=True) as txn:
         found = {bytes(name) for name in txn.cursor().iternext(values=False)}
+        if not found and not create:
+            raise StoreNotFoundError("the LMDB environment holds no unistore store yet")
         if found and b"meta" not in found:
             raise _unknown_store(found)
         databases = Databases(
@@ -280,6 +295,7 @@ __all__ = [
     "find_namespace",
     "id_key",
     "index_entries",
+    "namespaces",
     "next_id",
     "open_databases",
     "posting_key",

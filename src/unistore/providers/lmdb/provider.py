@@ -10,17 +10,29 @@ durability ``"none"`` a commit costs microseconds and runs inline too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from ...errors import StorageError, StoreNotFoundError, ValidationError
 from ...index import CompiledQuery
-from ...model import StorageItem, StorageQuery, StorageResult, Tags
+from ...maintenance import Usage
+from ...model import StorageItem, StorageQuery, StorageResult, Tags, validate_name
 from ..base import StorageProvider
+from . import layout
 from .check import CheckReport
-from .engine import LmdbEngine
-from .environment import DEFAULT_MAP_SIZE, DEFAULT_MAX_READERS
+from .engine import LmdbEngine, _int_option
+from .environment import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_READERS,
+    DURABILITY,
+    MAX_MAP_SIZE,
+    MAX_READERS,
+    SharedEnvironment,
+)
 
 
 class LmdbStorageProvider(StorageProvider[Any]):
@@ -34,11 +46,15 @@ class LmdbStorageProvider(StorageProvider[Any]):
         map_size: the initial map size in bytes (address space, not disk); it grows by itself.
         max_readers: read transactions that may run at once across every process
             on the store (fixed by the first process to open it).
+        create: False to open only a store and namespace that exist (what
+            maintenance and the ``unistore`` command's reads do): nothing is
+            created, not even the directory.
 
     The synchronous :class:`LmdbEngine` underneath is :attr:`engine`.
 
     Raises:
         ValidationError: a bad namespace or option.
+        StoreNotFoundError: not ``create``, and the store or the namespace does not exist.
         StorageError: the store cannot be opened, or is of another format version.
     """
 
@@ -50,11 +66,23 @@ class LmdbStorageProvider(StorageProvider[Any]):
         durability: str = "sync",
         map_size: int = DEFAULT_MAP_SIZE,
         max_readers: int = DEFAULT_MAX_READERS,
+        create: bool = True,
     ) -> None:
-        #: The synchronous engine: the same operations, for callers that are not async.
-        self.engine = LmdbEngine(
-            path, namespace=namespace, durability=durability, map_size=map_size, max_readers=max_readers
+        engine = functools.partial(
+            LmdbEngine, path, namespace=namespace, durability=durability, map_size=map_size, max_readers=max_readers
         )
+        if create:
+            #: The synchronous engine: the same operations, for callers that are not async.
+            self.engine = engine()
+            return
+        name = validate_name(namespace, "namespace")
+        with existing_store(path, durability=durability, map_size=map_size, max_readers=max_readers) as shared:
+            if shared.read(lambda txn, dbs: layout.find_namespace(txn, dbs.meta, name)) is None:
+                raise StoreNotFoundError(
+                    f"the store {shared.path!r} has no namespace {namespace!r}",
+                    {"path": shared.path, "namespace": namespace},
+                )
+            self.engine = engine()  # while the store is held open: it finds the namespace there
 
     def __repr__(self) -> str:
         engine = self.engine
@@ -120,11 +148,119 @@ class LmdbStorageProvider(StorageProvider[Any]):
         """Remove expired items and their index entries; returns how many."""
         return await asyncio.to_thread(self.engine.purge_expired)
 
-    async def check(self) -> CheckReport:
-        """Verify the indexes against the records (see :meth:`LmdbEngine.check`)."""
-        return await asyncio.to_thread(self.engine.check)
+    async def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
+        restored: int = await self._write(self.engine.restore_many_op(items))
+        return restored
+
+    async def check(self, repair: bool = False) -> CheckReport:
+        """Verify the indexes against the records, and with ``repair`` fix them (see
+        :meth:`LmdbEngine.check`); returns what was found."""
+        return await asyncio.to_thread(self.engine.check, repair)
+
+    async def usage(self) -> dict[str, Usage]:
+        """This namespace's live items and record bytes per content type (see
+        :mod:`unistore.maintenance`)."""
+        return await asyncio.to_thread(self.engine.usage)
+
+    async def namespaces(self) -> list[str]:
+        """Every namespace of this provider's store (its own included), in the order
+        they were made."""
+        return store_namespaces(self.engine.path, durability=self.engine.durability)
+
+    async def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
+        """Write a hot, consistent copy of this provider's whole store (every
+        namespace) into the directory ``dest``, created (mode 0700) if missing; its
+        ``data.mdb`` is made private (0600). ``compact``: leave out free pages, so
+        the copy holds only live data (the store's own file never shrinks).
+
+        Raises:
+            ValidationError: ``dest`` already holds a store, or is not a usable path.
+            StorageError: the copy could not be written.
+        """
+        await asyncio.to_thread(_backup, self.engine.shared, dest, compact)
 
     async def cleanup(self) -> None:
         """Release the store (the last user closes it, after the writer's last fsync,
         in a worker thread so that the event loop runs on); it reopens on next use."""
         await asyncio.to_thread(self.engine.close)
+
+
+@contextlib.contextmanager
+def existing_store(
+    path: str | os.PathLike[str],
+    *,
+    durability: str = "sync",
+    map_size: int = DEFAULT_MAP_SIZE,
+    max_readers: int = DEFAULT_MAX_READERS,
+) -> Iterator[SharedEnvironment]:
+    """``with existing_store(path) as shared:`` the open environment of the store at
+    ``path``, which must exist (nothing is created), released on leaving.
+
+    Raises:
+        ValidationError: ``path`` or an option is not usable.
+        StoreNotFoundError: there is no unistore store at ``path``.
+    """
+    # Checked here as the engine checks them: an open with a bad option must not be tried.
+    if not isinstance(durability, str) or durability not in DURABILITY:
+        raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
+    _int_option("map_size", map_size, 1, MAX_MAP_SIZE)
+    _int_option("max_readers", max_readers, 1, MAX_READERS)
+    shared = SharedEnvironment.acquire(
+        _real_path(path),
+        durability,
+        map_size,
+        max_readers,
+        functools.partial(layout.open_databases, create=False),
+        create=False,
+    )
+    try:
+        yield shared
+    finally:
+        shared.release()
+
+
+def store_namespaces(path: str | os.PathLike[str], **options: Any) -> list[str]:
+    """Every namespace of the store at ``path``, in the order they were made
+    (``options``: as :func:`existing_store` takes them).
+
+    Raises:
+        ValidationError: ``path`` or an option is not usable.
+        StoreNotFoundError: there is no unistore store at ``path``.
+    """
+    with existing_store(path, **options) as shared:
+        return [name for name, _ in shared.read(lambda txn, dbs: layout.namespaces(txn, dbs.meta))]
+
+
+def _real_path(path: str | os.PathLike[str]) -> str:
+    """The store directory ``path`` names, resolved (as :class:`LmdbEngine` resolves it).
+
+    Raises:
+        ValidationError: ``path`` is empty, not a path, or holds a NUL byte.
+    """
+    try:
+        given = os.fspath(path)
+        real = os.path.realpath(given)
+        os.fsencode(real)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"path {path!r} is not usable: {exc}") from exc
+    if not given:
+        raise ValidationError("path must not be empty (write '.' for the current directory)")
+    return real
+
+
+def _backup(shared: SharedEnvironment, dest: str | os.PathLike[str], compact: bool) -> None:
+    """Copy the store into ``dest``: made (0700) if missing, refused if it holds a store
+    (the store itself included)."""
+    target = _real_path(dest)
+    data = os.path.join(target, "data.mdb")
+    if os.path.lexists(data):  # a dangling link too: the copy would be written where it points
+        raise ValidationError(f"backup: {target!r} already holds a store (a data.mdb); choose a new directory")
+    try:
+        os.makedirs(target, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"backup: cannot create the directory {target!r}: {exc}") from exc
+    shared.copy_to(target, compact)
+    os.chmod(data, 0o600)  # LMDB writes the copy as 0644 less the umask: keep it private
+
+
+__all__ = ["LmdbStorageProvider", "existing_store", "store_namespaces"]

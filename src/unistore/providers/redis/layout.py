@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import binascii
 import string
+import urllib.parse
 
 from ... import index
 
 _KEEP = frozenset((string.ascii_letters + string.digits + "_.-").encode())
+_ESCAPED = _KEEP | frozenset(b"%")
 
 #: The parts after the shard prefix.
 RECORD = b"r:"
@@ -87,6 +89,19 @@ def shards_key(namespace: bytes) -> bytes:
     return b"us{" + escape_namespace(namespace) + b"}:shards"
 
 
+def namespace_of(shards_key_name: bytes) -> str | None:
+    """The namespace whose :func:`shards_key` is ``shards_key_name``, or None if it is not one."""
+    if not (shards_key_name.startswith(b"us{") and shards_key_name.endswith(b"}:shards")):
+        return None
+    escaped = shards_key_name[3 : -len(b"}:shards")]
+    if not escaped or not set(escaped) <= _ESCAPED:
+        return None
+    try:
+        return urllib.parse.unquote_to_bytes(escaped).decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def record_key(prefix: bytes, key: bytes) -> bytes:
     """The Redis key of an item's record."""
     return prefix + RECORD + key
@@ -115,6 +130,7 @@ __all__ = [
     "RECORD",
     "TAG",
     "escape_namespace",
+    "namespace_of",
     "posting_key",
     "record_key",
     "scan_pattern",

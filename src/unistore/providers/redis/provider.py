@@ -16,7 +16,7 @@ import dataclasses
 import math
 import os
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -30,9 +30,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ... import index
-from ...codec import PreparedSave, live_item, load_item, prepare_many, prepare_save
+from ...codec import PreparedSave, live_item, load_item, no_surrogate_id, prepare_many, prepare_restore, prepare_save
 from ...core import pack_record, unpack_item
 from ...errors import StorageConnectionError, StorageCorruptionError, StorageError, ValidationError
+from ...maintenance import Usage, merge
 from ...model import (
     StorageItem,
     StorageQuery,
@@ -46,7 +47,8 @@ from ...model import (
 from ...urls import redact
 from ..base import StorageProvider
 from . import layout, scripts
-from .check import check_shard, scan_page
+from .check import check_shard, namespace_exists, scan_page, shard_usage
+from .check import namespaces as list_namespaces
 
 _T = TypeVar("_T")
 
@@ -221,7 +223,12 @@ class RedisStorageProvider(StorageProvider[Any]):
                 os.getpid(),
                 {
                     name: client.register_script(source)
-                    for name, source in (("save", scripts.SAVE), ("delete", scripts.DELETE), ("purge", scripts.PURGE))
+                    for name, source in (
+                        ("save", scripts.SAVE),
+                        ("restore", scripts.RESTORE),
+                        ("delete", scripts.DELETE),
+                        ("purge", scripts.PURGE),
+                    )
                 },
                 loop.create_task(self._check_shards(client)),
                 closer,
@@ -301,16 +308,20 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     # -- writes --------------------------------------------------------------------------
 
-    async def _save_in_shard(self, shard: int, saves: list[PreparedSave]) -> list[StorageItem[Any]]:
+    async def _write_in_shard(self, script: str, shard: int, saves: list[PreparedSave]) -> Any:
+        """Run the write script ``script`` ("save" or "restore") on a shard's part of a batch."""
         prefix = self._prefixes[shard]
         now = now_micros()
         keys: list[bytes] = []
         args: list[Any] = [prefix, now]
         for save in saves:
-            record = pack_record(*save.fields(None, now, _no_sid))  # the script keeps a replaced item's id
+            record = pack_record(*save.fields(None, now, no_surrogate_id))  # SAVE keeps a replaced item's id
             keys.append(layout.record_key(prefix, save.key_bytes))
             args += [save.key_bytes, record]
-        stored = await self._run("save", keys, args)
+        return await self._run(script, keys, args)
+
+    async def _save_in_shard(self, shard: int, saves: list[PreparedSave]) -> list[StorageItem[Any]]:
+        stored = await self._write_in_shard("save", shard, saves)
         return [_item(record, save) for record, save in zip(stored, saves, strict=True)]
 
     async def save(
@@ -333,6 +344,17 @@ class RedisStorageProvider(StorageProvider[Any]):
             for position, item in zip(positions, shard_items, strict=True):
                 items_in_order[position] = item
         return items_in_order
+
+    async def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
+        restores = prepare_restore(items)
+        groups = self._by_shard(save.key_bytes for save in restores)
+        counts = await asyncio.gather(
+            *(
+                self._write_in_shard("restore", shard, [restores[p] for p in positions])
+                for shard, positions in groups.items()
+            )
+        )
+        return sum(counts)
 
     async def _delete_in_shard(
         self, shard: int, keys: list[bytes], content_type: str | None, expected: list[bytes] | None = None
@@ -394,9 +416,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         it has not dropped yet); returns how many items were purged."""
         return sum(await asyncio.gather(*(self._purge_shard(prefix) for prefix in self._prefixes)))
 
-    async def check(self) -> index.CheckReport:
+    async def check(self, repair: bool = False) -> index.CheckReport:
         """Verify that every index entry belongs to a record that has it and every record
-        is fully indexed, shard by shard (:mod:`.check`); check a store at rest.
+        is fully indexed, shard by shard (:mod:`.check`); check a store at rest. With
+        ``repair``, also fix what it finds. Returns what was found.
 
         Raises:
             StorageConnectionError: Redis is unreachable.
@@ -405,7 +428,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         report = index.CheckReport()
         for prefix in self._prefixes:
             with _translated():
-                await check_shard(client, prefix, _node(client, prefix), report)
+                await check_shard(client, prefix, _node(client, prefix), report, repair)
         return report
 
     async def _purge_shard(self, prefix: bytes) -> int:
@@ -502,6 +525,51 @@ class RedisStorageProvider(StorageProvider[Any]):
         kind = index.CREATED if plan.path == index.CREATED_RANGE else index.EXPIRES
         return _TimeReader(client, prefix, layout.time_key(prefix, kind), plan.low, plan.high)
 
+    # -- maintenance (see unistore.maintenance and .check) ---------------------------------
+
+    async def usage(self) -> dict[str, Usage]:
+        """This namespace's live items and record bytes per content type, read shard
+        by shard with SCAN and MGET.
+
+        Raises:
+            StorageConnectionError: Redis is unreachable.
+        """
+        client = await self._redis()
+        now = now_micros()
+        parts = []
+        for prefix in self._prefixes:
+            with _translated():
+                parts.append(await shard_usage(client, prefix, _node(client, prefix), now))
+        return merge(parts)
+
+    async def namespace_exists(self) -> bool:
+        """Whether the server holds any key of this namespace, asked without creating
+        anything (the first operation records a namespace's shard count).
+
+        Raises:
+            StorageConnectionError: Redis is unreachable.
+        """
+        client = self._new_client()
+        try:
+            with _translated():
+                return await namespace_exists(client, self._shards_key, self._prefixes)
+        finally:
+            await client.aclose()
+
+    async def namespaces(self) -> list[tuple[str, int]]:
+        """Every namespace on this provider's server (database, or cluster), with its
+        shard count, by name; asked without creating anything.
+
+        Raises:
+            StorageConnectionError: Redis is unreachable.
+        """
+        client = self._new_client()
+        try:
+            with _translated():
+                return await list_namespaces(client)
+        finally:
+            await client.aclose()
+
 
 @contextlib.asynccontextmanager
 async def _scattered(streams: list[AsyncGenerator[_T, None]]) -> AsyncIterator[AsyncIterator[_T]]:
@@ -589,10 +657,6 @@ class _Connection:
 def _failed(task: asyncio.Task[None]) -> bool:
     """Whether a client's first check has ended without success."""
     return task.done() and (task.cancelled() or task.exception() is not None)
-
-
-def _no_sid() -> int:
-    return 0  # Redis indexes items by key: the record's surrogate id is not used
 
 
 def _item(record: bytes, save: PreparedSave) -> StorageItem[Any]:

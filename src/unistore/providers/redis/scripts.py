@@ -10,7 +10,7 @@ Lua's doubles up to 2^53 µs (the year 2255).
 
 from __future__ import annotations
 
-# What both scripts share: reading a record, and the index entries it has.
+# What every script shares: reading a record, and the index entries it has.
 _RECORD = r"""
 local function int64(s, at)  -- a little-endian signed 64-bit field at byte `at` (1-based)
   local low = struct.unpack('<I4', s, at)
@@ -75,42 +75,52 @@ local function held(prefix, record_key, member)
 end
 """
 
-#: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), then each
-#: item's key and new record. Saves every record (with its expiry as PXAT), keeping
-#: the id and creation time of a live record it replaces, and swaps the old index
-#: entries for the new; returns the records as stored. One item is a save, several
-#: are a shard's part of a ``save_many``: atomic either way.
-SAVE = (
-    _RECORD
-    + r"""
-local prefix, now = ARGV[1], tonumber(ARGV[2])
--- Everything is read and checked first: Redis does not undo a script's writes when
--- it fails, so a batch that cannot be saved whole must fail before its first write.
-local plans, stored, seen = {}, {}, {}
-for i, record_key in ipairs(KEYS) do
-  local member, record = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
-  if seen[record_key] then return redis.error_reply('a batch names one key twice') end
-  seen[record_key] = true
-  local old, before = held(prefix, record_key, member)
-  if old and live(before, now) then  -- the same item: its id, UUID and creation time stay
-    record = string.sub(record, 1, 8) .. string.sub(old, 9, 40) .. string.sub(record, 41)
+# What SAVE and RESTORE share: writing records whole, one batch of a shard at a time.
+_WRITE = r"""
+-- KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), then each
+-- item's key and new record. Writes every record (with its expiry as PXAT) and swaps
+-- the old index entries for the new; `keep`: a live record replaced keeps its id,
+-- UUID and creation time. Returns the records as stored.
+local function write(keep)
+  local prefix, now = ARGV[1], tonumber(ARGV[2])
+  -- Everything is read and checked first: Redis does not undo a script's writes when
+  -- it fails, so a batch that cannot be written whole must fail before its first write.
+  local plans, stored, seen = {}, {}, {}
+  for i, record_key in ipairs(KEYS) do
+    local member, record = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+    if seen[record_key] then return redis.error_reply('a batch names one key twice') end
+    seen[record_key] = true
+    local old, before = held(prefix, record_key, member)
+    if keep and old and live(before, now) then  -- the same item: its id, UUID and creation time stay
+      record = string.sub(record, 1, 8) .. string.sub(old, 9, 40) .. string.sub(record, 41)
+    end
+    plans[i] = {member = member, before = before, after = fields(record)}
+    stored[i] = record
   end
-  plans[i] = {member = member, before = before, after = fields(record)}
-  stored[i] = record
-end
-for i, record_key in ipairs(KEYS) do
-  local plan = plans[i]
-  if plan.before then unindex(prefix, plan.member, plan.before) end
-  index(prefix, plan.member, plan.after, stored[i])
-  if plan.after.expires then
-    redis.call('SET', record_key, stored[i], 'PXAT', math.max(math.ceil(plan.after.expires / 1000), 1))
-  else
-    redis.call('SET', record_key, stored[i])
+  for i, record_key in ipairs(KEYS) do
+    local plan = plans[i]
+    if plan.before then unindex(prefix, plan.member, plan.before) end
+    index(prefix, plan.member, plan.after, stored[i])
+    if plan.after.expires then
+      redis.call('SET', record_key, stored[i], 'PXAT', math.max(math.ceil(plan.after.expires / 1000), 1))
+    else
+      redis.call('SET', record_key, stored[i])
+    end
   end
+  return stored
 end
-return stored
 """
-)
+
+#: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), then each
+#: item's key and new record. Saves every record, keeping the id and creation time
+#: of a live record it replaces; returns the records as stored. One item is a save,
+#: several are a shard's part of a ``save_many``: atomic either way.
+SAVE = _RECORD + _WRITE + "return write(true)\n"
+
+#: KEYS and ARGV as :data:`SAVE`'s. Writes every record as given (a migration's
+#: ``restore_many``: id, UUID and times are the item's own), replacing what is
+#: there, atomically; returns how many.
+RESTORE = _RECORD + _WRITE + "return #write(false)\n"
 
 #: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), the content
 #: type that must match (empty: any), then each item's key and the record it must
@@ -165,4 +175,4 @@ return #due
 """
 )
 
-__all__ = ["DELETE", "PURGE", "SAVE"]
+__all__ = ["DELETE", "PURGE", "RESTORE", "SAVE"]
