@@ -279,6 +279,9 @@ async def test_re_registering_replaces() -> None:
         await old.load("k")
     with pytest.raises(ValidationError):
         manager.register_provider(None, new)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="provider must be a StorageProvider, got dict"):
+        manager.register_provider("t", {})  # type: ignore[arg-type]
+    assert (await manager.load("k", "t")).data == 1  # the registration stands
 
 
 async def test_bulk_operations_route_by_content_type_and_are_measured() -> None:

@@ -1,5 +1,10 @@
 """unistore: one async storage interface with pluggable providers.
 
+The library logs to the ``unistore`` logger and adds nothing to it but a
+:class:`logging.NullHandler`: where its records go is the application's choice,
+and without one nothing reaches stderr (Python's last-resort handler never
+sees them). See docs/observability.md for the levels.
+
 >>> import asyncio
 >>> from unistore import UnifiedStorageManager, open_provider
 >>> async def main():
@@ -11,6 +16,9 @@
 {'text': 'hi'}
 """
 
+import logging
+from importlib.metadata import version
+
 from .core import NATIVE
 from .errors import (
     ItemNotFoundError,
@@ -19,6 +27,7 @@ from .errors import (
     StorageConnectionError,
     StorageCorruptionError,
     StorageError,
+    StoreNotFoundError,
     ValidationError,
 )
 from .manager import UnifiedStorageManager
@@ -27,7 +36,9 @@ from .model import StorageItem, StorageMetadata, StorageQuery, StorageResult
 from .providers.base import StorageProvider
 from .urls import open_provider
 
-__version__ = "0.1.0"
+__version__ = version("unistore")  # one source: the version pyproject.toml gives the installed package
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "NATIVE",
@@ -44,6 +55,7 @@ __all__ = [
     "StorageProvider",
     "StorageQuery",
     "StorageResult",
+    "StoreNotFoundError",
     "UnifiedStorageManager",
     "ValidationError",
     "open_provider",

@@ -4,19 +4,30 @@ measures every operation on one instrumented path.
 For each operation it counts ``storage_operations{operation, content_type,
 success}`` and observes ``storage_operation_seconds{operation, content_type}``;
 a failure is logged (with ``operation``, ``content_type`` and ``error`` as
-structured fields) and re-raised unchanged. Nothing is swallowed.
+structured fields) and re-raised unchanged. Nothing is swallowed. A caller's
+mistake (:data:`CALLER_MISTAKES`: a bad argument, a missing key, an unknown
+content type, data that cannot be stored) is logged at DEBUG; anything else (a
+backend failure) at ERROR. An operation refused before it reaches a provider
+(an unknown content type, a bad query) is counted and logged the same way.
+``content_type="*"`` labels an operation not bound to one content type (a
+search over all of them, or a content type that was not a non-empty str).
+
+:meth:`UnifiedStorageManager.retrieve` is the legacy memory store's query: a
+search whose results carry a relevance ``score`` and ``highlights`` for a text.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .errors import ItemNotFoundError, ProviderNotFoundError, ValidationError
+from .errors import ItemNotFoundError, ProviderNotFoundError, SerializationError, StorageError, ValidationError
 from .index import compile_query
 from .metrics import MetricsManager
 from .model import StorageItem, StorageQuery, StorageResult, Tags, validate_name
@@ -25,6 +36,20 @@ from .providers.base import CleanupOnExit, StorageProvider
 _logger = logging.getLogger(__name__)
 _perf_counter = time.perf_counter
 R = TypeVar("R")
+
+#: The errors that are the caller's doing, not the store's: logged at DEBUG only,
+#: so that an application's own handling of them is not drowned in error lines.
+CALLER_MISTAKES: tuple[type[StorageError], ...] = (
+    ValidationError,
+    ItemNotFoundError,
+    ProviderNotFoundError,
+    SerializationError,
+)
+
+
+def _label(content_type: object) -> str:
+    """The ``content_type`` label of an operation: the type, or ``*`` for none (or no valid one)."""
+    return content_type if isinstance(content_type, str) and content_type else "*"
 
 
 class _Instruments:
@@ -62,8 +87,8 @@ class _Instruments:
         elif isinstance(exc, Exception):
             self.seconds.observe(elapsed)
             self.failed.inc()
-            # A miss is an ordinary answer to a load; anything else is worth an error line.
-            level = logging.DEBUG if isinstance(exc, ItemNotFoundError) else logging.ERROR
+            # A caller's mistake is the caller's to report; a backend failure is worth an error line.
+            level = logging.DEBUG if isinstance(exc, CALLER_MISTAKES) else logging.ERROR
             _logger.log(
                 level,
                 "storage %s failed: %s",
@@ -79,6 +104,95 @@ async def _close(results: AsyncIterator[Any]) -> None:
     aclose = getattr(results, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+_WORD = re.compile(r"\w+")
+#: Characters of context kept on each side of a matched word in a highlight.
+HIGHLIGHT_CONTEXT = 40
+#: The most highlights one result carries.
+MAX_HIGHLIGHTS = 5
+
+
+def _strings(data: Any) -> Iterator[str]:
+    """Every ``str`` in ``data``, depth first: itself, or the values of its dicts and lists."""
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, Mapping):
+        for value in data.values():
+            yield from _strings(value)
+    elif isinstance(data, (list, tuple)):
+        for value in data:
+            yield from _strings(value)
+
+
+class _Ranking:
+    """The results of a text retrieval, scored as they come and ranked at the end."""
+
+    def __init__(self, terms: frozenset[str], min_score: float) -> None:
+        self._terms = terms
+        self._min_score = min_score
+        self._scored: list[tuple[float, str, int, StorageResult[Any]]] = []
+
+    @classmethod
+    def of(cls, text: str | None, min_score: float) -> _Ranking | None:
+        """The ranking for ``text`` (None without one), after checking the arguments.
+
+        Raises:
+            ValidationError: ``text`` is not a str with a word, or ``min_score`` is not in 0.0 to 1.0.
+        """
+        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= min_score <= 1.0:
+            raise ValidationError(f"min_score must be a number from 0.0 to 1.0, got {min_score!r}")
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise ValidationError(f"text must be a str, got {type(text).__name__}")
+        terms = frozenset(word.casefold() for word in _WORD.findall(text))
+        if not terms:
+            raise ValidationError(f"text must contain a word to look for, got {text!r}")
+        return cls(terms, float(min_score))
+
+    def add(self, item: StorageItem[Any]) -> None:
+        """Score ``item``; keep it if it scores above zero and at least ``min_score``."""
+        found: set[str] = set()
+        highlights: list[str] = []
+        for string in _strings(item.data):
+            spans = []
+            for match in _WORD.finditer(string):
+                word = match.group().casefold()
+                if word in self._terms:
+                    found.add(word)
+                    spans.append(match.span())
+            if spans and len(highlights) < MAX_HIGHLIGHTS:
+                highlights.extend(_passages(string, spans)[: MAX_HIGHLIGHTS - len(highlights)])
+        score = len(found) / len(self._terms)
+        if score > 0.0 and score >= self._min_score:
+            result = StorageResult(item, score, highlights)
+            self._scored.append((-score, item.metadata.key, len(self._scored), result))
+
+    def best(self, limit: int | None) -> list[StorageResult[Any]]:
+        """The kept results, best first (equal scores in key order), at most ``limit``."""
+        ranked = sorted(self._scored) if limit is None else heapq.nsmallest(limit, self._scored)
+        return [result for _, _, _, result in ranked]
+
+
+def _passages(string: str, spans: list[tuple[int, int]]) -> list[str]:
+    """The passages of ``string`` around ``spans`` (overlapping ones merged), cut at
+    word boundaries, with "…" where the string goes on."""
+    windows: list[tuple[int, int]] = []
+    for start, end in spans:
+        low, high = max(0, start - HIGHLIGHT_CONTEXT), min(len(string), end + HIGHLIGHT_CONTEXT)
+        while low > 0 and string[low - 1].isalnum():  # neither start nor end inside a word
+            low -= 1
+        while high < len(string) and string[high].isalnum():
+            high += 1
+        if windows and low <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], high)
+        else:
+            windows.append((low, high))
+    return [
+        ("…" if low > 0 else "") + string[low:high].strip() + ("…" if high < len(string) else "")
+        for low, high in windows
+    ]
 
 
 class UnifiedStorageManager(CleanupOnExit):
@@ -108,24 +222,34 @@ class UnifiedStorageManager(CleanupOnExit):
             raise ValidationError(f"provider must be a StorageProvider, got {type(provider).__name__}")
         self._providers[content_type] = provider
 
-    def _provider(self, content_type: str) -> StorageProvider[Any]:
+    def _provider(self, content_type: str, operation: str) -> StorageProvider[Any]:
+        """The provider of ``content_type``; a refusal is accounted as a failed ``operation``."""
         # Only valid names are registered: a hit of a plain str needs no further check.
         provider = self._providers.get(content_type) if type(content_type) is str else None
         if provider is None:
-            validate_name(content_type, "content_type")  # str subclasses (enums) are fine
-            provider = self._providers.get(content_type)
-            if provider is None:
-                raise ProviderNotFoundError(f"Provider not found: {content_type!r}", {"content_type": content_type})
+            try:
+                provider = self._lookup(content_type)
+            except StorageError as exc:
+                self._instruments_of(operation, _label(content_type)).finish(_perf_counter(), exc)
+                raise
         return provider
 
-    def _bound(self, operation: str, content_type: str) -> _Instruments:
-        # Only called on a miss of self._instruments (the callers look there first).
-        instruments = self._instruments[operation, content_type] = _Instruments(self._metrics, operation, content_type)
+    def _lookup(self, content_type: str) -> StorageProvider[Any]:
+        validate_name(content_type, "content_type")  # str subclasses (enums) are fine
+        provider = self._providers.get(content_type)
+        if provider is None:
+            raise ProviderNotFoundError(f"Provider not found: {content_type!r}", {"content_type": content_type})
+        return provider
+
+    def _instruments_of(self, operation: str, label: str) -> _Instruments:
+        instruments = self._instruments.get((operation, label))
+        if instruments is None:
+            instruments = self._instruments[operation, label] = _Instruments(self._metrics, operation, label)
         return instruments
 
     async def _measured(self, operation: str, content_type: str, call: Awaitable[R]) -> R:
         """Await ``call``, the provider's part of ``operation``, and account for it."""
-        instruments = self._instruments.get((operation, content_type)) or self._bound(operation, content_type)
+        instruments = self._instruments.get((operation, content_type)) or self._instruments_of(operation, content_type)
         started = _perf_counter()
         try:
             result = await call
@@ -146,7 +270,7 @@ class UnifiedStorageManager(CleanupOnExit):
         Raises:
             ProviderNotFoundError: no provider for ``content_type``.
         """
-        provider = self._provider(content_type)
+        provider = self._provider(content_type, "save")
         return await self._measured("save", content_type, provider.save(key, data, content_type, expires_at, tags))
 
     async def load(self, key: str, content_type: str) -> StorageItem[Any]:
@@ -156,7 +280,7 @@ class UnifiedStorageManager(CleanupOnExit):
             ProviderNotFoundError: no provider for ``content_type``.
             ItemNotFoundError: no such live item of that content type.
         """
-        provider = self._provider(content_type)
+        provider = self._provider(content_type, "load")
         return await self._measured("load", content_type, provider.load(key, content_type=content_type))
 
     async def delete(self, key: str, content_type: str) -> bool:
@@ -165,13 +289,13 @@ class UnifiedStorageManager(CleanupOnExit):
         Raises:
             ProviderNotFoundError: no provider for ``content_type``.
         """
-        provider = self._provider(content_type)
+        provider = self._provider(content_type, "delete")
         return await self._measured("delete", content_type, provider.delete(key, content_type=content_type))
 
     def _providers_of(self, query: StorageQuery) -> list[StorageProvider[Any]]:
         """The provider of ``query.content_type``, or every distinct one when it is None."""
         if query.content_type is not None:
-            return [self._provider(query.content_type)]
+            return [self._lookup(query.content_type)]
         return self._distinct_providers()
 
     async def save_many(
@@ -183,7 +307,7 @@ class UnifiedStorageManager(CleanupOnExit):
         Raises:
             ProviderNotFoundError: no provider for ``content_type``.
         """
-        provider = self._provider(content_type)
+        provider = self._provider(content_type, "save_many")
         call = provider.save_many(items, content_type, expires_at, tags)
         return await self._measured("save_many", content_type, call)
 
@@ -193,7 +317,7 @@ class UnifiedStorageManager(CleanupOnExit):
         Raises:
             ProviderNotFoundError: no provider for ``content_type``.
         """
-        provider = self._provider(content_type)
+        provider = self._provider(content_type, "load_many")
         return await self._measured("load_many", content_type, provider.load_many(keys, content_type=content_type))
 
     async def delete_many(self, keys: Iterable[str], content_type: str) -> int:
@@ -202,7 +326,7 @@ class UnifiedStorageManager(CleanupOnExit):
         Raises:
             ProviderNotFoundError: no provider for ``content_type``.
         """
-        provider = self._provider(content_type)
+        provider = self._provider(content_type, "delete_many")
         return await self._measured("delete_many", content_type, provider.delete_many(keys, content_type=content_type))
 
     async def delete_matching(self, query: StorageQuery) -> int:
@@ -214,8 +338,7 @@ class UnifiedStorageManager(CleanupOnExit):
             ValidationError: a bad query field.
             ProviderNotFoundError: no provider for ``query.content_type``.
         """
-        content_type = getattr(query, "content_type", None)
-        label = content_type if isinstance(content_type, str) and content_type else "*"
+        label = _label(getattr(query, "content_type", None))
         return await self._measured("delete_matching", label, self._delete_matching(query))
 
     async def _delete_matching(self, query: StorageQuery) -> int:
@@ -230,27 +353,66 @@ class UnifiedStorageManager(CleanupOnExit):
             deleted += await provider.delete_matching(compiled)
         return deleted
 
-    async def search(self, query: StorageQuery) -> AsyncIterator[StorageResult[Any]]:
+    def search(self, query: StorageQuery) -> AsyncGenerator[StorageResult[Any], None]:
         """Results from the provider of ``query.content_type``, or from every
         distinct provider once when it is None, up to ``query.limit`` in all.
 
-        Raises:
+        Raises (when iterated):
             ValidationError: a bad query field.
             ProviderNotFoundError: no provider for ``query.content_type``.
         """
-        compiled = compile_query(query)  # once, for every provider
-        remaining = compiled.spec.limit
-        providers = self._providers_of(query)
-        if remaining == 0:
-            return
-        label = query.content_type or "*"
-        instruments = self._instruments.get(("search", label)) or self._bound("search", label)
+        return self._search(query, "search", None, 0.0)
+
+    def retrieve(
+        self, query: StorageQuery, text: str | None = None, *, min_score: float = 0.0
+    ) -> AsyncGenerator[StorageResult[Any], None]:
+        """The legacy memory store's query: :meth:`search`, with relevance.
+
+        Without ``text``, the results are :meth:`search`'s, each with score 1.0
+        and no highlights (as the legacy store yielded them). With ``text``,
+        only items whose string data contains at least one of its words are
+        yielded, best first: ``score`` is the share of the text's distinct
+        words found (case-insensitive, whole words) among the strings of
+        ``item.data`` (nested in dicts and lists too), and ``highlights`` are
+        the passages where they occur, as they stand in the data. Equal scores
+        come in key order. ``query.limit`` counts after ranking, so every item
+        the query's other criteria select is read: narrow it by content type,
+        tags or pattern on a large store.
+
+        Args:
+            query: the criteria every result meets, as for :meth:`search`.
+            text: the words to look for, or None for no ranking.
+            min_score: results scoring less are left out (0.0 to 1.0).
+
+        Raises (when iterated):
+            ValidationError: a bad query field, ``text`` without a word, or
+                ``min_score`` outside 0.0 to 1.0.
+            ProviderNotFoundError: no provider for ``query.content_type``.
+        """
+        return self._search(query, "retrieve", text, min_score)
+
+    async def _search(
+        self, query: StorageQuery, operation: str, text: str | None, min_score: float
+    ) -> AsyncGenerator[StorageResult[Any], None]:
+        """The fan-out of :meth:`search` and :meth:`retrieve`, measured as ``operation``."""
+        instruments = self._instruments_of(operation, _label(getattr(query, "content_type", None)))
         started = _perf_counter()
         try:
+            compiled = compile_query(query)  # once, for every provider
+            remaining = compiled.spec.limit
+            providers = self._providers_of(query)
+            ranking = _Ranking.of(text, min_score)
+            if ranking is not None:  # every match is ranked; the limit applies to the ranked
+                compiled = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
             for provider in providers:
+                if remaining == 0:
+                    break
                 results = provider.search(compiled)
                 try:
                     async for result in results:
+                        if ranking is not None:
+                            ranking.add(result.item)
+                            continue
                         yield result
                         if remaining is not None:
                             remaining -= 1
@@ -258,8 +420,9 @@ class UnifiedStorageManager(CleanupOnExit):
                                 break
                 finally:
                     await _close(results)
-                if remaining == 0:
-                    break
+            if ranking is not None:
+                for ranked in ranking.best(remaining):
+                    yield ranked
         except BaseException as exc:
             instruments.finish(started, exc)
             raise

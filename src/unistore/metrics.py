@@ -4,15 +4,24 @@
 labels; :meth:`MetricsManager.get_instance` returns the process-wide one that
 the storage manager reports to by default. A name holds one kind of metric.
 :class:`StorageMonitor` is the requirement's (R065) small API on top of it.
+
+Exporters (``unistore.exporters.prometheus``, ``unistore.exporters.otel``)
+read a registry through :meth:`MetricsManager.collect` and
+:meth:`MetricsManager.watch`; :data:`STANDARD_METRICS` names, describes and
+gives the unit of every metric unistore itself records. Metric and label
+names are limited to what both Prometheus and OpenTelemetry accept, so an
+exporter never has to rename one.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from .errors import ValidationError
 
@@ -45,6 +54,58 @@ DEFAULT_BUCKETS = (
 
 _LabelKey = tuple[tuple[str, str], ...]
 _MetricKey = tuple[str, _LabelKey]
+
+#: A metric name both exporters accept as it is: Prometheus allows ``[a-zA-Z_:][a-zA-Z0-9_:]*``,
+#: OpenTelemetry ``[a-zA-Z][a-zA-Z0-9_.\-/]{0,254}``; this is what the two share.
+_METRIC_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9_]{0,254}", re.ASCII)
+#: A Prometheus label name (OpenTelemetry takes any attribute key); ``__`` names are Prometheus's own.
+_LABEL_NAME = re.compile(r"(?!__)[a-zA-Z_][a-zA-Z0-9_]*", re.ASCII)
+
+MetricKind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric is: its kind, unit, labels and meaning.
+
+    ``unit`` is spelled as OpenTelemetry wants it (UCUM: ``s``, ``By``,
+    ``{operation}``); Prometheus carries the unit in the name instead.
+    """
+
+    kind: MetricKind
+    unit: str
+    labels: tuple[str, ...]
+    description: str
+
+
+#: Every metric unistore records (the manager, :class:`StorageMonitor` and the
+#: CLI's ``stats``), by name. Callers may record others; docs/observability.md lists these.
+STANDARD_METRICS: dict[str, MetricInfo] = {
+    "storage_operations": MetricInfo(
+        "counter",
+        "{operation}",
+        ("operation", "content_type", "success"),
+        "Storage operations that ended, by operation, content type and outcome.",
+    ),
+    "storage_operation_seconds": MetricInfo(
+        "histogram",
+        "s",
+        ("operation", "content_type"),
+        "How long storage operations took, in seconds, by operation and content type.",
+    ),
+    "storage_size": MetricInfo(
+        "gauge",
+        "By",
+        ("content_type",),
+        "Bytes of the stored records of a content type, as last recorded.",
+    ),
+    "storage_items": MetricInfo(
+        "gauge",
+        "{item}",
+        ("content_type",),
+        "Live items of a content type, as last counted.",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -88,15 +149,20 @@ class Gauge:
 
 
 class Histogram:
-    """One histogram over :data:`DEFAULT_BUCKETS`, bound once."""
+    """One histogram over :data:`DEFAULT_BUCKETS`, bound once.
 
-    __slots__ = ("_lock", "count", "counts", "total")
+    ``listeners`` (empty unless an exporter forwards observations, as the
+    OpenTelemetry bridge does) are called with each observed value.
+    """
+
+    __slots__ = ("_lock", "count", "counts", "listeners", "total")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts = [0] * len(DEFAULT_BUCKETS)
         self.count = 0
         self.total = 0.0
+        self.listeners: tuple[Callable[[float], None], ...] = ()
 
     def observe(self, value: float) -> None:
         """Record one observation (the caller vouches it is a number)."""
@@ -107,6 +173,18 @@ class Histogram:
         self.count += 1
         self.total += value
         self._lock.release()
+        for listener in self.listeners:  # an empty tuple costs a few ns: no flag to test first
+            listener(value)
+
+    def add_listener(self, listener: Callable[[float], None]) -> None:
+        """Call ``listener(value)`` after each later observation."""
+        with self._lock:
+            self.listeners = (*self.listeners, listener)
+
+    def remove_listener(self, listener: Callable[[float], None]) -> None:
+        """Stop calling ``listener`` (a listener never added is ignored)."""
+        with self._lock:
+            self.listeners = tuple(known for known in self.listeners if known != listener)
 
     def snapshot(self) -> HistogramSnapshot:
         """Count, sum and cumulative buckets, read together."""
@@ -120,6 +198,39 @@ class Histogram:
 
 
 _Instrument = TypeVar("_Instrument", Counter, Gauge, Histogram)
+Instrument = Counter | Gauge | Histogram
+#: Called by :meth:`MetricsManager.watch` with a metric's name, labels and instrument.
+Watcher = Callable[[str, dict[str, str], Instrument], None]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of a metric: its labels and its value (a histogram's is a snapshot)."""
+
+    labels: dict[str, str]
+    value: float | HistogramSnapshot
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """Every series of one metric name, read at one moment, with what the name means.
+
+    ``unit`` and ``description`` come from :data:`STANDARD_METRICS`; empty for
+    a metric unistore does not define.
+    """
+
+    name: str
+    kind: MetricKind
+    unit: str
+    description: str
+    series: tuple[Series, ...]
+
+
+def kind_of(instrument: Instrument) -> MetricKind:
+    """``"counter"``, ``"gauge"`` or ``"histogram"``."""
+    if isinstance(instrument, Histogram):
+        return "histogram"
+    return "counter" if isinstance(instrument, Counter) else "gauge"
 
 
 def _number(value: object, name: str) -> float:
@@ -151,7 +262,8 @@ class MetricsManager:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kinds: dict[str, type] = {}
-        self._instruments: dict[_MetricKey, Counter | Gauge | Histogram] = {}
+        self._instruments: dict[_MetricKey, Instrument] = {}
+        self._watchers: tuple[Watcher, ...] = ()
 
     @classmethod
     def get_instance(cls) -> MetricsManager:
@@ -162,9 +274,17 @@ class MetricsManager:
             return cls._instance
 
     def _bind(self, kind: type[_Instrument], name: str, labels: dict[str, str]) -> _Instrument:
-        if not isinstance(name, str) or not name:
-            raise ValidationError(f"metric name must be a non-empty str, got {name!r}")
+        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+            raise ValidationError(
+                "metric name must be a str of ASCII letters, digits and underscores that starts with a letter"
+                f" (at most 255 characters: what Prometheus and OpenTelemetry both accept), got {name!r}"
+            )
         for label, label_value in labels.items():
+            if not _LABEL_NAME.fullmatch(label) or (label == "le" and kind is Histogram):
+                raise ValidationError(
+                    f"metric {name!r}: label name {label!r} is not a Prometheus label name"
+                    " (ASCII letters, digits, underscores; not a leading digit or '__'; no 'le' on a histogram)"
+                )
             if not isinstance(label_value, str):
                 raise ValidationError(f"metric {name!r}: label {label!r} must be a str, got {label_value!r}")
         key = (name, tuple(sorted(labels.items())))
@@ -173,9 +293,33 @@ class MetricsManager:
             if known is not kind:
                 raise ValidationError(f"metric {name!r} is a {known.__name__.lower()}, not a {kind.__name__.lower()}")
             instrument = self._instruments.get(key)
-            if instrument is None:
-                instrument = self._instruments[key] = kind()
-            return instrument  # type: ignore[return-value]  # the kind check above
+            if instrument is not None:
+                return instrument  # type: ignore[return-value]  # the kind check above
+            instrument = self._instruments[key] = kind()
+            watchers = self._watchers
+        # Outside the lock: a watcher may call into an exporter's own locks.
+        for watcher in watchers:
+            watcher(name, dict(labels), instrument)
+        return instrument
+
+    def watch(self, watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher(name, labels, instrument)`` for every instrument bound
+        now and for each one bound later, until the returned function is called.
+
+        Exporters use it to follow new series (the OpenTelemetry bridge adds a
+        listener to each histogram). Every instrument is reported exactly once.
+        """
+        with self._lock:
+            self._watchers = (*self._watchers, watcher)
+            present = list(self._instruments.items())
+        for (name, labels), instrument in present:
+            watcher(name, dict(labels), instrument)
+
+        def unwatch() -> None:
+            with self._lock:
+                self._watchers = tuple(known for known in self._watchers if known is not watcher)
+
+        return unwatch
 
     def bind_counter(self, name: str, **labels: str) -> Counter:
         """The counter of ``name`` and ``labels``, created at 0 if new.
@@ -234,6 +378,26 @@ class MetricsManager:
         instrument = self._find(name, labels)
         return (instrument if isinstance(instrument, Histogram) else Histogram()).snapshot()
 
+    def collect(self, name: str | None = None) -> list[MetricFamily]:
+        """Every metric (or only ``name``) with all its series, sorted by name.
+
+        Each value is read when collected; a family is consistent per series, not across them.
+        """
+        with self._lock:
+            present = [(key, instrument) for key, instrument in self._instruments.items() if name in (None, key[0])]
+        by_name: dict[str, list[Series]] = {}
+        kinds: dict[str, MetricKind] = {}
+        for (metric, labels), instrument in sorted(present, key=lambda entry: entry[0]):
+            value = instrument.snapshot() if isinstance(instrument, Histogram) else instrument.value
+            by_name.setdefault(metric, []).append(Series(dict(labels), value))
+            kinds[metric] = kind_of(instrument)
+        families = []
+        for metric, series in by_name.items():
+            info = STANDARD_METRICS.get(metric)
+            unit, description = (info.unit, info.description) if info is not None else ("", "")
+            families.append(MetricFamily(metric, kinds[metric], unit, description, tuple(series)))
+        return families
+
 
 class StorageMonitor:
     """Records storage operations and sizes, as R065 specifies.
@@ -261,4 +425,20 @@ class StorageMonitor:
         self._metrics.gauge("storage_size", size, content_type=content_type, **labels)
 
 
-__all__ = ["DEFAULT_BUCKETS", "Counter", "Gauge", "Histogram", "HistogramSnapshot", "MetricsManager", "StorageMonitor"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "STANDARD_METRICS",
+    "Counter",
+    "Gauge",
+    "Histogram",
+    "HistogramSnapshot",
+    "Instrument",
+    "MetricFamily",
+    "MetricInfo",
+    "MetricKind",
+    "MetricsManager",
+    "Series",
+    "StorageMonitor",
+    "Watcher",
+    "kind_of",
+]
