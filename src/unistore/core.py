@@ -41,8 +41,8 @@ _core = choose(
     lambda: importlib.import_module("unistore._core"),
 )
 
-#: True when the native extension is in use.
 NATIVE = _core is not _purecore
+"""True when the native (Cython) extension is in use, False on the pure-Python twin."""
 
 if TYPE_CHECKING:
     from ._purecore import *  # noqa: F403  # the names, typed by the pure twin

@@ -40,6 +40,15 @@ class StorageMetadata:
 
     ``created_at`` is kept when a key is saved again; ``updated_at`` is the time of
     the latest save. All datetimes are timezone-aware UTC with microsecond precision.
+
+    Attributes:
+        id: the item's id, kept when its key is saved again (a new one once it has expired).
+        key: the key the item is stored under.
+        content_type: the content type it was saved with.
+        created_at: when the key was first saved (since it last expired).
+        updated_at: when the key was last saved.
+        expires_at: when the item stops being visible; None: never.
+        tags: its tags, tag key to tag value, in key order.
     """
 
     id: UUID
@@ -53,7 +62,12 @@ class StorageMetadata:
 
 @dataclass
 class StorageItem(Generic[T]):
-    """An item's data with its metadata."""
+    """An item's data with its metadata.
+
+    Attributes:
+        data: what was saved, as it decodes (tuples come back as lists).
+        metadata: the item's :class:`StorageMetadata`.
+    """
 
     data: T
     metadata: StorageMetadata
@@ -67,6 +81,17 @@ class StorageQuery:
     exactly; the time bounds are inclusive, and an item without expiry never
     matches an ``expires_*`` bound; ``limit`` caps how many results are yielded.
     Fields are checked when the query runs, not when it is built.
+
+    Attributes:
+        pattern: a Redis glob (``*``, ``?``, ``[a-z]``, ``[^x]``, ``\\`` escapes) that the
+            whole key must match, byte for byte as Redis's ``SCAN MATCH``.
+        content_type: the content type items must have, exactly.
+        tags: tags items must all have, with exactly these values.
+        created_after: items created at or after this instant.
+        created_before: items created at or before this instant.
+        expires_after: items expiring at or after this instant (never one without expiry).
+        expires_before: items expiring at or before this instant (never one without expiry).
+        limit: the most results to yield, from 0 to 2**63 - 1; None: all.
     """
 
     pattern: str | None = None
@@ -81,7 +106,14 @@ class StorageQuery:
 
 @dataclass
 class StorageResult(Generic[T]):
-    """One search hit. Providers here do exact matching, so ``score`` is 1.0."""
+    """One search hit. A search matches exactly, so its ``score`` is 1.0 and it has
+    no ``highlights``; the manager's text retrieval (``retrieve``) sets both.
+
+    Attributes:
+        item: the item found.
+        score: how well it matched, from 0.0 to 1.0; 1.0 for every search result.
+        highlights: passages of the item's text where the retrieval's words occur.
+    """
 
     item: StorageItem[T]
     score: float = 1.0
