@@ -21,11 +21,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import re
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -37,6 +36,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from unistore import ItemNotFoundError, StorageItem, StorageProvider, StorageQuery
 from unistore.providers import LmdbStorageProvider, RedisStorageProvider
+from unistore.testing import strategies as kit
+from unistore.testing.machine import perform
 
 pytestmark = pytest.mark.redis
 
@@ -87,79 +88,16 @@ def lmdb_factory(tmp_path: Path) -> Iterator[Factory]:
 
 # -- what the two sides are given --------------------------------------------------
 
-#: 474 + 2 * 20 UTF-8 bytes: past LMDB's 506-byte key limit, and its 475-byte cut falls inside an 'é'.
-LONG = "x" * 474 + "é" * 20
-KEYS = [
-    "a",
-    "b",
-    "ab",
-    "a:b",
-    "*",
-    "?",
-    "[",
-    "]",
-    "\\",
-    "a*",
-    "a\\*",
-    "[a]",
-    "{a}",
-    "a{b}:c",
-    "é",
-    "日本",
-    "y" * 506,  # the longest key LMDB stores as it is
-    "y" * 507,  # the shortest it stores under a prefix and a hash
-    LONG,
-    LONG + "a",
-    LONG + "b",
-]
-keys = st.sampled_from(KEYS) | st.text("ab:*?[]\\{}é", min_size=1, max_size=4)
-content_types = st.sampled_from(["ta", "tb", "é"])
-tags = st.dictionaries(st.sampled_from(["t", "u", "é"]), st.sampled_from(["x", "y", "", "*"]), max_size=2)
-# Fixed instants, none of them near now. Past ones are accepted and invisible at once;
-# after 2255 a time is no longer exact in Redis's double scores; 9999 is the last year.
-FAR = datetime(2200, 1, 1, tzinfo=UTC)
-LAST = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
-PAST = [datetime(1, 1, 1, tzinfo=UTC), datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)]
-PAST += [datetime(2000, 1, 1, tzinfo=UTC)]
-FUTURE = [FAR, FAR + timedelta(microseconds=1), FAR + timedelta(microseconds=2), datetime(2300, 1, 1, tzinfo=UTC)]
-FUTURE += [LAST - timedelta(microseconds=1), LAST]
-expiries = st.one_of(st.none(), st.none(), st.sampled_from(FUTURE), st.sampled_from(PAST))
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=4)
-    | st.binary(max_size=4)
-)
-data = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
-    max_leaves=4,
-)
-
-
-@dataclass
-class Save:
-    key: str
-    data: Any
-    content_type: str
-    expires_at: datetime | None
-    tags: dict[str, str]
-
-    async def run(self, provider: StorageProvider[Any]) -> list[StorageItem[Any]]:
-        return [await provider.save(self.key, self.data, self.content_type, self.expires_at, self.tags)]
-
-
-@dataclass
-class SaveMany:
-    items: dict[str, Any]
-    content_type: str
-    expires_at: datetime | None
-    tags: dict[str, str]
-
-    async def run(self, provider: StorageProvider[Any]) -> list[StorageItem[Any]]:
-        return await provider.save_many(self.items, self.content_type, self.expires_at, self.tags)
+# The conformance kit's strategies (unistore.testing.strategies): odd keys (glob
+# characters, braces, colons, non-ASCII, keys past LMDB's 506-byte limit), a few
+# content types and tags, data of every storable kind, and expiries at fixed
+# instants far from now (past ones are accepted and invisible at once).
+keys = kit.keys()
+content_types = kit.content_types()
+tags = kit.tag_sets()
+expiries = kit.expiries()
+data = kit.data()
+FAR = kit.FAR
 
 
 @dataclass
@@ -186,102 +124,30 @@ class Purge:
         await provider.purge_expired()  # type: ignore[attr-defined]  # how many it met differs by design
 
 
-saves = st.builds(Save, keys, data, content_types, expiries, tags)
-bulk_saves = st.builds(SaveMany, st.dictionaries(keys, data, max_size=5), content_types, expiries, tags)
+#: Writes: the kit's saves and batches (its ``perform`` runs them), deletes and purges.
+saves = kit.items()
+bulk_saves = kit.batches()
+Write = kit.NewItem | kit.Batch | Delete | DeleteMany | Purge
+
+
+async def run_write(write: Write, provider: StorageProvider[Any]) -> Any:
+    """What ``provider`` answers to ``write``: a save's items, a delete's count or bool."""
+    if isinstance(write, (kit.NewItem, kit.Batch)):
+        return await perform(provider, write)
+    return await write.run(provider)
+
+
 deletes = st.one_of(
     st.builds(Delete, keys, st.none() | content_types),
     st.builds(DeleteMany, st.lists(keys, max_size=4), st.none() | content_types),
     st.builds(Purge),
 )
 
-# Pattern pieces that meet the keys above: literals, escapes, classes, wildcards, the long
-# keys' prefixes, an unterminated class and a lone backslash (literal when it ends the pattern).
-PATTERN_PARTS = ["a", "b", ":", "é", "{", "}", "*", "?", "[ab]", "[^a]", "[a-c]", "[*?]", "[\\]]", "[é]"]
-PATTERN_PARTS += ["\\*", "\\?", "\\[", "\\]", "\\\\", "[", "\\", "x" * 474, "y" * 506]
-
-
-@dataclass
-class KeyPattern:
-    """A pattern made from a saved key (both sides saved the same ones): the key with its
-    glob characters escaped (it matches that key alone), its first or last ``size``
-    characters so escaped beside a ``*``, or the key as it is (its glob characters act)."""
-
-    which: int
-    form: str
-    size: int
-
-    def pattern(self, keys: list[str]) -> str | None:
-        if not keys:
-            return None
-        key = keys[self.which % len(keys)]
-        if self.form == "raw":
-            return key
-        if self.form == "exact":
-            return _escaped(key)
-        if self.form == "prefix":
-            return _escaped(key[: self.size]) + "*"
-        return "*" + _escaped(key[len(key) - self.size :])
-
-
-def _escaped(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-patterns = st.one_of(
-    st.lists(st.sampled_from(PATTERN_PARTS), max_size=5).map("".join),
-    st.builds(KeyPattern, st.integers(0, 63), st.sampled_from(["exact", "prefix", "suffix", "raw"]), st.integers(0, 3)),
-)
-#: A bound on a time: which save's (created) or which instant (expires), nudged by -1, 0 or 1 µs.
-#: Lower bounds count from the earliest, upper ones from the latest: the simplest bound is the widest.
-nudged = st.tuples(st.integers(0, 63), st.sampled_from([0, -1, 1]))
-
-
-@dataclass
-class QueryShape:
-    """A query for two stores: its ``created_*`` bounds name saves, so each store has its own."""
-
-    pattern: str | KeyPattern | None
-    content_type: str | None
-    tags: dict[str, str] | int | None  # an int: the tags of that save
-    created_after: tuple[int, int] | None
-    created_before: tuple[int, int] | None
-    expires_after: tuple[int, int] | None
-    expires_before: tuple[int, int] | None
-    limit: int | None
-
-
-CRITERIA = ["pattern", "content_type", "tags", "created_after", "created_before", "expires_after", "expires_before"]
-
-
-@st.composite
-def shapes(draw: st.DrawFn) -> QueryShape:
-    """A query of up to three criteria (more rarely match anything), and a limit or none."""
-    chosen = draw(st.sets(st.sampled_from(CRITERIA), max_size=3))
-    values: dict[str, st.SearchStrategy[Any]] = {
-        "pattern": patterns,
-        "content_type": content_types,
-        "tags": tags | st.integers(0, 63),
-        "created_after": nudged,
-        "created_before": nudged,
-        "expires_after": nudged,
-        "expires_before": nudged,
-    }
-    criteria: dict[str, Any] = {name: draw(values[name]) if name in chosen else None for name in CRITERIA}
-    return QueryShape(**criteria, limit=draw(st.none() | st.integers(0, 4)))
-
-
-EVERYTHING = QueryShape(None, None, None, None, None, None, None, None)
-
-
-def _expiry(bound: tuple[int, int] | None, upper: bool) -> datetime | None:
-    if bound is None:
-        return None
-    instants = sorted(FUTURE + PAST, reverse=upper)
-    instant = instants[bound[0] % len(instants)]
-    try:
-        return instant + timedelta(microseconds=bound[1])
-    except OverflowError:  # past the last instant there is none
-        return instant
+#: Queries of up to three criteria and a limit, whose key patterns, tags and ``created_*``
+#: bounds are picked from each side's saves when they run (the kit's :class:`QueryShape`).
+shapes = kit.query_shapes
+QueryShape = kit.QueryShape
+EVERYTHING = kit.EVERYTHING
 
 
 # -- one side --------------------------------------------------------------------
@@ -327,27 +193,9 @@ class Side:
             assert item == self.latest.get(item.metadata.key), f"not the item as saved: {item}"
         return {item.metadata.key: self.view(item) for item in items}
 
-    def query(self, shape: QueryShape, limit: int | None) -> StorageQuery:
-        return StorageQuery(
-            pattern=shape.pattern if isinstance(shape.pattern, str) else None,
-            content_type=shape.content_type,
-            tags=shape.tags if isinstance(shape.tags, dict) else None,
-            created_after=self._created(shape.created_after, upper=False),
-            created_before=self._created(shape.created_before, upper=True),
-            expires_after=_expiry(shape.expires_after, upper=False),
-            expires_before=_expiry(shape.expires_before, upper=True),
-            limit=limit,
-        )
-
-    def _created(self, bound: tuple[int, int] | None, upper: bool) -> datetime | None:
-        if bound is None or not self.history:
-            return None
-        times = sorted((item.metadata.created_at for item in self.history), reverse=upper)
-        return times[bound[0] % len(times)] + timedelta(microseconds=bound[1])
-
     def created_split(self, shape: QueryShape) -> tuple[list[bool], list[bool]]:
         """Which saved items each ``created_*`` bound of ``shape`` admits, here."""
-        after, before = self._created(shape.created_after, False), self._created(shape.created_before, True)
+        after, before = shape.created_bounds(self.history)
         times = [item.metadata.created_at for item in self.history]
         return [after is None or t >= after for t in times], [before is None or t <= before for t in times]
 
@@ -417,16 +265,10 @@ class ProvidersAgree(RuleBasedStateMachine):
         return self.pair(call(self.lmdb), call(self.redis))
 
     def queries(self, shape: QueryShape, limit: int | None) -> tuple[StorageQuery, StorageQuery]:
-        """The query each side runs; a ``created_*`` bound that would split the two sides'
-        saves differently (their clocks tied or not alike) is left out of both."""
-        if isinstance(shape.pattern, KeyPattern):
-            keys = [item.metadata.key for item in self.lmdb.history]
-            shape = dataclasses.replace(shape, pattern=shape.pattern.pattern(keys))
-        if isinstance(shape.tags, int):
-            history = self.lmdb.history
-            shape = dataclasses.replace(
-                shape, tags=history[shape.tags % len(history)].metadata.tags if history else None
-            )
+        """The query each side runs (both sides saved the same keys and tags, so a pattern
+        or tags taken from a save are the same); a ``created_*`` bound that would split
+        the two sides' saves differently (their clocks tied or not alike) is left out of both."""
+        shape = dataclasses.replace(shape, limit=limit)
         split_lmdb, split_redis = self.lmdb.created_split(shape), self.redis.created_split(shape)
         if split_lmdb[0] != split_redis[0]:
             event("created_after dropped: the two clocks split the saves differently")
@@ -434,7 +276,7 @@ class ProvidersAgree(RuleBasedStateMachine):
         if split_lmdb[1] != split_redis[1]:
             event("created_before dropped: the two clocks split the saves differently")
             shape = dataclasses.replace(shape, created_before=None)
-        return self.lmdb.query(shape, limit), self.redis.query(shape, limit)
+        return shape.query(self.lmdb.history), shape.query(self.redis.history)
 
     def matches(self, shape: QueryShape) -> dict[str, tuple[Any, ...]]:
         """What both sides find for ``shape`` without its limit, checked to be the same."""
@@ -457,23 +299,23 @@ class ProvidersAgree(RuleBasedStateMachine):
     # -- writes --------------------------------------------------------------------
 
     @initialize(
-        write=st.builds(SaveMany, st.dictionaries(keys, data, min_size=3, max_size=8), content_types, st.none(), tags)
+        write=st.builds(kit.Batch, st.dictionaries(keys, data, min_size=3, max_size=8), content_types, st.none(), tags)
     )
-    def seed(self, write: SaveMany) -> None:
+    def seed(self, write: kit.Batch) -> None:
         """A store that holds something from the start, so the first queries can find it."""
         self.write(write)
 
     # Saves are drawn most often (three rules of seven), so the stores hold something.
     @rule(write=saves)
-    def save(self, write: Save) -> None:
+    def save(self, write: kit.NewItem) -> None:
         self.write(write)
 
     @rule(write=bulk_saves)
-    def save_many(self, write: SaveMany) -> None:
+    def save_many(self, write: kit.Batch) -> None:
         self.write(write)
 
     @rule(write=saves, which=st.integers(0, 63))
-    def upsert(self, write: Save, which: int) -> None:
+    def upsert(self, write: kit.NewItem, which: int) -> None:
         """A save over a key saved before (when there is one)."""
         if self.lmdb.history:
             old = self.lmdb.history[which % len(self.lmdb.history)].metadata.key
@@ -484,9 +326,9 @@ class ProvidersAgree(RuleBasedStateMachine):
     def delete(self, write: Delete | DeleteMany | Purge) -> None:
         self.write(write)
 
-    def write(self, write: Save | SaveMany | Delete | DeleteMany | Purge) -> None:
+    def write(self, write: Write) -> None:
         self.written = True
-        lmdb, redis = self.both(lambda side: write.run(side.provider))
+        lmdb, redis = self.both(lambda side: run_write(write, side.provider))
         if isinstance(lmdb, list) and isinstance(redis, list):  # a save's items
             assert self.lmdb.saved(lmdb) == self.redis.saved(redis)
             return
@@ -587,7 +429,8 @@ def test_providers_agree(lmdb_factory: Factory, redis_factory: Factory, request:
 
 #: Every key of up to two characters from glob characters and a few others, and the odd keys.
 PATTERN_KEYS = sorted(
-    set(KEYS) | {"".join(chars) for size in (1, 2) for chars in itertools.product("a*?[]\\-^é\x00", repeat=size)}
+    set(kit.ODD_KEYS)
+    | {"".join(chars) for size in (1, 2) for chars in itertools.product("a*?[]\\-^é\x00", repeat=size)}
 )
 #: More pattern pieces: negation, ranges, empty and unterminated classes.
 MORE_PARTS = ["[^", "[a-", "-", "^", "[]", "[]a]", "[^]]", "[a-\\]", "[!a]", "\x00", "[\x00-b]", "[é-a]"]
@@ -599,7 +442,7 @@ def test_patterns_agree(lmdb_factory: Factory, redis_factory: Factory) -> None:
     loop = asyncio.new_event_loop()
     lmdb, redis = lmdb_factory(), redis_factory()
 
-    parts = st.sampled_from(PATTERN_PARTS + MORE_PARTS) | st.sampled_from(PATTERN_KEYS) | st.sampled_from("*?")
+    parts = st.sampled_from(kit.PATTERN_PARTS + MORE_PARTS) | st.sampled_from(PATTERN_KEYS) | st.sampled_from("*?")
 
     @given(st.lists(parts, max_size=6))
     def check(parts: list[str]) -> None:
