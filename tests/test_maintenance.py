@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from unistore import StorageError, ValidationError
+from unistore import StorageError, StorageQuery, ValidationError
 from unistore.errors import StoreNotFoundError
 from unistore.index import TAG, tag_term
 from unistore.maintenance import MaintainedProvider, Usage, merge, tally
@@ -323,6 +323,22 @@ async def test_redis_repair_drops_the_damaged_and_reindexes_the_rest(private_red
     assert usage["t"].items == 5 and usage["bulk"].items == 2500
     await provider.cleanup()
     await raw.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_check_finds_no_damage_in_far_future_times(redis_port: int) -> None:
+    """A sorted set's score is a double: past 2**53 µs (the year 2255) Redis keeps a
+    rounded time, and check must not call that an index entry pointing nowhere (repair
+    would then rewrite healthy entries for ever)."""
+    provider = RedisStorageProvider.from_url(f"redis://127.0.0.1:{redis_port}/0?namespace=far-future")
+    last = datetime(9999, 12, 31, 23, 59, 59, 999998, tzinfo=timezone.utc)
+    await provider.save("k", 1, "t", expires_at=last)
+    await provider.save_many({"a": 1, "b": 2}, "t", expires_at=last - timedelta(microseconds=3))
+    assert (await provider.check()).problems == []
+    assert (await provider.check(repair=True)).ok
+    assert (await provider.load("k")).metadata.expires_at == last
+    await provider.delete_matching(StorageQuery())
+    await provider.cleanup()
 
 
 @pytest.mark.redis
