@@ -10,7 +10,9 @@ read a registry through :meth:`MetricsManager.collect` and
 :meth:`MetricsManager.watch`; :data:`STANDARD_METRICS` names, describes and
 gives the unit of every metric unistore itself records. Metric and label
 names are limited to what both Prometheus and OpenTelemetry accept, so an
-exporter never has to rename one.
+exporter never has to rename one, and a name whose Prometheus exposition
+would clash with another metric's (``x`` and ``x_total`` as counters, a gauge
+``h_count`` beside a histogram ``h``) is refused.
 """
 
 from __future__ import annotations
@@ -233,6 +235,23 @@ def kind_of(instrument: Instrument) -> MetricKind:
     return "counter" if isinstance(instrument, Counter) else "gauge"
 
 
+def family_name(name: str, kind: MetricKind) -> str:
+    """The name Prometheus exposes a metric's family under: a counter's without a
+    ``_total`` suffix (its sample adds it back), any other metric's as it is."""
+    return name[: -len("_total")] if kind == "counter" and name.endswith("_total") else name
+
+
+def exposed_names(name: str, kind: MetricKind) -> frozenset[str]:
+    """Every name Prometheus's exposition of a metric uses: its family's and its samples'
+    (``x_total`` for a counter; ``h_bucket``, ``h_count`` and ``h_sum`` for a histogram)."""
+    family = family_name(name, kind)
+    if kind == "counter":
+        return frozenset((family, f"{family}_total"))
+    if kind == "histogram":
+        return frozenset((family, f"{family}_bucket", f"{family}_count", f"{family}_sum"))
+    return frozenset((family,))
+
+
 def _number(value: object, name: str) -> float:
     try:
         number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
@@ -262,6 +281,8 @@ class MetricsManager:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kinds: dict[str, type] = {}
+        #: Each name an exposition of the known metrics uses (see exposed_names), and whose it is.
+        self._exposed: dict[str, str] = {}
         self._instruments: dict[_MetricKey, Instrument] = {}
         self._watchers: tuple[Watcher, ...] = ()
 
@@ -289,7 +310,10 @@ class MetricsManager:
                 raise ValidationError(f"metric {name!r}: label {label!r} must be a str, got {label_value!r}")
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
-            known = self._kinds.setdefault(name, kind)
+            known = self._kinds.get(name)
+            if known is None:
+                self._claim(name, kind)
+                known = self._kinds[name] = kind
             if known is not kind:
                 raise ValidationError(f"metric {name!r} is a {known.__name__.lower()}, not a {kind.__name__.lower()}")
             instrument = self._instruments.get(key)
@@ -301,6 +325,24 @@ class MetricsManager:
         for watcher in watchers:
             watcher(name, dict(labels), instrument)
         return instrument
+
+    def _claim(self, name: str, kind: type[Instrument]) -> None:
+        """Reserve the names a new metric is exposed under (the caller holds the lock).
+
+        Raises:
+            ValidationError: another metric's exposition uses one of them (a counter
+                ``x`` and a counter ``x_total`` are both exposed as ``x_total``; a
+                gauge ``h_count`` would be read as a sample of the histogram ``h``).
+        """
+        names = exposed_names(name, kind_of(kind()))
+        for exposed in sorted(names):
+            owner = self._exposed.get(exposed)
+            if owner is not None:
+                raise ValidationError(
+                    f"metric {name!r} would be exposed as {exposed!r}, which the {self._kinds[owner].__name__.lower()}"
+                    f" {owner!r} already uses: pick a name Prometheus can tell apart"
+                )
+        self._exposed.update(dict.fromkeys(names, name))
 
     def watch(self, watcher: Watcher) -> Callable[[], None]:
         """Call ``watcher(name, labels, instrument)`` for every instrument bound
@@ -440,5 +482,7 @@ __all__ = [
     "Series",
     "StorageMonitor",
     "Watcher",
+    "exposed_names",
+    "family_name",
     "kind_of",
 ]

@@ -148,8 +148,9 @@ async def prune(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> int:
     """Delete from ``target`` the items ``query`` matches there that ``source`` does not
-    hold: after a :func:`copy`, the items deleted from the source since (a copy
-    never deletes). Returns how many items were deleted.
+    hold: after a :func:`copy`, the items deleted from the source since, or moved
+    out of the query there (another content type or tag under the same key); a copy
+    never deletes. Returns how many items were deleted.
 
     It deletes whatever the source lacks, whoever wrote it: run it only where
     the target is a copy of the source, before anything else writes to it (in a
@@ -165,7 +166,8 @@ async def prune(
     deleted = 0
     async with contextlib.aclosing(_lookups(target, source, compiled, batch_size)) as lookups:
         async for batch, found in lookups:
-            gone = [item.metadata.key for item in batch if item.metadata.key not in found]
+            held = _matching(compiled, found)
+            gone = [item.metadata.key for item in batch if item.metadata.key not in held]
             if gone:
                 deleted += await target.delete_many(gone)
     return deleted
@@ -224,6 +226,15 @@ async def _count(provider: StorageProvider[Any], compiled: CompiledQuery) -> int
     return count
 
 
+def _matching(compiled: CompiledQuery, found: dict[str, StorageItem[Any]]) -> dict[str, StorageItem[Any]]:
+    """The items of ``found`` that ``compiled`` matches: a store holds an item of the
+    query's only if the item under that key there matches the query too (it may
+    have another content type or tag by now)."""
+    keys = list(found)
+    records = [item_record(found[key]) for key in keys]
+    return {keys[at]: found[keys[at]] for at in compiled.matcher.matching(records, now_micros(), -1)}
+
+
 def _same(item: StorageItem[Any], other: StorageItem[Any] | None) -> bool:
     return other is not None and checksum(other) == checksum(item)
 
@@ -261,13 +272,16 @@ async def _compare(
     differing: _Findings | None,
 ) -> int:
     """Look each item ``compiled`` matches in ``reading`` up in ``other``: note those it lacks
-    (unless they have expired since) and, given ``differing``, those it holds otherwise.
+    (unless they have expired since) and, given ``differing``, those it holds otherwise;
+    without ``differing``, an item ``other`` holds that the query no longer matches is lacking.
     Returns how many items ``reading`` holds (those that expired meanwhile left out)."""
     count = 0
     async with contextlib.aclosing(_lookups(reading, other, compiled, batch_size)) as lookups:
         async for batch, found in lookups:
+            # Only presence asked: an item that left the query is absent.
+            held = found if differing is not None else _matching(compiled, found)
             for item in batch:
-                there = found.get(item.metadata.key)
+                there = held.get(item.metadata.key)
                 if there is None:
                     if _expired(item):
                         continue

@@ -47,6 +47,8 @@ class _LoopThread:
 
     def __init__(self, name: str) -> None:
         self.pid = os.getpid()
+        #: Calls of this process submitted and not yet returned (guarded by the adapter's lock).
+        self.busy = 0
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
@@ -103,9 +105,10 @@ class ContentStorage(Generic[C]):
 
     The adapter runs the provider on a private event loop in a thread it owns,
     started on first use (and again in a forked child, which does not inherit
-    threads). :meth:`close`, or leaving a ``with`` block, releases what the
-    provider holds on that loop (its ``cleanup()``) and ends the thread; the
-    provider stays usable elsewhere. Calls are safe from any number of threads.
+    threads). :meth:`close`, or leaving a ``with`` block, waits for the calls
+    in progress, releases what the provider holds on that loop (its
+    ``cleanup()``) and ends the thread; later calls raise ``StorageError``, and
+    the provider stays usable elsewhere. Calls are safe from any number of threads.
 
     Raises:
         ValidationError: a bad content type, an unknown URL, or a provider
@@ -155,6 +158,7 @@ class ContentStorage(Generic[C]):
         self._decode = decode
         self._content_id = content_id
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a runner's last call returns
         self._runner: _LoopThread | None = None
         self._closed = False
 
@@ -169,7 +173,14 @@ class ContentStorage(Generic[C]):
             runner = self._runner
             if runner is None or runner.pid != os.getpid():  # first use, or a forked child (no parent threads)
                 runner = self._runner = _LoopThread(f"unistore-content-{id(self):x}")
-        return runner.run(make)
+            runner.busy += 1  # close() waits for it: its loop must outlive the call
+        try:
+            return runner.run(make)
+        finally:
+            with self._lock:
+                runner.busy -= 1
+                if not runner.busy:
+                    self._idle.notify_all()
 
     def _key(self, content_id: object) -> str:
         if not isinstance(content_id, UUID):
@@ -215,8 +226,9 @@ class ContentStorage(Generic[C]):
             raise _not_found(content_id)
 
     def close(self) -> None:
-        """Release what the provider holds on the adapter's loop and end its thread; later
-        calls raise :class:`~unistore.errors.StorageError`. Closing twice does nothing."""
+        """Wait for the calls in progress, release what the provider holds on the adapter's
+        loop and end its thread; later calls raise :class:`~unistore.errors.StorageError`.
+        Closing twice does nothing."""
         with self._lock:
             runner = self._runner
             if runner is not None and threading.current_thread() is runner.thread:
@@ -227,8 +239,10 @@ class ContentStorage(Generic[C]):
                 return
             self._closed = True
             self._runner = None
-        if runner is None or runner.pid != os.getpid():  # never started in this process: nothing to release
-            return
+            if runner is None or runner.pid != os.getpid():  # never started in this process: nothing to release
+                return
+            # A forked child's runner is its own (the check above), so only its own calls are counted.
+            self._idle.wait_for(lambda: not runner.busy)
         try:
             runner.run(self.provider.cleanup)
         finally:

@@ -133,6 +133,19 @@ def _enum_value(value: Any) -> str:
     return value.value if isinstance(value, Enum) else str(value)
 
 
+def _member_value(enum: type[Enum], value: Any, field_name: str) -> str:
+    """The value of the member of ``enum`` that ``value`` is or names.
+
+    Raises:
+        ValidationError: ``value`` is none of ``enum``'s (it could not be read back).
+    """
+    try:
+        return str(enum(_enum_value(value)).value)
+    except ValueError as exc:
+        allowed = ", ".join(repr(member.value) for member in enum)
+        raise ValidationError(f"MemoryEntry.{field_name} must be one of {allowed}, got {value!r}") from exc
+
+
 def _glob_escape(key: str) -> str:
     """``key`` as a glob that matches only itself."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", key)
@@ -220,12 +233,15 @@ class UnifiedMemoryStore(Generic[T]):
         """Store ``entry`` under its key, replacing an entry stored there.
 
         Raises:
-            ValidationError: not a :class:`MemoryEntry`, or a bad key or metadata.
+            ValidationError: not a :class:`MemoryEntry`, or a bad key, type, scope or metadata.
             SerializationError: the value cannot be stored.
         """
         if not isinstance(entry, MemoryEntry):
             raise ValidationError(f"entry must be a MemoryEntry, got {type(entry).__name__}")
-        tags = {TYPE_TAG: _enum_value(entry.type), SCOPE_TAG: _enum_value(entry.scope)}
+        tags = {
+            TYPE_TAG: _member_value(MemoryType, entry.type, "type"),
+            SCOPE_TAG: _member_value(MemoryScope, entry.scope, "scope"),
+        }
         for name, value in dict(entry.metadata).items():
             tags[f"{META_TAG_PREFIX}{name}"] = _meta_tag(value, name)
         expires_at = entry.expires_at

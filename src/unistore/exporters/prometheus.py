@@ -2,9 +2,10 @@
 as a ``prometheus_client`` collector, and its text exposition.
 
 Names and labels are kept as recorded (the registry only takes names that
-Prometheus accepts); a counter ``x`` is exposed as ``x_total``, a histogram
-``h`` as ``h_bucket{le=...}`` (cumulative, over the registry's own bucket
-bounds), ``h_sum`` and ``h_count``. Values are read at each scrape.
+Prometheus accepts, and none whose exposition clashes with another's); a
+counter ``x`` is exposed as ``x_total``, a histogram ``h`` as
+``h_bucket{le=...}`` (cumulative, over the registry's own bucket bounds),
+``h_sum`` and ``h_count``. Values are read at each scrape.
 
 >>> from unistore.metrics import MetricsManager
 >>> metrics = MetricsManager()
@@ -29,7 +30,7 @@ try:
 except ImportError as exc:  # the extra is not installed
     raise missing_extra(__name__, "prometheus_client", "prometheus") from exc
 
-from ..metrics import STANDARD_METRICS, HistogramSnapshot, MetricFamily, MetricsManager
+from ..metrics import STANDARD_METRICS, HistogramSnapshot, MetricFamily, MetricsManager, family_name
 
 
 def _le(bound: float) -> str:
@@ -39,9 +40,7 @@ def _le(bound: float) -> str:
 
 def _metric(family: MetricFamily) -> Metric:
     """One family as prometheus_client's ``Metric``, with its samples."""
-    name = family.name
-    if family.kind == "counter" and name.endswith("_total"):
-        name = name[: -len("_total")]  # prometheus_client's rule: the family is named without it
+    name = family_name(family.name, family.kind)  # prometheus_client's rule: a counter's without _total
     metric = Metric(name, family.description or f"{family.name} (a {family.kind})", family.kind)
     for series in family.series:
         value = series.value
