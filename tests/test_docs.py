@@ -1,5 +1,5 @@
-"""The documentation's promises: every Python example runs as written, and every
-public name has a docstring.
+"""The documentation's promises: every Python and shell example runs as written, and
+every public name has a docstring.
 
 **Examples.** Every fenced ```` ```python ```` block of README.md and of every page
 under docs/ is a complete program. Each runs as written, as a script in a
@@ -25,6 +25,21 @@ nothing is left out silently:
 Blocks that share a Redis server use namespaces of their own and remove what
 they wrote.
 
+**Shell examples.** The ```` ```console ```` blocks (and ```` ```bash ````,
+```` ```sh ````) of a page are a session, run as a reader following the page
+would: the blocks in page order, in one working directory of their own (so a
+file or store made in one block is there in the next), each ``$ `` line a
+command run with bash (``-o pipefail``), the ``unistore`` of the test run first
+on PATH. The lines under a command, up to the next ``$ ``, are its output
+(stdout and stderr together), compared line by line: ``…`` or ``...`` inside a
+line matches anything there, and a line that is only ``...`` any number of
+lines. A command exits 0, or 1 when its output shows the CLI's one-line
+``unistore: ...`` error. The titles are the Python blocks' (``not run: <why>``,
+counted in ``NOT_RUN`` with them; ``needs a Redis server``, whose commands'
+``localhost:6379`` becomes the private server, which the test then rids of the
+keys the page wrote). A block that runs holds ``$ `` commands only: a script
+without prompts is marked not run.
+
 **Docstrings.** Every public module of the package (no name component with a
 leading underscore) has a docstring, and so does every public name it exports
 (its ``__all__``; without one, the public classes and functions it defines) and
@@ -38,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import pkgutil
 import re
 import shlex
@@ -50,14 +66,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 import unistore
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
-#: How many ```python blocks are marked ``not run: <why>``, page by page.
-NOT_RUN: dict[str, int] = {}
+#: How many blocks (```python and shell) are marked ``not run: <why>``, page by page.
+NOT_RUN: dict[str, int] = {
+    "docs/benchmarks.md": 5,
+    "docs/index.md": 1,
+    "docs/migration.md": 1,
+    "docs/operations.md": 1,
+    "docs/testing-kit.md": 1,
+}
 
 #: What the test substitutes in blocks marked as needing a server.
 REDIS_ADDRESS = "localhost:6379"
@@ -77,7 +100,7 @@ _TITLE = re.compile(r"""title\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 
 @dataclass(frozen=True)
 class Block:
-    """One ```python block: where it is, what it needs, and its source (dedented)."""
+    """One ```python or shell block: where it is, what it needs, and its source (dedented)."""
 
     page: str
     line: int
@@ -99,14 +122,18 @@ def _kind(title: str) -> str:
     return "run"
 
 
-def python_blocks(path: Path) -> list[Block]:
-    """The ```python blocks of one Markdown page, in order."""
+PYTHON = ("python", "python3", "py")
+SHELL = ("console", "shell-session", "bash", "sh", "shell")
+
+
+def fenced_blocks(path: Path, languages: tuple[str, ...]) -> list[Block]:
+    """The fenced blocks of one Markdown page in one of ``languages``, in order."""
     text = path.read_text(encoding="utf-8")
     blocks = []
     for match in _FENCE.finditer(text):
         info = match["info"].strip()
         language = info.split(None, 1)[0].lstrip("{.").rstrip("}") if info else ""
-        if language not in ("python", "python3", "py"):
+        if language not in languages:
             continue
         title_match = _TITLE.search(info)
         title = next((group for group in title_match.groups() if group is not None), "") if title_match else ""
@@ -118,7 +145,18 @@ def python_blocks(path: Path) -> list[Block]:
     return blocks
 
 
+def python_blocks(path: Path) -> list[Block]:
+    """The ```python blocks of one Markdown page, in order."""
+    return fenced_blocks(path, PYTHON)
+
+
+def shell_blocks(path: Path) -> list[Block]:
+    """The shell blocks (```console, ```bash, ```sh...) of one Markdown page, in order."""
+    return fenced_blocks(path, SHELL)
+
+
 BLOCKS = [block for page in PAGES for block in python_blocks(page)]
+SHELL_BLOCKS = [block for page in PAGES for block in shell_blocks(page)]
 
 
 def test_the_pages_hold_the_examples_they_should() -> None:
@@ -132,7 +170,8 @@ def test_the_pages_hold_the_examples_they_should() -> None:
 
 def test_blocks_are_found_in_every_fence_style(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tildes, indented fences (in a list), ``{.python}`` and titles: no Python block escapes
-    the extraction; other languages (an interactive ``pycon`` session, a shell) are not Python."""
+    the extraction; other languages (an interactive ``pycon`` session, a shell) are not Python,
+    and the shell block is found as one."""
     page = tmp_path / "page.md"
     page.write_text(
         '~~~python\nprint(1)\n~~~\n\n- item\n\n    ```python title="not run: a fragment"\n    x = 1\n    ```\n\n'
@@ -146,11 +185,13 @@ def test_blocks_are_found_in_every_fence_style(tmp_path: Path, monkeypatch: pyte
         (7, "not run", "not run: a fragment", "x = 1\n"),
         (11, "cluster", "needs a Redis Cluster", "print(2)\n"),
     ]
+    shells = [(block.line, block.kind, block.source) for block in shell_blocks(page)]
+    assert shells == [(19, "run", "ls\n")]
 
 
 def test_blocks_not_run_are_counted() -> None:
-    """Every block left out says why, and their number per page is the pinned one."""
-    skipped = [block for block in BLOCKS if block.kind == "not run"]
+    """Every block left out (Python or shell) says why, and their number per page is the pinned one."""
+    skipped = [block for block in BLOCKS + SHELL_BLOCKS if block.kind == "not run"]
     for block in skipped:
         assert re.match(r"not run: \S", block.title), f'{block.name}: say why, as title="not run: <why>"'
     counts: dict[str, int] = {}
@@ -241,6 +282,160 @@ def test_a_failing_example_fails(tmp_path: Path) -> None:
             check(block, outcome)
     with pytest.raises(AssertionError, match="does not connect to localhost:6379"):
         _substituted(Block("docs/example.md", 1, "redis", "needs a Redis server", "print(1)"), REDIS_ADDRESS, "x")
+
+
+# -- shell examples --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``$ `` line of a shell block and the output shown under it."""
+
+    line: int  # in the page
+    command: str
+    expected: list[str]
+
+
+def session(block: Block) -> list[Command]:
+    """The commands of a shell block: each ``$ `` line, with the lines after it up to the next
+    ``$ `` as its expected output. A block that runs holds at least one, and nothing before it."""
+    commands: list[Command] = []
+    for number, line in enumerate(block.source.splitlines(), start=block.line + 1):
+        if line.startswith("$ "):
+            commands.append(Command(number, line[2:], []))
+        else:
+            assert commands, f"{block.name}: line {number} is neither a '$ ' command nor the output of one"
+            commands[-1].expected.append(line)
+    assert commands, f"{block.name} holds no '$ ' command: write it as a session, or mark it not run"
+    return commands
+
+
+_ELLIPSIS = re.compile(r"…|\.\.\.")
+
+
+def output_pattern(expected: list[str]) -> re.Pattern[str]:
+    """What the shown output stands for: ``…`` or ``...`` inside a line matches anything on
+    that line, and a line that is only ``...`` (or ``…``) any number of lines."""
+    parts = []
+    for line in expected:
+        if line.strip() in ("...", "…"):
+            parts.append(r"(?:[^\n]*\n)*?")
+        else:
+            parts.append(r"[^\n]*".join(re.escape(piece) for piece in _ELLIPSIS.split(line.rstrip())) + r"\n")
+    return re.compile("".join(parts))
+
+
+def output_matches(expected: list[str], output: str) -> bool:
+    """Whether ``output`` (trailing blanks of each line ignored) is what ``expected`` shows."""
+    actual = "".join(line.rstrip() + "\n" for line in output.splitlines())
+    return output_pattern(expected).fullmatch(actual) is not None
+
+
+def is_error(expected: list[str]) -> bool:
+    """The shown output is the CLI's one-line error: the command exits 1."""
+    return any(line.startswith("unistore: ") for line in expected)
+
+
+def run_page(blocks: list[Block], workdir: Path, redis_port: int = 0) -> None:
+    """Run the shell blocks of one page in order, in one working directory (state carries
+    from block to block, as for a reader following the page), with bash and the test
+    interpreter's ``unistore`` first on PATH; each command's output (stdout and stderr
+    together) must be the one shown, and its exit status 0 (1 when it shows an error).
+    A block marked as needing a Redis server gets ``redis_port`` for ``localhost:6379``."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for block in blocks:
+        assert block.kind in ("run", "redis"), f"{block.name}: a shell example cannot be {block.title!r}"
+        source = block.source
+        if block.kind == "redis":
+            source = _substituted(block, REDIS_ADDRESS, f"127.0.0.1:{redis_port}")
+        for command in session(dataclasses.replace(block, source=source)):
+            where = f"{block.page}:{command.line} $ {command.command}"
+            try:
+                done = subprocess.run(
+                    ["bash", "-o", "pipefail", "-c", command.command],
+                    cwd=workdir,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    timeout=TIMEOUT,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                pytest.fail(f"{where} ran past {TIMEOUT} s:\n{exc.stdout or ''!s}")
+            shown = "".join(f"{line}\n" for line in command.expected)
+            assert output_matches(command.expected, done.stdout), f"{where} printed:\n{done.stdout}instead of:\n{shown}"
+            status = 1 if is_error(command.expected) else 0
+            assert done.returncode == status, f"{where} exited {done.returncode}, not {status}:\n{done.stdout}"
+
+
+def _pages_shell_blocks() -> dict[str, list[Block]]:
+    pages: dict[str, list[Block]] = {}
+    for block in SHELL_BLOCKS:
+        if block.kind != "not run":
+            pages.setdefault(block.page, []).append(block)
+    return pages
+
+
+#: The runnable shell blocks of each page that has any, in page order.
+SHELL_PAGES = _pages_shell_blocks()
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        pytest.param(page, marks=[pytest.mark.redis] if any(b.kind == "redis" for b in blocks) else [])
+        for page, blocks in SHELL_PAGES.items()
+    ],
+)
+def test_shell_examples_run(page: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A page's shell examples run as a reader following the page would run them; what
+    they write to the shared Redis server is removed afterwards (their keys are the ones
+    that were not there before: no other test runs meanwhile)."""
+    blocks = SHELL_PAGES[page]
+    if not any(block.kind == "redis" for block in blocks):
+        run_page(blocks, tmp_path)
+        return
+    port: int = request.getfixturevalue("redis_port")
+    urls = "".join(block.source for block in blocks if block.kind == "redis")
+    clients = [redis.Redis(port=port, db=int(db)) for db in set(re.findall(r"localhost:6379/(\d+)", urls)) | {"0"}]
+    before = [set(client.scan_iter(count=1000)) for client in clients]
+    try:
+        run_page(blocks, tmp_path, port)
+    finally:
+        for client, keys in zip(clients, before, strict=True):
+            if written := set(client.scan_iter(count=1000)) - keys:
+                client.delete(*written)
+            client.close()
+
+
+def test_shell_sessions_are_checked(tmp_path: Path) -> None:
+    """The runner itself: commands and their shown output are split at ``$ `` lines, ``…``
+    and ``...`` elide within a line or (alone) any lines, and wrong output, a wrong exit
+    status or a block with no command fails."""
+    block = Block("docs/example.md", 3, "run", "", "$ echo a; echo b >&2\na\nb\n$ echo 'id 7'\nid …\n$ true\n")
+    assert [(c.line, c.command, c.expected) for c in session(block)] == [
+        (4, "echo a; echo b >&2", ["a", "b"]),
+        (7, "echo 'id 7'", ["id …"]),
+        (9, "true", []),
+    ]
+    run_page([block], tmp_path)
+    assert output_matches(["x ...", "...", "z"], "x 1  \ny\ny\nz\n")
+    assert output_matches(["...", "z"], "z\n")
+    assert not output_matches(["x"], "x\ny\n")
+    assert not output_matches(["a.b"], "axb\n")  # only an ellipsis is a wildcard
+    failing = [
+        ("$ echo a\nb\n", "printed"),
+        ("$ false\n", "exited 1, not 0"),
+        ("$ echo 'unistore: oops'\nunistore: oops\n", "exited 0, not 1"),
+        ("echo a\n", "neither a '\\$ ' command"),
+        ("", "holds no '\\$ ' command"),
+    ]
+    for source, message in failing:
+        with pytest.raises(AssertionError, match=message):
+            run_page([dataclasses.replace(block, source=source)], tmp_path)
+    with pytest.raises(AssertionError, match="cannot be 'needs a Redis Cluster'"):
+        run_page([Block("docs/example.md", 1, "cluster", "needs a Redis Cluster", "$ true\n")], tmp_path)
 
 
 # -- docstrings ------------------------------------------------------------------------
