@@ -473,13 +473,19 @@ class LocalTimes(ThirdPartyProvider):
         return item
 
 
-#: The machine finds each defect within a few runs; these settings make the search repeatable.
-HUNT = settings(max_examples=200, deadline=None, derandomize=True, database=None)
+#: The searches for a planted defect: a found defect ends one at once, so the budget is
+#: what a miss would cost. ``derandomize`` does not make a search repeatable across
+#: installs (the seed follows the installed source: a clone in CI missed with 200), so the
+#: budgets are set from measured rates: the shell glob was caught in 4 runs of 10 of 200
+#: examples (p ≈ 0.0026 an example: 3000 miss once in 2000 runs); the machine's defects in
+#: 9 or 10 of 10 runs of 50 (it runs a quarter of max_examples). The machine is not hunted
+#: for the shell glob: it caught it in 2 runs of 10 of 50 (its searches vary the store more
+#: than the pattern); the property test below and the plain test of every query field do.
+HUNT = settings(max_examples=2000, deadline=None, derandomize=True, database=None)
+GLOB_HUNT = settings(HUNT, max_examples=3000)
 
 
-@pytest.mark.parametrize(
-    "broken", [NewIdOnUpsert, IgnoresLimit, ShellGlob, SavesHalfABatch, CountsEveryKey, LocalTimes]
-)
+@pytest.mark.parametrize("broken", [NewIdOnUpsert, IgnoresLimit, SavesHalfABatch, CountsEveryKey, LocalTimes])
 def test_the_machine_catches_a_broken_provider(broken: type[ThirdPartyProvider]) -> None:
     with pytest.raises(AssertionError):
         run_machine(broken, ProviderConformance(), settings(HUNT, phases=[Phase.generate]))
@@ -487,7 +493,7 @@ def test_the_machine_catches_a_broken_provider(broken: type[ThirdPartyProvider])
 
 def test_the_property_test_catches_a_shell_glob() -> None:
     with pytest.raises(AssertionError):
-        ProviderConformance().test_search_matches_model(ShellGlob, settings(HUNT, phases=[Phase.generate]))
+        ProviderConformance().test_search_matches_model(ShellGlob, settings(GLOB_HUNT, phases=[Phase.generate]))
 
 
 @pytest.mark.parametrize(
