@@ -52,6 +52,17 @@ def test_an_lmdb_environment_without_a_store_is_left_alone(tmp_path: Path) -> No
     assert (tmp_path / "bare" / "data.mdb").stat().st_size == size
 
 
+def test_an_lmdb_store_without_a_namespace_lists_none(tmp_path: Path) -> None:
+    """A store whose databases were made but no namespace numbered yet (an opening cut
+    short between the two) holds no namespace; listing them is no error."""
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=len(lmdb_layout.DATABASES))
+    lmdb_layout.open_databases(env)
+    env.close()
+    assert store_namespaces(tmp_path / "s") == []
+
+
 async def test_an_lmdb_namespace_that_does_not_exist_is_not_created(tmp_path: Path) -> None:
     LmdbEngine(tmp_path / "s", namespace="real").close()
     with pytest.raises(StoreNotFoundError, match="has no namespace 'typo'") as caught:
@@ -222,6 +233,9 @@ async def test_lmdb_backup_copies_every_namespace_and_compacts(tmp_path: Path) -
         with pytest.raises(ValidationError, match="already holds a store"):
             await provider.backup(tmp_path / f"link{compact}", compact=compact)
         assert not (tmp_path / "nowhere").exists()
+        with pytest.raises(StorageError, match="LMDB failed") as failed:  # no file can be made in /proc
+            await provider.backup("/proc/self", compact=compact)
+        assert failed.value.__cause__ is not None
     await provider.cleanup()
     await other.cleanup()
 

@@ -227,13 +227,10 @@ def claim_namespace(txn: Any, meta: Any, name: bytes) -> bytes:
 def namespaces(txn: Any, meta: Any) -> list[tuple[str, bytes]]:
     """Every namespace of the store, as (name, prefix), in the order they were numbered."""
     cursor = txn.cursor(db=meta)
-    found: list[tuple[str, bytes]] = []
-    if cursor.set_range(_META_NUMBER):
-        for entry, name in cursor.iternext():
-            if not entry.startswith(_META_NUMBER):
-                break
-            found.append((bytes(name).decode(errors="replace"), bytes(entry[len(_META_NUMBER) :])))
-    return found
+    if not cursor.set_range(_META_NUMBER):  # a store no namespace was ever opened in
+        return []
+    numbered = itertools.takewhile(lambda entry: bytes(entry[0]).startswith(_META_NUMBER), cursor.iternext())
+    return [(bytes(name).decode(errors="replace"), bytes(entry[len(_META_NUMBER) :])) for entry, name in numbered]
 
 
 # -- opening ----------------------------------------------------------------------
