@@ -244,7 +244,7 @@ class SharedEnvironment:
         if not create and not _holds_data(os.path.join(path, "data.mdb")):  # (LMDB would write an empty one)
             raise StoreNotFoundError(f"no unistore store at {path!r}", {"path": path})
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            make_private_directory(path)
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot create the store directory {path!r}: {exc}") from exc
         self._open_env()
@@ -554,6 +554,24 @@ class SharedEnvironment:
         self.gate.release()
 
 
+def make_private_directory(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, but every directory it makes is 0700:
+    os.makedirs makes the missing parents 0777 less the umask, so under umask 0 anyone
+    could move the store away below them and put one of their own in its place.
+
+    Raises:
+        OSError: a directory could not be made, or something not a directory is in the way.
+    """
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.isdir(parent):
+        make_private_directory(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
 def _holds_data(data: str) -> bool:
     """Whether ``data`` is a file with something in it."""
     try:
@@ -619,5 +637,6 @@ __all__ = [
     "MAX_READERS",
     "EnvironmentGate",
     "SharedEnvironment",
+    "make_private_directory",
     "translate",
 ]

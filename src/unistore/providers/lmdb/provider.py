@@ -32,6 +32,7 @@ from .environment import (
     MAX_MAP_SIZE,
     MAX_READERS,
     SharedEnvironment,
+    make_private_directory,
 )
 
 
@@ -256,7 +257,7 @@ def _backup(shared: SharedEnvironment, dest: str | os.PathLike[str], compact: bo
     if os.path.lexists(data):  # a dangling link too: the copy would be written where it points
         raise ValidationError(f"backup: {target!r} already holds a store (a data.mdb); choose a new directory")
     try:
-        os.makedirs(target, mode=0o700, exist_ok=True)
+        make_private_directory(target)
     except OSError as exc:
         raise StorageError(f"backup: cannot create the directory {target!r}: {exc}") from exc
     shared.copy_to(target, compact)
