@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, auto_pickle=False
 """The native twin of unistore._purecore: the same names, the same results.
 
 Records are read in place (no copies for what a query does not need); payloads
@@ -17,7 +17,7 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 import_datetime()
 
@@ -35,7 +35,6 @@ from unistore._coretypes import (
     PAYLOAD_ERRORS,
     RecordFields,
     corrupt,
-    plan_glob,
 )
 from unistore.model import StorageItem, StorageMetadata, StorageResult
 
@@ -686,14 +685,74 @@ cdef object _UNPACK_PAYLOAD = unpack_payload  # unpack_item decodes in place whe
 
 # -- glob ------------------------------------------------------------------------------
 #
-# The pattern is compiled by the plan both twins share (unistore._coretypes.plan_glob,
-# Redis 7's stringmatchlen step for step): segments between stars, each element a
-# 256-bit set. Matching anchors the first and last segments and finds each middle
-# one leftmost, jumping with memchr to where a segment's first byte occurs when that
-# element is a single byte: linear in the key for the patterns searches use.
+# The pattern is parsed here in C, step for step as the pure twin's plan
+# (unistore._coretypes.plan_glob, itself Redis 7's stringmatchlen): segments between
+# stars, each element a 256-bit set. Parsing in C keeps a 100 KB pattern at about a
+# millisecond, as Redis (issue 12: the shared Python plan took 50-500 ms). Matching
+# anchors the first and last segments and finds each middle one leftmost, jumping with
+# memchr to where a segment's first byte occurs when that element is a single byte:
+# linear in the key for the patterns searches use.
 
 cdef inline bint _has(const uint8_t* bitmap, uint8_t byte) noexcept nogil:
     return (bitmap[byte >> 3] >> (byte & 7)) & 1
+
+
+cdef inline void _add(uint8_t* bitmap, uint8_t byte) noexcept nogil:
+    bitmap[byte >> 3] |= <uint8_t>(1 << (byte & 7))
+
+
+cdef inline int _as_char(uint8_t byte) noexcept nogil:
+    # Redis compares range bounds as C `char`, signed on the platforms it ships for.
+    return <int>byte - 256 if byte >= 0x80 else <int>byte
+
+
+cdef int _only_byte(const uint8_t* bitmap) noexcept nogil:
+    """The one byte the set holds, or -1 if it holds none or several."""
+    cdef int found = -1, at, bit
+    cdef uint8_t bits
+    for at in range(32):
+        bits = bitmap[at]
+        if bits:
+            if found >= 0 or bits & (bits - 1):
+                return -1
+            bit = 0
+            while not (bits >> bit) & 1:
+                bit += 1
+            found = 8 * at + bit
+    return found
+
+
+cdef Py_ssize_t _parse_class(const uint8_t* p, Py_ssize_t size, Py_ssize_t i, uint8_t* bitmap) noexcept nogil:
+    """Fill ``bitmap`` with the class that starts at ``p[i]`` (after its '['); returns
+    where it ends (its ']', or the last byte when it is unterminated)."""
+    cdef bint negate = i < size and p[i] == b'^'
+    cdef int low, high, member, at
+    memset(bitmap, 0, 32)
+    if negate:
+        i += 1
+    while True:
+        if i < size and p[i] == b'\\' and size - i >= 2:
+            i += 1
+            _add(bitmap, p[i])
+        elif i < size and p[i] == b']':
+            break
+        elif i >= size:  # unterminated: the rest of the pattern was the class
+            i -= 1
+            break
+        elif size - i >= 3 and p[i + 1] == b'-':
+            low, high = _as_char(p[i]), _as_char(p[i + 2])
+            if low > high:
+                low, high = high, low
+            for member in range(low, high + 1):
+                _add(bitmap, <uint8_t>(member & 0xFF))
+            i += 2
+        else:
+            _add(bitmap, p[i])
+        i += 1
+    if negate:
+        for at in range(32):
+            bitmap[at] = ~bitmap[at]
+    return i
 
 
 cdef class Glob:
@@ -707,27 +766,42 @@ cdef class Glob:
 
     def __cinit__(self, bytes pattern not None):
         # Built here, not in __init__: no Glob can exist unbuilt, or be built twice.
-        segments, never = plan_glob(pattern)
-        cdef Py_ssize_t count = len(segments), elements = sum(len(segment) for segment in segments), k, e = 0
-        self._sets = <uint8_t*>PyMem_Malloc(32 * elements + 1)
-        self._bounds = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * (count + 1))
-        self._lead = <int*>PyMem_Malloc(sizeof(int) * count)
+        cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(pattern)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(pattern), i = 0, e = 0, k = 0
+        cdef uint8_t* element
+        # At most one element per byte, and one segment more than there are stars.
+        self._sets = <uint8_t*>PyMem_Malloc(32 * size + 1)
+        self._bounds = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * (size + 2))
+        self._lead = <int*>PyMem_Malloc(sizeof(int) * (size + 1))
         if self._sets == NULL or self._bounds == NULL or self._lead == NULL:
             raise MemoryError()
-        self._count = count
-        self._never = never
-        self._empty = not pattern
-        for k in range(count):
-            self._bounds[k] = e
-            self._lead[k] = -1
-            for bitmap in segments[k]:
-                memcpy(self._sets + 32 * e, PyBytes_AS_STRING(bitmap), 32)
+        self._bounds[0] = 0
+        while i < size:
+            if p[i] == b'*':  # runs of stars are one star
+                while i + 1 < size and p[i + 1] == b'*':
+                    i += 1
+                k += 1
+                self._bounds[k] = e
+            else:
+                element = self._sets + 32 * e
+                if p[i] == b'?':
+                    memset(element, 0xFF, 32)
+                elif p[i] == b'[':
+                    i = _parse_class(p, size, i + 1, element)
+                else:
+                    if p[i] == b'\\' and size - i >= 2:  # '\x': x literally
+                        i += 1
+                    memset(element, 0, 32)
+                    _add(element, p[i])
                 e += 1
-            if segments[k]:
-                members = [b for b in range(256) if _has(self._sets + 32 * self._bounds[k], b)]
-                if len(members) == 1:
-                    self._lead[k] = members[0]
-        self._bounds[count] = e
+            i += 1
+        self._count = k + 1
+        self._bounds[k + 1] = e
+        for i in range(self._count):
+            self._lead[i] = _only_byte(self._sets + 32 * self._bounds[i]) if self._bounds[i] < self._bounds[i + 1] else -1
+        # More nested stars than Redis follows: no non-empty key matches (a final star is not nested).
+        self._never = k - (1 if k > 0 and self._bounds[k] == e else 0) > GLOB_MAX_NESTING
+        self._empty = size == 0
 
     def __dealloc__(self):
         PyMem_Free(self._sets)

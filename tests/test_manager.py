@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -311,3 +311,57 @@ async def test_bulk_operations_route_by_content_type_and_are_measured() -> None:
     with pytest.raises(ValidationError, match="query must be a StorageQuery"):
         await manager.delete_matching("tag=x")  # type: ignore[arg-type]
     assert ops(metrics, "delete_matching", "*", "false") == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "label"),
+    [
+        (StorageQuery(pattern=b"k*"), "*"),  # type: ignore[arg-type]
+        (StorageQuery(content_type="t", limit=-1), "t"),
+        (StorageQuery(content_type="t", created_after="yesterday"), "t"),  # type: ignore[arg-type]
+        (StorageQuery(content_type="nobody"), "nobody"),
+        ("k*", "*"),
+    ],
+)
+@pytest.mark.parametrize("operation", ["search", "retrieve"])
+async def test_a_search_with_a_bad_query_is_a_failed_operation(query: Any, label: str, operation: str) -> None:
+    # Issue 12: like a save with a bad key, a search refused for its query is counted and timed as failed.
+    metrics = MetricsManager()
+    manager = UnifiedStorageManager(metrics=metrics)
+    manager.register_provider("t", MemoryStorageProvider())
+    with pytest.raises(StorageError):
+        [r async for r in getattr(manager, operation)(query)]
+    assert ops(metrics, operation, label, "false") == 1
+    assert ops(metrics, operation, label, "true") == 0
+    timing = metrics.histogram_snapshot("storage_operation_seconds", operation=operation, content_type=label)
+    assert timing.count == 1
+
+
+@pytest.mark.watchdog(120)
+@pytest.mark.parametrize("provider_factory", ["memory", "lmdb"], indirect=True)  # Redis: owned elsewhere
+async def test_a_search_under_way_at_cleanup_finishes_or_fails_cleanly(
+    provider_factory: Callable[[], StorageProvider[Any]],
+) -> None:
+    # Issue 12: on LMDB it failed after the first chunk (256 results) with py-lmdb's
+    # "closed/deleted/dropped object"; now it finishes or fails with a StorageError
+    # that says what happened, and the next search reopens the store.
+    manager = UnifiedStorageManager(metrics=MetricsManager())
+    manager.register_provider("t", provider_factory())
+    await manager.save_many({f"k{number:04}": number for number in range(1000)}, "t")
+    seen: list[int] = []
+    failure: StorageError | None = None
+    try:
+        async for result in manager.search(StorageQuery()):
+            seen.append(result.item.data)
+            if len(seen) == 10:
+                await manager.cleanup()
+    except StorageError as exc:
+        failure = exc
+    if failure is not None:
+        assert "closed (cleanup) during this operation" in str(failure)
+        assert len(seen) < 1000
+    else:
+        assert sorted(seen) == list(range(1000))
+    assert len(set(seen)) == len(seen)  # no result twice
+    assert len([r async for r in manager.search(StorageQuery())]) == 1000
+    await manager.cleanup()

@@ -27,6 +27,7 @@ can take the ids and times without parsing the rest.
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 from uuid import UUID, SafeUUID
 
@@ -100,7 +101,9 @@ def uuid_from_bytes(raw: bytes) -> UUID:
 
 
 class GlobPlan(NamedTuple):
-    """A Redis glob, compiled for both twins: the pattern split at its stars.
+    """A Redis glob, compiled for the pure twin: the pattern split at its stars.
+    (The native twin parses it the same way in C, into the same sets:
+    tests/test_core_twins.py holds the two equal.)
 
     Each element of a segment is the set of bytes it matches, as a 32-byte
     bitmap (bit ``b & 7`` of byte ``b >> 3``). A key matches when the first
@@ -114,20 +117,56 @@ class GlobPlan(NamedTuple):
     never: bool
 
 
-_ANY = b"\xff" * 32
+#: Every byte: the bits of a glob element's set, as an int (bit ``b`` for byte ``b``).
+ALL_BITS = (1 << 256) - 1
+_ANY = ALL_BITS.to_bytes(32, "little")
+#: The set of each single byte, made once: a literal costs a lookup, not a bitmap.
+_SINGLE = tuple((1 << byte).to_bytes(32, "little") for byte in range(256))
+#: The bytes a glob gives a meaning: everything up to the next one is a run of literals.
+_SPECIAL = re.compile(rb"[*?\[\\]")
 
 
-def _bitmap(members: set[int], negate: bool = False) -> bytes:
-    bits = bytearray(32)
-    for member in members:
-        bits[member >> 3] |= 1 << (member & 7)
-    return bytes(255 - b for b in bits) if negate else bytes(bits)
+def _span(low: int, high: int) -> int:
+    """The bits of the unsigned bytes ``low`` to ``high``, both included."""
+    return ((1 << (high + 1)) - 1) ^ ((1 << low) - 1)
 
 
-def _signed(byte: int) -> int:
-    # Redis compares range bounds as C `char`, which is signed on the platforms
-    # it ships for: b"\xff" sorts below b"a" inside a [x-y] range.
-    return byte - 256 if byte >= 0x80 else byte
+def _signed_range(first: int, last: int) -> int:
+    """The bits of the bytes of a ``[x-y]`` range. Redis compares its bounds as C
+    ``char``, which is signed on the platforms it ships for: b"\xff" sorts below
+    b"a" inside a range."""
+    low, high = sorted((first - 256 if first >= 0x80 else first, last - 256 if last >= 0x80 else last))
+    if high < 0:
+        return _span(low + 256, high + 256)
+    if low < 0:
+        return _span(low + 256, 255) | _span(0, high)
+    return _span(low, high)
+
+
+def _glob_class(pattern: bytes, i: int) -> tuple[int, int]:
+    """The bits of the class that starts at ``pattern[i]`` (just after its '['), and
+    where it ends (its ']', or the pattern's last byte when it is unterminated)."""
+    size = len(pattern)
+    negate = i < size and pattern[i] == 0x5E
+    if negate:
+        i += 1
+    bits = 0
+    while True:
+        if i < size and pattern[i] == 0x5C and size - i >= 2:
+            i += 1
+            bits |= 1 << pattern[i]
+        elif i < size and pattern[i] == 0x5D:
+            break
+        elif i >= size:  # unterminated: the rest of the pattern was the class
+            i -= 1
+            break
+        elif size - i >= 3 and pattern[i + 1] == 0x2D:
+            bits |= _signed_range(pattern[i], pattern[i + 2])
+            i += 2
+        else:
+            bits |= 1 << pattern[i]
+        i += 1
+    return (bits ^ ALL_BITS if negate else bits), i
 
 
 def plan_glob(pattern: bytes) -> GlobPlan:
@@ -135,9 +174,12 @@ def plan_glob(pattern: bytes) -> GlobPlan:
 
     Follows Redis 7's ``stringmatchlen`` (util.c) step for step, including its
     treatment of unterminated classes, ``[a-]`` ranges, trailing backslashes and
-    its limit on nested stars.
+    its limit on nested stars. The work is linear in the pattern, a few steps a
+    byte (issue 12: a 100 KB pattern took half a second): a run of literals is
+    one ``extend`` of shared bitmaps, and a class is built as an int.
     """
     segments: list[list[bytes]] = [[]]
+    bitmaps: dict[int, bytes] = {}  # one bytes object per distinct class, for this pattern only
     size = len(pattern)
     i = 0
     while i < size:
@@ -149,32 +191,20 @@ def plan_glob(pattern: bytes) -> GlobPlan:
         elif char == 0x3F:  # '?'
             segments[-1].append(_ANY)
         elif char == 0x5B:  # '['
+            bits, i = _glob_class(pattern, i + 1)
+            bitmap = bitmaps.get(bits)
+            if bitmap is None:
+                bitmap = bitmaps[bits] = bits.to_bytes(32, "little")
+            segments[-1].append(bitmap)
+        elif char == 0x5C and size - i >= 2:  # '\x': x literally
             i += 1
-            negate = i < size and pattern[i] == 0x5E
-            if negate:
-                i += 1
-            members: set[int] = set()
-            while True:
-                if i < size and pattern[i] == 0x5C and size - i >= 2:
-                    i += 1
-                    members.add(pattern[i])
-                elif i < size and pattern[i] == 0x5D:
-                    break
-                elif i >= size:  # unterminated: the rest of the pattern was the class
-                    i -= 1
-                    break
-                elif size - i >= 3 and pattern[i + 1] == 0x2D:
-                    low, high = sorted((_signed(pattern[i]), _signed(pattern[i + 2])))
-                    members.update(b for b in range(256) if low <= _signed(b) <= high)
-                    i += 2
-                else:
-                    members.add(pattern[i])
-                i += 1
-            segments[-1].append(_bitmap(members, negate))
-        else:
-            if char == 0x5C and size - i >= 2:  # '\x': x literally
-                i += 1
-            segments[-1].append(_bitmap({pattern[i]}))
+            segments[-1].append(_SINGLE[pattern[i]])
+        else:  # literals, up to the next byte with a meaning (a final '\' is a literal)
+            found = _SPECIAL.search(pattern, i + 1)
+            end = size if found is None else found.start()
+            segments[-1].extend(map(_SINGLE.__getitem__, pattern[i:end]))
+            i = end
+            continue
         i += 1
     inner_stars = len(segments) - 1 - (1 if len(segments) > 1 and not segments[-1] else 0)  # a final star is not
     return GlobPlan(segments, inner_stars > GLOB_MAX_NESTING)

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from ._coretypes import (
+    ALL_BITS,
     EXT_DATETIME,
     EXT_UUID,
     FLAG_EXPIRES,
@@ -282,15 +283,38 @@ def union_ids(first: bytes, second: bytes) -> bytes:
 
 
 def _element_regex(bitmap: bytes) -> bytes:
-    """A regex matching one byte of the set a glob element's bitmap holds."""
-    members = [b for b in range(256) if bitmap[b >> 3] >> (b & 7) & 1]
-    if len(members) == 256:
+    """A regex matching one byte of the set a glob element's bitmap holds: a class
+    with one range per run of bytes in the set (or out of it, negated, if fewer),
+    so never longer than a few bytes per byte of the glob class that made it."""
+    bits = int.from_bytes(bitmap, "little")
+    if bits == ALL_BITS:
         return b"."
-    if len(members) == 1:
-        return re.escape(bytes(members))
-    if not members:
+    if not bits:
         return b"(?!)"
-    return b"[" + b"".join(b"\\x%02x" % m for m in members) + b"]"
+    if not bits & (bits - 1):
+        return re.escape(bytes([bits.bit_length() - 1]))
+    inside, outside = _runs(bits), _runs(bits ^ ALL_BITS)
+    return b"[" + inside + b"]" if len(inside) <= len(outside) else b"[^" + outside + b"]"
+
+
+def _runs(bits: int) -> bytes:
+    """The ranges of the runs of ones in ``bits``, as a regex class's body."""
+    runs = []
+    while bits:
+        low = (bits & -bits).bit_length() - 1
+        shifted = bits >> low
+        length = (~shifted & (shifted + 1)).bit_length() - 1  # the run of ones from ``low``
+        first = re.escape(bytes([low]))
+        runs.append(first if length == 1 else first + b"-" + re.escape(bytes([low + length - 1])))
+        bits ^= ((1 << length) - 1) << low
+    return b"".join(runs)
+
+
+def _regex_of(bitmap: bytes, regexes: dict[bytes, bytes]) -> bytes:
+    regex = regexes.get(bitmap)
+    if regex is None:
+        regex = regexes[bitmap] = _element_regex(bitmap)
+    return regex
 
 
 class Glob:
@@ -305,8 +329,10 @@ class Glob:
         segments, self._never = plan_glob(pattern)
         self._empty_pattern = not pattern
         self._starred = len(segments) > 1
+        regexes: dict[bytes, bytes] = {}  # each distinct element's regex is made once
         self._segments = [
-            (len(parts), re.compile(b"".join(_element_regex(part) for part in parts), re.DOTALL)) for parts in segments
+            (len(parts), re.compile(b"".join(_regex_of(part, regexes) for part in parts), re.DOTALL))
+            for parts in segments
         ]
 
     def match(self, subject: bytes) -> bool:
