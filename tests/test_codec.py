@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import tracemalloc
 from datetime import datetime, timezone
@@ -141,17 +142,27 @@ def test_damaged_records_raise_corruption_naming_the_key(damaged: bytes, why: st
     assert caught.value.__cause__ is not None
 
 
-async def test_damaged_records_in_a_store_are_named() -> None:
+async def test_damaged_records_in_a_store_are_named_and_never_block(caplog: pytest.LogCaptureFixture) -> None:
     provider = MemoryStorageProvider()
     await provider.save("good", 1, "t")
-    provider._records["bad"] = b"\x01garbage"  # what a damaged disk would leave
+    for key in ("bad", "worse"):
+        provider._records[key] = b"\x01garbage"  # what a damaged disk would leave
     with pytest.raises(StorageCorruptionError, match="'bad'"):
         await provider.load("bad")
-    with pytest.raises(StorageCorruptionError, match="'bad'"):
-        [r async for r in provider.search(StorageQuery())]
-    with pytest.raises(StorageCorruptionError, match="'bad'"):
-        await provider.save("bad", 2, "t")
+    with caplog.at_level(logging.ERROR, logger="unistore.index"):
+        assert [r.item.metadata.key async for r in provider.search(StorageQuery())] == ["good"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"search skipped the record under key {key!r}, which does not decode: corrupt record: 8 bytes is shorter"
+        " than the 68-byte header; run `unistore check`"
+        for key in ("bad", "worse")
+    ]
     assert await provider.purge_expired() == 0  # damage is not expiry: purge leaves it for load to name
+    with pytest.raises(StorageCorruptionError, match="'bad'"):
+        await provider.load("bad")
+    item = await provider.save("bad", 2, "t")  # a save replaces it
+    assert await provider.load("bad") == item
+    assert await provider.delete("worse", content_type="other") is True  # a delete removes it
+    assert await provider.load_many(["good", "bad", "worse"]) == {"good": await provider.load("good"), "bad": item}
 
 
 def test_matcher_reads_headers_without_the_payload() -> None:

@@ -38,11 +38,18 @@ from unistore.providers import LmdbStorageProvider
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
 
 
-async def record_everything(metrics: MetricsManager, store: Path) -> None:
-    """Every operation of the manager (each outcome) and of the monitor, on a real LMDB store."""
+async def record_everything(metrics: MetricsManager, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every operation of the manager (each outcome) and of the monitor, on a real LMDB store,
+    and a damaged record that a search passes over (counted by the provider itself in the
+    process-wide registry, which ``metrics`` is made to be here)."""
+    monkeypatch.setattr(MetricsManager, "_instance", metrics)
     async with UnifiedStorageManager(metrics=metrics) as manager:
-        manager.register_provider("note", LmdbStorageProvider(store))
+        provider = LmdbStorageProvider(store)
+        manager.register_provider("note", provider)
         await manager.save("a", {"text": "hello world"}, "note", tags={"t": "1"})
+        await manager.save("z", "to be damaged", "note", tags={"t": "1"})
+        record_key = provider.engine.record_key(b"z")
+        provider.engine.write(lambda txn, dbs: txn.put(record_key, b"\x01garbage", db=dbs.records))
         await manager.load("a", "note")
         with pytest.raises(KeyError):
             await manager.load("missing", "note")
@@ -51,7 +58,8 @@ async def record_everything(metrics: MetricsManager, store: Path) -> None:
         await manager.save_many({"b": 1, "c": 2}, "note", tags={"t": "2"})
         await manager.load_many(["b", "c"], "note")
         await manager.delete_many(["b"], "note")
-        [r async for r in manager.search(StorageQuery(tags={"t": "1"}))]
+        assert [r.item.metadata.key async for r in manager.search(StorageQuery(tags={"t": "1"}))] == ["a"]
+        await manager.delete("z", "note")  # a delete removes the damaged record
         [r async for r in manager.retrieve(StorageQuery(content_type="note"), "hello")]
         await manager.delete_matching(StorageQuery(tags={"t": "2"}))
         await manager.delete("a", "note")
@@ -68,9 +76,9 @@ def parsed(text: str) -> dict[str, Any]:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
-async def test_the_exposition_carries_every_metric_and_series(tmp_path: Path) -> None:
+async def test_the_exposition_carries_every_metric_and_series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     metrics = MetricsManager()
-    await record_everything(metrics, tmp_path / "store")
+    await record_everything(metrics, tmp_path / "store", monkeypatch)
     families = metrics.collect()
     assert {family.name for family in families} == set(STANDARD_METRICS)
     exposed = parsed(exposition(metrics))
@@ -100,6 +108,9 @@ async def test_the_exposition_carries_every_metric_and_series(tmp_path: Path) ->
     ]
     misses = [s for s in operations if s.labels["operation"] == "load" and s.labels["success"] == "false"]
     assert {s.labels["content_type"] for s in misses} == {"note", "unknown"}
+    assert [(s.labels, s.value) for s in exposed["storage_corrupt_records"].samples] == [
+        ({"operation": "search"}, 1.0)  # the search by tag met the damaged record; the delete removed it
+    ]
 
 
 def test_a_counter_named_total_is_exposed_once_suffixed() -> None:
@@ -175,13 +186,15 @@ def points(metric: Any) -> dict[tuple[tuple[str, str], ...], Any]:
     return {tuple(sorted(point.attributes.items())): point for point in metric.data.data_points}
 
 
-async def test_the_bridge_publishes_every_metric_with_its_buckets(tmp_path: Path) -> None:
+async def test_the_bridge_publishes_every_metric_with_its_buckets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     metrics = MetricsManager()
     metrics.counter("storage_operations", 5, operation="before", content_type="x", success="true")
     reader = InMemoryMetricReader()
     with OpenTelemetryBridge(metrics, MeterProvider(metric_readers=[reader])) as bridge:
         assert bridge.metrics is metrics
-        await record_everything(metrics, tmp_path / "store")
+        await record_everything(metrics, tmp_path / "store", monkeypatch)
         published = read_back(reader)
         families = {family.name: family for family in metrics.collect()}
         assert set(published) == set(families) == set(STANDARD_METRICS)

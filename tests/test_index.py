@@ -3,12 +3,13 @@ sizes) and the one search loop (with made-up chunks)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
-from unistore import StorageCorruptionError, StorageQuery, index
+from unistore import StorageQuery, index
 from unistore.codec import prepare_save
 from unistore.core import RecordFields
 
@@ -141,17 +142,31 @@ def test_the_loop_drops_repeats_before_it_applies_the_limit() -> None:
     assert sum(len(chunk) for chunk in without) == 8  # where the path has no repeats, none are looked for
 
 
-def test_the_loop_names_a_damaged_candidate() -> None:
-    good = records(1)
-    query = index.compile_query(StorageQuery())
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ERRORs logged on ``unistore.index``, one message each."""
+    return [r.getMessage() for r in caplog.records if r.name == "unistore.index" and r.levelno == logging.ERROR]
+
+
+def test_the_loop_skips_and_names_a_damaged_candidate(caplog: pytest.LogCaptureFixture) -> None:
+    good = records(3)
+    query = index.compile_query(StorageQuery(limit=2))
     for damaged in (b"\x01short", good[0][1][:-1] + b"\xc1"):  # a bad header; a bad payload
-        chunks = [[*good, ("stored-form", damaged)]]
-        with pytest.raises(StorageCorruptionError) as caught:
-            list(index.search_chunks(query, reader(chunks), name=lambda key: key.upper()))
-        assert caught.value.details["key"] == "STORED-FORM"
-        with pytest.raises(StorageCorruptionError) as raw:
-            index.select(query, chunks[0], 0, None)
-        assert raw.value.details["key"] == "stored-form"
+        chunks = [[good[0], ("stored-form", damaged), *good[1:]]]
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="unistore.index"):
+            found = [
+                r.item.metadata.key
+                for chunk in index.search_chunks(query, reader(chunks), name=str.upper)
+                for r in chunk
+            ]
+            assert found == ["k0", "k1"]  # the damaged one never counts against the limit
+            [logged] = errors_logged(caplog)
+            assert "'STORED-FORM'" in logged
+            caplog.clear()
+            raw = [r.item.metadata.key for r in index.select(index.compile_query(StorageQuery()), chunks[0], 0, None)]
+            assert raw == ["k0", "k1", "k2"]
+            [logged] = errors_logged(caplog)
+            assert "'stored-form'" in logged
 
 
 def test_matching_chunks_are_the_undecoded_hits_up_to_the_limit() -> None:
@@ -162,9 +177,11 @@ def test_matching_chunks_are_the_undecoded_hits_up_to_the_limit() -> None:
     assert index.compile_query(query) is query  # compiled once: a compiled query passes through
 
 
-def test_matching_chunks_name_a_record_whose_header_does_not_parse() -> None:
-    chunks = [[*records(2), ("stored-form", b"\x01short")]]
+def test_matching_chunks_skip_and_name_a_record_whose_header_does_not_parse(caplog: pytest.LogCaptureFixture) -> None:
+    chunks = [[*records(2), ("stored-form", b"\x01short"), *records(1, start=2)]]
     query = index.compile_query(StorageQuery())
-    with pytest.raises(StorageCorruptionError) as caught:
-        list(index.matching_chunks(query, reader(chunks), name=str.upper))
-    assert caught.value.details["key"] == "STORED-FORM" and "68-byte header" in str(caught.value)
+    with caplog.at_level(logging.ERROR, logger="unistore.index"):
+        found = [key for chunk in index.matching_chunks(query, reader(chunks), name=str.upper) for key, _ in chunk]
+    assert found == ["k0", "k1", "k2"]
+    [logged] = errors_logged(caplog)
+    assert "'STORED-FORM'" in logged and "68-byte header" in logged

@@ -334,5 +334,8 @@ async def test_a_damaged_record_in_the_target_stops_the_copy_until_repaired(tmp_
         assert await target.load_many(["a", "z"]) == {}
         await target.check(repair=True)
         assert (await copy(source, target)).ok
+        engine.write(lambda txn, dbs: txn.put(engine.record_key(b"damaged"), b"garbage", db=dbs.records))
+        assert await target.delete("damaged") is True  # or a delete of that key removes it
+        assert (await copy(source, target)).ok
     finally:
         await target.cleanup()

@@ -4,6 +4,7 @@ growth, expiry, durability, group commit, checks and damaged stores."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 import signal
@@ -404,16 +405,30 @@ async def test_group_commit_batches_concurrent_saves(store: Path) -> None:
     await provider.cleanup()
 
 
+def half_written_failure(engine: LmdbEngine) -> Callable[[Any, Any], None]:
+    """A write op that saves an item and then fails, as an op that meets a backend
+    error halfway does: what it wrote must go with it."""
+
+    def op(txn: Any, dbs: Any) -> None:
+        engine.save_in(txn, dbs, prepare_save("half", "written", "t"))
+        raise StorageError("failed after a write")
+
+    return op
+
+
 async def test_one_failing_operation_does_not_fail_its_batch(store: Path) -> None:
     provider = LmdbStorageProvider(store)
-    engine = provider.engine
-    engine.write(lambda txn, dbs: txn.put(engine.record_key(b"damaged"), b"\x01not a record", db=dbs.records))
+    await provider.save("warm", 0, "t")  # the writer runs: the ops below are grouped
     outcomes = await asyncio.gather(
-        *(provider.save(f"k{n}", n, "t") for n in range(10)), provider.save("damaged", 0, "t"), return_exceptions=True
+        *(provider.save(f"k{n}", n, "t") for n in range(10)),
+        provider._write(half_written_failure(provider.engine)),  # the path every save takes
+        *(provider.save(f"k{n}", n, "t") for n in range(10, 20)),
+        return_exceptions=True,
     )
-    assert isinstance(outcomes[-1], StorageCorruptionError) and "'damaged'" in str(outcomes[-1])
-    assert all(not isinstance(outcome, Exception) for outcome in outcomes[:-1])
-    assert len([r async for r in provider.search(StorageQuery(pattern="k*"))]) == 10
+    assert isinstance(outcomes[10], StorageError) and str(outcomes[10]) == "failed after a write"
+    assert all(not isinstance(outcome, Exception) for outcome in outcomes[:10] + outcomes[11:])
+    assert len([r async for r in provider.search(StorageQuery(pattern="k*"))]) == 20
+    assert await provider.load_many(["half"]) == {}  # rolled back alone
     await provider.cleanup()
 
 
@@ -453,10 +468,11 @@ def test_a_batch_with_a_failing_op_still_grows_a_full_map(store: Path) -> None:
 
 async def test_a_failed_write_without_sync_raises_to_its_caller(store: Path) -> None:
     provider = LmdbStorageProvider(store, durability="none")
-    engine = provider.engine
-    engine.write(lambda txn, dbs: txn.put(engine.record_key(b"damaged"), b"\x01not a record", db=dbs.records))
-    with pytest.raises(StorageCorruptionError, match="'damaged'"):
-        await provider.save("damaged", 1, "t")
+    with pytest.raises(StorageError, match="failed after a write"):
+        await provider._write(half_written_failure(provider.engine))  # the path every save takes
+    assert await provider.load_many(["half"]) == {}
+    await provider.save("k", 1, "t")  # the store goes on
+    assert (await provider.load("k")).data == 1
     await provider.cleanup()
 
 
@@ -596,7 +612,7 @@ def raw_delete(engine: LmdbEngine, key: bytes) -> None:
     engine.write(lambda txn, dbs: txn.delete(engine.record_key(key), db=dbs.records))
 
 
-def test_check_and_search_report_a_damaged_index(engine: LmdbEngine) -> None:
+def test_check_and_search_report_a_damaged_index(engine: LmdbEngine, caplog: pytest.LogCaptureFixture) -> None:
     engine.save("lost", 1, "t", tags={"colour": "red"})
     engine.save("copied", 2, "t")
     engine.save("fine", 3, "t", tags={"colour": "red"})
@@ -612,11 +628,16 @@ def test_check_and_search_report_a_damaged_index(engine: LmdbEngine) -> None:
     assert "tags index entry" in text and "points at no record" in text
     assert "record under b'misfiled' says its key is b'copied'" in text
     assert "b'garbage' does not decode" in text
-    with pytest.raises(StorageCorruptionError) as caught:
-        list(engine.search(StorageQuery(pattern="garb*")))
-    assert caught.value.details["key"] == "garbage"  # as load names it: the key, a str
-    with pytest.raises(StorageCorruptionError, match="has no record; run `unistore check`"):
-        list(engine.search(StorageQuery(tags={"colour": "red"})))
+    with caplog.at_level(logging.ERROR, logger="unistore.index"):
+        assert [r.item.metadata.key for r in engine.search(StorageQuery(pattern="*f*"))] == [
+            *(f"filler{n}" for n in sorted(range(50), key=str)),
+            "fine",
+        ]  # the damaged "garbage" and the misfiled record are passed over
+        assert "'garbage', which does not decode" in caplog.text  # as load names it: the key, a str
+        caplog.clear()
+        assert [r.item.metadata.key for r in engine.search(StorageQuery(tags={"colour": "red"}))] == ["fine"]
+        assert "has no record" in caplog.text
+    assert not engine.check().ok  # searching repaired nothing
 
 
 def test_a_long_key_whose_record_names_another_key_is_not_found(engine: LmdbEngine) -> None:
@@ -630,13 +651,19 @@ def test_a_long_key_whose_record_names_another_key_is_not_found(engine: LmdbEngi
     assert engine.load(other).data == "other's"
 
 
-def test_an_id_without_its_key_in_a_posting_list_is_reported(engine: LmdbEngine) -> None:
+def test_an_id_without_its_key_in_a_posting_list_is_skipped_and_reported(
+    engine: LmdbEngine, caplog: pytest.LogCaptureFixture
+) -> None:
     engine.save("k", 1, "t", tags={"a": "b"})  # id 1, the first entry of the ids index
     engine.save_many({f"filler{n}": n for n in range(50)}, "t")  # so that the planner walks the posting list
     assert engine.explain(StorageQuery(tags={"a": "b"})).path == index.POSTINGS
+    engine.save("other", 2, "t", tags={"a": "b"})
     engine.write(lambda txn, dbs: txn.delete(next(iter(txn.cursor(db=dbs.ids).iternext(values=False))), db=dbs.ids))
-    with pytest.raises(StorageCorruptionError, match="has no record; run `unistore check`"):
-        list(engine.search(StorageQuery(tags={"a": "b"})))
+    with caplog.at_level(logging.ERROR, logger="unistore.index"):
+        assert [r.item.metadata.key for r in engine.search(StorageQuery(tags={"a": "b"}))] == ["other"]
+    [logged] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "item id 1 " in logged and "has no ids entry; run `unistore check`" in logged
+    assert not engine.check().ok
 
 
 def test_purge_drops_expiry_entries_whose_item_is_gone(engine: LmdbEngine) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import io
 import itertools
+import logging
 import os
 import re
 import signal
@@ -159,21 +160,31 @@ async def test_purge_works_through_more_than_one_batch(make: Any, raw: redis.Red
     assert await provider.purge_expired() == 7
 
 
-async def test_a_search_names_a_record_that_does_not_decode(make: Any, raw: redis.Redis) -> None:
+async def test_a_search_skips_and_names_a_record_that_does_not_decode(
+    make: Any, raw: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     provider = make(namespace="named")
     await provider.save("fine", 1, "t")
+    await provider.save("dog", 2, "t")
     raw.set(layout.record_key(layout.shard_prefix(b"named", 0, 1), "dégât".encode()), b"\x01short")
+    with caplog.at_level(logging.ERROR, logger="unistore.index"):
+        assert [r.item.metadata.key async for r in provider.search(StorageQuery(pattern="d*"))] == ["dog"]
+    [logged] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "'dégât'" in logged  # as load names it: the key, as text
     with pytest.raises(StorageCorruptionError) as caught:
-        [r async for r in provider.search(StorageQuery(pattern="d*"))]
-    assert caught.value.details["key"] == "dégât"  # as load names it: the key, a str
+        await provider.load("dégât")
+    assert caught.value.details["key"] == "dégât"
 
 
-async def test_a_damaged_record_refuses_a_save_over_it(make: Any, raw: redis.Redis) -> None:
+async def test_a_save_replaces_a_damaged_record(make: Any, raw: redis.Redis) -> None:
     provider = make(namespace="damage")
     raw.set(layout.record_key(layout.shard_prefix(b"damage", 0, 1), b"k"), b"\x01short")
-    with pytest.raises(StorageError, match="Redis refused the operation") as caught:
-        await provider.save("k", 1, "t")
-    assert isinstance(caught.value.__cause__, redis.ResponseError)
+    with pytest.raises(StorageCorruptionError):
+        await provider.load("k")
+    item = await provider.save("k", 1, "t", tags={"a": "b"})
+    assert await provider.load("k") == item
+    assert [r.item async for r in provider.search(StorageQuery(tags={"a": "b"}))] == [item]
+    assert (await provider.check()).ok
 
 
 async def test_a_server_that_goes_away_and_comes_back(tmp_path: Path, redis_starter: Any) -> None:

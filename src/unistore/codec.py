@@ -14,7 +14,9 @@ module adds the payload encoding (msgpack with two extension types; the core's
 Anything else is refused with :class:`~unistore.errors.SerializationError`
 before a byte is written, and every payload is decoded once before it is
 stored, so nothing is written that could not be read back (a dict keyed by
-tuples, for one, would not be: its keys load as unhashable lists).
+tuples, for one, would not be: its keys load as unhashable lists), and nothing
+merges silently (a dict whose distinct keys encode alike, such as a naive and an
+aware datetime of one instant, is refused).
 """
 
 from __future__ import annotations
@@ -49,9 +51,13 @@ _DECODE_ERRORS = (StorageCorruptionError, *PAYLOAD_ERRORS)
 
 def _pack_default(value: object) -> msgpack.ExtType:
     if isinstance(value, datetime):
+        _packers.extended = True
         return msgpack.ExtType(EXT_DATETIME, _I64.pack(datetime_to_micros(value)))
     if isinstance(value, UUID):
+        _packers.extended = True
         return msgpack.ExtType(EXT_UUID, value.bytes)
+    if isinstance(value, int):  # msgpack hands over only the integers it cannot hold
+        raise TypeError(f"an integer of {value.bit_length()} bits is outside msgpack's range (-2**63 to 2**64-1)")
     raise TypeError(f"a {type(value).__name__} is not a msgpack value, datetime, UUID or bytes")
 
 
@@ -72,14 +78,23 @@ def encode_payload(data: object) -> tuple[bytes, Any]:
     packer = getattr(_packers, "packer", None)
     if packer is None:
         packer = _packers.packer = msgpack.Packer(default=_pack_default, use_bin_type=True, datetime=False)
+    _packers.extended = False
     try:
         payload = packer.pack(data)  # a Packer resets itself when packing fails
         loaded = unpack_payload(payload)
+        # Distinct keys can only encode alike through an extension type (a naive and an
+        # aware datetime of one instant): then the data must pack again as it loads.
+        merged = _packers.extended and packer.pack(loaded) != payload
     except (TypeError, ValueError, OverflowError) as exc:
         _packers.packer = None  # it may have grown before it failed
         raise SerializationError(f"data cannot be stored: {exc}") from exc
     if len(payload) > _PACKER_KEEPS:
         _packers.packer = None
+    if merged:
+        raise SerializationError(
+            "data cannot be stored: a dict holds keys that are distinct but encode alike"
+            " (such as a naive and an aware datetime of one instant); they would load as one"
+        )
     return payload, loaded
 
 

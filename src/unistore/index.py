@@ -20,6 +20,7 @@ plan's candidates, fetch by id or key, and its write transaction.
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._coretypes import PAYLOAD_ERRORS
-from .codec import undecodable
 from .core import QueryMatcher, RecordFields, glob_literal_prefix
 from .errors import StorageCorruptionError
+from .metrics import MetricsManager
 from .model import QuerySpec, StorageQuery, StorageResult, now_micros, validate_query
 
 # -- index entries ------------------------------------------------------------------
@@ -123,6 +124,58 @@ def compile_query(query: StorageQuery | CompiledQuery) -> CompiledQuery:
     return CompiledQuery(spec, matcher)
 
 
+_logger = logging.getLogger(__name__)
+
+#: The counter of damaged records and index entries that searches skipped (see :func:`skipped`).
+CORRUPT_RECORDS = "storage_corrupt_records"
+
+
+def skipped(what: str, why: object, operation: str = "search") -> None:
+    """Report damage that ``operation`` (``"search"`` or ``"delete_matching"``) met and
+    passed over (``what``: "the record under key 'k'", or an index entry): an ERROR on
+    the ``unistore.index`` logger naming it, and one more in the process-wide
+    ``storage_corrupt_records`` counter. `unistore check` reports it too, and
+    ``check --repair`` removes it."""
+    _logger.error("%s skipped %s: %s; run `unistore check`", operation, what, why)
+    MetricsManager.get_instance().counter(CORRUPT_RECORDS, operation=operation)
+
+
+def _key_text(key: object, name: Callable[[Any], object] | None) -> object:
+    """A candidate's key as errors and logs name it: ``name(key)``, or the key itself, as text."""
+    named = key if name is None else name(key)
+    return bytes(named).decode(errors="replace") if isinstance(named, (bytes, bytearray, memoryview)) else named
+
+
+def _around_damage(
+    pick: Callable[[list[bytes], int, int], list[Any]],
+    candidates: Sequence[tuple[Any, bytes]],
+    records: list[bytes],
+    limit: int | None,
+    name: Callable[[Any], object] | None,
+    operation: str,
+    failed: StorageCorruptionError,
+) -> list[Any]:
+    """What ``pick(records, start, most)`` (the candidates' records from ``start`` on)
+    finds among the candidates, passing over each one it cannot decode (reported by
+    :func:`skipped`): the slow path, taken once ``pick`` over all ``records`` has
+    ``failed``. ``pick`` raises StorageCorruptionError with ``details["index"]`` naming
+    the candidate that failed, and loses what it found before it: that run is picked
+    again (it cannot fail), then the rest after the damaged one. A skipped candidate
+    never counts against ``limit``."""
+    found: list[Any] = []
+    start = 0
+    while True:
+        bad = start + failed.details["index"]
+        why = failed.__cause__ if isinstance(failed.__cause__, PAYLOAD_ERRORS) else failed  # the decoder's own words
+        found += pick(records[start:bad], start, -1 if limit is None else limit - len(found))
+        skipped(f"the record under key {_key_text(candidates[bad][0], name)!r}, which does not decode", why, operation)
+        start = bad + 1
+        try:
+            return found + pick(records[start:], start, -1 if limit is None else limit - len(found))
+        except StorageCorruptionError as exc:
+            failed = exc
+
+
 def _matching(
     compiled: CompiledQuery,
     candidates: Sequence[tuple[Any, bytes]],
@@ -130,12 +183,22 @@ def _matching(
     limit: int | None,
     name: Callable[[Any], object] | None,
 ) -> list[int]:
-    """The indexes of the candidates that match, by header only, up to ``limit``."""
+    """The indexes of the candidates that match, by header only, up to ``limit``;
+    a candidate whose header does not parse is passed over (:func:`skipped`)."""
+    matching = compiled.matcher.matching
+    records = [record for _, record in candidates]
     try:  # one call for the whole batch: the per-candidate work stays in the core
-        return compiled.matcher.matching([record for _, record in candidates], now, -1 if limit is None else limit)
-    except StorageCorruptionError as exc:
-        key = candidates[exc.details["index"]][0]
-        raise undecodable(key if name is None else name(key), exc) from exc
+        return matching(records, now, -1 if limit is None else limit)
+    except StorageCorruptionError as exc:  # the slow path, only when a candidate is damaged
+        return _around_damage(
+            lambda run, start, most: [start + hit for hit in matching(run, now, most)],
+            candidates,
+            records,
+            limit,
+            name,
+            "delete_matching",
+            exc,
+        )
 
 
 def select(
@@ -148,18 +211,20 @@ def select(
     """The results among ``(key, record)`` candidates, checked by header first
     and decoded only when they match, stopping after ``limit`` (None: no limit).
 
-    Raises:
-        StorageCorruptionError: a candidate does not decode; ``name(key)`` (the
-            key itself by default) names it.
+    A candidate that does not decode is passed over, never counted against
+    ``limit``, and reported (:func:`skipped`) under ``name(key)`` (the key itself
+    by default): one damaged record never fails a search.
     """
     if limit == 0:
         return []
+    results = compiled.matcher.results
+    records = [record for _, record in candidates]
     try:  # one call for the whole batch: the per-candidate work, decoding included, stays in the core
-        return compiled.matcher.results([record for _, record in candidates], now, -1 if limit is None else limit)
-    except StorageCorruptionError as exc:
-        key = candidates[exc.details["index"]][0]
-        why = exc.__cause__ if isinstance(exc.__cause__, PAYLOAD_ERRORS) else exc  # the decoder's own words
-        raise undecodable(key if name is None else name(key), why) from why
+        return results(records, now, -1 if limit is None else limit)
+    except StorageCorruptionError as exc:  # the slow path, only when a candidate is damaged
+        return _around_damage(
+            lambda run, _, most: results(run, now, most), candidates, records, limit, name, "search", exc
+        )
 
 
 # -- the planner ---------------------------------------------------------------------
@@ -301,10 +366,8 @@ def search_chunks(
             on Redis, every SCAN-family path); then what was yielded is
             remembered and met again is dropped, and ``limit`` is applied after
             dropping, so a repeat never takes the place of an item not yet met.
-        name: names a candidate's key in a :class:`StorageCorruptionError`.
-
-    Raises:
-        StorageCorruptionError: a candidate does not decode.
+        name: names a candidate's key when it is reported as damaged
+            (:func:`skipped`): a candidate that does not decode is passed over.
     """
     yield from _chunks(_Loop(compiled.spec.limit, _results(compiled, repeats, name)), read)
 
@@ -332,10 +395,8 @@ def matching_chunks(
 ) -> Iterator[list[tuple[Any, bytes]]]:
     """The ``(key, record)`` candidates that match a query, chunk by chunk, undecoded
     (what a delete needs). For a reader that no writer can overtake (inside a write
-    transaction, or over a snapshot): the path meets no item twice.
-
-    Raises:
-        StorageCorruptionError: a candidate's header does not parse.
+    transaction, or over a snapshot): the path meets no item twice. A candidate
+    whose header does not parse is passed over (:func:`skipped`).
     """
 
     yield from _chunks(_Loop(compiled.spec.limit, _matches(compiled, name)), read)
@@ -404,6 +465,7 @@ async def _chunks_async(loop: _Loop, read: Callable[[Any], Awaitable[Chunk]]) ->
 
 __all__ = [
     "CONTENT_TYPE",
+    "CORRUPT_RECORDS",
     "CREATED",
     "CREATED_RANGE",
     "EXPIRES",
@@ -427,6 +489,7 @@ __all__ = [
     "search_chunks",
     "search_chunks_async",
     "select",
+    "skipped",
     "tag_term",
     "times",
 ]

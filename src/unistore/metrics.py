@@ -107,6 +107,12 @@ STANDARD_METRICS: dict[str, MetricInfo] = {
         ("content_type",),
         "Live items of a content type, as last counted.",
     ),
+    "storage_corrupt_records": MetricInfo(
+        "counter",
+        "{record}",
+        ("operation",),
+        "Damaged records and index entries that searches and deletes by query passed over, by operation.",
+    ),
 }
 
 

@@ -25,6 +25,7 @@ from ..codec import (
     prepare_restore,
     prepare_save,
 )
+from ..core import RecordFields
 from ..errors import StorageCorruptionError
 from ..model import (
     StorageItem,
@@ -79,14 +80,23 @@ class MemoryStorageProvider(StorageProvider[Any]):
     def _save_all(self, prepared: list[PreparedSave]) -> list[StorageItem[Any]]:
         records = self._records
         now = now_micros()
-        # Every old record decoded before anything is replaced: a damaged one refuses the batch whole.
-        olds = [decode_fields(records[save.key], save.key) if save.key in records else None for save in prepared]
+        # Every old record decoded before anything is replaced; a damaged one is replaced as new.
+        olds = [self._replaced(save.key) for save in prepared]
         items = []
         for save, old in zip(prepared, olds, strict=True):
             _, record, item = save.build(old, now, self._sids.__next__)
             records[save.key] = record
             items.append(item)
         return items
+
+    def _replaced(self, key: str) -> RecordFields | None:
+        """The fields of the record a save over ``key`` replaces; None when there is
+        none, or it is damaged (a save replaces a record that does not decode)."""
+        record = self._records.get(key)
+        try:
+            return None if record is None else decode_fields(record, key)
+        except StorageCorruptionError:
+            return None
 
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         validate_key(key)
@@ -116,10 +126,18 @@ class MemoryStorageProvider(StorageProvider[Any]):
 
     def _delete_all(self, keys: Iterable[str], content_type: str | None) -> int:
         now = now_micros()
-        live = [key for key in keys if live_fields(self._records.get(key), key, content_type, now) is not None]
+        live = [key for key in keys if self._deletable(key, content_type, now)]
         for key in live:
             del self._records[key]
         return len(live)
+
+    def _deletable(self, key: str, content_type: str | None, now: int) -> bool:
+        """Whether a delete of ``key`` removes something: a live item (of ``content_type``,
+        if given), or a damaged record (a delete removes a record that does not decode)."""
+        try:
+            return live_fields(self._records.get(key), key, content_type, now) is not None
+        except StorageCorruptionError:
+            return True
 
     def _reader(self) -> Any:
         """A chunk reader over a snapshot of the records: the caller may save or

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from ... import index
+from ..._coretypes import FLAG_EXPIRES, FORMAT_VERSION, HEADER_FORMAT, HEADER_SIZE
 from ...codec import (
     PreparedBatch,
     PreparedSave,
@@ -33,7 +36,7 @@ from ...codec import (
     prepare_restore,
     prepare_save,
 )
-from ...core import RecordFields, ids_from_entries, intersect_ids, pack_new
+from ...core import RecordFields, ids_from_entries, intersect_ids, pack_new, unpack_record
 from ...errors import ItemNotFoundError, StorageCorruptionError, ValidationError
 from ...maintenance import Usage
 from ...model import (
@@ -73,6 +76,8 @@ COSTS = index.Costs(scan=0.46, fetch=1.36, posting=0.01, time_entry=0.3)
 NAMESPACE_TYPES_COUNTED = 64
 
 _get: Callable[[Any, bytes], Any] = lmdb.Transaction.get  # a C method: as a read action it costs no frame
+_logger = logging.getLogger(__name__)
+_HEADER = struct.Struct(HEADER_FORMAT)
 
 
 def _int_option(name: str, value: object, low: int, high: int) -> int:
@@ -212,7 +217,7 @@ class LmdbEngine:
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
         record_key = self.record_key(prepared.key_bytes)
         raw = txn.get(record_key, db=dbs.records)
-        old = None if raw is None else decode_fields(raw, prepared.key)
+        old = None if raw is None else self._replaced(txn, dbs, record_key, raw, prepared.key)
         if old is not None:
             self._unindex(txn, dbs, old)
         fields, record, item = prepared.build(old, now, functools.partial(layout.next_id, txn, dbs.ids, self._prefix))
@@ -224,11 +229,68 @@ class LmdbEngine:
         """Delete inside a write transaction; True if a live item (of ``content_type``) was removed."""
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
-        fields = live_fields(txn.get(self.record_key(key_bytes), db=dbs.records), key, content_type, now)
+        return self._delete_key(txn, dbs, key, key_bytes, content_type, now)
+
+    def _delete_key(
+        self, txn: Any, dbs: Databases, key: str, key_bytes: bytes, content_type: str | None, now: int
+    ) -> bool:
+        """Remove the live item under ``key`` (of ``content_type``, if given); True if there
+        was one. A damaged record under it is removed too (and counts as one)."""
+        record_key = self.record_key(key_bytes)
+        raw = txn.get(record_key, db=dbs.records)
+        try:
+            fields = live_fields(raw, key, content_type, now)
+        except StorageCorruptionError as exc:
+            self._drop_damaged(txn, dbs, record_key, raw, exc)
+            return True
         if fields is None or fields.key != key_bytes:
             return False
         self._remove(txn, dbs, fields)
         return True
+
+    def _replaced(self, txn: Any, dbs: Databases, record_key: bytes, raw: bytes, key: str) -> RecordFields | None:
+        """The fields of the record a save replaces; None (the save makes a new item)
+        when it is damaged, which is then dropped with what can be found of its index
+        entries (:meth:`_drop_damaged`)."""
+        try:
+            return decode_fields(raw, key)
+        except StorageCorruptionError as exc:
+            self._drop_damaged(txn, dbs, record_key, raw, exc)
+            return None
+
+    def _drop_damaged(
+        self, txn: Any, dbs: Databases, record_key: bytes, raw: bytes, exc: StorageCorruptionError
+    ) -> None:
+        """Delete a record that does not decode, and every index entry of it that can be
+        told apart from the rest: those of the item id its ``ids`` entry names (the one
+        its header gives, if the ``ids`` entry confirms it, else found by walking the
+        namespace's ``ids``). What cannot be found stays for ``check --repair``; a
+        search passes over such an entry (and reports it)."""
+        prefix = self._prefix
+        stored = bytes(record_key[len(prefix) :])
+        txn.delete(record_key, db=dbs.records)
+        head = _HEADER.unpack_from(raw) if len(raw) >= HEADER_SIZE else None
+        if head is not None and txn.get(layout.id_key(prefix, head[4]), db=dbs.ids) == stored:
+            # The header's fixed part is the item's: its other sections may still parse.
+            try:
+                entries = layout.index_entries(
+                    prefix, unpack_record(bytes((FORMAT_VERSION, raw[1] & FLAG_EXPIRES, 0, 0)) + raw[4:])
+                )
+            except StorageCorruptionError:  # its ids and times, at fixed offsets
+                entries = [
+                    (1, layout.id_key(prefix, head[4]), b""),
+                    (4, layout.time_key(prefix, head[6], head[4]), b""),
+                ]
+                if head[1] & FLAG_EXPIRES:
+                    entries.append((5, layout.time_key(prefix, head[8], head[4]), b""))
+            for db, key, value in entries:
+                txn.delete(key, value, db=dbs[db])
+        else:
+            cursor = txn.cursor(db=dbs.ids)
+            found = cursor.set_range(prefix)
+            while found and cursor.key().startswith(prefix):
+                found = cursor.delete() if cursor.value() == stored else cursor.next()
+        _logger.error("dropped the damaged record under key %r to write over it: %s", exc.details.get("key"), exc)
 
     def write(self, op: Callable[[Any, Databases], R]) -> R:
         """Run one write operation (``op(txn, dbs)``) in its own transaction, in this thread."""
@@ -300,7 +362,7 @@ class LmdbEngine:
                 new.append(position)
                 continue
             prepared = save(position)
-            old = None if raw is None else decode_fields(raw, prepared.key)
+            old = None if raw is None else self._replaced(txn, dbs, record_key, raw, prepared.key)
             if old is not None:
                 self._unindex(txn, dbs, old)
             fields, records[position], items[position] = prepared.build(old, now, sids.__next__)
@@ -390,13 +452,7 @@ class LmdbEngine:
         """Delete a batch inside one write transaction; how many live items were removed."""
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
-        removed = 0
-        for key, key_bytes in checked.items():
-            fields = live_fields(txn.get(self.record_key(key_bytes), db=dbs.records), key, content_type, now)
-            if fields is not None and fields.key == key_bytes:
-                self._remove(txn, dbs, fields)
-                removed += 1
-        return removed
+        return sum(self._delete_key(txn, dbs, key, key_bytes, content_type, now) for key, key_bytes in checked.items())
 
     def delete_many_op(self, keys: Iterable[str], content_type: str | None = None) -> Callable[[Any, Databases], int]:
         """Check every key now; the returned op deletes them in one write transaction."""
@@ -416,13 +472,22 @@ class LmdbEngine:
         plan = self._plan(compiled.spec, txn, dbs)
         source = self._source(plan)
         matched = [
-            decode_fields(record, self._key_name(key))
+            (key, record)
             for chunk in index.matching_chunks(compiled, lambda position: source(txn, dbs, position), self._key_name)
             for key, record in chunk
         ]
-        for fields in matched:
+        removed = 0
+        for key, record in matched:
+            try:  # its header matched, but its tags may still not parse
+                fields = decode_fields(record, self._key_name(key))
+            except StorageCorruptionError as exc:
+                index.skipped(
+                    f"the record under key {self._key_name(key)!r}, which does not decode", exc, "delete_matching"
+                )
+                continue
             self._remove(txn, dbs, fields)
-        return len(matched)
+            removed += 1
+        return removed
 
     def delete_matching_op(self, query: StorageQuery | index.CompiledQuery) -> Callable[[Any, Databases], int]:
         """Check ``query`` now; the returned op deletes what it matches in one write transaction.
@@ -523,27 +588,28 @@ class LmdbEngine:
 
         An id without a key was deleted after the ids were read (``deleted_ok``)
         or is a dangling index entry; a key without its record is always damage.
-
-        Raises:
-            StorageCorruptionError: an index names an item that has no record.
+        Damage is passed over and reported (:func:`unistore.index.skipped`): one
+        dangling entry never fails a search.
         """
         prefix = self._prefix
         stored = txn.cursor(db=dbs.ids).getmulti([prefix + sid for sid in sids])
         if len(stored) < len(sids) and not deleted_ok:
             found = {bytes(key[len(prefix) :]) for key, _ in stored}
-            missing = next(sid for sid in sids if sid not in found)
-            raise self._dangling(int.from_bytes(missing, "big"))
+            for sid in sids:
+                if sid not in found:
+                    self._dangling(int.from_bytes(sid, "big"), "has no ids entry")
         records: _Candidates = txn.cursor(db=dbs.records).getmulti([prefix + key for _, key in stored])
         if len(records) < len(stored):
             there = {bytes(key) for key, _ in records}
-            gone = next(id_key for id_key, key in stored if prefix + key not in there)
-            raise self._dangling(int.from_bytes(gone[len(prefix) :], "big"))
+            for id_key, key in stored:
+                if prefix + key not in there:
+                    self._dangling(
+                        int.from_bytes(id_key[len(prefix) :], "big"), f"names key {bytes(key)!r}, which has no record"
+                    )
         return records
 
-    def _dangling(self, sid: int) -> StorageCorruptionError:
-        return StorageCorruptionError(
-            f"index of namespace {self.namespace!r} names item id {sid} that has no record; run `unistore check`"
-        )
+    def _dangling(self, sid: int, why: str) -> None:
+        index.skipped(f"item id {sid} of namespace {self.namespace!r}, found in an index", f"the id {why}")
 
     def _from_prefix(self, start: bytes, txn: Any, dbs: Databases, after: bytes | None) -> _Batch:
         cursor = txn.cursor(db=dbs.records)

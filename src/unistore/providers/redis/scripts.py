@@ -41,8 +41,18 @@ local function fields(record)  -- what the index needs of a record
   return {created = int64(record, 33), expires = expires, content_type = content_type, tags = tags, payload_start = at}
 end
 
-local function unindex(prefix, member, f)
-  redis.call('SREM', prefix .. 'c:' .. f.content_type, member)
+-- A damaged record (one that does not parse): its posting sets cannot be known.
+local DAMAGED = {damaged = true, tags = {}}
+
+local function readable(record)  -- the fields of a record, or DAMAGED
+  if #record < 68 or string.byte(record, 1) ~= 1 then return DAMAGED end
+  local ok, f = pcall(fields, record)
+  if ok then return f end
+  return DAMAGED
+end
+
+local function unindex(prefix, member, f)  -- of a damaged record, what is keyed by its key alone
+  if not f.damaged then redis.call('SREM', prefix .. 'c:' .. f.content_type, member) end
   for _, term in ipairs(f.tags) do redis.call('SREM', prefix .. 't:' .. term, member) end
   redis.call('ZREM', prefix .. 'created', member)
   redis.call('ZREM', prefix .. 'expires', member)
@@ -65,12 +75,13 @@ end
 local function live(f, now) return f.expires == nil or f.expires > now end
 
 -- The record under a key, and what the index holds for it: its fields, or, once
--- Redis has dropped an expired record, those of the head it left in 'heads'.
+-- Redis has dropped an expired record, those of the head it left in 'heads'
+-- (DAMAGED for one that does not parse: a save replaces it, a delete removes it).
 local function held(prefix, record_key, member)
   local record = redis.call('GET', record_key)
-  if record then return record, fields(record) end
+  if record then return record, readable(record) end
   local head = redis.call('HGET', prefix .. 'heads', member)
-  if head then return nil, fields(head) end
+  if head then return nil, readable(head) end
   return nil, nil
 end
 """
@@ -91,7 +102,7 @@ local function write(keep)
     if seen[record_key] then return redis.error_reply('a batch names one key twice') end
     seen[record_key] = true
     local old, before = held(prefix, record_key, member)
-    if keep and old and live(before, now) then  -- the same item: its id, UUID and creation time stay
+    if keep and old and not before.damaged and live(before, now) then  -- the same item: its id, UUID, creation time
       record = string.sub(record, 1, 8) .. string.sub(old, 9, 40) .. string.sub(record, 41)
     end
     plans[i] = {member = member, before = before, after = fields(record)}
@@ -138,7 +149,7 @@ for i, record_key in ipairs(KEYS) do  -- every record read and checked before th
   seen[record_key] = true
   if f and (not old or not live(f, now)) then  -- nothing live: its leftovers go
     doomed[#doomed + 1] = {record_key = record_key, member = member, fields = f}
-  elseif f and (wanted == '' or f.content_type == wanted) and (expected == '' or expected == old) then
+  elseif f and (f.damaged or wanted == '' or f.content_type == wanted) and (expected == '' or expected == old) then
     doomed[#doomed + 1] = {record_key = record_key, member = member, fields = f}
     removed = removed + 1
   end
