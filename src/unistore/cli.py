@@ -45,7 +45,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -285,30 +285,21 @@ async def _cmd_put(args: argparse.Namespace, out: TextIO) -> int:
             expires_at = datetime.now(timezone.utc) + timedelta(seconds=args.ttl)
         except OverflowError:
             raise ValidationError(f"--ttl {args.ttl!r} reaches past the year 9999") from None
-    provider = open_provider(args.store)
-    try:
+    async with open_provider(args.store) as provider:
         await provider.save(args.key, data, args.type, expires_at=expires_at, tags=_tags(args.tag))
-    finally:
-        await provider.cleanup()
     return 0
 
 
 async def _cmd_get(args: argparse.Namespace, out: TextIO) -> int:
-    provider = await open_existing(args.store)
-    try:
+    async with await open_existing(args.store) as provider:
         item = await provider.load(args.key, content_type=args.type)
-    finally:
-        await provider.cleanup()
     out.write(_dumps(item.data) + "\n")
     return 0
 
 
 async def _cmd_rm(args: argparse.Namespace, out: TextIO) -> int:
-    provider = await open_existing(args.store)
-    try:
+    async with await open_existing(args.store) as provider:
         deleted = await provider.delete(args.key, content_type=args.type)
-    finally:
-        await provider.cleanup()
     if not deleted:
         raise ItemNotFoundError(f"no item under key {args.key!r} of type {args.type!r}", {"key": args.key})
     return 0
@@ -316,11 +307,8 @@ async def _cmd_rm(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _cmd_search(args: argparse.Namespace, out: TextIO) -> int:
     query = _query(args, args.limit)
-    provider = await open_existing(args.store)
-    try:
+    async with await open_existing(args.store) as provider:
         items = [result.item async for result in provider.search(query)]
-    finally:
-        await provider.cleanup()
     items.sort(key=lambda item: item.metadata.key)
     if args.json or not out.isatty():
         for item in items:
@@ -356,10 +344,12 @@ async def _each_namespace(store: str) -> list[tuple[str, str]]:
     return [(_namespace_of(url), url) for url in await namespace_urls(store)]
 
 
-async def _maintained(url: str) -> MaintainedProvider:
-    provider = await open_existing(url)
-    assert isinstance(provider, MaintainedProvider)  # LMDB or Redis: open_existing refuses memory://
-    return provider
+@contextlib.asynccontextmanager
+async def _maintained(url: str) -> AsyncIterator[MaintainedProvider]:
+    """``async with _maintained(url) as provider``: the existing namespace ``url`` names, cleaned up on leaving."""
+    async with await open_existing(url) as provider:
+        assert isinstance(provider, MaintainedProvider)  # LMDB or Redis: open_existing refuses memory://
+        yield provider
 
 
 def _covered(out: TextIO, verb: str, names: Sequence[str]) -> None:
@@ -371,8 +361,7 @@ async def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     left = 0
     with _progress(out, "checking") as progress:
         for done, (name, url) in enumerate(namespaces):
-            provider = await _maintained(url)
-            try:
+            async with _maintained(url) as provider:
                 report = await provider.check(repair=args.repair)
                 out.write(
                     f"{name!r}: {report.records} records, {report.ids} ids, {report.tag_entries} tag entries, "
@@ -386,8 +375,6 @@ async def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                     out.write(f"{name!r}: repaired; " + ("consistent now\n" if report.ok else "still damaged\n"))
                     for problem in report.problems:
                         out.write(f"{name!r}: problem left: {problem}\n")
-            finally:
-                await provider.cleanup()
             left += len(report.problems)
             if progress is not None:
                 progress(done + 1, len(namespaces))
@@ -400,11 +387,8 @@ async def _cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
     namespaces = await _each_namespace(args.store)
     total = 0
     for name, url in namespaces:
-        provider = await _maintained(url)
-        try:
+        async with _maintained(url) as provider:
             removed = await provider.purge_expired()
-        finally:
-            await provider.cleanup()
         out.write(f"{name!r}: purged {removed} expired item(s)\n")
         total += removed
     _covered(out, "purged", [name for name, _ in namespaces])
@@ -415,11 +399,8 @@ async def _cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
 async def _usages(store: str) -> list[tuple[str, dict[str, Usage]]]:
     found = []
     for name, url in await _each_namespace(store):
-        provider = await _maintained(url)
-        try:
+        async with _maintained(url) as provider:
             found.append((name, await provider.usage()))
-        finally:
-            await provider.cleanup()
     return found
 
 
@@ -459,12 +440,9 @@ async def _cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
             "persistence (an RDB snapshot from BGSAVE, or the AOF)"
         )
     [first, *_] = await namespace_urls(args.store)
-    provider = await open_existing(first)
-    assert isinstance(provider, LmdbStorageProvider)  # an lmdb:// URL
-    try:
+    async with await open_existing(first) as provider:
+        assert isinstance(provider, LmdbStorageProvider)  # an lmdb:// URL
         await provider.backup(args.dest, compact=args.compact)
-    finally:
-        await provider.cleanup()
     compacted = " (compacted)" if args.compact else ""
     out.write(f"copied {redact(args.store)} to {args.dest}{compacted}\n")
     return 0
@@ -475,20 +453,10 @@ async def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
 
     given = args.pattern is not None or args.type is not None or args.tag
     query = _query(args) if given else None
-    source = await open_existing(args.source)
-    target = open_provider(args.target)
-    try:
+    # (a target URL refused after the source opened still closes the source)
+    async with await open_existing(args.source) as source, open_provider(args.target) as target:
         with _progress(out, "copying") as progress:
-            report = await migrate.copy(
-                source,
-                target,
-                query=query,
-                verify=not args.no_verify,
-                progress=progress,
-            )
-    finally:
-        await source.cleanup()
-        await target.cleanup()
+            report = await migrate.copy(source, target, query=query, verify=not args.no_verify, progress=progress)
     verified = {True: "verified", False: "verification FAILED", None: "not verified"}[report.verified]
     out.write(
         f"{redact(args.source)} -> {redact(args.target)}: read {report.read}, written {report.written}, "
@@ -541,10 +509,8 @@ async def _holds_data(store: str) -> bool:
         provider = await open_existing(store)
     except StoreNotFoundError:
         return False
-    try:
+    async with provider:
         return any([result async for result in provider.search(StorageQuery(limit=1))])
-    finally:
-        await provider.cleanup()
 
 
 async def run_demo(store: str, out: TextIO, force: bool = False) -> None:

@@ -198,9 +198,8 @@ async def namespace_urls(url: str) -> list[str]:
         names = store_namespaces(_lmdb_path(parts), **_lmdb_options(dict(params)))
         known = [(name, {}) for name in names]
     else:
-        provider = construct()
-        found = await provider.namespaces()  # type: ignore[attr-defined]  # a Redis provider's
-        await provider.cleanup()
+        async with construct() as provider:
+            found = await provider.namespaces()  # type: ignore[attr-defined]  # a Redis provider's
         known = [(name, {"shards": str(shards)}) for name, shards in found]
     if not known:
         raise StoreNotFoundError(f"{redact(url)}: the store holds no namespace", {"url": redact(url)})
