@@ -200,18 +200,21 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     # -- the client ----------------------------------------------------------------------
 
-    async def _redis(self) -> aioredis.Redis:
-        """The client of this event loop and process (a fork or another loop gets its own),
-        made once however many tasks ask for it at once.
+    @contextlib.asynccontextmanager
+    async def _step(self) -> AsyncIterator[Any]:
+        """``async with self._step() as client``: the client of this event loop and process
+        for one step of an operation (see :meth:`_Connection.step`).
 
         Raises:
             ValidationError: the namespace is split over another number of shards.
             StorageConnectionError: Redis is unreachable.
         """
-        client: aioredis.Redis = (await self._connection()).client
-        return client
+        async with (await self._connection()).step() as client:
+            yield client
 
     async def _connection(self) -> _Connection:
+        """The connection of this event loop and process (a fork or another loop gets its
+        own), made once however many tasks ask for it at once."""
         loop = asyncio.get_running_loop()
         connection = self._connections.get(loop)
         if connection is None or connection.pid != os.getpid() or _failed(connection.ready):
@@ -250,8 +253,8 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def _run(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
         """Run the script ``name`` (EVALSHA, loading it if the server lacks it)."""
         connection = await self._connection()
-        with _translated():
-            return await connection.scripts[name](keys=keys, args=args, client=connection.client)
+        async with connection.step() as client:
+            return await connection.scripts[name](keys=keys, args=args, client=client)
 
     def _new_client(self) -> Any:
         """A new client (its connections are made on first use): a cluster's or one server's."""
@@ -303,8 +306,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         in another event loop or process cannot be closed from here: it is dropped.)"""
         connection = self._connections.pop(asyncio.get_running_loop(), None)
         if connection is not None and connection.pid == os.getpid():
-            with _translated():
-                await connection.closer.aclose()
+            await connection.close()
 
     # -- writes --------------------------------------------------------------------------
 
@@ -424,10 +426,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         Raises:
             StorageConnectionError: Redis is unreachable.
         """
-        client = await self._redis()
+        connection = await self._connection()
         report = index.CheckReport()
         for prefix in self._prefixes:
-            with _translated():
+            async with connection.step() as client:
                 await check_shard(client, prefix, _node(client, prefix), report, repair)
         return report
 
@@ -443,9 +445,8 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         key_bytes = validate_key(key)
-        client = await self._redis()
         record_key = layout.record_key(self._prefixes[self._shard(key_bytes)], key_bytes)
-        with _translated():
+        async with self._step() as client:
             record: Any = await client.get(record_key)  # bytes: the client never decodes
         return load_item(record, key, content_type, now_micros())
 
@@ -454,11 +455,11 @@ class RedisStorageProvider(StorageProvider[Any]):
         wanted = None if content_type is None else validate_name(content_type, "content_type")
         names = list(checked)
         encoded = list(checked.values())
-        client = await self._redis()
+        connection = await self._connection()
         records: list[Any] = [None] * len(names)
         for shard, positions in self._by_shard(encoded).items():
             prefix = self._prefixes[shard]
-            with _translated():
+            async with connection.step() as client:
                 found = await client.mget([layout.record_key(prefix, encoded[p]) for p in positions])
             for position, record in zip(positions, found, strict=True):
                 records[position] = record
@@ -481,7 +482,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         return await self._plan(index.compile_query(query).spec, shard)
 
     async def _plan(self, spec: Any, shard: int) -> index.Plan:
-        return index.plan(spec, await _Sizes.read(await self._redis(), self._prefixes[shard], spec), COSTS)
+        async with self._step() as client:
+            sizes = await _Sizes.read(client, self._prefixes[shard], spec)
+        return index.plan(spec, sizes, COSTS)
 
     async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         compiled = index.compile_query(query)
@@ -514,16 +517,16 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     async def _reader(self, spec: Any, shard: int) -> Callable[[Any], Awaitable[index.Chunk]]:
         """The chunk reader of the cheapest plan for ``spec`` in ``shard``."""
-        client = await self._redis()
+        connection = await self._connection()
         prefix = self._prefixes[shard]
         plan = await self._plan(spec, shard)
         if plan.path == index.POSTINGS:
             first, *others = (layout.posting_key(prefix, kind, term) for kind, term in plan.terms)
-            return _PostingReader(client, prefix, first, others)
+            return _PostingReader(connection, prefix, first, others)
         if plan.path == index.KEYS:
-            return _ScanReader(client, prefix, spec.pattern)
+            return _ScanReader(connection, prefix, spec.pattern)
         kind = index.CREATED if plan.path == index.CREATED_RANGE else index.EXPIRES
-        return _TimeReader(client, prefix, layout.time_key(prefix, kind), plan.low, plan.high)
+        return _TimeReader(connection, prefix, layout.time_key(prefix, kind), plan.low, plan.high)
 
     # -- maintenance (see unistore.maintenance and .check) ---------------------------------
 
@@ -534,11 +537,11 @@ class RedisStorageProvider(StorageProvider[Any]):
         Raises:
             StorageConnectionError: Redis is unreachable.
         """
-        client = await self._redis()
+        connection = await self._connection()
         now = now_micros()
         parts = []
         for prefix in self._prefixes:
-            with _translated():
+            async with connection.step() as client:
                 parts.append(await shard_usage(client, prefix, _node(client, prefix), now))
         return merge(parts)
 
@@ -652,6 +655,42 @@ class _Connection:
     scripts: dict[str, Any]
     ready: asyncio.Task[None]
     closer: AsyncGenerator[None, None]
+    closed: bool = False
+    #: Steps under way, and set when there are none (what :meth:`close` waits for).
+    busy: int = 0
+    idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    @contextlib.asynccontextmanager
+    async def step(self) -> AsyncIterator[Any]:
+        """The client for one step of an operation (Redis errors translated); refused
+        once :meth:`close` has begun. A search holds its connection from one chunk to
+        the next: a chunk read on a closed client would make redis-py open a new
+        connection that nothing closes.
+
+        Raises:
+            StorageError: the provider was closed (cleanup) since the operation began.
+        """
+        if self.closed:
+            raise StorageError("the provider was closed (cleanup) during this operation; it reconnects on its next one")
+        self.busy += 1
+        try:
+            with _translated():
+                yield self.client
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.idle.set()
+
+    async def close(self) -> None:
+        """Refuse new steps, let those under way finish (a command cut off by the close
+        would be retried by redis-py on new connections of a closed client, which then
+        leak), and close the client."""
+        self.closed = True
+        while self.busy:
+            self.idle.clear()
+            await self.idle.wait()
+        with _translated():
+            await self.closer.aclose()
 
 
 def _failed(task: asyncio.Task[None]) -> bool:
@@ -691,18 +730,17 @@ class _Sizes:
         ]
         node = _node(client, prefix)
         everything = spec.pattern is None  # a SCAN then yields every record of the shard
-        with _translated():
-            async with client.pipeline(transaction=False) as pipe:
-                for kind, term in terms:
-                    pipe.scard(layout.posting_key(prefix, kind, term))
-                for kind, low, high in bounds:
-                    pipe.zcount(layout.time_key(prefix, kind), _score(low, "-inf"), _score(high, "+inf"))
-                if everything:
-                    pipe.zcard(layout.time_key(prefix, index.CREATED))  # every item has its creation time
-                if not node:  # one server: the keyspace's size in the same round trip
-                    pipe.dbsize()
-                replies = await pipe.execute()
-            keyspace = await client.dbsize(**node) if node else replies.pop()
+        async with client.pipeline(transaction=False) as pipe:
+            for kind, term in terms:
+                pipe.scard(layout.posting_key(prefix, kind, term))
+            for kind, low, high in bounds:
+                pipe.zcount(layout.time_key(prefix, kind), _score(low, "-inf"), _score(high, "+inf"))
+            if everything:
+                pipe.zcard(layout.time_key(prefix, index.CREATED))  # every item has its creation time
+            if not node:  # one server: the keyspace's size in the same round trip
+                pipe.dbsize()
+            replies = await pipe.execute()
+        keyspace = await client.dbsize(**node) if node else replies.pop()
         # What a SCAN costs, counted in keys visited (the planner's unit): every key of
         # the database, and, when no pattern narrows what it yields, each of the shard's
         # records fetched, at what a fetch costs in visits. (A pattern is taken to yield few.)
@@ -739,65 +777,60 @@ async def _records(client: aioredis.Redis, prefix: bytes, members: list[Any]) ->
     """The (key, record) of each member that still has a record (Redis may have expired it)."""
     if not members:
         return []
-    with _translated():
-        records: list[Any] = await client.mget([layout.record_key(prefix, member) for member in members])
+    records: list[Any] = await client.mget([layout.record_key(prefix, member) for member in members])
     return [(member, record) for member, record in zip(members, records, strict=True) if record is not None]
 
 
 class _PostingReader:
     """Walks a posting set with SSCAN; narrows each page by the plan's other sets (SMISMEMBER)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: bytes, first: bytes, others: list[bytes]) -> None:
-        self._client, self._prefix, self._first, self._others = client, prefix, first, others
+    def __init__(self, connection: _Connection, prefix: bytes, first: bytes, others: list[bytes]) -> None:
+        self._connection, self._prefix, self._first, self._others = connection, prefix, first, others
 
     async def __call__(self, cursor: int | None) -> index.Chunk:
-        client = self._client
-        with _translated():
+        async with self._connection.step() as client:
             cursor, members = await client.sscan(self._first, cursor or 0, count=SEARCH_CHUNK)
             for other in self._others:
                 flags = await client.smismember(other, members) if members else []
                 members = [member for member, flag in zip(members, flags, strict=True) if flag]
-        return await _records(client, self._prefix, members), cursor or None
+            return await _records(client, self._prefix, members), cursor or None
 
 
 class _ScanReader:
     """Walks the database with SCAN MATCH, the shard's prefix before the query's pattern."""
 
-    def __init__(self, client: aioredis.Redis, prefix: bytes, pattern: bytes | None) -> None:
-        self._client, self._prefix = client, prefix
+    def __init__(self, connection: _Connection, prefix: bytes, pattern: bytes | None) -> None:
+        self._connection, self._prefix = connection, prefix
         self._match = layout.scan_pattern(prefix, pattern)
         self._cut = len(prefix) + len(layout.RECORD)
 
     async def __call__(self, cursor: Any) -> index.Chunk:
-        with _translated():
-            cursor, keys = await scan_page(
-                self._client, cursor or 0, self._match, SCAN_COUNT, _node(self._client, self._prefix)
-            )
-        members = [key[self._cut :] for key in keys]
-        return await _records(self._client, self._prefix, members), cursor or None
+        async with self._connection.step() as client:
+            cursor, keys = await scan_page(client, cursor or 0, self._match, SCAN_COUNT, _node(client, self._prefix))
+            members = [key[self._cut :] for key in keys]
+            return await _records(client, self._prefix, members), cursor or None
 
 
 class _TimeReader:
     """Walks a time order by score, a page at a time; resumes after the last (score, rank)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: bytes, key: bytes, low: int | None, high: int | None) -> None:
-        self._client, self._prefix, self._key = client, prefix, key
+    def __init__(self, connection: _Connection, prefix: bytes, key: bytes, low: int | None, high: int | None) -> None:
+        self._connection, self._prefix, self._key = connection, prefix, key
         self._high = _score(high, "+inf")
         self._start = (_score(low, "-inf"), 0)
 
     async def __call__(self, position: tuple[str, int] | None) -> index.Chunk:
         low, skip = position or self._start
-        with _translated():
-            page: list[Any] = await self._client.zrange(
+        async with self._connection.step() as client:
+            page: list[Any] = await client.zrange(
                 self._key, low, self._high, byscore=True, offset=skip, num=SEARCH_CHUNK, withscores=True
             )
-        members = [member for member, _ in page]
+            records = await _records(client, self._prefix, [member for member, _ in page])
         if len(page) < SEARCH_CHUNK:
-            return await _records(self._client, self._prefix, members), None
+            return records, None
         last = page[-1][1]
         at_last = sum(1 for _, score in page if score == last)
-        resume = (str(int(last)), at_last + (skip if str(int(last)) == low else 0))
-        return await _records(self._client, self._prefix, members), resume
+        return records, (str(int(last)), at_last + (skip if str(int(last)) == low else 0))
 
 
 __all__ = ["COSTS", "RedisStorageProvider"]
