@@ -320,22 +320,49 @@ async def test_an_item_that_left_the_query_in_the_source_is_found_and_pruned(tmp
         await target.cleanup()
 
 
-async def test_a_damaged_record_in_the_target_stops_the_copy_until_repaired(tmp_path: Path) -> None:
-    """As docs/migration.md says: named, nothing of the batch written, and a repair unblocks it."""
+def _damage(provider: LmdbStorageProvider, key: bytes) -> None:
+    engine = provider.engine
+    engine.write(lambda txn, dbs: txn.put(engine.record_key(key), b"garbage", db=dbs.records))
+
+
+async def test_a_damaged_record_in_the_target_is_replaced_by_the_copy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12: it stopped the copy (load_many raised); a copy replaces it, as a save
+    would, reported as a search reports one, and the rest of the batch is copied."""
     source = MemoryStorageProvider()
     await source.save_many({"a": 1, "damaged": 2, "z": 3}, "doc")
     target = LmdbStorageProvider(tmp_path / "target")
     try:
         await target.save("damaged", 0, "doc")
-        engine = target.engine
-        engine.write(lambda txn, dbs: txn.put(engine.record_key(b"damaged"), b"garbage", db=dbs.records))
-        with pytest.raises(StorageCorruptionError, match="'damaged'"):
-            await copy(source, target)
-        assert await target.load_many(["a", "z"]) == {}
-        await target.check(repair=True)
-        assert (await copy(source, target)).ok
-        engine.write(lambda txn, dbs: txn.put(engine.record_key(b"damaged"), b"garbage", db=dbs.records))
-        assert await target.delete("damaged") is True  # or a delete of that key removes it
-        assert (await copy(source, target)).ok
+        _damage(target, b"damaged")
+        counted = MetricsManager.get_instance().value("storage_corrupt_records", operation="migrate")
+        report = await copy(source, target)
+        assert (report.written, report.ok) == (3, True)
+        assert {k: v.data for k, v in (await target.load_many(["a", "damaged", "z"])).items()} == {
+            "a": 1,
+            "damaged": 2,
+            "z": 3,
+        }
+        assert "migrate skipped the record under key 'damaged'" in caplog.text
+        assert MetricsManager.get_instance().value("storage_corrupt_records", operation="migrate") == counted + 1
+        await target.check(repair=True)  # the damaged record's own index entries could not be tied to it
+        assert (await target.check()).ok and (await copy(source, target)).unchanged == 3
     finally:
         await target.cleanup()
+
+
+async def test_a_damaged_record_in_the_source_is_reported_and_never_pruned(tmp_path: Path) -> None:
+    source = LmdbStorageProvider(tmp_path / "source")
+    target = MemoryStorageProvider()
+    try:
+        await source.save_many({"a": 1, "bad": 2}, "doc")
+        assert (await copy(source, target)).ok
+        _damage(source, b"bad")
+        report = await copy(source, target)  # the source's search passes over it; the verification names it
+        assert (report.read, report.ok) == (1, False)
+        assert report.problems[0] == "damaged in source: 'bad'"
+        assert await prune(source, target) == 0  # the target's copy may be all that is left of it
+        assert (await target.load("bad")).data == 2
+    finally:
+        await source.cleanup()

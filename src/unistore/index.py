@@ -131,7 +131,7 @@ CORRUPT_RECORDS = "storage_corrupt_records"
 
 
 def skipped(what: str, why: object, operation: str = "search") -> None:
-    """Report damage that ``operation`` (``"search"`` or ``"delete_matching"``) met and
+    """Report damage that ``operation`` (``"search"``, ``"delete_matching"`` or ``"migrate"``) met and
     passed over (``what``: "the record under key 'k'", or an index entry): an ERROR on
     the ``unistore.index`` logger naming it, and one more in the process-wide
     ``storage_corrupt_records`` counter. `unistore check` reports it too, and

@@ -111,7 +111,7 @@ STANDARD_METRICS: dict[str, MetricInfo] = {
         "counter",
         "{record}",
         ("operation",),
-        "Damaged records and index entries that searches and deletes by query passed over, by operation.",
+        "Damaged records and index entries that searches, deletes by query and migrations passed over, by operation.",
     ),
 }
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codec import item_record
-from .errors import ValidationError
-from .index import CompiledQuery, compile_query
+from .errors import ItemNotFoundError, StorageCorruptionError, ValidationError
+from .index import CompiledQuery, compile_query, skipped
 from .model import StorageItem, StorageQuery, now_micros, validate_time
 from .providers.base import StorageProvider
 
@@ -101,7 +101,8 @@ async def copy(
     under the same keys, and the items that are missing or differ are written
     in one :meth:`~StorageProvider.restore_many` call (atomic per batch; per
     shard on a Redis Cluster). An item under the same key in ``target`` is
-    replaced; items of ``target`` the query does not reach are left alone.
+    replaced, and so is a record there that does not decode (reported as a
+    search reports one); items of ``target`` the query does not reach are left alone.
 
     Args:
         source: the provider to read.
@@ -126,7 +127,7 @@ async def copy(
     total = await _count(source, compiled) if progress is not None else None
     read = written = unchanged = 0
     async with contextlib.aclosing(_lookups(source, target, compiled, batch_size)) as lookups:
-        async for batch, found in lookups:
+        async for batch, found, _ in lookups:
             read += len(batch)
             changed = [item for item in batch if not _same(item, found.get(item.metadata.key))]
             if changed:
@@ -165,9 +166,9 @@ async def prune(
     compiled = _checked(source, target, query, batch_size, None)
     deleted = 0
     async with contextlib.aclosing(_lookups(target, source, compiled, batch_size)) as lookups:
-        async for batch, found in lookups:
-            held = _matching(compiled, found)
-            gone = [item.metadata.key for item in batch if item.metadata.key not in held]
+        async for batch, found, damaged in lookups:
+            held = _matching(compiled, found)  # a damaged record in the source may be its item: kept
+            gone = [key for key in (item.metadata.key for item in batch) if key not in held and key not in damaged]
             if gone:
                 deleted += await target.delete_many(gone)
     return deleted
@@ -209,13 +210,34 @@ async def _batches(
 
 async def _lookups(
     reading: StorageProvider[Any], other: StorageProvider[Any], compiled: CompiledQuery, size: int
-) -> AsyncGenerator[tuple[list[StorageItem[Any]], dict[str, StorageItem[Any]]], None]:
+) -> AsyncGenerator[tuple[list[StorageItem[Any]], dict[str, StorageItem[Any]], set[str]], None]:
     """The items ``compiled`` matches in ``reading``, a batch at a time, each with what
-    ``other`` holds under the batch's keys (one bulk read): the one loop that copying,
-    verifying and pruning share."""
+    ``other`` holds under the batch's keys and which of them hold a record that does not
+    decode (see :func:`_held`): the one loop that copying, verifying and pruning share."""
     async with contextlib.aclosing(_batches(reading, compiled, size)) as batches:
         async for batch in batches:
-            yield batch, await other.load_many([item.metadata.key for item in batch])
+            yield batch, *await _held(other, [item.metadata.key for item in batch])
+
+
+async def _held(provider: StorageProvider[Any], keys: list[str]) -> tuple[dict[str, StorageItem[Any]], set[str]]:
+    """What ``provider`` holds under ``keys`` (one bulk read), and the keys whose record
+    there does not decode: a bulk read that meets one fails whole, so the batch is then
+    read again a key at a time, and each damaged record reported as a search reports one."""
+    try:
+        return await provider.load_many(keys), set()
+    except StorageCorruptionError:
+        pass
+    found: dict[str, StorageItem[Any]] = {}
+    damaged: set[str] = set()
+    for key in keys:
+        try:
+            found[key] = await provider.load(key)
+        except ItemNotFoundError:
+            pass
+        except StorageCorruptionError as exc:
+            skipped(f"the record under key {key!r}", exc, "migrate")
+            damaged.add(key)
+    return found, damaged
 
 
 async def _count(provider: StorageProvider[Any], compiled: CompiledQuery) -> int:
@@ -270,19 +292,23 @@ async def _compare(
     batch_size: int,
     missing: _Findings,
     differing: _Findings | None,
+    damaged: _Findings,
 ) -> int:
     """Look each item ``compiled`` matches in ``reading`` up in ``other``: note those it lacks
-    (unless they have expired since) and, given ``differing``, those it holds otherwise;
-    without ``differing``, an item ``other`` holds that the query no longer matches is lacking.
-    Returns how many items ``reading`` holds (those that expired meanwhile left out)."""
+    (unless they have expired since), those whose record there does not decode, and, given
+    ``differing``, those it holds otherwise; without ``differing``, an item ``other`` holds
+    that the query no longer matches is lacking. Returns how many items ``reading`` holds
+    (those that expired meanwhile left out)."""
     count = 0
     async with contextlib.aclosing(_lookups(reading, other, compiled, batch_size)) as lookups:
-        async for batch, found in lookups:
+        async for batch, found, unreadable in lookups:
             # Only presence asked: an item that left the query is absent.
             held = found if differing is not None else _matching(compiled, found)
             for item in batch:
                 there = held.get(item.metadata.key)
-                if there is None:
+                if item.metadata.key in unreadable:
+                    damaged.add(item.metadata.key)
+                elif there is None:
                     if _expired(item):
                         continue
                     missing.add(item.metadata.key)
@@ -306,9 +332,10 @@ async def _verify(
         _Findings("differs in target"),
         _Findings("only in target"),
     )
-    in_source = await _compare(source, target, compiled, batch_size, missing, differing)
-    in_target = await _compare(target, source, compiled, batch_size, extra, None)
-    problems = missing.lines() + differing.lines() + extra.lines()
+    damaged_target, damaged_source = _Findings("damaged in target"), _Findings("damaged in source")
+    in_source = await _compare(source, target, compiled, batch_size, missing, differing, damaged_target)
+    in_target = await _compare(target, source, compiled, batch_size, extra, None, damaged_source)
+    problems = missing.lines() + differing.lines() + damaged_target.lines() + extra.lines() + damaged_source.lines()
     if problems:
         problems.append(f"counts: {in_source} matching items in the source, {in_target} in the target")
     return problems
