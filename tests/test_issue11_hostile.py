@@ -18,7 +18,6 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from unistore import (
-    StorageCorruptionError,
     StorageError,
     StorageItem,
     StorageMetadata,

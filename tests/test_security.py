@@ -4,6 +4,7 @@ behind a password and an ACL user fenced to its keys, and nothing unpickles."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import pickle
@@ -101,6 +102,78 @@ def test_the_modes_hold_in_a_fresh_process_whose_umask_is_0(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert _mode(tmp_path / "cli") == 0o700
     assert {p.name: _mode(p) for p in (tmp_path / "cli").iterdir()} == {"data.mdb": 0o600, "lock.mdb": 0o600}
+
+
+#: Watches a file from another process (no GIL shared with the copy), printing every
+#: mode it saw once ``done`` appears beside it.
+_WATCHER = """
+import os, stat, sys, time
+path, done = sys.argv[1], sys.argv[2]
+seen = set()
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not os.path.exists(done):
+    try:
+        seen.add(stat.S_IMODE(os.stat(path).st_mode))
+    except FileNotFoundError:
+        pass
+print(sorted(seen))
+"""
+
+
+@pytest.mark.watchdog(120)
+async def test_a_backup_is_private_from_the_moment_it_exists(tmp_path: Path) -> None:
+    # Issue 12: LMDB's copy made data.mdb 0644 (less the umask) and the chmod came after
+    # the copy, so a backup into an existing readable directory could be read meanwhile.
+    provider = LmdbStorageProvider(tmp_path / "store", durability="none")
+    await provider.save_many({f"k{number}": "x" * 1000 for number in range(20_000)}, "t")  # ~30 MB to copy
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dest.chmod(0o755)
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WATCHER, str(dest / "data.mdb"), str(tmp_path / "done"), stdout=subprocess.PIPE
+    )
+    try:
+        await provider.backup(dest)
+    finally:
+        (tmp_path / "done").touch()
+        seen, _ = await watcher.communicate()
+        await provider.cleanup()
+    assert seen.decode().strip() == str([0o600])
+
+
+_FULL_DISK = """
+import asyncio, os, resource, signal, sys
+from unistore import StorageError
+from unistore.providers import LmdbStorageProvider
+
+async def main():
+    provider = LmdbStorageProvider(sys.argv[1])
+    await provider.save_many({f"k{number}": "x" * 1000 for number in range(2000)}, "t")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+    for dest, compact in ((sys.argv[2], False), (sys.argv[3], True)):
+        try:
+            await provider.backup(dest, compact=compact)
+        except StorageError as exc:
+            print(type(exc).__name__, sorted(os.listdir(dest)))
+    await provider.cleanup()
+
+asyncio.run(main())
+"""
+
+
+def test_a_backup_that_cannot_be_written_whole_leaves_no_file(tmp_path: Path) -> None:
+    """A full disk (a file size limit here) fails the backup with a StorageError and
+    removes what it had written: a half copy must not be taken for a backup."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path / "store"), str(tmp_path / "a"), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["StorageError []", "StorageError []"]
 
 
 # -- namespaces: no key or pattern reaches another's items ---------------------------

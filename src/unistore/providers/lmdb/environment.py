@@ -528,13 +528,18 @@ class SharedEnvironment:
         if compact:  # in a read transaction of ours: the gate then knows a copy is running
             self.read(lambda txn, dbs: _compact_copy(txn, dbs, target, self.env.info()["map_size"]))
             return
+        # Made private by this open (LMDB's own copy makes it 0644 less the umask), never
+        # through a link, and never over a file already there.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(os.path.join(target, b"data.mdb"), flags, 0o600)
         self.gate.enter()
         try:
-            self.env.copy(target)  # LMDB takes its own read transaction
+            self.env.copyfd(fd)  # LMDB takes its own read transaction
         except lmdb.Error as exc:
             raise translate(exc) from exc
         finally:
             self.gate.leave()
+            os.close(fd)
 
     # -- fork -------------------------------------------------------------------
 

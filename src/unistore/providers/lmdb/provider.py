@@ -260,8 +260,16 @@ def _backup(shared: SharedEnvironment, dest: str | os.PathLike[str], compact: bo
         make_private_directory(target)
     except OSError as exc:
         raise StorageError(f"backup: cannot create the directory {target!r}: {exc}") from exc
-    shared.copy_to(target, compact)
-    os.chmod(data, 0o600)  # LMDB writes the copy as 0644 less the umask: keep it private
+    written = False
+    try:
+        shared.copy_to(target, compact)  # data.mdb is made 0600 (never wider for a moment)
+        written = True
+    except OSError as exc:  # the file could not be made
+        raise StorageError(f"backup: cannot write {data!r}: {exc}") from exc
+    finally:
+        if not written:  # nothing half-written is left to be taken for a backup
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(data)
 
 
 __all__ = ["LmdbStorageProvider", "existing_store", "store_namespaces"]
