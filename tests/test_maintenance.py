@@ -233,7 +233,7 @@ async def test_lmdb_backup_copies_every_namespace_and_compacts(tmp_path: Path) -
         with pytest.raises(ValidationError, match="already holds a store"):
             await provider.backup(tmp_path / f"link{compact}", compact=compact)
         assert not (tmp_path / "nowhere").exists()
-        with pytest.raises(StorageError, match="LMDB failed") as failed:  # no file can be made in /proc
+        with pytest.raises(StorageError, match=r"LMDB failed|cannot write") as failed:  # no file can be made in /proc
             await provider.backup("/proc/self", compact=compact)
         assert failed.value.__cause__ is not None
     await provider.cleanup()
