@@ -1,11 +1,12 @@
 """Load: 8 concurrent tasks of mixed operations per provider through the manager, every
 observation checked against each task's own model and the manager's operation counters
-adding up exactly to the operations made; and 4 processes on one LMDB store.
+adding up exactly to the operations made; and the same 8 tasks spread over 4 processes
+on one LMDB store.
 
-The issue asks for 8 tasks x 10k operations per provider. Measured on the 2-core CI
-machine that is far past the budget on the network providers (a Redis round trip costs
-~250 us here), so CI runs OPS operations per task (below) and the scheduled long run sets
-``UNISTORE_LOAD_OPS=10000`` for the full size."""
+Issue 12 asks for 8 tasks x 10k operations per provider. ``scripts/test`` runs that size
+once, on the native core and without coverage, through ``scripts/long``
+(``UNISTORE_LOAD_OPS=10000``); the two runs under coverage run the same tests at CI_OPS
+operations per task, which covers every line for a fraction of the time."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from unistore.metrics import MetricsManager
 from unistore.providers import LmdbStorageProvider, MemoryStorageProvider, RedisStorageProvider
 
 TASKS = 8
+PROCESSES = 4
+TASKS_PER_PROCESS = TASKS // PROCESSES
 FULL = os.environ.get("UNISTORE_LOAD_OPS")
 #: Operations per task in CI, per provider (see the module's docstring).
 CI_OPS = {"memory": 1000, "lmdb": 400, "redis": 150, "redis-cluster": 60}
@@ -85,9 +88,11 @@ async def _task(manager: UnifiedStorageManager, number: int, ops: int, made: Cou
     return model
 
 
-async def _run(manager: UnifiedStorageManager, ops: int, first_task: int = 0) -> tuple[dict[str, Any], Counter[str]]:
+async def _run(
+    manager: UnifiedStorageManager, ops: int, first_task: int = 0, tasks: int = TASKS
+) -> tuple[dict[str, Any], Counter[str]]:
     made: Counter[str] = Counter()
-    models = await asyncio.gather(*(_task(manager, first_task + n, ops, made) for n in range(TASKS)))
+    models = await asyncio.gather(*(_task(manager, first_task + n, ops, made) for n in range(tasks)))
     model = {k: v for part in models for k, v in part.items()}
     return model, made
 
@@ -137,14 +142,15 @@ async def test_eight_tasks_of_mixed_operations(kind: str, tmp_path: Path, reques
 
 
 def _process(path: str, number: int, ops: int) -> None:
-    """One of the processes sharing a store: its own manager and counters, checked here."""
+    """One of the processes sharing a store, running its share of the 8 tasks: its own
+    manager and counters, checked here."""
     signal.alarm(300)
 
     async def main() -> None:
         metrics = MetricsManager()
         async with UnifiedStorageManager(metrics=metrics) as manager:
             manager.register_provider("load", LmdbStorageProvider(path, namespace="shared"))
-            model, made = await _run(manager, ops, first_task=number * TASKS)
+            model, made = await _run(manager, ops, first_task=number * TASKS_PER_PROCESS, tasks=TASKS_PER_PROCESS)
             _assert_counted(metrics, made)
             await manager.save(f"done{number}", model, "load")
 
@@ -156,16 +162,16 @@ def test_four_processes_on_one_lmdb_store(tmp_path: Path) -> None:
     store = tmp_path / "store"
     engine = LmdbStorageProvider(store, namespace="shared").engine
     engine.save("parent", 1, "load")  # the store is open in the parent when it forks
-    ops = int(FULL) if FULL else 100  # per task, 8 tasks per process
+    ops = int(FULL) if FULL else CI_OPS["lmdb"]  # per task
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_process, args=(str(store), n, ops)) for n in range(4)]
+    processes = [context.Process(target=_process, args=(str(store), n, ops)) for n in range(PROCESSES)]
     for process in processes:
         process.start()
     for process in processes:
         process.join(timeout=500)
         assert process.exitcode == 0
     expected: dict[str, Any] = {"parent": 1}
-    for number in range(4):
+    for number in range(PROCESSES):
         model = engine.load(f"done{number}").data
         expected.update(model)
         expected[f"done{number}"] = model
