@@ -302,8 +302,11 @@ class RedisStorageProvider(StorageProvider[Any]):
         return groups
 
     async def cleanup(self) -> None:
-        """Close the connection pool; the provider reconnects on next use. (A pool made
-        in another event loop or process cannot be closed from here: it is dropped.)"""
+        """Close the connection pool; the provider reconnects on next use. Commands
+        already sent are answered first; an operation under way that needs another (a
+        search's next chunk) fails with a StorageError saying the provider was closed.
+        (A pool made in another event loop or process cannot be closed from here: it is
+        dropped.)"""
         connection = self._connections.pop(asyncio.get_running_loop(), None)
         if connection is not None and connection.pid == os.getpid():
             await connection.close()
