@@ -606,3 +606,27 @@ async def test_cleanup_closes_every_connection(redis_port: int, redis_cluster: l
             assert len([r async for r in provider.search(StorageQuery(pattern="k*"))]) == 10
             await provider.cleanup()
     assert connected() == before
+
+
+async def test_cleanup_waits_for_a_command_under_way_and_closes_even_when_cancelled(redis_port: int) -> None:
+    def connected() -> int:
+        with redis.Redis(port=redis_port) as admin:
+            return int(admin.info("clients")["connected_clients"]) - 1  # less this one
+
+    before = connected()
+    provider = RedisStorageProvider({"port": redis_port, "namespace": uuid.uuid4().hex})
+    await provider.save("k", 1, "t")
+    connection = await provider._connection()
+    async with connection.step():  # a command under way, as a search's chunk read is
+        closing = asyncio.ensure_future(provider.cleanup())
+        await asyncio.sleep(0.05)
+        assert not closing.done() and connected() == before + 1  # it waits; nothing closed yet
+        with pytest.raises(StorageError, match=r"closed \(cleanup\) during this operation"):
+            async with connection.step():  # no new step once the close has begun
+                pass
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+    assert connected() == before  # closed all the same
+    assert (await provider.load("k")).data == 1  # and the next operation connects again
+    await provider.cleanup()

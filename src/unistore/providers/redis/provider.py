@@ -689,11 +689,13 @@ class _Connection:
         would be retried by redis-py on new connections of a closed client, which then
         leak), and close the client."""
         self.closed = True
-        while self.busy:
-            self.idle.clear()
-            await self.idle.wait()
-        with _translated():
-            await self.closer.aclose()
+        try:
+            while self.busy:
+                self.idle.clear()
+                await self.idle.wait()
+        finally:  # closed even when the wait is cancelled
+            with _translated():
+                await self.closer.aclose()
 
 
 def _failed(task: asyncio.Task[None]) -> bool:
