@@ -119,9 +119,9 @@ def test_load_many_raw_lmdb_gets_unpackb_one_txn(
 
 @pytest.mark.benchmark(group="load-many-1000")
 def test_load_many_engine(
-    benchmark: Any, bulk_manager: UnifiedStorageManager, load_keys: list[str], record: dict[str, Any]
+    benchmark: Any, bulk_manager: UnifiedStorageManager, workdir: Path, load_keys: list[str], record: dict[str, Any]
 ) -> None:
-    engine = bulk_manager._provider("user").engine  # type: ignore[attr-defined]
+    engine = LmdbStorageProvider(workdir / "bulk", namespace="bench", durability="none").engine  # the same store
     benchmark.extra_info["batch"] = LOADS
     found = benchmark(engine.load_many, load_keys)
     assert len(found) == LOADS and found[load_keys[0]].data == record
