@@ -20,6 +20,7 @@ plan's candidates, fetch by id or key, and its write transaction.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import struct
@@ -128,6 +129,9 @@ _logger = logging.getLogger(__name__)
 
 #: The counter of damaged records and index entries that searches skipped (see :func:`skipped`).
 CORRUPT_RECORDS = "storage_corrupt_records"
+#: Set by a caller that must know which damaged records its searches passed over (a
+#: migration's verification): the key of each is added to the set.
+damage_met: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("damage_met", default=None)
 
 
 def skipped(what: str, why: object, operation: str = "search") -> None:
@@ -168,7 +172,11 @@ def _around_damage(
         bad = start + failed.details["index"]
         why = failed.__cause__ if isinstance(failed.__cause__, PAYLOAD_ERRORS) else failed  # the decoder's own words
         found += pick(records[start:bad], start, -1 if limit is None else limit - len(found))
-        skipped(f"the record under key {_key_text(candidates[bad][0], name)!r}, which does not decode", why, operation)
+        key = _key_text(candidates[bad][0], name)
+        met = damage_met.get()
+        if met is not None:
+            met.add(str(key))
+        skipped(f"the record under key {key!r}, which does not decode", why, operation)
         start = bad + 1
         try:
             return found + pick(records[start:], start, -1 if limit is None else limit - len(found))

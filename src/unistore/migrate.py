@@ -33,7 +33,7 @@ from typing import Any
 
 from .codec import item_record
 from .errors import ItemNotFoundError, StorageCorruptionError, ValidationError
-from .index import CompiledQuery, compile_query, skipped
+from .index import CompiledQuery, compile_query, damage_met, skipped
 from .model import StorageItem, StorageQuery, now_micros, validate_time
 from .providers.base import StorageProvider
 
@@ -274,8 +274,12 @@ class _Findings:
         self.what = what
         self.named: list[str] = []
         self.count = 0
+        self.keys: set[str] = set()
 
     def add(self, key: str) -> None:
+        if key in self.keys:
+            return
+        self.keys.add(key)
         self.count += 1
         if len(self.named) < NAMED_PROBLEMS:
             self.named.append(f"{self.what}: {key!r}")
@@ -333,8 +337,15 @@ async def _verify(
         _Findings("only in target"),
     )
     damaged_target, damaged_source = _Findings("damaged in target"), _Findings("damaged in source")
-    in_source = await _compare(source, target, compiled, batch_size, missing, differing, damaged_target)
+    passed_over: set[str] = set()  # the damaged records the source's search passed over
+    token = damage_met.set(passed_over)
+    try:
+        in_source = await _compare(source, target, compiled, batch_size, missing, differing, damaged_target)
+    finally:
+        damage_met.reset(token)
     in_target = await _compare(target, source, compiled, batch_size, extra, None, damaged_source)
+    for key in sorted(passed_over):
+        damaged_source.add(key)
     problems = missing.lines() + differing.lines() + damaged_target.lines() + extra.lines() + damaged_source.lines()
     if problems:
         problems.append(f"counts: {in_source} matching items in the source, {in_target} in the target")

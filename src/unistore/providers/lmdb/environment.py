@@ -515,11 +515,12 @@ class SharedEnvironment:
 
     # -- backup -----------------------------------------------------------------
 
-    def copy_to(self, dest: str, compact: bool) -> None:
+    def copy_to(self, dest: str, compact: bool, fd: int) -> None:
         """Write a consistent copy of the whole store (every namespace) into the
-        directory ``dest`` (existing, with no ``data.mdb``), while others read and
-        write. ``compact``: leave out free pages and renumber the rest, so the copy
-        is as small as its live data (LMDB's own file never shrinks).
+        directory ``dest``, whose ``data.mdb`` the caller has just made (empty, open as
+        ``fd``), while others read and write. ``compact``: leave out free pages and
+        renumber the rest, so the copy is as small as its live data (LMDB's own file
+        never shrinks).
 
         Raises:
             StorageError: LMDB could not write the copy.
@@ -528,10 +529,6 @@ class SharedEnvironment:
         if compact:  # in a read transaction of ours: the gate then knows a copy is running
             self.read(lambda txn, dbs: _compact_copy(txn, dbs, target, self.env.info()["map_size"]))
             return
-        # Made private by this open (LMDB's own copy makes it 0644 less the umask), never
-        # through a link, and never over a file already there.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        fd = os.open(os.path.join(target, b"data.mdb"), flags, 0o600)
         self.gate.enter()
         try:
             self.env.copyfd(fd)  # LMDB takes its own read transaction
@@ -539,7 +536,6 @@ class SharedEnvironment:
             raise translate(exc) from exc
         finally:
             self.gate.leave()
-            os.close(fd)
 
     # -- fork -------------------------------------------------------------------
 

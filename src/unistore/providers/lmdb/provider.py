@@ -254,22 +254,31 @@ def _backup(shared: SharedEnvironment, dest: str | os.PathLike[str], compact: bo
     (the store itself included)."""
     target = _real_path(dest)
     data = os.path.join(target, "data.mdb")
+    taken = f"backup: {target!r} already holds a store (a data.mdb); choose a new directory"
     if os.path.lexists(data):  # a dangling link too: the copy would be written where it points
-        raise ValidationError(f"backup: {target!r} already holds a store (a data.mdb); choose a new directory")
+        raise ValidationError(taken)
     try:
         make_private_directory(target)
     except OSError as exc:
         raise StorageError(f"backup: cannot create the directory {target!r}: {exc}") from exc
-    written = False
+    # Made here, private (LMDB's own copy makes it 0644 less the umask), never through a
+    # link, and never over a file already there: of backups into one directory at once,
+    # one makes it and the others are refused; only the one that made it removes it.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        shared.copy_to(target, compact)  # data.mdb is made 0600 (never wider for a moment)
-        written = True
+        fd = os.open(data, flags, 0o600)
+    except FileExistsError:  # another backup made it since the check above
+        raise ValidationError(taken) from None
     except OSError as exc:  # the file could not be made
         raise StorageError(f"backup: cannot write {data!r}: {exc}") from exc
+    try:
+        shared.copy_to(target, compact, fd)
+    except BaseException:  # nothing half-written is left to be taken for a backup
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(data)
+        raise
     finally:
-        if not written:  # nothing half-written is left to be taken for a backup
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(data)
+        os.close(fd)
 
 
 __all__ = ["LmdbStorageProvider", "existing_store", "store_namespaces"]

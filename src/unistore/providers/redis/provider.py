@@ -147,6 +147,8 @@ class RedisStorageProvider(StorageProvider[Any]):
         self._prefixes = [layout.shard_prefix(namespace_bytes, shard, shards) for shard in range(shards)]
         self._shards_key = layout.shards_key(namespace_bytes)
         self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}  # by the event loop using it
+        #: The closes cleanup() has begun and that have not ended (any cleanup of their loop waits for them).
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> RedisStorageProvider:
@@ -233,9 +235,9 @@ class RedisStorageProvider(StorageProvider[Any]):
                         ("purge", scripts.PURGE),
                     )
                 },
-                loop.create_task(self._check_shards(client)),
                 closer,
             )
+            connection.ready = loop.create_task(self._check_shards(connection))
             self._connections[loop] = connection
         await asyncio.shield(connection.ready)  # a caller cancelled meanwhile does not cancel the others' wait
         return connection
@@ -269,12 +271,12 @@ class RedisStorageProvider(StorageProvider[Any]):
             return aioredis.Redis.from_url(self._url, **options)
         return aioredis.Redis(**options)
 
-    async def _check_shards(self, client: aioredis.Redis) -> None:
+    async def _check_shards(self, connection: _Connection) -> None:
         """Record the namespace's shard count, or refuse another: items go to the shard
         their key hashes to, so another count would not find them. A client that
         fails here is closed (the next operation makes a new one)."""
         try:
-            with _translated():
+            async with connection.step() as client:  # a step: a cleanup meanwhile waits for it
                 before: Any = await client.set(self._shards_key, self.shards, nx=True, get=True)  # one atomic step
             try:
                 recorded = self.shards if before is None else int(before)
@@ -288,7 +290,7 @@ class RedisStorageProvider(StorageProvider[Any]):
                     f"namespace {self.namespace!r} is split over {recorded} shards; open it with shards={recorded}"
                 )
         except BaseException:
-            await client.aclose()
+            await connection.client.aclose()
             raise
 
     def _shard(self, key_bytes: bytes) -> int:
@@ -307,9 +309,14 @@ class RedisStorageProvider(StorageProvider[Any]):
         search's next chunk) fails with a StorageError saying the provider was closed.
         (A pool made in another event loop or process cannot be closed from here: it is
         dropped.)"""
-        connection = self._connections.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        connection = self._connections.pop(loop, None)
         if connection is not None and connection.pid == os.getpid():
-            await connection.close()
+            closing = loop.create_task(connection.close())  # runs to its end even if this cleanup is cancelled
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        for closing in [closing for closing in self._closing if closing.get_loop() is loop]:
+            await asyncio.shield(closing)  # this close and any another cleanup began: none left open
 
     # -- writes --------------------------------------------------------------------------
 
@@ -656,8 +663,9 @@ class _Connection:
     client: Any
     pid: int
     scripts: dict[str, Any]
-    ready: asyncio.Task[None]
     closer: AsyncGenerator[None, None]
+    #: The first check (:meth:`RedisStorageProvider._check_shards`), itself a step.
+    ready: asyncio.Task[None] = dataclasses.field(init=False)
     closed: bool = False
     #: Steps under way, and set when there are none (what :meth:`close` waits for).
     busy: int = 0
@@ -687,7 +695,8 @@ class _Connection:
     async def close(self) -> None:
         """Refuse new steps, let those under way finish (a command cut off by the close
         would be retried by redis-py on new connections of a closed client, which then
-        leak), and close the client."""
+        leak), and close the client. Run as a task of its own (see cleanup()), so that a
+        cancelled cleanup does not cut it short; cancelled only when its loop ends."""
         self.closed = True
         try:
             while self.busy:
