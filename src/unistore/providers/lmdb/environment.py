@@ -516,9 +516,9 @@ class SharedEnvironment:
     # -- backup -----------------------------------------------------------------
 
     def copy_to(self, dest: str, compact: bool, fd: int) -> None:
-        """Write a consistent copy of the whole store (every namespace) into the
-        directory ``dest``, whose ``data.mdb`` the caller has just made (empty, open as
-        ``fd``), while others read and write. ``compact``: leave out free pages and
+        """Write a consistent copy of the whole store (every namespace) into the file
+        ``dest``, which the caller has just made (empty, open as ``fd``), while others
+        read and write: it is a ``data.mdb``. ``compact``: leave out free pages and
         renumber the rest, so the copy is as small as its live data (LMDB's own file
         never shrinks).
 
@@ -583,10 +583,10 @@ def _holds_data(data: str) -> bool:
 
 
 def _compact_copy(txn: Any, dbs: Databases, target: bytes, map_size: int) -> None:
-    """Write what ``txn`` sees of every database into a new store in ``target``, entry by
+    """Write what ``txn`` sees of every database into the empty file ``target``, entry by
     entry in key order: the copy has no free pages. (LMDB's own compacting copy is not
     used: in py-lmdb 3.0.0 it dies of SIGSEGV once a posting list holds some 600 ids.)"""
-    out = lmdb.open(target, map_size=map_size, max_dbs=len(DATABASES), mode=0o600, lock=False)
+    out = lmdb.open(target, map_size=map_size, max_dbs=len(DATABASES), mode=0o600, lock=False, subdir=False)
     try:  # (an lmdb.Error here is translated by the read transaction this runs in)
         copied = open_databases(out)  # the same databases, flags and format record
         with out.begin(write=True) as into:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -261,24 +262,26 @@ def _backup(shared: SharedEnvironment, dest: str | os.PathLike[str], compact: bo
         make_private_directory(target)
     except OSError as exc:
         raise StorageError(f"backup: cannot create the directory {target!r}: {exc}") from exc
-    # Made here, private (LMDB's own copy makes it 0644 less the umask), never through a
-    # link, and never over a file already there: of backups into one directory at once,
-    # one makes it and the others are refused; only the one that made it removes it.
+    # Written under a name of its own, made here: private (LMDB's own copy makes it 0644
+    # less the umask) and never through a link. Linked as data.mdb only once whole, so a
+    # backup that fails or is killed part-way never leaves a data.mdb to be taken for a
+    # backup; of backups into one directory at once, the first to finish is kept and the
+    # others are refused.
+    partial = os.path.join(target, f".data.mdb.partial-{os.getpid()}-{uuid.uuid4().hex}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(data, flags, 0o600)
-    except FileExistsError:  # another backup made it since the check above
-        raise ValidationError(taken) from None
+        fd = os.open(partial, flags, 0o600)
     except OSError as exc:  # the file could not be made
-        raise StorageError(f"backup: cannot write {data!r}: {exc}") from exc
+        raise StorageError(f"backup: cannot write into {target!r}: {exc}") from exc
     try:
-        shared.copy_to(target, compact, fd)
-    except BaseException:  # nothing half-written is left to be taken for a backup
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(data)
-        raise
+        shared.copy_to(partial, compact, fd)
+        try:
+            os.link(partial, data)
+        except FileExistsError:  # another backup finished first
+            raise ValidationError(taken) from None
     finally:
         os.close(fd)
+        os.remove(partial)
 
 
 __all__ = ["LmdbStorageProvider", "existing_store", "store_namespaces"]
