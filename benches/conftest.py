@@ -5,6 +5,7 @@ so per-operation figures are the round time divided by BATCH."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,12 @@ BATCH = 1000
 
 # RECORD: a typical record, about 200 bytes once packed; the same one `unistore bench` times.
 assert 180 <= len(msgpack.packb(RECORD)) <= 240
+
+
+@pytest.fixture(scope="session")
+def large_items() -> int:
+    """Items in the searches' large stores ("200k"): ``UNISTORE_BENCH_LARGE_ITEMS``, 200,000 by default."""
+    return int(os.environ.get("UNISTORE_BENCH_LARGE_ITEMS", "200000"))
 
 
 @pytest.fixture(scope="session")

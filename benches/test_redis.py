@@ -250,8 +250,10 @@ def store_20k(redis_port: int, loop: asyncio.AbstractEventLoop, record: dict[str
 
 
 @pytest.fixture(scope="module")
-def store_200k(redis_port: int, loop: asyncio.AbstractEventLoop, record: dict[str, Any]) -> Iterator[SearchStore]:
-    store = SearchStore(redis_port, 200_000, loop, record)
+def store_200k(
+    redis_port: int, loop: asyncio.AbstractEventLoop, record: dict[str, Any], large_items: int
+) -> Iterator[SearchStore]:
+    store = SearchStore(redis_port, large_items, loop, record)
     yield store
     run(loop, store.manager.cleanup)
 

@@ -46,8 +46,8 @@ def store_20k(workdir: Path, record: dict[str, Any]) -> Iterator[LmdbEngine]:
 
 
 @pytest.fixture(scope="module")
-def store_200k(workdir: Path, record: dict[str, Any]) -> Iterator[LmdbEngine]:
-    engine = fill(workdir / "search200k", 200_000, record)
+def store_200k(workdir: Path, record: dict[str, Any], large_items: int) -> Iterator[LmdbEngine]:
+    engine = fill(workdir / "search200k", large_items, record)
     yield engine
     engine.close()
 

@@ -26,7 +26,7 @@ settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 settings.register_profile(
-    "ci", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 settings.register_profile(  # under valgrind every example costs ~50x: fewer of them, still all paths
     "valgrind", max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
