@@ -107,18 +107,23 @@ def test_the_modes_hold_in_a_fresh_process_whose_umask_is_0(tmp_path: Path) -> N
     assert {p.name: _mode(p) for p in (tmp_path / "cli").iterdir()} == {"data.mdb": 0o600, "lock.mdb": 0o600}
 
 
-#: Watches a file from another process (no GIL shared with the copy), printing every
-#: mode it saw once ``done`` appears beside it.
+#: Watches every file in a directory from another process (no GIL shared with the copy),
+#: printing every mode it saw once ``done`` appears beside it.
 _WATCHER = """
 import os, stat, sys, time
-path, done = sys.argv[1], sys.argv[2]
+directory, done = sys.argv[1], sys.argv[2]
 seen = set()
+print("watching", flush=True)
 deadline = time.monotonic() + 60
-while time.monotonic() < deadline and not os.path.exists(done):
-    try:
-        seen.add(stat.S_IMODE(os.stat(path).st_mode))
-    except FileNotFoundError:
-        pass
+while time.monotonic() < deadline:
+    finished = os.path.exists(done)  # one more look after it: the backup's own file is seen
+    for entry in os.scandir(directory):
+        try:
+            seen.add(stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode))
+        except FileNotFoundError:
+            pass
+    if finished:
+        break
 print(sorted(seen))
 """
 
@@ -133,9 +138,10 @@ async def test_a_backup_is_private_from_the_moment_it_exists(tmp_path: Path) -> 
     dest.mkdir()
     dest.chmod(0o755)
     watcher = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _WATCHER, str(dest / "data.mdb"), str(tmp_path / "done"), stdout=subprocess.PIPE
+        sys.executable, "-c", _WATCHER, str(dest), str(tmp_path / "done"), stdout=subprocess.PIPE
     )
     try:
+        assert watcher.stdout is not None and await watcher.stdout.readline() == b"watching\n"
         await provider.backup(dest)
     finally:
         (tmp_path / "done").touch()
