@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from hypothesis import HealthCheck, settings
 
 from unistore import StorageProvider
@@ -202,6 +203,16 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     yield port
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture
+def raw(redis_port: int, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """A plain redis-py client of the session's server, on the database the test's module
+    names as ``DB`` (its own, so that modules never meet), emptied first."""
+    client = redis.Redis(port=redis_port, db=request.module.DB)
+    client.flushdb()
+    yield client
+    client.close()
 
 
 # -- providers -------------------------------------------------------------------

@@ -329,14 +329,6 @@ def test_an_integer_beyond_msgpack_says_so(value: int) -> None:
 
 
 @pytest.fixture
-def raw(redis_port: int) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_port, db=DB)
-    client.flushdb()
-    yield client
-    client.close()
-
-
-@pytest.fixture
 async def redis_provider(redis_port: int, raw: redis.Redis) -> AsyncIterator[RedisStorageProvider]:
     provider = RedisStorageProvider({"host": "127.0.0.1", "port": redis_port, "db": DB}, namespace="dmg")
     await provider.save_many({f"user:{n}": {"n": n} for n in range(20)}, "t", tags={"team": "a"})

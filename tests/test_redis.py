@@ -14,7 +14,7 @@ import re
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -41,14 +41,6 @@ from unistore.providers.redis import provider as redis_provider
 
 UTC = timezone.utc
 DB = 3  # this module's own database, emptied before each test
-
-
-@pytest.fixture
-def raw(redis_port: int) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=redis_port, db=DB)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 @pytest.fixture

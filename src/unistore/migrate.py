@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -268,25 +269,20 @@ def _expired(item: StorageItem[Any]) -> bool:
 
 
 class _Findings:
-    """The problems of one side of a verification: keys named up to a bound, the rest counted."""
+    """The problems of one side of a verification: each key once, in the order met;
+    named up to a bound, the rest counted."""
 
     def __init__(self, what: str) -> None:
         self.what = what
-        self.named: list[str] = []
-        self.count = 0
-        self.keys: set[str] = set()
+        self.keys: dict[str, None] = {}
 
     def add(self, key: str) -> None:
-        if key in self.keys:
-            return
-        self.keys.add(key)
-        self.count += 1
-        if len(self.named) < NAMED_PROBLEMS:
-            self.named.append(f"{self.what}: {key!r}")
+        self.keys[key] = None
 
     def lines(self) -> list[str]:
-        more = self.count - len(self.named)
-        return self.named + ([f"{self.what}: {more} more"] if more else [])
+        named = [f"{self.what}: {key!r}" for key in itertools.islice(self.keys, NAMED_PROBLEMS)]
+        more = len(self.keys) - len(named)
+        return named + ([f"{self.what}: {more} more"] if more else [])
 
 
 async def _compare(
