@@ -317,7 +317,7 @@ async def test_redis_clients_killed_at_random_moments_lose_nothing_acknowledged(
                 observed = observe([r async for r in provider.search(StorageQuery())])
 
                 def shard(key: str, provider: RedisStorageProvider = provider) -> int:
-                    return provider._shard(key.encode())
+                    return provider._shard(key.encode()).number
 
                 model = settle(model, in_flight, observed, shard, counts)
                 for op, size in batch_sizes(observed, in_flight).items():  # the index agrees

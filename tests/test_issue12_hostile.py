@@ -74,10 +74,10 @@ async def test_a_second_cleanup_returns_only_once_the_first_has_closed(redis_por
 async def test_a_cleanup_during_the_first_check_leaves_nothing_open(redis_port: int, admin: redis.Redis) -> None:
     before = _connected(admin)
     provider = RedisStorageProvider({"port": redis_port, "namespace": uuid.uuid4().hex})
-    # The first check (a SET recording the shard count) ran outside any step: a cleanup
-    # meanwhile closed the client under it, and redis-py's retry reopened a connection
-    # that nothing closed.
-    admin.client_pause(400, all=False)  # writes wait: the first check's SET is under way
+    # The first check (it reads the shard count and the maxmemory policy) ran outside any
+    # step: a cleanup meanwhile closed the client under it, and redis-py's retry reopened a
+    # connection that nothing closed.
+    admin.client_pause(400, all=True)  # every command waits: the first check's GET is under way
     loading = asyncio.ensure_future(provider.load("k"))
     await _until(_under_way(provider))
     await provider.cleanup()
@@ -159,7 +159,7 @@ def _damage(provider: StorageProvider[Any], key: str, redis_port: int) -> None:
         engine = provider.engine
         engine.write(lambda txn, dbs: txn.put(engine.record_key(key.encode()), b"garbage", db=dbs.records))
     elif isinstance(provider, RedisStorageProvider):
-        prefix = provider._prefixes[provider._shard(key.encode())]
+        prefix = provider._shard(key.encode()).prefix
         with redis.Redis(port=redis_port) as raw:
             assert raw.exists(redis_layout.record_key(prefix, key.encode()))
             raw.set(redis_layout.record_key(prefix, key.encode()), b"garbage")

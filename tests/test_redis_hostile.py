@@ -192,7 +192,7 @@ async def test_keys_with_braces_and_glob_characters_stay_in_their_shard_on_a_clu
     keys = ["{a}", "}{", "a{b}c*?[", "{", "}", "{}", "us{x}:r:k", "*", "\\", "[^a]", "é{ü}"]
     await provider.save_many({key: key for key in keys}, "t", tags={"{t}": "}"})
     for key in keys:  # the record lies in the slot of the shard it hashes to, not in a slot of its braces
-        prefix = provider._prefixes[provider._shard(key.encode())]
+        prefix = provider._shard(key.encode()).prefix
         assert cluster_raw.exists(layout.record_key(prefix, key.encode()))
         assert (await provider.load(key)).data == key
     escaped = "a\\{b}c\\*\\?\\["
@@ -288,8 +288,8 @@ async def test_a_scattered_search_passes_over_a_damaged_record_in_one_shard(
     assert isinstance(provider, RedisStorageProvider)
     made.append(provider)
     await provider.save_many({f"k{n}": n for n in range(2000)}, "t", tags={"a": "b"})
-    damaged = next(f"k{n}" for n in range(2000) if provider._shard(f"k{n}".encode()) == 2)
-    cluster_raw.set(layout.record_key(provider._prefixes[2], damaged.encode()), b"garbage")
+    damaged = next(f"k{n}" for n in range(2000) if provider._shard(f"k{n}".encode()).number == 2)
+    cluster_raw.set(layout.record_key(provider._shards[2].prefix, damaged.encode()), b"garbage")
     before = set(asyncio.all_tasks())
     for query in (StorageQuery(), StorageQuery(tags={"a": "b"})):
         caplog.clear()

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from unistore import index
 from unistore.codec import decode_item, prepare_save
 from unistore.model import now_micros
 from unistore.providers.redis import layout, scripts
@@ -94,45 +95,74 @@ def test_a_scan_pattern_never_reaches_another_namespace(client: redis.Redis) -> 
 
 
 class Shard:
-    """One namespace shard, written through the scripts as a provider will."""
+    """One namespace shard, written through the scripts as the provider writes it (each
+    script run again with the keys it asks for declared)."""
 
     def __init__(self, client: redis.Redis, namespace: bytes) -> None:
         self.client = client
         self.prefix = layout.shard_prefix(namespace, 0, 1)
-        self._save = client.register_script(scripts.SAVE)
-        self._delete = client.register_script(scripts.DELETE)
+        self.runs = 0  # round trips, counted
+
+    def run(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> list[Any]:
+        while True:
+            self.runs += 1
+            reply = self.client.evalsha(script.sha, len(keys), *keys, *args) if self.runs > 1 else None
+            if reply is None:
+                reply = self.client.eval(script.source, len(keys), *keys, *args)
+            if reply[0] == b"NEED":
+                keys = keys + reply[1:]
+                continue
+            assert reply[0] == b"OK", reply
+            return list(reply[1:])
+
+    def write_args(self, items: dict[str, Any], content_type: str, expires_at: datetime | None, now: int, **tags: str) -> tuple[list[bytes], list[Any], list[bytes]]:
+        keys, args, records = list(layout.shard_keys(self.prefix)), [self.prefix, now, 1, "1", len(items)], []
+        for key, data in items.items():
+            fields, record, _ = prepare_save(key, data, content_type, expires_at, tags).build(None, now, lambda: 0)
+            postings = [layout.posting_key(self.prefix, kind, term) for kind, term in index.postings(fields)]
+            keys += [layout.record_key(self.prefix, key.encode()), *postings]
+            args += [key, record, len(postings)]
+            records.append(record)
+        return keys, args, records
+
+    def save_many(
+        self, items: dict[str, Any], content_type: str, expires_at: datetime | None = None, now: int = 0, **tags: str
+    ) -> list[Any]:
+        now = now or now_micros()  # the scripts judge expiry by the now they are given
+        keys, args, records = self.write_args(items, content_type, expires_at, now, **tags)
+        patches = self.run(scripts.SAVE, keys, args)
+        return [
+            decode_item(record[:8] + patch + record[40:] if patch else record, key)
+            for record, patch, key in zip(records, patches, items, strict=True)
+        ]
 
     def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, now: int = 0, **tags: str
     ) -> Any:
-        now = now or now_micros()  # the scripts judge expiry by the now they are given
-        _, record, _ = prepare_save(key, data, content_type, expires_at, tags).build(None, now, lambda: 0)
-        [stored] = self._save(keys=[layout.record_key(self.prefix, key.encode())], args=[self.prefix, now, key, record])
-        return decode_item(stored, key)
+        [item] = self.save_many({key: data}, content_type, expires_at, now, **tags)
+        return item
 
-    def save_many(self, items: dict[str, Any], content_type: str, now: int = 0) -> list[Any]:
-        now = now or now_micros()
-        keys, args = [], [self.prefix, now]
-        for key, data in items.items():
-            _, record, _ = prepare_save(key, data, content_type).build(None, now, lambda: 0)
-            keys.append(layout.record_key(self.prefix, key.encode()))
-            args += [key, record]
-        return [decode_item(stored, key) for stored, key in zip(self._save(keys=keys, args=args), items, strict=True)]
-
-    def delete_many(self, keys: list[str], content_type: str = "", now: int = 0) -> int:
-        args = [self.prefix, now or now_micros(), content_type]
+    def delete_many(self, keys: list[str], content_type: str = "", now: int = 0, token: str = "t") -> int:
+        declared = [*layout.shard_keys(self.prefix)[1:], self.prefix + layout.TOKEN + token.encode()]
+        declared += [layout.record_key(self.prefix, key.encode()) for key in keys]
+        args: list[Any] = [self.prefix, now or now_micros(), content_type, len(keys)]
         for key in keys:
             args += [key, ""]
-        return int(self._delete(keys=[layout.record_key(self.prefix, key.encode()) for key in keys], args=args))
+        [count] = self.run(scripts.DELETE, declared, [*args, scripts.TOKEN_TTL_MS])
+        return int(count)
 
-    def delete(self, key: str, content_type: str = "", now: int = 0) -> int:
-        return self.delete_many([key], content_type, now)
+    def delete(self, key: str, content_type: str = "", now: int = 0, token: str = "t") -> int:
+        return self.delete_many([key], content_type, now, token)
 
     def members(self, part: bytes) -> set[bytes]:
         return set(self.client.smembers(self.prefix + part))
 
     def scores(self, part: bytes) -> dict[bytes, float]:
         return dict(self.client.zrange(self.prefix + part, 0, -1, withscores=True))
+
+    def data_keys(self) -> set[bytes]:
+        """The shard's keys but its marker and counted deletes' answers."""
+        return {key for key in self.client.keys(b"*") if key != self.prefix + layout.MARKER and layout.TOKEN not in key}
 
 
 def test_save_writes_the_record_and_every_index_entry(client: redis.Redis) -> None:
@@ -175,14 +205,14 @@ def test_a_save_already_expired_leaves_no_record(client: redis.Redis) -> None:
 
 def test_delete_removes_a_live_item_of_its_content_type_only(client: redis.Redis) -> None:
     shard = Shard(client, b"ns")
-    assert shard.delete("missing") == 0
+    assert shard.delete("missing", token="1") == 0
     shard.save("k", 1, "doc", None, colour="red")
-    assert shard.delete("k", "note") == 0 and client.exists(layout.record_key(shard.prefix, b"k"))
-    assert shard.delete("k", "doc") == 1
-    assert client.keys(b"*") == []  # the record and every index entry
+    assert shard.delete("k", "note", token="2") == 0 and client.exists(layout.record_key(shard.prefix, b"k"))
+    assert shard.delete("k", "doc", token="3") == 1
+    assert shard.data_keys() == set()  # the record and every index entry
     shard.save("gone", 1, "doc", datetime.now(UTC) + timedelta(hours=1), colour="red")
-    assert shard.delete("gone", now=now_micros() + 2 * HOUR) == 0  # expired: not a live item, but its leftovers go
-    assert client.keys(b"*") == []
+    assert shard.delete("gone", now=now_micros() + 2 * HOUR, token="4") == 0  # expired: not live, its leftovers go
+    assert shard.data_keys() == set()
 
 
 def test_two_namespaces_in_one_database_stay_apart(client: redis.Redis) -> None:
@@ -201,16 +231,41 @@ def test_one_script_saves_and_deletes_a_batch_atomically(client: redis.Redis) ->
     assert [item.data for item in saved] == [1, 2, 3]
     assert saved[1].metadata.id == kept.metadata.id  # an upsert in a batch keeps its item too
     assert shard.members(b"c:doc") == {b"a", b"b", b"c"}
-    assert shard.delete_many(["a", "c", "missing", "a"], "note") == 0
-    assert shard.delete_many(["a", "c", "missing", "a"]) == 2
+    assert shard.delete_many(["a", "c", "missing", "a"], "note", token="1") == 0
+    assert shard.delete_many(["a", "c", "missing", "a"], token="2") == 2
     assert shard.members(b"c:doc") == {b"b"} and set(shard.scores(b"created")) == {b"b"}
     # A script that fails midway (here: a record too short to read) leaves nothing of its batch.
-    bad = [layout.record_key(shard.prefix, key) for key in (b"x", b"y")]
-    good_record = client.get(layout.record_key(shard.prefix, b"b"))
+    keys, args, records = shard.write_args({"x": 1, "y": 2}, "doc", None, now_micros())
+    args[-2] = b"short"  # y's record
     with pytest.raises(redis.ResponseError):
-        shard._save(keys=bad, args=[shard.prefix, now_micros(), "x", good_record, "y", b"short"])
+        shard.run(scripts.SAVE, keys, args)
+    bad = [layout.record_key(shard.prefix, key) for key in (b"x", b"y")]
     assert not client.exists(*bad) and shard.members(b"c:doc") == {b"b"}
-    twice = [layout.record_key(shard.prefix, b"x")] * 2
+    keys, args, records = shard.write_args({"x": 1}, "doc", None, now_micros())
+    args[4] = 2
     with pytest.raises(redis.ResponseError, match="names one key twice"):
-        shard._save(keys=twice, args=[shard.prefix, now_micros(), "x", good_record, "x", good_record])
+        shard.run(scripts.SAVE, keys + keys[4:], args + args[5:])
     assert not client.exists(*bad)
+
+
+def test_a_counted_delete_sent_again_answers_the_same_count(client: redis.Redis) -> None:
+    # The client sends a delete again when its connection was lost before the answer came:
+    # the second run must not answer 0 for what the first removed.
+    shard = Shard(client, b"ns")
+    shard.save_many({"a": 1, "b": 2}, "doc")
+    assert shard.delete_many(["a", "b"], token="same") == 2
+    assert shard.delete_many(["a", "b"], token="same") == 2
+    assert shard.delete_many(["a", "b"], token="other") == 0
+    assert 0 < client.pttl(shard.prefix + layout.TOKEN + b"same") <= scripts.TOKEN_TTL_MS
+
+
+def test_a_save_of_a_new_key_or_with_unchanged_tags_is_one_run(client: redis.Redis) -> None:
+    shard = Shard(client, b"ns")
+    shard.save("k", 1, "doc", None, colour="red")
+    assert shard.runs == 1
+    shard.save("k", 2, "doc", None, colour="red")
+    assert shard.runs == 2
+    shard.save("k", 3, "doc", None, colour="blue")  # the old tag's set is learnt by the script: twice
+    assert shard.runs == 4
+    assert shard.members(b"t:\x00\x00\x00\x06colourred") == set()
+    assert shard.members(b"t:\x00\x00\x00\x06colourblue") == {b"k"}

@@ -261,11 +261,13 @@ async def measure(
             sync = params.get("durability", "sync") == "sync"
             make_raw = functools.partial(_RawLmdb, place / "raw", sync)
         elif parts.scheme in ("redis", "rediss"):
-            from .providers.redis.layout import shards_key  # noqa: PLC0415  (redis-py only for a Redis URL)
+            from .providers.redis.layout import markers  # noqa: PLC0415  (redis-py only for a Redis URL)
 
             unistore_url = _with_query(parts, params, namespace=scratch)
             server = _with_query(parts, {name: value for name, value in params.items() if name not in _OURS})
-            make_raw = functools.partial(_RawRedis, server, f"{scratch}:raw:", [shards_key(scratch.encode())])
+            shards = params.get("shards", "1")  # (a bad count: open_provider refuses it before make_raw runs)
+            left = markers(scratch.encode(), int(shards) if shards.isdigit() else 1)
+            make_raw = functools.partial(_RawRedis, server, f"{scratch}:raw:", left)
         elif parts.scheme == "memory":
             unistore_url = url
             make_raw = _RawDict

@@ -1,25 +1,32 @@
 """The maintenance of a Redis store: the integrity check of one namespace shard (every
 index entry belongs to a record that has it, and every record is fully indexed: what
-``unistore check`` runs), its repair, the sizes ``unistore stats`` shows, and the
-namespaces a server holds.
+``unistore check`` runs), its repair, the sizes ``unistore stats`` shows, what the server
+says of eviction, and the namespaces a server holds.
 
-It reads the shard with SCAN, SSCAN, ZSCAN and HSCAN, a page at a time, so the
-server is never blocked for long; writes made meanwhile may show as problems,
-so check (and above all repair) a store at rest. The index entries of a record
-that Redis has expired are *stale*, not damage: its head in the ``heads`` hash
-vouches for them until ``purge_expired`` removes them.
+A shard is read on the node that serves it (SCAN, SSCAN, ZSCAN and HSCAN, a page at a
+time, so the server is never blocked for long); if that node stops serving it meanwhile,
+the shard is read again from the start on its new owner. Writes made meanwhile may show
+as problems, so check (and above all repair) a store at rest. The index entries of a
+record that Redis has expired are *stale*, not damage: its head in the ``heads`` hash
+vouches for them until ``purge_expired`` removes them. A head whose record is gone
+before the expiry it names was evicted: ``check`` says so.
 
-A repair deletes the records that do not decode (or hold another key than their
-own) with their heads, removes every index entry and head that belongs to no
-record, and adds every one a record lacks, in pipelines of :data:`BATCH`
-commands; a healthy record is never rewritten.
+A repair deletes the records that do not decode (or hold another key than their own)
+with their heads, removes every index entry and head that belongs to no record, and adds
+every one a record lacks, in pipelines of :data:`BATCH` commands; a healthy record is
+never rewritten. Before it deletes anything it reads the records and heads concerned
+again, by key, from the node that serves them now: what a stale view took for stray is
+kept.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import NoPermissionError
 
 from ... import index
 from ...codec import decode_fields, decode_item
@@ -27,36 +34,48 @@ from ...core import RecordFields
 from ...errors import StorageCorruptionError
 from ...maintenance import Usage, merge, tally
 from . import layout
+from .connection import Connection, NodeChanged, Pinned
+from .search import Shard
 
-#: Keys read per MGET.
+#: Keys read per MGET, and commands per repair pipeline.
 BATCH = 500
 #: What one SCAN, SSCAN, ZSCAN or HSCAN call is asked to visit.
 PAGE = 1000
 
 _POSTING_PARTS = ((layout.TAG, "tag_entries", "tags"), (layout.CONTENT_TYPE, "type_entries", "types"))
 _TIME_PARTS = ((layout.CREATED, "created_entries", "created"), (layout.EXPIRES, "expires_entries", "expires"))
+#: The maxmemory policies that never drop a key by themselves.
+KEEPING_POLICIES = frozenset({"noeviction"})
 
 
-async def scan_page(
-    client: Any, cursor: int, match: bytes, count: int, node: dict[str, Any]
-) -> tuple[int, list[bytes]]:
-    """One SCAN call on ``node`` (a shard's node on a cluster, see the provider's ``_node``):
-    the cursor to go on from (0: done) and the keys it met."""
-    after, keys = await client.scan(cursor, match=match, count=count, **node)
-    if isinstance(after, dict):  # a cluster's SCAN answers per node: here one node's
-        [after] = after.values()
-    return int(after), keys
-
-
-async def _keys(client: Any, match: bytes, node: dict[str, Any]) -> list[bytes]:
-    """Every key that matches ``match`` (a SCAN may meet one twice: once here)."""
-    found: set[bytes] = set()
-    cursor = 0
+async def _scan(pinned: Pinned, command: str, key: bytes | None, match: bytes | None = None) -> list[Any]:
+    """Every element a SCAN-family walk meets (SCAN: keys matching ``match``; SSCAN:
+    members; ZSCAN and HSCAN: flat pairs), each once."""
+    found: dict[Any, None] = {}
+    cursor: Any = 0
     while True:
-        cursor, keys = await scan_page(client, cursor, match, PAGE, node)
-        found.update(keys)
-        if not cursor:
-            return sorted(found)
+        arguments: list[Any] = [command] + ([key] if key is not None else []) + [cursor]
+        if match is not None:
+            arguments += ["MATCH", match]
+        arguments += ["COUNT", PAGE]
+        [(cursor, page)] = await pinned.run([tuple(arguments)], keyless=key is None)
+        if command in ("ZSCAN", "HSCAN"):
+            page = list(zip(page[::2], page[1::2], strict=True))
+        found.update(dict.fromkeys(page))
+        if not int(cursor):
+            return list(found)
+
+
+async def _shard_records(pinned: Pinned, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
+    """The (item key, record) of every record of the shard, read :data:`BATCH` at a time."""
+    cut = len(layout.record_key(prefix, b""))
+    record_keys = sorted(await _scan(pinned, "SCAN", None, layout.scan_pattern(prefix, None)))
+    for start in range(0, len(record_keys), BATCH):
+        batch = record_keys[start : start + BATCH]
+        [records] = await pinned.run([("MGET", *batch)])
+        for record_key, record in zip(batch, records, strict=True):
+            if record is not None:  # not gone since
+                yield record_key[cut:], record
 
 
 def _entries(prefix: bytes, member: bytes, fields: RecordFields) -> dict[str, set[Any]]:
@@ -74,104 +93,83 @@ def _empty() -> dict[str, set[Any]]:
     return {name: set() for _, _, name in _POSTING_PARTS + _TIME_PARTS}
 
 
-async def _shard_records(client: Any, prefix: bytes, node: dict[str, Any]) -> AsyncIterator[tuple[bytes, bytes]]:
-    """The (item key, record) of every record of the shard, read :data:`BATCH` at a time."""
-    cut = len(prefix) + len(layout.RECORD)
-    record_keys = await _keys(client, layout.scan_pattern(prefix, None), node)
-    for start in range(0, len(record_keys), BATCH):
-        batch = record_keys[start : start + BATCH]
-        found = zip(batch, await client.mget(batch), strict=True)
-        for record_key, record in [(key, record) for key, record in found if record is not None]:  # not gone since
-            yield record_key[cut:], record
+@dataclass
+class _Shard:
+    """What one reading of a shard found, and what a repair of it would do."""
+
+    report: index.CheckReport = field(default_factory=index.CheckReport)
+    records: dict[bytes, RecordFields | None] = field(default_factory=dict)  # None: does not decode
+    damaged: dict[bytes, bytes] = field(default_factory=dict)  # member -> the record that does not decode
+    heads: dict[bytes, bytes] = field(default_factory=dict)  # the heads hash as found
+    expected: dict[str, set[Any]] = field(default_factory=_empty)
+    stale: dict[str, set[Any]] = field(default_factory=_empty)
+    found: dict[str, set[Any]] = field(default_factory=_empty)
+    # the repair
+    drop_heads: list[bytes] = field(default_factory=list)
+    write_heads: dict[bytes, bytes] = field(default_factory=dict)  # member -> the head an expiring record should have
+    stray: dict[str, list[Any]] = field(default_factory=dict)
+    lacking: dict[str, list[Any]] = field(default_factory=dict)
 
 
-class _Repair:
-    """What a repair of one shard does: records to delete, heads to drop and to
-    write, index entries to remove and to add."""
-
-    def __init__(self) -> None:
-        self.doomed: list[bytes] = []
-        self.drop_heads: list[bytes] = []
-        self.heads: dict[bytes, bytes] = {}  # member -> the head an expiring record should have
-        self.stray: dict[str, list[Any]] = {}
-        self.lacking: dict[str, list[Any]] = {}
-
-    def commands(self, prefix: bytes) -> Iterator[tuple[str, tuple[Any, ...]]]:
-        """The commands that carry it out, as (name, arguments)."""
-        heads = prefix + b"heads"
-        for member in self.doomed:
-            yield "delete", (layout.record_key(prefix, member),)
-        for member in self.drop_heads:
-            yield "hdel", (heads, member)
-        for name, entries in self.stray.items():
-            for entry in entries:
-                if name in ("tags", "types"):
-                    yield "srem", entry
-                else:
-                    yield "zrem", (prefix + name.encode(), entry[0])
-        for name, entries in self.lacking.items():
-            for entry in entries:
-                if name in ("tags", "types"):
-                    yield "sadd", entry
-                else:
-                    yield "zadd", (prefix + name.encode(), {entry[0]: entry[1]})
-        for member, head in sorted(self.heads.items()):
-            yield "hset", (heads, member, head)
-
-
-async def _records(
-    client: Any, prefix: bytes, node: dict[str, Any], report: index.CheckReport, repair: _Repair
-) -> tuple[dict[bytes, RecordFields | None], dict[str, set[Any]]]:
-    """Every record of the shard by key (None: it does not decode, or is under
-    another key than its own), and the index entries they give."""
-    expected = _empty()
-    records: dict[bytes, RecordFields | None] = {}
-    async for member, record in _shard_records(client, prefix, node):
+async def _read(pinned: Pinned, prefix: bytes, now: int) -> _Shard:
+    """Read the whole shard on one node and find its problems."""
+    shard = _Shard()
+    report = shard.report
+    async for member, record in _shard_records(pinned, prefix):
         report.records += 1
-        records[member] = None
+        shard.records[member] = None
         name = member.decode(errors="replace")
         try:
             fields = decode_fields(record, name)
             decode_item(record, name)  # the payload too: a load would fail on it
         except StorageCorruptionError as exc:
             report.problems.append(str(exc))
-            repair.doomed.append(member)
+            shard.damaged[member] = record
             continue
         if fields.key != member:
             report.problems.append(f"record under {member!r} says its key is {fields.key!r}")
-            repair.doomed.append(member)
+            shard.damaged[member] = record
             continue
-        records[member] = fields
+        shard.records[member] = fields
         if fields.expires is not None:
-            repair.heads[member] = record[: len(record) - len(fields.payload)]  # as the save script writes it
+            shard.write_heads[member] = record[: len(record) - len(fields.payload)]  # as the save script writes it
         for part, entries in _entries(prefix, member, fields).items():
-            expected[part] |= entries
-    return records, expected
+            shard.expected[part] |= entries
+    shard.heads = dict(await _scan(pinned, "HSCAN", prefix + layout.HEADS))
+    _judge_heads(shard, prefix, now)
+    for part, counter, name in _POSTING_PARTS:
+        for set_key in sorted(await _scan(pinned, "SCAN", None, prefix + part + b"*")):
+            shard.found[name] |= {(set_key, member) for member in await _scan(pinned, "SSCAN", set_key)}
+        setattr(report, counter, len(shard.found[name]))
+    for part, counter, name in _TIME_PARTS:
+        pairs = await _scan(pinned, "ZSCAN", prefix + part)
+        shard.found[name] = {(member, int(float(score))) for member, score in pairs}
+        setattr(report, counter, len(shard.found[name]))
+    for name, entries in shard.found.items():
+        shard.stray[name] = sorted(entries - shard.expected[name] - shard.stale[name])
+        shard.lacking[name] = sorted(shard.expected[name] - entries)
+        report.problems.extend(
+            f"{name} index entry {entry!r} points at no record that has it" for entry in shard.stray[name]
+        )
+        report.problems.extend(f"{name} index lacks entry {entry!r}" for entry in shard.lacking[name])
+    return shard
 
 
-async def _stale(
-    client: Any, prefix: bytes, records: dict[bytes, RecordFields | None], report: index.CheckReport, repair: _Repair
-) -> dict[str, set[Any]]:
-    """The index entries that the heads of records Redis has expired vouch for; checks
-    that every expiring record has its head, and nothing else has one."""
-    stale = _empty()
-    heads: dict[bytes, bytes] = {}
-    cursor = 0
-    while True:
-        cursor, page = await client.hscan(prefix + b"heads", cursor, count=PAGE)
-        heads.update(page)
-        if not cursor:
-            break
-    for member, head in sorted(heads.items()):
-        if member in records:
-            fields = records[member]
+def _judge_heads(shard: _Shard, prefix: bytes, now: int) -> None:
+    """Check the heads hash against the records: every expiring record has its head, nothing
+    else has one; the heads of records Redis has expired vouch for their stale entries, and
+    one whose record is gone before its expiry was evicted."""
+    report = shard.report
+    for member, head in sorted(shard.heads.items()):
+        if member in shard.records:
+            fields = shard.records[member]
             if fields is None:  # a record that a repair deletes: its head goes with it
-                repair.drop_heads.append(member)
+                shard.drop_heads.append(member)
             elif fields.expires is None:
                 report.problems.append(f"heads entry {member!r} belongs to a record that does not expire")
-                repair.drop_heads.append(member)
-            elif repair.heads[member] == head:
-                del repair.heads[member]  # right as it is
+                shard.drop_heads.append(member)
+            elif shard.write_heads[member] == head:
+                del shard.write_heads[member]  # right as it is
             else:
                 report.problems.append(f"heads entry {member!r} does not match its record")
             continue
@@ -179,88 +177,199 @@ async def _stale(
             fields = decode_fields(head, member.decode(errors="replace"))
         except StorageCorruptionError as exc:
             report.problems.append(f"heads entry: {exc}")
-            repair.drop_heads.append(member)
+            shard.drop_heads.append(member)
             continue
+        if fields.expires is not None and fields.expires > now:
+            report.problems.append(
+                f"the record under {member!r} is gone before its expiry: evicted (Redis needs "
+                "maxmemory-policy noeviction; see docs/operations.md)"
+            )
         for name, entries in _entries(prefix, member, fields).items():
-            stale[name] |= entries
-    expiring = {member for member, fields in records.items() if fields is not None and fields.expires is not None}
-    report.problems.extend(f"heads lacks entry {member!r}" for member in sorted(expiring - set(heads)))
-    return stale
+            shard.stale[name] |= entries
+    expiring = {member for member, fields in shard.records.items() if fields is not None and fields.expires}
+    report.problems.extend(f"heads lacks entry {member!r}" for member in sorted(expiring - set(shard.heads)))
 
 
 async def check_shard(
-    client: Any, prefix: bytes, node: dict[str, Any], report: index.CheckReport, repair: bool = False
+    connection: Connection, shard: Shard, report: index.CheckReport, now: int, repair: bool = False
 ) -> None:
-    """Check the shard whose keys start with ``prefix`` (``node``: where its SCANs go),
-    adding its counts and problems to ``report``; with ``repair``, fix what it finds."""
-    plan = _Repair()
-    records, expected = await _records(client, prefix, node, report, plan)
-    stale = await _stale(client, prefix, records, report, plan)
-    found = _empty()
-    for part, counter, name in _POSTING_PARTS:
-        for set_key in await _keys(client, prefix + part + b"*", node):
-            async for member in client.sscan_iter(set_key, count=PAGE):
-                found[name].add((set_key, member))
-        setattr(report, counter, getattr(report, counter) + len(found[name]))
-    for part, counter, name in _TIME_PARTS:
-        found[name] = {(member, int(score)) async for member, score in client.zscan_iter(prefix + part, count=PAGE)}
-        setattr(report, counter, getattr(report, counter) + len(found[name]))
-    for name, entries in found.items():
-        plan.stray[name] = sorted(entries - expected[name] - stale[name])
-        plan.lacking[name] = sorted(expected[name] - entries)
-        report.problems.extend(
-            f"{name} index entry {entry!r} points at no record that has it" for entry in plan.stray[name]
-        )
-        report.problems.extend(f"{name} index lacks entry {entry!r}" for entry in plan.lacking[name])
+    """Check ``shard`` on the node that serves it, adding its counts and problems to
+    ``report``; with ``repair``, fix what it finds (confirmed first: see the module)."""
+    pinned = shard.pinned(connection)
+    while True:
+        try:
+            found = await _read(pinned, shard.prefix, now)
+            break
+        except NodeChanged as moved:
+            await pinned.restart(moved)
+    for counter in ("records", "tag_entries", "type_entries", "created_entries", "expires_entries"):
+        setattr(report, counter, getattr(report, counter) + getattr(found.report, counter))
+    report.problems += found.report.problems
     if repair:
-        await _run(client, plan.commands(prefix))
+        await _confirm(connection, shard, found)
+        await _run(connection, shard.slot, _commands(shard.prefix, found))
 
 
-async def _run(client: Any, commands: Iterator[tuple[str, tuple[Any, ...]]]) -> None:
-    """Send ``commands`` in pipelines of :data:`BATCH` (every key in one shard: one node)."""
+async def _confirm(connection: Connection, shard: Shard, found: _Shard) -> None:
+    """Keep out of the repair every deletion that the records and heads, read again by key
+    on the node that serves them now, do not confirm."""
+    prefix = shard.prefix
+    members = sorted(
+        {*found.damaged, *found.drop_heads}
+        | {member for name in ("tags", "types") for _, member in found.stray[name]}
+        | {member for name in ("created", "expires") for member, _ in found.stray[name]}
+    )
+    for start in range(0, len(members), BATCH):
+        batch = members[start : start + BATCH]
+        records, heads = await connection.routed(
+            shard.slot,
+            [("MGET", *(layout.record_key(prefix, member) for member in batch)), ("HMGET", prefix + layout.HEADS, *batch)],
+        )
+        for member, record, head in zip(batch, records, heads, strict=True):
+            if member in found.damaged and record != found.damaged[member]:
+                del found.damaged[member]  # rewritten (or removed) since: not ours to delete
+            if member in found.drop_heads and not _stray_head(found, member, record, head):
+                found.drop_heads.remove(member)
+            kept = _empty()  # what the record (or head) there now vouches for
+            for source in (record, head):
+                if source is not None and member not in found.damaged:
+                    try:
+                        fields = decode_fields(source, "")
+                    except StorageCorruptionError:
+                        continue
+                    for name, entries in _entries(prefix, member, fields).items():
+                        kept[name] |= entries
+            for name in found.stray:
+                found.stray[name] = [entry for entry in found.stray[name] if entry not in kept[name]]
+
+
+def _stray_head(found: _Shard, member: bytes, record: bytes | None, head: bytes | None) -> bool:
+    """Whether the head of ``member`` is still one to drop, by its record and head as read again."""
+    if head is None or head != found.heads.get(member):
+        return False  # changed since it was judged: left alone
+    if member in found.damaged:
+        return True  # it goes with its record
+    try:
+        if record is None:
+            decode_fields(head, "")
+            return False  # the head of a record Redis has expired: it vouches for its entries
+        fields = decode_fields(record, "")
+    except StorageCorruptionError:
+        return record is None  # a head that does not decode, with no record
+    return fields.expires is None
+
+
+def _commands(prefix: bytes, found: _Shard) -> Iterator[tuple[Any, ...]]:
+    """The commands that carry a shard's repair out."""
+    heads = prefix + layout.HEADS
+    for member in found.damaged:
+        yield ("DEL", layout.record_key(prefix, member))
+    for member in found.drop_heads:
+        yield ("HDEL", heads, member)
+    for name, entries in found.stray.items():
+        for entry in entries:
+            if name in ("tags", "types"):
+                yield ("SREM", *entry)
+            else:
+                yield ("ZREM", prefix + name.encode(), entry[0])
+    for name, entries in found.lacking.items():
+        for entry in entries:
+            if name in ("tags", "types"):
+                yield ("SADD", *entry)
+            else:
+                yield ("ZADD", prefix + name.encode(), entry[1], entry[0])
+    for member, head in sorted(found.write_heads.items()):
+        yield ("HSET", heads, member, head)
+
+
+async def _run(connection: Connection, slot: int, commands: Iterator[tuple[Any, ...]]) -> None:
+    """Send ``commands`` in pipelines of :data:`BATCH` to the node that serves ``slot`` (each
+    command may run twice on a retry: each is idempotent)."""
     while True:
         batch = list(itertools.islice(commands, BATCH))
         if not batch:
             return
-        async with client.pipeline(transaction=False) as pipe:
-            for name, args in batch:
-                getattr(pipe, name)(*args)
-            await pipe.execute()
+        await connection.routed(slot, batch)
 
 
-async def shard_usage(client: Any, prefix: bytes, node: dict[str, Any], now: int) -> dict[str, Usage]:
-    """The live items and record bytes per content type of the shard of ``prefix``."""
-    parts: list[dict[str, Usage]] = []
-    batch: list[bytes] = []
-    async for _, record in _shard_records(client, prefix, node):
-        batch.append(record)
-        if len(batch) == BATCH:
-            parts.append(tally(batch, now))
-            batch = []
-    parts.append(tally(batch, now))
-    return merge(parts)
+async def shard_usage(connection: Connection, shard: Shard, now: int) -> dict[str, Usage]:
+    """The live items and record bytes per content type of ``shard``."""
+    pinned = shard.pinned(connection)
+    while True:
+        parts: list[dict[str, Usage]] = []
+        batch: list[bytes] = []
+        try:
+            async for _, record in _shard_records(pinned, shard.prefix):
+                batch.append(record)
+                if len(batch) == BATCH:
+                    parts.append(tally(batch, now))
+                    batch = []
+        except NodeChanged as moved:
+            await pinned.restart(moved)
+            continue
+        parts.append(tally(batch, now))
+        return merge(parts)
 
 
-async def namespace_exists(client: Any, shards_key: bytes, prefixes: list[bytes]) -> bool:
-    """Whether the server holds any key of a namespace: its shard count (recorded by
-    the first client to use it) or, failing that, any shard's creation order (every
-    item has an entry there)."""
-    for key in (shards_key, *(prefix + layout.CREATED for prefix in prefixes)):
-        if await client.exists(key):
+async def eviction(connection: Connection) -> list[tuple[str, str | None, int]]:
+    """What each node that serves data says of eviction: (node, its ``maxmemory-policy``,
+    how many keys it has evicted since it started), read from ``INFO`` (which managed
+    services allow where ``CONFIG GET`` is refused); the policy is None where the ACL
+    user may not run ``INFO``."""
+    found: list[tuple[str, str | None, int]] = []
+    for address in connection.broadcast_targets():
+        node = f"{address[0]}:{address[1]}"
+        memory, stats = await connection.exchange(address, [("INFO", "memory"), ("INFO", "stats")])
+        if isinstance(memory, NoPermissionError):
+            found.append((node, None, 0))
+            continue
+        for reply in (memory, stats):
+            if isinstance(reply, Exception):
+                raise reply
+        info = _info(memory) | _info(stats)
+        found.append((node, info.get("maxmemory_policy", "noeviction"), int(info.get("evicted_keys", 0))))
+    return found
+
+
+def _info(reply: Any) -> dict[str, str]:
+    text = reply.decode(errors="replace") if isinstance(reply, (bytes, bytearray)) else str(reply)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
+async def namespace_exists(connection: Connection, shards_key: bytes, shards: list[Shard]) -> bool:
+    """Whether the server holds any key of a namespace: its shard count (recorded by its
+    first write) or, failing that, any shard's marker or creation order (every item has an
+    entry there)."""
+    if await connection.call(layout.key_slot(shards_key), "EXISTS", shards_key):
+        return True
+    for shard in shards:
+        if await connection.call(shard.slot, "EXISTS", shard.marker, shard.prefix + layout.CREATED):
             return True
     return False
 
 
-async def namespaces(client: Any) -> list[tuple[str, int]]:
+async def namespaces(connection: Connection) -> list[tuple[str, int]]:
     """Every namespace the server (every master of a cluster) holds, with its shard
     count, by name: those whose shard count is recorded (see :func:`namespace_exists`)."""
     found: dict[str, int] = {}
-    async for key in client.scan_iter(match=b"us{*}:shards", count=PAGE, _type="string"):
-        name = layout.namespace_of(key)
-        count = await client.get(key)
-        if name is not None and count is not None and count.isdigit():
-            found[name] = int(count)
+    for address in connection.broadcast_targets():
+        cursor: Any = 0
+        while True:
+            [reply] = await connection.exchange(
+                address, [("SCAN", cursor, "MATCH", b"us{*}:shards", "COUNT", PAGE, "TYPE", "string")]
+            )
+            if isinstance(reply, Exception):
+                raise reply
+            cursor, keys = reply
+            names = [(name, key) for key in keys if (name := layout.namespace_of(key)) is not None]
+            if names:
+                counts = [await connection.call(layout.key_slot(key), "GET", key) for _, key in names]
+                for (name, _), count in zip(names, counts, strict=True):
+                    if count is not None and count.isdigit():
+                        found[name] = int(count)
+            if not int(cursor):
+                break
     return sorted(found.items())
 
 
-__all__ = ["check_shard", "namespace_exists", "namespaces", "scan_page", "shard_usage"]
+__all__ = ["BATCH", "KEEPING_POLICIES", "PAGE", "check_shard", "eviction", "namespace_exists", "namespaces", "shard_usage"]

@@ -16,7 +16,18 @@ prefix + ``t:`` + term  a tag's posting set (term: the index layer's)  item keys
 prefix + ``c:`` + type  a content type's posting set                item keys
 prefix + ``created``   every item by creation time                  item keys, score µs
 prefix + ``expires``   the items that expire, by expiry time         item keys, score µs
+prefix + ``heads``     the head (all but payload) of each record    item key -> head
+                       that expires, so purging knows its entries
+                       once Redis has dropped the record
+prefix + ``shards``    the shard's marker: the namespace's count    written by the first write, and
+                                                                    again by one after it was lost
+prefix + ``done:`` +   a counted delete's answer, kept a minute     (see :mod:`.scripts`)
+token
 =====================  ===========================================  ===================================
+
+A namespace's own marker, ``us{<namespace>}:shards`` (:func:`shards_key`), holds its
+shard count too: a provider opened with another count is refused (at first use, and
+by the first write to a shard whose marker is missing).
 
 An item key goes into these names and sets as its raw UTF-8 bytes: Redis keys
 and members are binary-safe and have no length limit that matters here (512 MB).
@@ -40,6 +51,11 @@ TAG = b"t:"
 CONTENT_TYPE = b"c:"
 CREATED = b"created"
 EXPIRES = b"expires"
+HEADS = b"heads"
+MARKER = b"shards"
+TOKEN = b"done:"
+#: A key no shard ever holds: a probe names it beside the marker (see the connection's ``Pinned``).
+PROBE = b"probe"
 
 _POSTING_PART = {index.TAG: TAG, index.CONTENT_TYPE: CONTENT_TYPE}
 _TIME_PART = {index.CREATED: CREATED, index.EXPIRES: EXPIRES}
@@ -89,6 +105,12 @@ def shards_key(namespace: bytes) -> bytes:
     return b"us{" + escape_namespace(namespace) + b"}:shards"
 
 
+def markers(namespace: bytes, shards: int) -> list[bytes]:
+    """The keys that say a namespace exists and how many shards it has: its own marker and
+    each shard's (what is left of a namespace once every item is deleted)."""
+    return [shards_key(namespace), *(shard_prefix(namespace, n, shards) + MARKER for n in range(shards))]
+
+
 def namespace_of(shards_key_name: bytes) -> str | None:
     """The namespace whose :func:`shards_key` is ``shards_key_name``, or None if it is not one."""
     if not (shards_key_name.startswith(b"us{") and shards_key_name.endswith(b"}:shards")):
@@ -100,6 +122,21 @@ def namespace_of(shards_key_name: bytes) -> str | None:
         return urllib.parse.unquote_to_bytes(escaped).decode()
     except UnicodeDecodeError:
         return None
+
+
+def key_slot(key: bytes) -> int:
+    """The slot of ``key`` (of its hash tag, as Redis reads one; a shard prefix names its shard's slot)."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            return slot(key[start + 1 : end])
+    return slot(key)
+
+
+def shard_keys(prefix: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """The shard's marker, creation order, expiry order and heads hash."""
+    return prefix + MARKER, prefix + CREATED, prefix + EXPIRES, prefix + HEADS
 
 
 def record_key(prefix: bytes, key: bytes) -> bytes:
@@ -127,13 +164,21 @@ __all__ = [
     "CONTENT_TYPE",
     "CREATED",
     "EXPIRES",
+    "HEADS",
+    "MARKER",
+    "PROBE",
     "RECORD",
+    "SLOTS",
     "TAG",
+    "TOKEN",
     "escape_namespace",
     "namespace_of",
     "posting_key",
+    "key_slot",
+    "markers",
     "record_key",
     "scan_pattern",
+    "shard_keys",
     "shard_prefix",
     "shards_key",
     "slot",

@@ -1,16 +1,45 @@
-"""The Lua scripts that write a namespace shard: each one atomic, one round trip.
+"""The Lua scripts that write a namespace shard: each one atomic, each with every key it
+reads or writes declared in its KEYS.
 
-They read records in the codec's format (see ``unistore._coretypes``) at its
-fixed offsets, so a save keeps an upserted item's id and creation time and
-unindexes what it replaces without a second round trip. Every key they touch
-carries the shard's hash tag (:mod:`.layout`), so they run on Redis Cluster.
-Times are microseconds; a record's are read as two 32-bit halves, exact in
-Lua's doubles up to 2^53 µs (the year 2255).
+Declared keys are what let Redis Cluster move a shard while it is written: a script whose
+keys are all declared is routed, redirected (``ASK``) and held back (``TRYAGAIN``, while a
+migration has split its keys) as a whole, and never runs half on one node. A write learns
+some of its keys only when it reads the record it replaces (an upsert's old tags, a delete's
+content type): when one of those is not declared, the script writes nothing and answers
+``{"NEED", key...}``; the client runs it again with them declared. A save of a new key or an
+upsert with unchanged tags is one round trip.
+
+Each script reads everything first and then writes each key at most once per kind of
+change, adding before removing: a key that a removal empties (Redis deletes an empty set)
+is never touched again in that script. On a node migrating the shard's slot, touching a
+key that is gone would end the script half done.
+
+Replies are tables whose first element says what happened: ``OK`` (then the results),
+``NEED`` (then the keys to declare), ``MARKER`` (the shard's marker is missing: the client
+checks the namespace's shard count, then runs the script again saying so) or ``SHARDS``
+(then the shard count recorded, which is not the caller's).
+
+The record format is the codec's (``unistore._coretypes``); its fixed header is read at
+fixed offsets. Times are microseconds, read as two 32-bit halves, exact in Lua's doubles
+up to 2^53 µs (the year 2255). The scripts carry Redis 7 flags (``#!lua``): a write is
+refused before it begins on a read-only replica or, for saves, on a server at
+``maxmemory``; deletes and purges run at ``maxmemory`` too (``allow-oom``), so memory can be
+freed.
+
+Counted deletes are idempotent: each run carries a token, and the count it answered is
+kept under the shard's ``done:<token>`` key for a minute, so a run that the client sends
+again (its connection lost before the answer came) answers the same count, not zero.
 """
 
 from __future__ import annotations
 
-# What every script shares: reading a record, and the index entries it has.
+import hashlib
+from dataclasses import dataclass, field
+
+#: How long a counted delete's answer is kept for a retry of the same run, in ms.
+TOKEN_TTL_MS = 60_000
+
+# What every script shares: reading a record, and the index keys it has.
 _RECORD = r"""
 local function int64(s, at)  -- a little-endian signed 64-bit field at byte `at` (1-based)
   local low = struct.unpack('<I4', s, at)
@@ -18,7 +47,7 @@ local function int64(s, at)  -- a little-endian signed 64-bit field at byte `at`
   return high * 4294967296 + low
 end
 
-local function fields(record)  -- what the index needs of a record
+local function fields(record)  -- what the index holds of a record
   local flags = string.byte(record, 2)
   local count = struct.unpack('<I4', record, 5)
   local key_len = struct.unpack('<I4', record, 57)
@@ -38,7 +67,7 @@ local function fields(record)  -- what the index needs of a record
   end
   local expires = nil
   if flags % 2 == 1 then expires = int64(record, 49) end
-  return {created = int64(record, 33), expires = expires, content_type = content_type, tags = tags, payload_start = at}
+  return {created = int64(record, 33), expires = expires, content_type = content_type, tags = tags}
 end
 
 -- A damaged record (one that does not parse): its posting sets cannot be known.
@@ -51,139 +80,283 @@ local function readable(record)  -- the fields of a record, or DAMAGED
   return DAMAGED
 end
 
-local function unindex(prefix, member, f)  -- of a damaged record, what is keyed by its key alone
-  if not f.damaged then redis.call('SREM', prefix .. 'c:' .. f.content_type, member) end
-  for _, term in ipairs(f.tags) do redis.call('SREM', prefix .. 't:' .. term, member) end
-  redis.call('ZREM', prefix .. 'created', member)
-  redis.call('ZREM', prefix .. 'expires', member)
-  redis.call('HDEL', prefix .. 'heads', member)
+local function live(f, now) return f.expires == nil or f.expires > now end
+
+-- The posting sets (as Redis keys) a record's fields put its key in.
+local function postings(prefix, f)
+  local keys = {}
+  if f.damaged then return keys end
+  keys[1] = prefix .. 'c:' .. f.content_type
+  for _, term in ipairs(f.tags) do keys[#keys + 1] = prefix .. 't:' .. term end
+  return keys
 end
 
--- A record that expires also leaves its head (all but the payload) in the shard's
--- 'heads' hash, which has no TTL: once Redis has expired the record, purging still
--- knows which index entries were its.
-local function index(prefix, member, f, record)
-  redis.call('SADD', prefix .. 'c:' .. f.content_type, member)
-  for _, term in ipairs(f.tags) do redis.call('SADD', prefix .. 't:' .. term, member) end
-  redis.call('ZADD', prefix .. 'created', f.created, member)
-  if f.expires then
-    redis.call('ZADD', prefix .. 'expires', f.expires, member)
-    redis.call('HSET', prefix .. 'heads', member, string.sub(record, 1, f.payload_start - 1))
+-- The record under a key, and what the index holds for it: its fields, or, once
+-- Redis has dropped an expired record, those of the head it left in 'heads' (a
+-- record that expires leaves its head, all but the payload, in the shard's 'heads'
+-- hash, which has no TTL, so that purging knows which entries were its).
+local function held(heads_key, record_key, member)
+  local record = redis.call('GET', record_key)
+  if record then return record, readable(record) end
+  local head = redis.call('HGET', heads_key, member)
+  if head then return nil, readable(head) end
+  return nil, nil
+end
+
+local function declared_set()
+  local declared = {}
+  for _, key in ipairs(KEYS) do declared[key] = true end
+  return declared
+end
+
+-- Adds to `missing` each of `keys` not declared (once).
+local function require_keys(declared, missing, keys)
+  for _, key in ipairs(keys) do
+    if not declared[key] then
+      declared[key] = true
+      missing[#missing + 1] = key
+    end
   end
 end
 
-local function live(f, now) return f.expires == nil or f.expires > now end
+-- Batched changes: key -> list of arguments, each key written once per kind.
+local function push(changes, key, ...)
+  local list = changes[key]
+  if not list then
+    list = {}
+    changes[key] = list
+  end
+  for _, value in ipairs({...}) do list[#list + 1] = value end
+end
 
--- The record under a key, and what the index holds for it: its fields, or, once
--- Redis has dropped an expired record, those of the head it left in 'heads'
--- (DAMAGED for one that does not parse: a save replaces it, a delete removes it).
-local function held(prefix, record_key, member)
-  local record = redis.call('GET', record_key)
-  if record then return record, readable(record) end
-  local head = redis.call('HGET', prefix .. 'heads', member)
-  if head then return nil, readable(head) end
-  return nil, nil
+local function apply(command, changes)
+  for key, arguments in pairs(changes) do
+    for start = 1, #arguments, 4000 do  -- unpack() takes a bounded number of values
+      redis.call(command, key, unpack(arguments, start, math.min(start + 3999, #arguments)))
+    end
+  end
+end
+
+-- A counted delete's answer from a run before this one, if the client sends it again.
+local function answered(token_key)
+  local count = redis.call('GET', token_key)
+  if count then return {'OK', tonumber(count)} end
+  return nil
+end
+
+local function need(missing)  -- the reply that asks for more declared keys
+  local reply = {'NEED'}
+  for _, key in ipairs(missing) do reply[#reply + 1] = key end
+  return reply
+end
+
+local function answer(token_key, count)
+  redis.call('SET', token_key, count, 'PX', tonumber(ARGV[#ARGV]))
+  return {'OK', count}
 end
 """
 
 # What SAVE and RESTORE share: writing records whole, one batch of a shard at a time.
 _WRITE = r"""
--- KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), then each
--- item's key and new record. Writes every record (with its expiry as PXAT) and swaps
--- the old index entries for the new; `keep`: a live record replaced keeps its id,
--- UUID and creation time. Returns the records as stored.
+-- KEYS: the shard's marker, created order, expiry order and heads hash; then per item its
+-- record key and the posting sets of its new record; then any other key to declare.
+-- ARGV: the shard prefix, now (µs), the shard count, '1' if the namespace's count was
+-- just checked, the number of items; then per item its key, new record and how many
+-- posting sets follow its record key in KEYS.
+-- `keep`: a live record replaced keeps its id, UUID and creation time (a save; a
+-- restore writes records as given). Answers {'OK', patch...}: per item, the 32 bytes
+-- (id, UUID, creation time) it kept of a replaced record, or '' when none.
 local function write(keep)
-  local prefix, now = ARGV[1], tonumber(ARGV[2])
+  local marker_key, created_key, expires_key, heads_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local prefix, now, shards, checked, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local marker = redis.call('GET', marker_key)
+  if marker and marker ~= shards then return {'SHARDS', marker} end
+  if not marker and checked ~= '1' then return {'MARKER'} end
   -- Everything is read and checked first: Redis does not undo a script's writes when
-  -- it fails, so a batch that cannot be written whole must fail before its first write.
-  local plans, stored, seen = {}, {}, {}
-  for i, record_key in ipairs(KEYS) do
-    local member, record = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  -- it fails, so a batch that cannot be written whole must stop before its first write.
+  local declared, missing, items, seen = declared_set(), {}, {}, {}
+  local k, a = 5, 6
+  for i = 1, n do
+    local record_key, member, record, count = KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
     if seen[record_key] then return redis.error_reply('a batch names one key twice') end
     seen[record_key] = true
-    local old, before = held(prefix, record_key, member)
-    if keep and old and not before.damaged and live(before, now) then  -- the same item: its id, UUID, creation time
-      record = string.sub(record, 1, 8) .. string.sub(old, 9, 40) .. string.sub(record, 41)
+    local new_postings = {}
+    for j = 1, count do new_postings[j] = KEYS[k + j] end
+    k, a = k + 1 + count, a + 3
+    local old, before = held(heads_key, record_key, member)
+    local old_postings = {}
+    if before then old_postings = postings(prefix, before) end
+    require_keys(declared, missing, old_postings)
+    local patch = ''
+    if keep and old and not before.damaged and live(before, now) then
+      patch = string.sub(old, 9, 40)
+      record = string.sub(record, 1, 8) .. patch .. string.sub(record, 41)
     end
-    plans[i] = {member = member, before = before, after = fields(record)}
-    stored[i] = record
+    local expires, head = nil, nil  -- read here, where a record too short to read stops the batch whole
+    if string.byte(record, 2) % 2 == 1 then
+      expires = int64(record, 49)
+      local payload_start = 69 + struct.unpack('<I4', record, 57) + struct.unpack('<I4', record, 61)
+        + struct.unpack('<I4', record, 65)
+      head = string.sub(record, 1, payload_start - 1)
+    end
+    items[i] = {record_key = record_key, member = member, record = record, patch = patch, before = before,
+                created = int64(record, 33), expires = expires, head = head,
+                new_postings = new_postings, old_postings = old_postings}
   end
-  for i, record_key in ipairs(KEYS) do
-    local plan = plans[i]
-    if plan.before then unindex(prefix, plan.member, plan.before) end
-    index(prefix, plan.member, plan.after, stored[i])
-    if plan.after.expires then
-      redis.call('SET', record_key, stored[i], 'PXAT', math.max(math.ceil(plan.after.expires / 1000), 1))
+  if #missing > 0 then return need(missing) end
+  local adds, removes, created, expiring, unexpiring, heads, unheads = {}, {}, {}, {}, {}, {}, {}
+  local reply = {'OK'}
+  for i, item in ipairs(items) do
+    local member, before = item.member, item.before
+    reply[i + 1] = item.patch
+    local was, is = {}, {}
+    for _, key in ipairs(item.old_postings) do was[key] = true end
+    for _, key in ipairs(item.new_postings) do is[key] = true end
+    for key in pairs(is) do if not was[key] then push(adds, key, member) end end
+    for key in pairs(was) do if not is[key] then push(removes, key, member) end end
+    push(created, created_key, item.created, member)
+    if item.expires then
+      push(expiring, expires_key, item.expires, member)
+      push(heads, heads_key, member, item.head)
+      redis.call('SET', item.record_key, item.record, 'PXAT', math.max(math.ceil(item.expires / 1000), 1))
     else
-      redis.call('SET', record_key, stored[i])
+      if before and (before.damaged or before.expires) then
+        push(unexpiring, expires_key, member)
+        push(unheads, heads_key, member)
+      end
+      redis.call('SET', item.record_key, item.record)
     end
   end
-  return stored
+  if not marker then redis.call('SET', marker_key, shards) end
+  apply('SADD', adds)
+  apply('SREM', removes)
+  apply('ZADD', created)
+  apply('ZADD', expiring)
+  apply('ZREM', unexpiring)
+  apply('HSET', heads)
+  apply('HDEL', unheads)
+  return reply
 end
 """
 
-#: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), then each
-#: item's key and new record. Saves every record, keeping the id and creation time
-#: of a live record it replaces; returns the records as stored. One item is a save,
-#: several are a shard's part of a ``save_many``: atomic either way.
-SAVE = _RECORD + _WRITE + "return write(true)\n"
+# What DELETE and PURGE share: removing items whole.
+_REMOVE = r"""
+-- Removes the items of `doomed` ({record_key, member, record, fields}) with every index
+-- entry they have, each key written once: `rescored` (expiry order entries to set first)
+-- and `stray` (expiry order members to drop) come along in the same writes.
+local function remove(prefix, doomed, created_key, expires_key, heads_key, rescored, stray)
+  local removes, uncreated, unexpiring, unheads, records = {}, {}, {}, {}, {}
+  for _, member in ipairs(stray) do push(unexpiring, expires_key, member) end
+  for _, d in ipairs(doomed) do
+    for _, key in ipairs(postings(prefix, d.fields)) do push(removes, key, d.member) end
+    push(uncreated, created_key, d.member)
+    push(unexpiring, expires_key, d.member)
+    push(unheads, heads_key, d.member)
+    if d.record then records[#records + 1] = d.record_key end
+  end
+  apply('SREM', removes)
+  apply('ZREM', uncreated)
+  apply('ZADD', rescored)
+  apply('ZREM', unexpiring)
+  apply('HDEL', unheads)
+  for start = 1, #records, 4000 do redis.call('DEL', unpack(records, start, math.min(start + 3999, #records))) end
+end
+"""
 
-#: KEYS and ARGV as :data:`SAVE`'s. Writes every record as given (a migration's
-#: ``restore_many``: id, UUID and times are the item's own), replacing what is
-#: there, atomically; returns how many.
-RESTORE = _RECORD + _WRITE + "return #write(false)\n"
 
-#: KEYS: the record keys of the items. ARGV: the shard prefix, now (µs), the content
-#: type that must match (empty: any), then each item's key and the record it must
-#: still hold (empty: any). Deletes the records and their index entries; returns
-#: how many live items were removed. An expired record met here is removed too.
-DELETE = (
-    _RECORD
+@dataclass(frozen=True)
+class Script:
+    """A script's source and its SHA-1 (what EVALSHA names it by)."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324  (Redis's name)
+
+
+#: See :func:`write`'s comment for KEYS and ARGV. Saves every record, keeping the id and
+#: creation time of a live record it replaces. One item is a save, several are a shard's
+#: part of a ``save_many``: atomic either way.
+SAVE = Script("save", "#!lua\n" + _RECORD + _WRITE + "return write(true)\n")
+
+#: As :data:`SAVE`, but writes every record as given (a migration's ``restore_many``:
+#: id, UUID and times are the item's own), replacing what is there, atomically.
+RESTORE = Script("restore", "#!lua\n" + _RECORD + _WRITE + "return write(false)\n")
+
+#: KEYS: the shard's created order, expiry order, heads hash and this run's token key;
+#: the record keys of the items; then any other key to declare. ARGV: the shard prefix,
+#: now (µs), the content type that must match (empty: any), the number of items; then per
+#: item its key and the stamp (record bytes 9 to 56: ids and times) it must still hold
+#: (empty: any); last, the token's lifetime in ms. Deletes the records and their index
+#: entries; answers {'OK', how many live items were removed}. An expired record met here
+#: is removed too.
+DELETE = Script(
+    "delete",
+    "#!lua flags=allow-oom\n"
+    + _RECORD
+    + _REMOVE
     + r"""
-local prefix, now, wanted = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local doomed, seen, removed = {}, {}, 0
-for i, record_key in ipairs(KEYS) do  -- every record read and checked before the first write
-  local member, expected = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
-  local old, f = nil, nil
-  if not seen[record_key] then old, f = held(prefix, record_key, member) end
-  seen[record_key] = true
-  if f and (not old or not live(f, now)) then  -- nothing live: its leftovers go
-    doomed[#doomed + 1] = {record_key = record_key, member = member, fields = f}
-  elseif f and (f.damaged or wanted == '' or f.content_type == wanted) and (expected == '' or expected == old) then
-    doomed[#doomed + 1] = {record_key = record_key, member = member, fields = f}
-    removed = removed + 1
+local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local earlier = answered(token_key)
+if earlier then return earlier end
+local prefix, now, wanted, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local declared, missing, doomed, seen, removed = declared_set(), {}, {}, {}, 0
+for i = 1, n do  -- every record read and checked before the first write
+  local record_key, member, stamp = KEYS[4 + i], ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  if not seen[record_key] then
+    seen[record_key] = true
+    local old, f = held(heads_key, record_key, member)
+    local gone = f and (not old or not live(f, now))  -- nothing live: its leftovers go
+    local wanted_here = f and (f.damaged or wanted == '' or f.content_type == wanted)
+      and (stamp == '' or (old and string.sub(old, 9, 56) == stamp))
+    if gone or wanted_here then
+      require_keys(declared, missing, postings(prefix, f))
+      doomed[#doomed + 1] = {record_key = record_key, member = member, record = old, fields = f}
+      if not gone then removed = removed + 1 end
+    end
   end
 end
-for _, d in ipairs(doomed) do
-  unindex(prefix, d.member, d.fields)
-  redis.call('DEL', d.record_key)
-end
-return removed
-"""
+if #missing > 0 then return need(missing) end
+remove(prefix, doomed, created_key, expires_key, heads_key, {}, {})
+return answer(token_key, removed)
+""",
 )
 
-#: KEYS: the shard's expiry order. ARGV: the shard prefix, now (µs), how many at most.
-#: Removes the index entries (and any record Redis has not dropped yet) of items
-#: expired by now, oldest first; returns how many it met.
-PURGE = (
-    _RECORD
+#: KEYS: as :data:`DELETE`'s (the record keys those of the members). ARGV: the shard
+#: prefix, now (µs), the number of members, the members (read from the expiry order, due
+#: by now); last, the token's lifetime in ms. Removes the index entries (and any record
+#: Redis has not dropped yet) of the members expired by now; an entry with nothing behind
+#: it is dropped, one whose record is live is set to its record's expiry. Answers
+#: {'OK', how many expired items were purged}.
+PURGE = Script(
+    "purge",
+    "#!lua flags=allow-oom\n"
+    + _RECORD
+    + _REMOVE
     + r"""
-local prefix, now = ARGV[1], tonumber(ARGV[2])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-for _, member in ipairs(due) do
-  local record_key = prefix .. 'r:' .. member
-  local record, f = held(prefix, record_key, member)
+local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local earlier = answered(token_key)
+if earlier then return earlier end
+local prefix, now, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local declared, missing, doomed, rescored, stray = declared_set(), {}, {}, {}, {}
+for i = 1, n do
+  local record_key, member = KEYS[4 + i], ARGV[3 + i]
+  local record, f = held(heads_key, record_key, member)
   if f == nil then
-    redis.call('ZREM', KEYS[1], member)  -- an entry with nothing behind it
+    stray[#stray + 1] = member  -- an entry with nothing behind it
   elseif live(f, now) then  -- a live record under a stale entry: its own expiry, or none
-    if f.expires then redis.call('ZADD', KEYS[1], f.expires, member) else redis.call('ZREM', KEYS[1], member) end
+    if f.expires then push(rescored, expires_key, f.expires, member) else stray[#stray + 1] = member end
   else
-    unindex(prefix, member, f)
-    if record then redis.call('DEL', record_key) end
+    require_keys(declared, missing, postings(prefix, f))
+    doomed[#doomed + 1] = {record_key = record_key, member = member, record = record, fields = f}
   end
 end
-return #due
-"""
+if #missing > 0 then return need(missing) end
+remove(prefix, doomed, created_key, expires_key, heads_key, rescored, stray)
+return answer(token_key, #doomed)
+""",
 )
 
-__all__ = ["DELETE", "PURGE", "RESTORE", "SAVE"]
+__all__ = ["DELETE", "PURGE", "RESTORE", "SAVE", "TOKEN_TTL_MS", "Script"]

@@ -1,0 +1,414 @@
+"""How the Redis provider talks to Redis: connections to each node, a pool that waits,
+commands routed to the node that owns their slot, and the steps that a cleanup waits for.
+
+It speaks to redis-py's connection objects directly (one round trip = one packed
+write, then the replies read in order on that same connection), for three reasons
+that a client object could not give:
+
+- **redirections on one connection**: an ``ASK`` is followed by ``ASKING`` and the
+  command written together on the same connection (redis-py's cluster client sends them
+  on two pooled connections, so the command arrives without its ``ASKING`` and bounces
+  back: ``tests/providers/redis/test_cluster_operations.py`` keeps that defect
+  reproduced);
+- **a read pinned to a node**: a SCAN or SSCAN cursor belongs to one server's tables;
+  :meth:`Connection.exchange` sends to the node given, never to wherever the slot map
+  says now, so a reader can tell that its node stopped serving the shard;
+- **cancellation**: a command cancelled mid-way (task cancel, ``asyncio.timeout``,
+  Ctrl-C) disconnects its connection, which the pool then reconnects, so no reply is
+  left for another command to read. redis-py's own ``socket_timeout`` is left unset (its
+  send path then wraps the write in ``asyncio.wait_for``, which on Python 3.10 and
+  3.11 swallows a cancellation that arrives as the write completes, so a cancelled
+  task ran on); the provider's ``socket_timeout`` is a deadline of its own around each
+  round trip.
+
+A :class:`Connection` belongs to one event loop of one process (a fork or another loop
+makes its own). Every command runs in a *step* (:meth:`Connection.step`) that a cleanup
+waits for before it closes the connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio.connection import Connection as NodeConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ...errors import StorageError
+from .retry import Unsettled, backoff, policy, retries, transient, translated
+from .scripts import Script
+from .topology import Address, Topology
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover  (Python 3.10: redis-py's own dependency, declared by the redis extra too)
+    from async_timeout import timeout as _deadline
+
+#: Redirections one attempt follows before it waits and tries again.
+HOPS = 5
+#: A command sent with every one of its replies read: what a step leaves.
+Command = Sequence[Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to reach Redis.
+
+    Attributes:
+        nodes: the server, or the nodes to discover a cluster from.
+        cluster: whether ``nodes`` belong to a Redis Cluster.
+        connection_class: redis-py's plain or TLS connection.
+        connect: the connection's own settings (credentials, database, TLS, connect timeout).
+        max_connections: the most connections open to one node; a caller past them waits.
+        socket_timeout: seconds a round trip may take (None: no limit).
+    """
+
+    nodes: tuple[Address, ...]
+    cluster: bool
+    connection_class: type[NodeConnection]
+    connect: dict[str, Any]
+    max_connections: int
+    socket_timeout: float | None
+
+    def make(self, address: Address) -> NodeConnection:
+        """A new (unconnected) connection to ``address``: RESP3, no retry and no read
+        timeout of redis-py's own (see the module's docstring)."""
+        host, port = address
+        return self.connection_class(
+            **self.connect,
+            host=host,
+            port=port,
+            protocol=3,
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+
+class NodePool:
+    """The connections to one node: at most ``size`` at once; a caller that finds them all
+    lent waits for one to come back (it never fails for want of one)."""
+
+    def __init__(self, make: Callable[[], NodeConnection], size: int) -> None:
+        self._make = make
+        self._size = size
+        self._idle: collections.deque[NodeConnection] = collections.deque()
+        self._made: list[NodeConnection] = []
+        self._waiters: collections.deque[asyncio.Future[NodeConnection]] = collections.deque()
+
+    async def acquire(self) -> NodeConnection:
+        """A connection of this node's (connected on first use), once one is free."""
+        if self._idle:
+            return self._idle.pop()
+        if len(self._made) < self._size:
+            connection = self._make()
+            self._made.append(connection)
+            return connection
+        waiter: asyncio.Future[NodeConnection] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed one just as the wait was cancelled
+                self.release(waiter.result())
+            raise
+
+    def release(self, connection: NodeConnection) -> None:
+        """Give ``connection`` back (to the first caller waiting, if any): it has no reply left unread."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self._idle.append(connection)
+
+    async def close(self) -> None:
+        """Disconnect every connection (none is lent: a cleanup waits for the steps first)."""
+        for connection in self._made:
+            await connection.disconnect()
+
+
+@dataclass(eq=False)  # one per loop: compared (and hashed) by identity
+class Connection:
+    """What one event loop of one process uses to reach Redis (see the module's docstring)."""
+
+    settings: Settings
+    pid: int = field(default_factory=os.getpid)
+    topology: Topology = field(init=False)
+    #: The first check of this connection (the provider's), awaited by every operation.
+    ready: asyncio.Task[Any] | None = None
+    closed: bool = False
+    #: Steps under way, and set when there are none (what :meth:`close` waits for).
+    busy: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Bumped by every connection failure: the provider records its shard count again after one.
+    failures: int = 0
+    #: ``failures`` when the provider last recorded its shard count (-1: never).
+    counted: int = -1
+    _pools: dict[Address, NodePool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.topology = Topology(self.settings.nodes, self.settings.cluster)
+
+    # -- steps -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def step(self) -> AsyncIterator[Connection]:
+        """This connection for one step of an operation, Redis's errors translated; refused
+        once :meth:`close` has begun. A search holds its connection from one chunk to the
+        next: a chunk read on a closed connection would open new ones that nothing closes.
+
+        Raises:
+            StorageError: the provider was closed (cleanup) since the operation began.
+        """
+        if self.closed:
+            raise StorageError("the provider was closed (cleanup) during this operation; it reconnects on its next one")
+        self.busy += 1
+        try:
+            with translated():
+                yield self
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.idle.set()
+
+    async def close(self) -> None:
+        """Refuse new steps, let those under way finish, and close every connection. Run
+        as a task of its own (the provider's cleanup), so that a cancelled cleanup does
+        not cut it short."""
+        self.closed = True
+        try:
+            while self.busy:
+                self.idle.clear()
+                await self.idle.wait()
+        finally:  # closed even when the wait is cancelled
+            for pool in self._pools.values():
+                with contextlib.suppress(RedisConnectionError, OSError):
+                    await pool.close()
+            self._pools.clear()
+
+    # -- one round trip ------------------------------------------------------------------
+
+    def _pool(self, address: Address) -> NodePool:
+        pool = self._pools.get(address)
+        if pool is None:
+            pool = self._pools[address] = NodePool(
+                lambda: self.settings.make(address), self.settings.max_connections
+            )
+        return pool
+
+    async def exchange(self, address: Address, commands: Sequence[Command], asking: bool = False) -> list[Any]:
+        """Send ``commands`` to ``address`` in one write on one connection and read their
+        replies; an error reply comes back as its exception, in its place. With ``asking``,
+        each command goes after an ``ASKING`` (an ``ASK`` redirection's target).
+
+        Raises:
+            redis.exceptions.ConnectionError: the node could not be reached or the
+                connection was lost (the commands may or may not have run).
+            redis.exceptions.TimeoutError: no answer within ``socket_timeout``.
+        """
+        pool = self._pool(address)
+        connection = await pool.acquire()
+        sent: list[Command] = []
+        for command in commands:
+            if asking:
+                sent.append(("ASKING",))
+            sent.append(command)
+        complete = False
+        try:
+            try:
+                if self.settings.socket_timeout is None:
+                    replies = await _round_trip(connection, sent)
+                else:
+                    async with _deadline(self.settings.socket_timeout):
+                        replies = await _round_trip(connection, sent)
+            except asyncio.TimeoutError:  # ours (a caller's own timeout cancels; it does not raise here)
+                raise RedisTimeoutError(
+                    f"no answer from {address[0]}:{address[1]} within {self.settings.socket_timeout} s"
+                ) from None
+            complete = True
+        finally:
+            if not complete:  # cut off mid-way (a cancel, a timeout, a lost connection): nothing left unread
+                await connection.disconnect(nowait=True)
+            pool.release(connection)
+        return replies[1::2] if asking else replies
+
+    # -- routed ----------------------------------------------------------------------------
+
+    async def call(self, slot: int, *command: Any) -> Any:
+        """One command about ``slot`` (see :meth:`routed`)."""
+        async with self.step():
+            [reply] = await self._routed(slot, [command])
+        return reply
+
+    async def routed(self, slot: int, commands: Sequence[Command]) -> list[Any]:
+        """``commands``, all about ``slot``, in one round trip to the node that serves it,
+        in a step: ``MOVED`` and ``ASK`` followed at once, what time fixes retried with
+        backoff. A command may run again on a retry: send only commands that may (reads,
+        and writes that are idempotent or carry a token).
+
+        Raises:
+            StorageError: the first error reply, or the last failure once the retries
+                are spent, translated.
+        """
+        async with self.step():
+            return await self._routed(slot, commands)
+
+    async def script(self, slot: int, script: Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        """Run ``script`` (by its SHA; sent whole once a node lacks it) on ``slot``'s node."""
+        async with self.step():
+            try:
+                [reply] = await self._routed(slot, [("EVALSHA", script.sha, len(keys), *keys, *args)])
+            except NoScriptError:
+                [reply] = await self._routed(slot, [("EVAL", script.source, len(keys), *keys, *args)])
+        return reply
+
+    async def _routed(self, slot: int, commands: Sequence[Command]) -> list[Any]:
+        return await policy(self.topology.cluster).call_with_retry(
+            lambda: self._attempt(slot, commands), self.failed
+        )
+
+    async def _attempt(self, slot: int, commands: Sequence[Command]) -> list[Any]:
+        address, asking = self.topology.owner(slot), False
+        for _ in range(HOPS):
+            replies = await self.exchange(address, commands, asking)
+            redirected = [reply for reply in replies if isinstance(reply, AskError)]  # MovedError is one
+            if redirected and not self.topology.cluster:
+                raise StorageError(
+                    f"{address[0]}:{address[1]} is a node of a Redis Cluster: reach it with a "
+                    f"redis+cluster:// URL or cluster_nodes ({redirected[0]})"
+                )
+            if not redirected:
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                return replies
+            moved = next((reply for reply in redirected if isinstance(reply, MovedError)), None)
+            if moved is not None:  # the slot has a new owner: every command goes there
+                self.topology.moved(moved.slot_id, (moved.host, int(moved.port)))
+                address, asking = self.topology.owner(slot), False
+                continue
+            if len(redirected) < len(replies):  # a migration has split the commands' keys: wait
+                raise Unsettled(f"slot {slot} is migrating: {redirected[0]}")
+            address, asking = (redirected[0].host, int(redirected[0].port)), True
+        raise Unsettled(f"slot {slot}: redirected more than {HOPS} times")
+
+    async def failed(self, error: Exception) -> None:
+        """After a transient failure: on a cluster, read the slot map again (the node may
+        be gone, a replica promoted); remember that a connection failed."""
+        if isinstance(error, RedisConnectionError):
+            self.failures += 1
+        if self.topology.cluster and not isinstance(error, ResponseError):
+            with contextlib.suppress(Exception):  # no node answering: the next attempt says so
+                await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read the cluster's slot map again (one server: nothing to do)."""
+        await self.topology.refresh(self._slots_of)
+
+    async def _slots_of(self, address: Address) -> Any:
+        [reply] = await self.exchange(address, [("CLUSTER", "SLOTS")])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def broadcast_targets(self) -> list[Address]:
+        """Every node that serves data: the one server, or every master of the cluster."""
+        return self.topology.masters()
+
+
+async def _round_trip(connection: NodeConnection, commands: Sequence[Command]) -> list[Any]:
+    packed = connection.pack_commands(commands) if len(commands) > 1 else connection.pack_command(*commands[0])
+    await connection.send_packed_command(packed, check_health=False)
+    replies = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as exc:  # an error reply: the connection is still in step
+            replies.append(exc)
+    return replies
+
+
+
+
+
+class NodeChanged(Exception):
+    """The node a pinned read started on no longer serves its shard (``MOVED``, or the
+    connection to it was lost): a cursor from it means nothing elsewhere."""
+
+
+class Pinned:
+    """Reads of one shard tied to the node they started on (a SCAN-family cursor belongs
+    to one server's tables).
+
+    :meth:`run` sends to that node only. A node that stops serving the shard (a
+    ``MOVED``, a lost connection) raises :class:`NodeChanged`: the reader starts its walk
+    again on the shard's owner now (:meth:`restart`, with backoff, a bounded number of
+    times) and drops what it meets twice. A shard in migration (``ASK``, ``TRYAGAIN``) or a
+    cluster electing a master is waited for. A command that names no key (SCAN, DBSIZE)
+    is followed, on a cluster, by a probe that names the shard's slot, so that a node that
+    serves the slot no more, or is migrating it, says so.
+    """
+
+    def __init__(self, connection: Connection, slot: int, probe: tuple[bytes, bytes]) -> None:
+        self._connection = connection
+        self._slot = slot
+        self._probe = ("EXISTS", *probe)  # one key that may exist, one that never does: a migration answers ASK or TRYAGAIN
+        self.node: Address | None = None
+        self._restarts = 0
+
+    async def run(self, commands: Sequence[Command], keyless: bool = False) -> list[Any]:
+        """The replies of ``commands`` on the node (see the class).
+
+        Raises:
+            NodeChanged: the node no longer serves the shard.
+            redis.exceptions.RedisError: an error reply, or a wait that did not end.
+        """
+        async with self._connection.step():
+            return await policy(self._connection.topology.cluster).call_with_retry(
+                lambda: self._once(commands, keyless), self._connection.failed
+            )
+
+    async def _once(self, commands: Sequence[Command], keyless: bool) -> list[Any]:
+        connection = self._connection
+        if self.node is None:
+            self.node = connection.topology.owner(self._slot)
+        probed = keyless and connection.topology.cluster
+        try:
+            replies = await connection.exchange(self.node, [*commands, self._probe] if probed else commands)
+        except RedisConnectionError as exc:  # the node may have restarted: its cursors are void
+            await connection.failed(exc)
+            raise NodeChanged(f"lost the connection to {self.node[0]}:{self.node[1]}") from exc
+        for reply in replies:
+            if isinstance(reply, MovedError):
+                connection.topology.moved(reply.slot_id, (reply.host, int(reply.port)))
+                raise NodeChanged(f"slot {self._slot} moved: {reply}")
+        for reply in replies:
+            if isinstance(reply, AskError) or transient(reply):
+                raise Unsettled(f"slot {self._slot} is migrating or its cluster is electing a master: {reply}")
+            if isinstance(reply, Exception):
+                raise reply
+        return replies[: len(commands)]
+
+    async def restart(self, cause: NodeChanged) -> None:
+        """Before a walk starts again on the shard's owner now: back off, bounded.
+
+        Raises:
+            Unsettled: the shard kept moving (the cause chained).
+        """
+        self._restarts += 1
+        async with self._connection.step():
+            if self._restarts > retries(self._connection.topology.cluster):
+                raise Unsettled(f"gave up reading slot {self._slot} after {self._restarts - 1} restarts: {cause}") from cause
+            await asyncio.sleep(backoff().compute(self._restarts))
+        self.node = None
+__all__ = ["HOPS", "Connection", "NodeChanged", "NodePool", "Pinned", "Settings"]

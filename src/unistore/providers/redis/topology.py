@@ -1,0 +1,100 @@
+"""Where each of a Redis Cluster's hash slots lives: the slot map, and how it is kept
+current.
+
+One server is a topology of one node that owns every slot. A cluster's map is read
+with ``CLUSTER SLOTS`` from any node that answers (the masters known so far first,
+then the nodes the user named) and refreshed when a reply says it is stale: a
+``MOVED`` updates its slot at once and asks for a refresh; a node that cannot be
+reached asks for one too. Refreshes asked for at once share one read.
+
+An address is ``(host, port)``; the node clients themselves live with the connection
+(:mod:`.connection`), which hands this class the one call it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .layout import SLOTS
+
+Address = tuple[str, int]
+
+
+class Topology:
+    """The owner of every slot (one server: a single node that owns them all).
+
+    Args:
+        nodes: where to start: the one server, or the nodes of a cluster to discover it from.
+        cluster: whether ``nodes`` belong to a Redis Cluster.
+    """
+
+    def __init__(self, nodes: Sequence[Address], cluster: bool) -> None:
+        self.cluster = cluster
+        self._seeds = list(nodes)
+        self._owners: list[Address] = [self._seeds[0]] * SLOTS
+        self._refreshing: asyncio.Task[None] | None = None
+        #: Bumped by every change of the map: a reader that saw one generation knows when it is stale.
+        self.generation = 0
+
+    def owner(self, slot: int) -> Address:
+        """The node that serves ``slot`` now (as far as this map knows)."""
+        return self._owners[slot]
+
+    def masters(self) -> list[Address]:
+        """Every node that owns a slot, in a stable order."""
+        return sorted(set(self._owners))
+
+    def moved(self, slot: int, address: Address) -> None:
+        """A ``MOVED`` reply: ``slot`` is served by ``address`` now."""
+        if self._owners[slot] != address:
+            self._owners[slot] = address
+            self.generation += 1
+
+    async def refresh(self, ask: Callable[[Address], Awaitable[Any]]) -> None:
+        """Read the map again (``ask(address)`` runs ``CLUSTER SLOTS`` on a node); concurrent
+        callers share one read. One server has nothing to refresh.
+
+        Raises:
+            RedisError: no node answered (the last failure), or a node is no cluster.
+        """
+        if not self.cluster:
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._read(ask))
+        await asyncio.shield(self._refreshing)  # one caller cancelled does not cancel the read for the others
+
+    async def _read(self, ask: Callable[[Address], Awaitable[Any]]) -> None:
+        failure: BaseException | None = None
+        for address in dict.fromkeys([*self.masters(), *self._seeds]):
+            try:
+                reply = await ask(address)
+            except (RedisError, OSError) as exc:
+                failure = exc
+                continue
+            owners = _owners(reply, address)
+            if owners != self._owners:
+                self._owners = owners
+                self.generation += 1
+            return
+        assert failure is not None  # (there is always a seed)
+        raise failure
+
+
+def _owners(reply: Any, asked: Address) -> list[Address]:
+    """The owner of every slot by a ``CLUSTER SLOTS`` reply from ``asked`` (a slot no node
+    serves stays with whoever served it: a command there gets ``CLUSTERDOWN``, retried)."""
+    owners = [asked] * SLOTS
+    for entry in reply:
+        start, end, master = int(entry[0]), int(entry[1]), entry[2]
+        host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+        if host in ("", "?"):  # the node does not know its own address: the one we asked
+            host = asked[0]
+        owners[start : end + 1] = [(host, int(master[1]))] * (end - start + 1)
+    return owners
+
+
+__all__ = ["Address", "Topology"]
