@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,13 +140,16 @@ def _cluster_state(port: int) -> str:
     return reply.stdout
 
 
-def start_cluster(workdir: Path, masters: int = 3) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    """A private Redis Cluster of ``masters`` masters (no replicas) on loopback, and
-    their ports, once every node reports the cluster ok."""
+def start_cluster(
+    workdir: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000
+) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """A private Redis Cluster of ``masters`` masters with ``replicas`` replicas each on
+    loopback, and the ports of all its nodes (masters first, as ``--cluster create`` pairs
+    them), once every node reports the cluster ok and every replica is in sync."""
     processes: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
     try:
-        for number in range(masters):
+        for number in range(masters * (1 + replicas)):
             node = workdir / f"node{number}"
             node.mkdir()
             process, port = start_redis(
@@ -156,18 +160,34 @@ def start_cluster(workdir: Path, masters: int = 3) -> tuple[list[subprocess.Pope
                 "--cluster-config-file",
                 str(node / "nodes.conf"),
                 "--cluster-node-timeout",
-                "2000",
+                str(node_timeout_ms),
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
             )
             processes.append(process)
             ports.append(port)
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports), "--cluster-yes"],
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in ports),
+                "--cluster-replicas",
+                str(replicas),
+                "--cluster-yes",
+            ],
             capture_output=True,
             timeout=60,
             check=True,
         )
         deadline = time.monotonic() + 30
-        while not all("cluster_state:ok" in _cluster_state(port) for port in ports):
+        while (
+            not all("cluster_state:ok" in _cluster_state(port) for port in ports)
+            or not all(_in_sync(port) for port in ports[masters:])
+            or not _agreed(ports[0])
+        ):
             if time.monotonic() > deadline:
                 pytest.fail(f"the Redis Cluster on ports {ports} did not become ok")
             time.sleep(0.1)
@@ -179,6 +199,23 @@ def start_cluster(workdir: Path, masters: int = 3) -> tuple[list[subprocess.Pope
     return processes, ports
 
 
+def _agreed(port: int) -> bool:
+    """Whether every node of the cluster agrees on its configuration (as ``redis-cli --cluster``,
+    which refuses to reshard a cluster that does not, checks it)."""
+    reply = subprocess.run(
+        ["redis-cli", "--cluster", "check", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return reply.returncode == 0 and "[WARNING]" not in reply.stdout and "[ERR]" not in reply.stdout
+
+
+def _in_sync(port: int) -> bool:
+    """Whether the replica on ``port`` has its master's data."""
+    reply = subprocess.run(
+        ["redis-cli", "-p", str(port), "info", "replication"], capture_output=True, text=True, timeout=10, check=False
+    )
+    return "master_link_status:up" in reply.stdout
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     """The ports of the masters of a private 3-master Redis Cluster, for the whole session."""
@@ -187,6 +224,40 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int
     for process in processes:
         process.terminate()
     for process in processes:
+        process.wait(timeout=10)
+
+
+@dataclass
+class Cluster:
+    """A Redis Cluster a test started: the ports of its nodes (masters first) and their processes."""
+
+    ports: list[int]
+    processes: dict[int, subprocess.Popen[bytes]]
+
+    def kill(self, port: int) -> None:
+        """``kill -9`` the node on ``port``."""
+        self.processes[port].kill()
+        self.processes[port].wait()
+
+
+@pytest.fixture
+def cluster_starter(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """Starts private Redis Clusters (:func:`start_cluster`'s arguments; by default 3 masters
+    with a replica each) that one test may reshard, fail over or kill nodes of; every node
+    is killed when the test ends."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> Cluster:
+        workdir = tmp_path / f"cluster{len(started)}"
+        workdir.mkdir()
+        processes, ports = start_cluster(workdir, masters, replicas, node_timeout_ms)
+        started.extend(processes)
+        return Cluster(ports, dict(zip(ports, processes, strict=True)))
+
+    yield start
+    for process in started:
+        process.kill()
+    for process in started:
         process.wait(timeout=10)
 
 
