@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import logging
 import math
 import shutil
 import statistics
@@ -66,6 +68,10 @@ CONTENT_TYPE = "bench"
 HIT_EVERY = 10
 #: Keys per ``load_many``.
 MANY = 100
+#: Seconds an interrupted bench (Ctrl-C) spends removing its scratch data before it gives up.
+INTERRUPTED_CLEANUP = 2.0
+
+_logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
 
@@ -89,10 +95,15 @@ def _group(n: int) -> str:
 
 
 class _Raw(ABC):
-    """The raw engine's side of each operation (one class per engine)."""
+    """The raw engine's side of each operation (one class per engine). An engine whose
+    client is asynchronous (Redis) sets :attr:`asynchronous`: its methods then return
+    awaitables, so that Ctrl-C cancels a command under way instead of waiting out a
+    blocking read."""
+
+    asynchronous = False
 
     @abstractmethod
-    def save(self, key: str, record: dict[str, Any]) -> None:
+    def save(self, key: str, record: dict[str, Any]) -> Any:
         """Store ``record`` under ``key``, as the engine's users do by hand."""
 
     @abstractmethod
@@ -100,20 +111,20 @@ class _Raw(ABC):
         """The record under ``key``."""
 
     @abstractmethod
-    def load_many(self, keys: list[str]) -> list[Any]:
+    def load_many(self, keys: list[str]) -> Any:
         """The records under ``keys``, in one go where the engine allows it."""
 
     @abstractmethod
-    def search(self) -> list[Any]:
+    def search(self) -> Any:
         """The records of the ``hit`` group, the best way the raw engine can find them."""
 
-    def seed(self, items: dict[str, dict[str, Any]]) -> None:
+    def seed(self, items: dict[str, dict[str, Any]]) -> Any:
         """Store ``items`` (the ``hit`` group also in the tag's own index, if the engine keeps one)."""
         for key, record in items.items():
             self.save(key, record)
 
     @abstractmethod
-    def close(self) -> None:
+    def close(self) -> Any:
         """Remove everything it wrote, and let go of the engine."""
 
 
@@ -170,10 +181,14 @@ class _RawLmdb(_Raw):
 
 
 class _RawRedis(_Raw):
-    def __init__(self, url: str, prefix: str, also_remove: list[bytes]) -> None:
-        import redis  # noqa: PLC0415  (only for a redis:// bench)
+    asynchronous = True
 
-        self._client = redis.Redis.from_url(url, protocol=2)
+    def __init__(self, url: str, prefix: str, also_remove: list[bytes]) -> None:
+        import redis.asyncio  # noqa: PLC0415  (only for a redis:// bench)
+
+        # No socket_timeout: redis-py's send path then waits on asyncio.wait_for, which on
+        # Python 3.10 and 3.11 may swallow the cancellation Ctrl-C sends (see the provider).
+        self._client = redis.asyncio.Redis.from_url(url, protocol=2, socket_timeout=None)
         self._prefix = prefix
         self._tag = f"{prefix}tag:hit"
         # Every key it writes, to remove exactly those: a SCAN would visit the whole database.
@@ -182,37 +197,37 @@ class _RawRedis(_Raw):
     def _key(self, key: str) -> str:
         return self._prefix + key
 
-    def save(self, key: str, record: dict[str, Any]) -> None:
+    async def save(self, key: str, record: dict[str, Any]) -> None:
         name = self._prefix + key
         self._written.add(name)
-        self._client.set(name, msgpack.packb(record))
+        await self._client.set(name, msgpack.packb(record))
 
-    def load(self, key: str) -> Any:
-        return msgpack.unpackb(self._client.get(self._key(key)))
+    async def load(self, key: str) -> Any:
+        return msgpack.unpackb(await self._client.get(self._key(key)))
 
-    def load_many(self, keys: list[str]) -> list[Any]:
-        return [msgpack.unpackb(value) for value in self._client.mget([self._key(key) for key in keys])]
+    async def load_many(self, keys: list[str]) -> list[Any]:
+        return [msgpack.unpackb(value) for value in await self._client.mget([self._key(key) for key in keys])]
 
-    def search(self) -> list[Any]:
-        members = list(self._client.smembers(self._tag))
-        return [msgpack.unpackb(value) for value in self._client.mget(members)]
+    async def search(self) -> list[Any]:
+        members = list(await self._client.smembers(self._tag))
+        return [msgpack.unpackb(value) for value in await self._client.mget(members)]
 
-    def seed(self, items: dict[str, dict[str, Any]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for key, record in items.items():
-            name = self._key(key)
-            self._written.add(name)
-            pipe.set(name, msgpack.packb(record))
-            if record["group"] == "hit":
-                pipe.sadd(self._tag, name)
-        pipe.execute()
+    async def seed(self, items: dict[str, dict[str, Any]]) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, record in items.items():
+                name = self._key(key)
+                self._written.add(name)
+                pipe.set(name, msgpack.packb(record))
+                if record["group"] == "hit":
+                    pipe.sadd(self._tag, name)
+            await pipe.execute()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         try:
             for names in _chunks(sorted(self._written, key=str)):
-                self._client.delete(*names)
+                await self._client.delete(*names)
         finally:
-            self._client.close()
+            await self._client.aclose()
 
 
 def _chunks(keys: list[Any], size: int = 500) -> Iterator[list[Any]]:
@@ -280,13 +295,30 @@ async def measure(
             manager.register_provider(CONTENT_TYPE, open_provider(unistore_url))
             with _raised_as_storage_error(url):
                 raw = make_raw()
-                try:
-                    return await _suite(manager, raw, progress, repetitions, operations, items)
-                finally:  # the scratch data goes, whatever happened (if the store can still be reached)
+
+                async def remove_scratch() -> None:
+                    failure = None
                     try:
-                        raw.close()
-                    finally:
-                        await manager.delete_matching(StorageQuery())
+                        await _done(raw.close())
+                    except Exception as exc:  # the namespace goes all the same (a cancellation stops here)
+                        failure = exc
+                    await manager.delete_matching(StorageQuery())
+                    if failure is not None:
+                        raise failure
+
+                try:
+                    rows = await _suite(manager, raw, progress, repetitions, operations, items)
+                except asyncio.CancelledError:  # Ctrl-C: a server that does not answer must not hold the exit
+                    try:
+                        await asyncio.wait_for(remove_scratch(), INTERRUPTED_CLEANUP)
+                    except (asyncio.TimeoutError, StorageError) as exc:
+                        _logger.warning("bench interrupted: its scratch data (%s) may be left: %r", scratch, exc)
+                    raise
+                except BaseException:
+                    await remove_scratch()  # the scratch data goes, whatever happened (if the store can be reached)
+                    raise
+                await remove_scratch()
+                return rows
 
 
 #: The options of a Redis URL that are unistore's, not the server's.
@@ -328,7 +360,7 @@ async def _suite(
     for group in ("hit", "miss"):  # the bulk path (items >= 100: both groups have some)
         chosen = {key: record for key, record in records.items() if record["group"] == group}
         await manager.save_many(chosen, CONTENT_TYPE, tags={"group": group})
-    raw.seed(records)
+    await _done(raw.seed(records))
     advance()
 
     keys = list(records)
@@ -351,14 +383,11 @@ async def _suite(
         found = [result async for result in manager.search(query)]
         assert len(found) == hits
 
-    def raw_search(n: int) -> None:
-        assert len(raw.search()) == hits
-
     suite: list[tuple[str, int, Callable[[int], Any], Callable[[int], Any]]] = [
         ("save", operations, unistore_save, lambda n: raw.save(f"save:{n}", saved)),
         ("load", operations, unistore_load, lambda n: raw.load(keys[n % items])),
         (f"load_many({MANY})", calls, unistore_load_many, lambda n: raw.load_many(_window(keys, n))),
-        (f"search(tag, {hits} of {items})", calls, unistore_search, raw_search),
+        (f"search(tag, {hits} of {items})", calls, unistore_search, lambda n: raw.search()),
     ]
     rows = []
     for operation, count, through_unistore, on_raw in suite:
@@ -369,12 +398,22 @@ async def _suite(
                 await through_unistore(n)
             ours.append((time.perf_counter() - started) / count * 1e6)
             started = time.perf_counter()
-            for n in range(count):
-                on_raw(n)
+            if raw.asynchronous:
+                for n in range(count):
+                    await on_raw(n)
+            else:
+                for n in range(count):
+                    on_raw(n)
             theirs.append((time.perf_counter() - started) / count * 1e6)
             advance()
         rows.append(BenchRow(operation, statistics.median(ours), statistics.median(theirs)))
+    assert len(await _done(raw.search())) == hits  # the raw side did the same work
     return rows
+
+
+async def _done(result: Any) -> Any:
+    """What a raw engine's method gave: awaited if it is an awaitable (an asynchronous engine's)."""
+    return await result if inspect.isawaitable(result) else result
 
 
 def _window(keys: list[str], n: int) -> list[str]:

@@ -99,8 +99,8 @@ def _open_lmdb(url: SplitResult, params: dict[str, str], create: bool) -> Callab
 
 #: The query options of a Redis URL: the provider's and those redis-py reads from a URL.
 _REDIS_OPTIONS = frozenset(
-    {"namespace", "shards", "ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "socket_timeout"}
-    | {"socket_connect_timeout"}
+    {"namespace", "shards", "max_connections", "allow_eviction", "socket_timeout", "socket_connect_timeout"}
+    | {"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile"}
 )
 
 
