@@ -141,11 +141,12 @@ def _cluster_state(port: int) -> str:
 
 
 def start_cluster(
-    workdir: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000
+    workdir: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000, options: tuple[str, ...] = ()
 ) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
     """A private Redis Cluster of ``masters`` masters with ``replicas`` replicas each on
-    loopback, and the ports of all its nodes (masters first, as ``--cluster create`` pairs
-    them), once every node reports the cluster ok and every replica is in sync."""
+    loopback (each node started with ``options`` too), and the ports of all its nodes
+    (masters first, as ``--cluster create`` pairs them), once every node reports the
+    cluster ok and every replica is in sync."""
     processes: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
     try:
@@ -165,6 +166,7 @@ def start_cluster(
                 "yes",
                 "--repl-diskless-sync-delay",
                 "0",
+                *options,
             )
             processes.append(process)
             ports.append(port)
@@ -203,7 +205,11 @@ def _agreed(port: int) -> bool:
     """Whether every node of the cluster agrees on its configuration (as ``redis-cli --cluster``,
     which refuses to reshard a cluster that does not, checks it)."""
     reply = subprocess.run(
-        ["redis-cli", "--cluster", "check", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30, check=False
+        ["redis-cli", "--cluster", "check", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     return reply.returncode == 0 and "[WARNING]" not in reply.stdout and "[ERR]" not in reply.stdout
 
@@ -247,10 +253,12 @@ def cluster_starter(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     is killed when the test ends."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> Cluster:
+    def start(
+        masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000, options: tuple[str, ...] = ()
+    ) -> Cluster:
         workdir = tmp_path / f"cluster{len(started)}"
         workdir.mkdir()
-        processes, ports = start_cluster(workdir, masters, replicas, node_timeout_ms)
+        processes, ports = start_cluster(workdir, masters, replicas, node_timeout_ms, options)
         started.extend(processes)
         return Cluster(ports, dict(zip(ports, processes, strict=True)))
 

@@ -4,10 +4,13 @@ that are positive and finite, and that no scratch data is left behind."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -119,3 +122,36 @@ def test_raw_engine_errors_become_storage_errors_and_ours_pass_unchanged() -> No
     with pytest.raises(ValidationError) as passed, _raised_as_storage_error("memory://"):
         raise ours
     assert passed.value is ours
+
+
+@pytest.mark.watchdog(120)
+async def test_an_interrupted_bench_does_not_wait_for_a_stalled_server(
+    tmp_path: Path, redis_starter: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    process, port = redis_starter(tmp_path)
+    try:
+        running = asyncio.ensure_future(bench.measure(f"redis://127.0.0.1:{port}/0", items=2000))
+        await asyncio.sleep(0.5)
+        with redis.Redis(port=port) as admin:
+            admin.client_pause(5000, all=True)
+        await asyncio.sleep(0.2)
+        interrupted = time.monotonic()
+        running.cancel()  # what Ctrl-C does to asyncio.run's task
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert time.monotonic() - interrupted < bench.INTERRUPTED_CLEANUP + 1
+        assert "scratch data (unistore-bench-" in caplog.text and "may be left" in caplog.text
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.watchdog(120)
+async def test_a_server_lost_mid_bench_is_a_storage_error(tmp_path: Path, redis_starter: Any) -> None:
+    process, port = redis_starter(tmp_path)
+    running = asyncio.ensure_future(bench.measure(f"redis://127.0.0.1:{port}/0", items=2000))
+    await asyncio.sleep(0.5)
+    process.kill()
+    process.wait()
+    with pytest.raises(StorageError, match="unreachable"):
+        await running  # its scratch data cannot be removed either: said, not hung

@@ -425,6 +425,41 @@ async def test_check_reports_each_kind_of_damage(make: Any, raw: redis.Redis) ->
     assert not (await make(namespace="unhurt").check()).problems
 
 
+async def test_a_repair_deletes_only_what_the_store_confirms_by_key_when_it_repairs(
+    make: Any, raw: redis.Redis
+) -> None:
+    # A repair acts on what its SCANs saw; what changed since (or what a stale view missed)
+    # is read again by key first, and kept unless it is still damage.
+    provider = make(namespace="confirm")
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    await provider.save("damaged", 1, "t")
+    await provider.save("plain", 2, "t")
+    await provider.save("due", 3, "t", expires_at=soon)
+    prefix = layout.shard_prefix(b"confirm", 0, 1)
+    heads = prefix + layout.HEADS
+    ghost = (layout.posting_key(prefix, index.CONTENT_TYPE, b"t"), b"ghost")
+    raw.set(layout.record_key(prefix, b"damaged"), b"\x01short")
+    raw.hset(heads, b"plain", raw.hget(heads, b"due"))  # a (real) head for a record that does not expire
+    raw.hset(heads, b"lost", b"\x01short")  # a head that does not decode, of no record
+    raw.sadd(*ghost)  # an entry with no record
+    connection = await provider._connection(maintenance=True)
+    [shard] = provider._shards
+    found = await redis_check._read(shard.pinned(connection), prefix, redis_provider.now_micros())
+    assert set(found.damaged) == {b"damaged"} and set(found.drop_heads) == {b"plain", b"lost"}
+    assert ghost in found.stray["types"]
+    # Meanwhile: the damaged record is saved whole, "plain" goes (its head left: a head of
+    # an expired record vouches for its entries), "lost" gets another head, "ghost" is saved.
+    await provider.save("damaged", 4, "t")
+    raw.delete(layout.record_key(prefix, b"plain"))
+    raw.hset(heads, b"lost", b"\x01other")
+    await provider.save("ghost", 5, "t")
+    await redis_check._confirm(connection, shard, found)
+    assert found.damaged == {} and found.drop_heads == [] and ghost not in found.stray["types"]
+    await provider.check(repair=True)  # and a repair now keeps them
+    assert (await provider.load("damaged")).data == 4 and (await provider.load("ghost")).data == 5
+    assert raw.hget(heads, b"plain") is not None
+
+
 async def test_check_and_purge_from_the_command_line(redis_port: int, raw: redis.Redis) -> None:
     url = f"redis://127.0.0.1:{redis_port}/{DB}?namespace=cli"
     provider = open_provider(url)
@@ -533,7 +568,9 @@ async def test_a_server_killed_in_a_stream_of_writes_leaves_nothing_half_written
             batches[batch] = batches.get(batch, 0) + 1
         # a batch is one script per shard: each shard's part is whole or absent
         for batch, count in batches.items():
-            in_shards = [sum(1 for n in range(20) if provider._shard(f"{batch}:{n}".encode()).number == s) for s in (0, 1)]
+            in_shards = [
+                sum(1 for n in range(20) if provider._shard(f"{batch}:{n}".encode()).number == s) for s in (0, 1)
+            ]
             assert count in (0, *in_shards, 20), (batch, count)
     finally:
         for task in writers:

@@ -458,3 +458,64 @@ async def test_explain_of_a_shard_that_does_not_exist_is_a_validation_error(
     for shard in (5, -1):
         with pytest.raises(ValidationError, match="shard"):
             await provider.explain(StorageQuery(), shard)
+
+
+@pytest.mark.redis
+async def test_a_shard_whose_marker_names_another_count_refuses_writes(
+    redis_port: int, made: list[RedisStorageProvider]
+) -> None:
+    # The namespace's own marker lost (or never written by an older writer), a shard's marker
+    # still says how the namespace was split: a write there is refused, not misplaced.
+    namespace = _namespace()
+    prefix = layout.shard_prefix(namespace.encode(), 0, 1)
+    with redis.Redis(port=redis_port) as admin:
+        admin.set(prefix + layout.MARKER, b"3")
+        provider = RedisStorageProvider(port=redis_port, namespace=namespace)
+        made.append(provider)
+        with pytest.raises(ValidationError, match="split over 3 shards; open it with shards=3"):
+            await provider.save("k", 1, "doc")
+        assert admin.get(layout.record_key(prefix, b"k")) is None
+        admin.set(prefix + layout.MARKER, b"one")  # damage
+        with pytest.raises(StorageCorruptionError, match="shard marker"):
+            await provider.save("k", 1, "doc")
+        assert admin.get(layout.record_key(prefix, b"k")) is None
+
+
+@pytest.mark.redis
+async def test_writers_that_keep_changing_an_items_tags_make_a_write_give_up_cleanly(
+    redis_port: int, made: list[RedisStorageProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run of a write script names the keys the item's record held then; a writer that
+    # changes the item between every two runs makes it ask again: bounded, then a
+    # StorageConnectionError a caller may retry, nothing written by the runs that asked.
+    from unistore import StorageConnectionError
+    from unistore.providers.redis import provider as redis_provider
+
+    monkeypatch.setattr(redis_provider, "NEED_ROUNDS", 1)  # the first NEED already spends the rounds
+    provider = RedisStorageProvider(port=redis_port, namespace=_namespace())
+    made.append(provider)
+    await provider.save("k", 1, "doc", tags={"colour": "red"})
+    with pytest.raises(StorageConnectionError, match="kept changing"):
+        await provider.save("k", 2, "doc", tags={"colour": "blue"})
+    assert (await provider.load("k")).metadata.tags == {"colour": "red"}
+    assert (await provider.check()).ok
+
+
+@pytest.mark.redis
+async def test_an_index_key_of_the_wrong_type_is_a_storage_error_not_a_crash(
+    redis_port: int, made: list[RedisStorageProvider]
+) -> None:
+    namespace = _namespace()
+    provider = RedisStorageProvider(port=redis_port, namespace=namespace)
+    made.append(provider)
+    await provider.save("k", 1, "doc", tags={"colour": "red"})
+    prefix = layout.shard_prefix(namespace.encode(), 0, 1)
+    from unistore import index
+
+    red = layout.posting_key(prefix, index.TAG, index.tag_term(b"colour", b"red"))
+    with redis.Redis(port=redis_port) as admin:
+        admin.delete(red)
+        admin.set(red, b"not a set")  # another program's key, or damage
+    with pytest.raises(StorageError, match="WRONGTYPE"):
+        [r async for r in provider.search(StorageQuery(tags={"colour": "red"}))]
+    assert (await provider.load("k")).data == 1

@@ -115,7 +115,9 @@ class Shard:
             assert reply[0] == b"OK", reply
             return list(reply[1:])
 
-    def write_args(self, items: dict[str, Any], content_type: str, expires_at: datetime | None, now: int, **tags: str) -> tuple[list[bytes], list[Any], list[bytes]]:
+    def write_args(
+        self, items: dict[str, Any], content_type: str, expires_at: datetime | None, now: int, **tags: str
+    ) -> tuple[list[bytes], list[Any], list[bytes]]:
         keys, args, records = list(layout.shard_keys(self.prefix)), [self.prefix, now, 1, "1", len(items)], []
         for key, data in items.items():
             fields, record, _ = prepare_save(key, data, content_type, expires_at, tags).build(None, now, lambda: 0)
@@ -235,13 +237,13 @@ def test_one_script_saves_and_deletes_a_batch_atomically(client: redis.Redis) ->
     assert shard.delete_many(["a", "c", "missing", "a"], token="2") == 2
     assert shard.members(b"c:doc") == {b"b"} and set(shard.scores(b"created")) == {b"b"}
     # A script that fails midway (here: a record too short to read) leaves nothing of its batch.
-    keys, args, records = shard.write_args({"x": 1, "y": 2}, "doc", None, now_micros())
+    keys, args, _ = shard.write_args({"x": 1, "y": 2}, "doc", None, now_micros())
     args[-2] = b"short"  # y's record
     with pytest.raises(redis.ResponseError):
         shard.run(scripts.SAVE, keys, args)
     bad = [layout.record_key(shard.prefix, key) for key in (b"x", b"y")]
     assert not client.exists(*bad) and shard.members(b"c:doc") == {b"b"}
-    keys, args, records = shard.write_args({"x": 1}, "doc", None, now_micros())
+    keys, args, _ = shard.write_args({"x": 1}, "doc", None, now_micros())
     args[4] = 2
     with pytest.raises(redis.ResponseError, match="names one key twice"):
         shard.run(scripts.SAVE, keys + keys[4:], args + args[5:])
@@ -269,3 +271,8 @@ def test_a_save_of_a_new_key_or_with_unchanged_tags_is_one_run(client: redis.Red
     assert shard.runs == 4
     assert shard.members(b"t:\x00\x00\x00\x06colourred") == set()
     assert shard.members(b"t:\x00\x00\x00\x06colourblue") == {b"k"}
+
+
+@given(st.binary(max_size=20) | st.sampled_from([b"{}", b"a{}b", b"{a}", b"x{a}{b}", b"{", b"}{x}", b"{{x}}"]))
+def test_key_slot_is_redis_clusters(key: bytes) -> None:
+    assert layout.key_slot(key) == key_slot(key)

@@ -294,31 +294,45 @@ async def measure(
         async with UnifiedStorageManager(metrics=MetricsManager()) as manager:
             manager.register_provider(CONTENT_TYPE, open_provider(unistore_url))
             with _raised_as_storage_error(url):
-                raw = make_raw()
+                return await _measured(manager, make_raw(), scratch, progress, repetitions, operations, items)
 
-                async def remove_scratch() -> None:
-                    failure = None
-                    try:
-                        await _done(raw.close())
-                    except Exception as exc:  # the namespace goes all the same (a cancellation stops here)
-                        failure = exc
-                    await manager.delete_matching(StorageQuery())
-                    if failure is not None:
-                        raise failure
 
-                try:
-                    rows = await _suite(manager, raw, progress, repetitions, operations, items)
-                except asyncio.CancelledError:  # Ctrl-C: a server that does not answer must not hold the exit
-                    try:
-                        await asyncio.wait_for(remove_scratch(), INTERRUPTED_CLEANUP)
-                    except (asyncio.TimeoutError, StorageError) as exc:
-                        _logger.warning("bench interrupted: its scratch data (%s) may be left: %r", scratch, exc)
-                    raise
-                except BaseException:
-                    await remove_scratch()  # the scratch data goes, whatever happened (if the store can be reached)
-                    raise
-                await remove_scratch()
-                return rows
+async def _measured(
+    manager: UnifiedStorageManager,
+    raw: _Raw,
+    scratch: str,
+    progress: Progress | None,
+    repetitions: int,
+    operations: int,
+    items: int,
+) -> list[BenchRow]:
+    """The suite's rows; the scratch data of both sides removed whatever happened (if the
+    store can be reached), and, when the bench is interrupted, given up after
+    :data:`INTERRUPTED_CLEANUP` seconds (a server that does not answer must not hold Ctrl-C)."""
+
+    async def remove_scratch() -> None:
+        failure = None
+        try:
+            await _done(raw.close())
+        except Exception as exc:  # the namespace goes all the same (a cancellation stops here)
+            failure = exc
+        await manager.delete_matching(StorageQuery())
+        if failure is not None:
+            raise failure
+
+    try:
+        rows = await _suite(manager, raw, progress, repetitions, operations, items)
+    except asyncio.CancelledError:
+        try:
+            await asyncio.wait_for(remove_scratch(), INTERRUPTED_CLEANUP)
+        except (asyncio.TimeoutError, StorageError) as exc:
+            _logger.warning("bench interrupted: its scratch data (%s) may be left: %r", scratch, exc)
+        raise
+    except BaseException:
+        await remove_scratch()
+        raise
+    await remove_scratch()
+    return rows
 
 
 #: The options of a Redis URL that are unistore's, not the server's.

@@ -133,8 +133,8 @@ async def _read(pinned: Pinned, prefix: bytes, now: int) -> _Shard:
         shard.records[member] = fields
         if fields.expires is not None:
             shard.write_heads[member] = record[: len(record) - len(fields.payload)]  # as the save script writes it
-        for part, entries in _entries(prefix, member, fields).items():
-            shard.expected[part] |= entries
+        for kind, entries in _entries(prefix, member, fields).items():
+            shard.expected[kind] |= entries
     shard.heads = dict(await _scan(pinned, "HSCAN", prefix + layout.HEADS))
     _judge_heads(shard, prefix, now)
     for part, counter, name in _POSTING_PARTS:
@@ -223,7 +223,10 @@ async def _confirm(connection: Connection, shard: Shard, found: _Shard) -> None:
         batch = members[start : start + BATCH]
         records, heads = await connection.routed(
             shard.slot,
-            [("MGET", *(layout.record_key(prefix, member) for member in batch)), ("HMGET", prefix + layout.HEADS, *batch)],
+            [
+                ("MGET", *(layout.record_key(prefix, member) for member in batch)),
+                ("HMGET", prefix + layout.HEADS, *batch),
+            ],
         )
         for member, record, head in zip(batch, records, heads, strict=True):
             if member in found.damaged and record != found.damaged[member]:
@@ -372,4 +375,13 @@ async def namespaces(connection: Connection) -> list[tuple[str, int]]:
     return sorted(found.items())
 
 
-__all__ = ["BATCH", "KEEPING_POLICIES", "PAGE", "check_shard", "eviction", "namespace_exists", "namespaces", "shard_usage"]
+__all__ = [
+    "BATCH",
+    "KEEPING_POLICIES",
+    "PAGE",
+    "check_shard",
+    "eviction",
+    "namespace_exists",
+    "namespaces",
+    "shard_usage",
+]

@@ -52,7 +52,7 @@ from .topology import Address, Topology
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
 else:  # pragma: no cover  (Python 3.10: redis-py's own dependency, declared by the redis extra too)
-    from async_timeout import timeout as _deadline
+    from async_timeout import timeout as _deadline  # type: ignore[import-not-found]
 
 #: Redirections one attempt follows before it waits and tries again.
 HOPS = 5
@@ -201,9 +201,7 @@ class Connection:
     def _pool(self, address: Address) -> NodePool:
         pool = self._pools.get(address)
         if pool is None:
-            pool = self._pools[address] = NodePool(
-                lambda: self.settings.make(address), self.settings.max_connections
-            )
+            pool = self._pools[address] = NodePool(lambda: self.settings.make(address), self.settings.max_connections)
         return pool
 
     async def exchange(self, address: Address, commands: Sequence[Command], asking: bool = False) -> list[Any]:
@@ -273,9 +271,7 @@ class Connection:
         return reply
 
     async def _routed(self, slot: int, commands: Sequence[Command]) -> list[Any]:
-        return await policy(self.topology.cluster).call_with_retry(
-            lambda: self._attempt(slot, commands), self.failed
-        )
+        return await policy(self.topology.cluster).call_with_retry(lambda: self._attempt(slot, commands), self.failed)
 
     async def _attempt(self, slot: int, commands: Sequence[Command]) -> list[Any]:
         address, asking = self.topology.owner(slot), False
@@ -338,9 +334,6 @@ async def _round_trip(connection: NodeConnection, commands: Sequence[Command]) -
     return replies
 
 
-
-
-
 class NodeChanged(Exception):
     """The node a pinned read started on no longer serves its shard (``MOVED``, or the
     connection to it was lost): a cursor from it means nothing elsewhere."""
@@ -362,7 +355,10 @@ class Pinned:
     def __init__(self, connection: Connection, slot: int, probe: tuple[bytes, bytes]) -> None:
         self._connection = connection
         self._slot = slot
-        self._probe = ("EXISTS", *probe)  # one key that may exist, one that never does: a migration answers ASK or TRYAGAIN
+        self._probe = (
+            "EXISTS",
+            *probe,
+        )  # one key that may exist, one that never does: a migration answers ASK or TRYAGAIN
         self.node: Address | None = None
         self._restarts = 0
 
@@ -408,7 +404,11 @@ class Pinned:
         self._restarts += 1
         async with self._connection.step():
             if self._restarts > retries(self._connection.topology.cluster):
-                raise Unsettled(f"gave up reading slot {self._slot} after {self._restarts - 1} restarts: {cause}") from cause
+                raise Unsettled(
+                    f"gave up reading slot {self._slot} after {self._restarts - 1} restarts: {cause}"
+                ) from cause
             await asyncio.sleep(backoff().compute(self._restarts))
         self.node = None
+
+
 __all__ = ["HOPS", "Connection", "NodeChanged", "NodePool", "Pinned", "Settings"]

@@ -65,6 +65,10 @@ _logger = logging.getLogger(__name__)
 #: script of ours holds the server for long, however many items an operation removes.
 PURGE_BATCH = 200
 DELETE_BATCH = 200
+#: Runs of a write script that may ask for more keys before the write gives up: each
+#: ``NEED`` names the keys the records held when it ran, so only writers that keep
+#: changing the same items under it make it ask again.
+NEED_ROUNDS = 8
 MAX_SHARDS = 1024
 #: Connections one provider opens to one node at most (a caller past them waits for one).
 MAX_CONNECTIONS = 256
@@ -136,7 +140,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         if not isinstance(allow_eviction, bool):
             raise ValidationError(f"allow_eviction must be True or False, got {allow_eviction!r}")
         merged.setdefault("socket_connect_timeout", SOCKET_CONNECT_TIMEOUT)
-        for name, value in (("socket_timeout", socket_timeout), ("socket_connect_timeout", merged["socket_connect_timeout"])):
+        for name, value in (
+            ("socket_timeout", socket_timeout),
+            ("socket_connect_timeout", merged["socket_connect_timeout"]),
+        ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
                 raise ValidationError(f"{name} must be a positive number of seconds or None, got {value!r}")
         self.namespace = namespace
@@ -292,9 +299,7 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def _record_count(self, connection: Connection) -> None:
         """Record the namespace's shard count if none is (it may have been lost: an empty
         restart), refusing another; the shard markers written next rely on it."""
-        self._check_count(
-            await connection.call(self._shards_slot, "SET", self._shards_key, self.shards, "NX", "GET")
-        )
+        self._check_count(await connection.call(self._shards_slot, "SET", self._shards_key, self.shards, "NX", "GET"))
         connection.counted = connection.failures
 
     def _shard(self, key_bytes: bytes) -> Shard:
@@ -345,7 +350,9 @@ class RedisStorageProvider(StorageProvider[Any]):
             await self._record_count(connection)
             args[3] = b"1"
         reply = await self._script(connection, shard, script, keys, args)
-        return [record[:8] + patch + record[40:] if patch else record for record, patch in zip(records, reply, strict=True)]
+        return [
+            record[:8] + patch + record[40:] if patch else record for record, patch in zip(records, reply, strict=True)
+        ]
 
     async def _script(
         self, connection: Connection, shard: Shard, script: scripts.Script, keys: list[bytes], args: list[Any]
@@ -353,7 +360,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         """Run ``script`` until it answers OK: with the keys it asks for declared, and after
         recording the namespace's shard count if the shard's marker is missing."""
         declared = list(keys)
-        for _ in range(16):  # each NEED names keys the records held when it ran: a few rounds at most
+        for _ in range(NEED_ROUNDS):
             reply = await connection.script(shard.slot, script, declared, args)
             status = reply[0]
             if status == b"OK":
@@ -364,8 +371,13 @@ class RedisStorageProvider(StorageProvider[Any]):
                 await self._record_count(connection)
                 args[3] = b"1"
             else:  # b"SHARDS": the shard's marker names another count
-                self._check_count(reply[1])
-                raise StorageCorruptionError(f"namespace {self.namespace!r}: shard marker {reply[1]!r} is damaged")
+                marker = reply[1]
+                if marker.isdigit() and int(marker) != self.shards:
+                    self._check_count(marker)
+                raise StorageCorruptionError(
+                    f"namespace {self.namespace!r}: the shard marker {shard.marker!r} is damaged: {marker!r}",
+                    details={"key": shard.marker.decode()},
+                )
         raise StorageConnectionError(f"the items of namespace {self.namespace!r} kept changing under a write")
 
     async def save(
@@ -381,7 +393,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         batch = prepare_many(items, content_type, expires_at, tags)
         groups = self._by_shard(batch.key_bytes)
         written = await asyncio.gather(
-            *(self._write(scripts.SAVE, shard, [batch.save(p) for p in positions]) for shard, positions in groups.items())
+            *(
+                self._write(scripts.SAVE, shard, [batch.save(p) for p in positions])
+                for shard, positions in groups.items()
+            )
         )
         items_in_order: list[Any] = [None] * len(batch.keys)
         for positions, records in zip(groups.values(), written, strict=True):
@@ -393,7 +408,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         restores = prepare_restore(items)
         groups = self._by_shard(save.key_bytes for save in restores)
         written = await asyncio.gather(
-            *(self._write(scripts.RESTORE, shard, [restores[p] for p in positions]) for shard, positions in groups.items())
+            *(
+                self._write(scripts.RESTORE, shard, [restores[p] for p in positions])
+                for shard, positions in groups.items()
+            )
         )
         return sum(map(len, written))
 
@@ -410,7 +428,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         live items were removed. ``postings``: the posting sets they are expected in."""
         connection = await self._connection()
         prefix = shard.prefix
-        marker, created, expires, heads = layout.shard_keys(prefix)
+        _, created, expires, heads = layout.shard_keys(prefix)
         known = set(postings)
         if content_type is not None:
             known.add(layout.posting_key(prefix, index.CONTENT_TYPE, content_type))
@@ -440,7 +458,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         wanted = None if content_type is None else validate_name(content_type, "content_type")
         groups = self._by_shard(checked)
         counts = await asyncio.gather(
-            *(self._delete_in_shard(shard, [checked[p] for p in positions], wanted) for shard, positions in groups.items())
+            *(
+                self._delete_in_shard(shard, [checked[p] for p in positions], wanted)
+                for shard, positions in groups.items()
+            )
         )
         return sum(counts)
 
@@ -452,7 +473,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         limit = compiled.spec.limit
         unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
         if limit is None:  # every shard at once
-            return sum(await asyncio.gather(*(self._delete_matching_in(shard, unlimited, None) for shard in self._shards)))
+            return sum(
+                await asyncio.gather(*(self._delete_matching_in(shard, unlimited, None) for shard in self._shards))
+            )
         deleted = 0
         for shard in self._shards:  # in turn, each up to what the limit leaves
             if deleted == limit:
@@ -471,7 +494,8 @@ class RedisStorageProvider(StorageProvider[Any]):
         members = list(found)[:most]
         if not members:
             return 0
-        stamps, postings = [], set()
+        stamps: list[bytes] = []
+        postings: set[bytes] = set()
         for member in members:
             record = found[member]
             stamps.append(record[8:56])  # ids and times: a save since changes them
@@ -487,7 +511,7 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def _purge_shard(self, shard: Shard) -> int:
         connection = await self._connection()
         prefix = shard.prefix
-        marker, created, expires, heads = layout.shard_keys(prefix)
+        _, created, expires, heads = layout.shard_keys(prefix)
         total = 0
         while True:
             now = now_micros()
@@ -572,7 +596,9 @@ class RedisStorageProvider(StorageProvider[Any]):
             async for chunk in chunks:
                 yield chunk
 
-    async def _matching(self, compiled: index.CompiledQuery, shard: Shard) -> AsyncGenerator[list[tuple[bytes, bytes]], None]:
+    async def _matching(
+        self, compiled: index.CompiledQuery, shard: Shard
+    ) -> AsyncGenerator[list[tuple[bytes, bytes]], None]:
         read = await reader(await self._connection(), shard, compiled.spec, COSTS)
         async with contextlib.aclosing(index.matching_chunks_async(compiled, read, name=_key_name)) as chunks:
             async for chunk in chunks:

@@ -84,6 +84,10 @@ def policy(cluster: bool) -> Retry:
     return Retry(backoff(), retries(cluster), supported_errors=TRANSIENT)
 
 
+#: What :func:`translated` reports as "unreachable or busy".
+_UNREACHABLE: tuple[type[BaseException], ...] = (*TRANSIENT, *REDIRECTIONS, OSError)
+
+
 def transient(error: BaseException) -> bool:
     """Whether time may fix ``error`` (a reply or a failure)."""
     return isinstance(error, TRANSIENT)
@@ -98,7 +102,7 @@ def translated() -> Iterator[None]:
         raise StorageConnectionError(f"Redis refused the credentials: {exc}") from exc
     except RedisTimeoutError as exc:
         raise StorageConnectionError(f"Redis is unreachable or did not answer in time: {exc}") from exc
-    except (*TRANSIENT, *REDIRECTIONS, OSError) as exc:
+    except _UNREACHABLE as exc:
         raise StorageConnectionError(f"Redis is unreachable or busy (retried with backoff): {exc}") from exc
     except ReadOnlyError as exc:
         raise StorageError(

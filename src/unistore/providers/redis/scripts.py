@@ -273,7 +273,7 @@ class Script:
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324  (Redis's name)
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
 #: See :func:`write`'s comment for KEYS and ARGV. Saves every record, keeping the id and

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
@@ -111,7 +112,7 @@ def _score(micros: int | None, unbounded: str) -> str:
 _RESTART = object()  # a reader's position: its walk starts again (on the shard's owner now)
 
 
-class _Reader:
+class _Reader(ABC):
     """A chunk reader (``read(position)``, as :mod:`unistore.index`'s loop calls it) of one
     shard on one node, that starts again when the node changes."""
 
@@ -128,8 +129,9 @@ class _Reader:
             await self._pinned.restart(moved)
             return [], _RESTART
 
+    @abstractmethod
     async def _page(self, position: Any) -> index.Chunk:
-        raise NotImplementedError
+        """The chunk at ``position`` (None: the first) and where the next one starts."""
 
     async def _records(self, members: list[Any]) -> list[tuple[bytes, bytes]]:
         """The (key, record) of each member that still has a record (Redis may have expired it)."""

@@ -90,9 +90,10 @@ def _owners(reply: Any, asked: Address) -> list[Address]:
     owners = [asked] * SLOTS
     for entry in reply:
         start, end, master = int(entry[0]), int(entry[1]), entry[2]
-        host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
-        if host in ("", "?"):  # the node does not know its own address: the one we asked
-            host = asked[0]
+        endpoint = master[0]
+        # None, empty or "?": the node announces no address (cluster-preferred-endpoint-type
+        # unknown-endpoint): it is reached on the host that was asked
+        host = asked[0] if endpoint in (None, b"", b"?") else endpoint.decode()
         owners[start : end + 1] = [(host, int(master[1]))] * (end - start + 1)
     return owners
 
