@@ -392,8 +392,8 @@ async def test_asking_and_its_command_travel_on_one_connection(cluster_starter: 
         )
         await asyncio.gather(*(client.get(on_target) for _ in range(8)))
         assert await client.get(layout.record_key(prefix, b"stays")) is not None  # served by the source
-        with pytest.raises(redis.exceptions.RedisError, match=r"(?i)ttl exhausted|moved|ask"):
-            await client.get(moved_key)  # the defect
+        with pytest.raises(redis.exceptions.RedisError):  # the defect ("TTL exhausted" after 16 bounces)
+            await client.get(moved_key)
         assert (await provider.load("moved")).data == 1  # ASK followed, ASKING on the same connection
         assert (await provider.load("stays")).data == 2
         both = asyncio.ensure_future(provider.load_many(["moved", "stays"]))  # MGET across the split: TRYAGAIN ...

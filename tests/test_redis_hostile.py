@@ -519,3 +519,8 @@ async def test_an_index_key_of_the_wrong_type_is_a_storage_error_not_a_crash(
     with pytest.raises(StorageError, match="WRONGTYPE"):
         [r async for r in provider.search(StorageQuery(tags={"colour": "red"}))]
     assert (await provider.load("k")).data == 1
+
+
+def test_a_url_option_redis_py_does_not_take_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="a Redis setting redis-py does not take"):
+        RedisStorageProvider.from_url("redis://127.0.0.1:6379/0?namespace=x&no_such_option=1")

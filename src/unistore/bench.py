@@ -311,28 +311,26 @@ async def _measured(
     :data:`INTERRUPTED_CLEANUP` seconds (a server that does not answer must not hold Ctrl-C)."""
 
     async def remove_scratch() -> None:
-        failure = None
-        try:
-            await _done(raw.close())
-        except Exception as exc:  # the namespace goes all the same (a cancellation stops here)
-            failure = exc
-        await manager.delete_matching(StorageQuery())
-        if failure is not None:
-            raise failure
+        # Both sides at once: one failing (or cancelled) does not keep the other from trying.
+        done = await asyncio.gather(_done(raw.close()), manager.delete_matching(StorageQuery()), return_exceptions=True)
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
 
+    interrupted = False
     try:
-        rows = await _suite(manager, raw, progress, repetitions, operations, items)
+        return await _suite(manager, raw, progress, repetitions, operations, items)
     except asyncio.CancelledError:
-        try:
-            await asyncio.wait_for(remove_scratch(), INTERRUPTED_CLEANUP)
-        except (asyncio.TimeoutError, StorageError) as exc:
-            _logger.warning("bench interrupted: its scratch data (%s) may be left: %r", scratch, exc)
+        interrupted = True
         raise
-    except BaseException:
-        await remove_scratch()
-        raise
-    await remove_scratch()
-    return rows
+    finally:
+        if interrupted:
+            try:
+                await asyncio.wait_for(remove_scratch(), INTERRUPTED_CLEANUP)
+            except (asyncio.TimeoutError, StorageError) as exc:
+                _logger.warning("bench interrupted: its scratch data (%s) may be left: %r", scratch, exc)
+        else:
+            await remove_scratch()
 
 
 #: The options of a Redis URL that are unistore's, not the server's.

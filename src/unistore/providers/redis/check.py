@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import NoPermissionError
+from redis.exceptions import ResponseError
 
 from ... import index
 from ...codec import decode_fields, decode_item
@@ -317,18 +317,15 @@ async def shard_usage(connection: Connection, shard: Shard, now: int) -> dict[st
 async def eviction(connection: Connection) -> list[tuple[str, str | None, int]]:
     """What each node that serves data says of eviction: (node, its ``maxmemory-policy``,
     how many keys it has evicted since it started), read from ``INFO`` (which managed
-    services allow where ``CONFIG GET`` is refused); the policy is None where the ACL
-    user may not run ``INFO``."""
+    services allow where ``CONFIG GET`` is refused); the policy is None where ``INFO`` is
+    refused (an ACL user without it, a server that renamed it)."""
     found: list[tuple[str, str | None, int]] = []
     for address in connection.broadcast_targets():
         node = f"{address[0]}:{address[1]}"
         memory, stats = await connection.exchange(address, [("INFO", "memory"), ("INFO", "stats")])
-        if isinstance(memory, NoPermissionError):
+        if isinstance(memory, ResponseError) or isinstance(stats, ResponseError):  # no INFO for this user (ACL, renamed)
             found.append((node, None, 0))
             continue
-        for reply in (memory, stats):
-            if isinstance(reply, Exception):
-                raise reply
         info = _info(memory) | _info(stats)
         found.append((node, info.get("maxmemory_policy", "noeviction"), int(info.get("evicted_keys", 0))))
     return found
