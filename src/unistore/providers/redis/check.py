@@ -323,7 +323,7 @@ async def eviction(connection: Connection) -> list[tuple[str, str | None, int]]:
     for address in connection.broadcast_targets():
         node = f"{address[0]}:{address[1]}"
         memory, stats = await connection.exchange(address, [("INFO", "memory"), ("INFO", "stats")])
-        if isinstance(memory, ResponseError) or isinstance(stats, ResponseError):  # no INFO for this user (ACL, renamed)
+        if any(isinstance(reply, ResponseError) for reply in (memory, stats)):  # no INFO here (ACL, renamed)
             found.append((node, None, 0))
             continue
         info = _info(memory) | _info(stats)
