@@ -1,6 +1,6 @@
 """The providers that ship with unistore.
 
-``RedisStorageProvider`` is imported on first use: it needs redis-py, which the
+``RedisStorageProvider`` is imported on first use: it needs redis-py and hiredis, which the
 ``redis`` extra installs (``pip install 'unistore[redis]'``); the rest needs nothing more.
 """
 

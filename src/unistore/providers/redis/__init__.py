@@ -1,13 +1,16 @@
 """The Redis provider (:mod:`.provider`), its key layout and its Lua scripts.
 
-It needs redis-py, which the ``redis`` extra installs: ``pip install 'unistore[redis]'``.
+It needs redis-py and hiredis (its C reply parser, whose command packer the provider
+uses too), which the ``redis`` extra installs: ``pip install 'unistore[redis]'``.
 """
 
-try:
-    import redis.asyncio  # noqa: F401  (checked here, to say what to install)
+try:  # checked here, to say what to install
+    import hiredis  # noqa: F401
+    import redis.asyncio  # noqa: F401
 except ImportError as exc:
     raise ImportError(
-        "the Redis provider needs redis-py, which unistore's 'redis' extra installs: pip install 'unistore[redis]'"
+        "the Redis provider needs redis-py and hiredis, which unistore's 'redis' extra installs: "
+        "pip install 'unistore[redis]'"
     ) from exc
 
 from .provider import RedisStorageProvider

@@ -21,9 +21,6 @@ The backoff is redis-py's own pure policy object; :func:`policy` gives the loop,
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
@@ -93,30 +90,28 @@ def transient(error: BaseException) -> bool:
     return isinstance(error, TRANSIENT)
 
 
-@contextlib.contextmanager
-def translated() -> Iterator[None]:
-    """Redis's errors as unistore's, the cause chained: the one place they are translated."""
-    try:
-        yield
-    except AuthenticationError as exc:
-        raise StorageConnectionError(f"Redis refused the credentials: {exc}") from exc
-    except RedisTimeoutError as exc:
-        raise StorageConnectionError(f"Redis is unreachable or did not answer in time: {exc}") from exc
-    except _UNREACHABLE as exc:
-        raise StorageConnectionError(f"Redis is unreachable or busy (retried with backoff): {exc}") from exc
-    except ReadOnlyError as exc:
-        raise StorageError(
-            f"Redis refused a write: the server is a read-only replica (write to its master): {exc}"
-        ) from exc
-    except OutOfMemoryError as exc:
-        raise StorageError(
+def translation(error: BaseException) -> StorageError | None:
+    """The unistore error for a Redis error (or an OS error on its socket), or None for any
+    other exception (it passes as it is): the one place they are translated (every command
+    runs in a step of its connection, which raises this ``from`` the original)."""
+    if isinstance(error, AuthenticationError):
+        return StorageConnectionError(f"Redis refused the credentials: {error}")
+    if isinstance(error, RedisTimeoutError):
+        return StorageConnectionError(f"Redis is unreachable or did not answer in time: {error}")
+    if isinstance(error, _UNREACHABLE):
+        return StorageConnectionError(f"Redis is unreachable or busy (retried with backoff): {error}")
+    if isinstance(error, ReadOnlyError):
+        return StorageError(f"Redis refused a write: the server is a read-only replica (write to its master): {error}")
+    if isinstance(error, OutOfMemoryError):
+        return StorageError(
             f"Redis is out of memory (maxmemory reached); nothing was written. Free memory "
-            f"(delete or purge items) or raise maxmemory: {exc}"
-        ) from exc
-    except NoPermissionError as exc:
-        raise StorageError(f"Redis refused the operation: the ACL user lacks a permission: {exc}") from exc
-    except RedisError as exc:
-        raise StorageError(f"Redis refused the operation: {exc}") from exc
+            f"(delete or purge items) or raise maxmemory: {error}"
+        )
+    if isinstance(error, NoPermissionError):
+        return StorageError(f"Redis refused the operation: the ACL user lacks a permission: {error}")
+    if isinstance(error, RedisError):
+        return StorageError(f"Redis refused the operation: {error}")
+    return None
 
 
 __all__ = [
@@ -129,5 +124,5 @@ __all__ = [
     "policy",
     "retries",
     "transient",
-    "translated",
+    "translation",
 ]

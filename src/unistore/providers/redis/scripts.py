@@ -120,13 +120,19 @@ local function require_keys(declared, missing, keys)
 end
 
 -- Batched changes: key -> list of arguments, each key written once per kind.
-local function push(changes, key, ...)
+local function push(changes, key, value)
   local list = changes[key]
-  if not list then
-    list = {}
-    changes[key] = list
+  if list then list[#list + 1] = value else changes[key] = {value} end
+end
+
+local function push2(changes, key, first, second)  -- a score and a member, a field and a value
+  local list = changes[key]
+  if list then
+    list[#list + 1] = first
+    list[#list + 1] = second
+  else
+    changes[key] = {first, second}
   end
-  for _, value in ipairs({...}) do list[#list + 1] = value end
 end
 
 local function apply(command, changes)
@@ -137,17 +143,21 @@ local function apply(command, changes)
   end
 end
 
+local function need(missing)  -- the reply that asks for more declared keys
+  local reply = {'NEED'}
+  for _, key in ipairs(missing) do reply[#reply + 1] = key end
+  return reply
+end
+
+"""
+
+# What DELETE and PURGE share: a counted run's answer, kept for a retry of that run.
+_TOKENS = r"""
 -- A counted delete's answer from a run before this one, if the client sends it again.
 local function answered(token_key)
   local count = redis.call('GET', token_key)
   if count then return {'OK', tonumber(count)} end
   return nil
-end
-
-local function need(missing)  -- the reply that asks for more declared keys
-  local reply = {'NEED'}
-  for _, key in ipairs(missing) do reply[#reply + 1] = key end
-  return reply
 end
 
 local function answer(token_key, count)
@@ -174,7 +184,7 @@ local function write(keep)
   if not marker and checked ~= '1' then return {'MARKER'} end
   -- Everything is read and checked first: Redis does not undo a script's writes when
   -- it fails, so a batch that cannot be written whole must stop before its first write.
-  local declared, missing, items, seen = declared_set(), {}, {}, {}
+  local declared, missing, items, seen = nil, {}, {}, {}
   local k, a = 5, 6
   for i = 1, n do
     local record_key, member, record, count = KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
@@ -185,8 +195,11 @@ local function write(keep)
     k, a = k + 1 + count, a + 3
     local old, before = held(heads_key, record_key, member)
     local old_postings = {}
-    if before then old_postings = postings(prefix, before) end
-    require_keys(declared, missing, old_postings)
+    if before then
+      old_postings = postings(prefix, before)
+      declared = declared or declared_set()  -- (built only when there is something to check)
+      require_keys(declared, missing, old_postings)
+    end
     local patch = ''
     if keep and old and not before.damaged and live(before, now) then
       patch = string.sub(old, 9, 40)
@@ -209,15 +222,19 @@ local function write(keep)
   for i, item in ipairs(items) do
     local member, before = item.member, item.before
     reply[i + 1] = item.patch
-    local was, is = {}, {}
-    for _, key in ipairs(item.old_postings) do was[key] = true end
-    for _, key in ipairs(item.new_postings) do is[key] = true end
-    for key in pairs(is) do if not was[key] then push(adds, key, member) end end
-    for key in pairs(was) do if not is[key] then push(removes, key, member) end end
-    push(created, created_key, item.created, member)
+    if #item.old_postings == 0 then  -- a new item (the common case): every posting set is new to it
+      for _, key in ipairs(item.new_postings) do push(adds, key, member) end
+    else
+      local was, is = {}, {}
+      for _, key in ipairs(item.old_postings) do was[key] = true end
+      for _, key in ipairs(item.new_postings) do is[key] = true end
+      for key in pairs(is) do if not was[key] then push(adds, key, member) end end
+      for key in pairs(was) do if not is[key] then push(removes, key, member) end end
+    end
+    push2(created, created_key, item.created, member)
     if item.expires then
-      push(expiring, expires_key, item.expires, member)
-      push(heads, heads_key, member, item.head)
+      push2(expiring, expires_key, item.expires, member)
+      push2(heads, heads_key, member, item.head)
       redis.call('SET', item.record_key, item.record, 'PXAT', math.max(math.ceil(item.expires / 1000), 1))
     else
       if before and (before.damaged or before.expires) then
@@ -296,6 +313,7 @@ DELETE = Script(
     "delete",
     "#!lua flags=allow-oom\n"
     + _RECORD
+    + _TOKENS
     + _REMOVE
     + r"""
 local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -334,6 +352,7 @@ PURGE = Script(
     "purge",
     "#!lua flags=allow-oom\n"
     + _RECORD
+    + _TOKENS
     + _REMOVE
     + r"""
 local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -347,7 +366,7 @@ for i = 1, n do
   if f == nil then
     stray[#stray + 1] = member  -- an entry with nothing behind it
   elseif live(f, now) then  -- a live record under a stale entry: its own expiry, or none
-    if f.expires then push(rescored, expires_key, f.expires, member) else stray[#stray + 1] = member end
+    if f.expires then push2(rescored, expires_key, f.expires, member) else stray[#stray + 1] = member end
   else
     require_keys(declared, missing, postings(prefix, f))
     doomed[#doomed + 1] = {record_key = record_key, member = member, record = record, fields = f}
