@@ -41,7 +41,15 @@ from hiredis import pack_command
 from redis.asyncio.connection import Connection as NodeConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -362,8 +370,29 @@ async def _round_trip(connection: NodeConnection, commands: Sequence[Command]) -
         try:
             replies.append(await connection.read_response())
         except ResponseError as exc:  # an error reply: the connection is still in step
-            replies.append(exc)
+            replies.append(_classified(exc))
     return replies
+
+
+#: The cluster's error replies, by code: redis-py 8 parses them into these classes on any
+#: connection, redis-py 5 only on its cluster client's (a plain ResponseError here).
+_CLUSTER_ERRORS: dict[str, type[ResponseError]] = {
+    "MOVED": MovedError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+    "MASTERDOWN": MasterDownError,
+}
+
+
+def _classified(error: ResponseError) -> ResponseError:
+    """An error reply as the class its code names (see :data:`_CLUSTER_ERRORS`)."""
+    if type(error) is ResponseError:
+        code, _, rest = str(error).partition(" ")
+        kind = _CLUSTER_ERRORS.get(code)
+        if kind is not None:
+            return kind(rest)
+    return error
 
 
 class NodeChanged(Exception):
