@@ -390,7 +390,7 @@ async def test_asking_and_its_command_travel_on_one_connection(cluster_starter: 
         on_target = next(
             key for n in itertools.count() if owner(ports, layout.key_slot(key := f"x{n}".encode())) == target
         )
-        await asyncio.gather(*(client.get(on_target) for _ in range(8)))
+        await asyncio.gather(*(client.blpop([on_target], timeout=0.1) for _ in range(4)))  # each holds one
         assert await client.get(layout.record_key(prefix, b"stays")) is not None  # served by the source
         with pytest.raises(redis.exceptions.RedisError):  # the defect ("TTL exhausted" after 16 bounces)
             await client.get(moved_key)

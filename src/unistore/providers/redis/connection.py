@@ -32,7 +32,6 @@ import asyncio
 import collections
 import contextlib
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,11 +56,6 @@ from ...errors import StorageError
 from .retry import Unsettled, backoff, policy, retries, transient, translation
 from .scripts import Script
 from .topology import Address, Topology
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _deadline
-else:  # pragma: no cover  (Python 3.10: redis-py's own dependency, declared by the redis extra too)
-    from async_timeout import timeout as _deadline  # type: ignore[import-not-found]
 
 #: Redirections one attempt follows before it waits and tries again.
 HOPS = 5
@@ -101,6 +95,66 @@ class Settings:
             socket_timeout=None,
             retry=Retry(NoBackoff(), 0),
         )
+
+
+class Watch:
+    """One round trip's deadline (see :class:`Deadlines`)."""
+
+    __slots__ = ("_open", "deadline", "expired", "task")
+
+    def __init__(self, open_watches: dict[Watch, None], deadline: float, task: asyncio.Task[Any]) -> None:
+        self._open, self.deadline, self.task = open_watches, deadline, task
+        self.expired = False
+
+    def end(self) -> None:
+        """The round trip is over (its deadline no longer matters)."""
+        self._open.pop(self, None)
+
+
+class Deadlines:
+    """The deadlines of the round trips under way on one event loop, kept by one timer.
+
+    Every round trip is given the same time, so they expire in the order they began: one
+    timer, set for the oldest, serves them all, and a round trip that ends in time costs a
+    dict entry, not a timer (``asyncio.timeout`` around each one cost 10 µs here, a tenth of
+    a loopback load). An expired round trip's task is cancelled, and the round trip turns
+    that cancellation into a timeout (:func:`_still_cancelled` tells it from a caller's).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._open: dict[Watch, None] = {}  # in the order they began: the order they expire
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> Watch:
+        """Watch the current task's round trip from now."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # (a round trip runs in a task)
+        watch = Watch(self._open, loop.time() + self._seconds, task)
+        self._open[watch] = None
+        if self._timer is None:
+            self._timer = loop.call_at(watch.deadline, self._expire)
+        return watch
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        for watch in list(self._open):
+            if watch.deadline > loop.time():
+                self._timer = loop.call_at(watch.deadline, self._expire)
+                return
+            watch.end()
+            watch.expired = True
+            watch.task.cancel()
+
+
+def _still_cancelled() -> bool:
+    """After a round trip's own deadline cancelled its task: whether a caller cancelled it
+    too (that cancellation then wins). Python 3.10 counts no cancellations: none is seen."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    return uncancel is not None and uncancel() > 0
 
 
 class Step:
@@ -191,9 +245,12 @@ class Connection:
     #: ``failures`` when the provider last recorded its shard count (-1: never).
     counted: int = -1
     _pools: dict[Address, NodePool] = field(default_factory=dict)
+    _deadlines: Deadlines | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.topology = Topology(self.settings.nodes, self.settings.cluster)
+        timeout = self.settings.socket_timeout
+        self._deadlines = None if timeout is None else Deadlines(timeout)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -249,19 +306,19 @@ class Connection:
                 sent.append(("ASKING",))
             sent.append(command)
         complete = False
+        watch = self._deadlines.start() if self._deadlines is not None else None
         try:
-            try:
-                if self.settings.socket_timeout is None:
-                    replies = await _round_trip(connection, sent)
-                else:
-                    async with _deadline(self.settings.socket_timeout):
-                        replies = await _round_trip(connection, sent)
-            except asyncio.TimeoutError:  # ours (a caller's own timeout cancels; it does not raise here)
+            replies = await _round_trip(connection, sent)
+            complete = True
+        except asyncio.CancelledError:
+            if watch is not None and watch.expired and not _still_cancelled():  # ours, not a caller's
                 raise RedisTimeoutError(
                     f"no answer from {address[0]}:{address[1]} within {self.settings.socket_timeout} s"
                 ) from None
-            complete = True
+            raise
         finally:
+            if watch is not None:
+                watch.end()
             if not complete:  # cut off mid-way (a cancel, a timeout, a lost connection): nothing left unread
                 await connection.disconnect(nowait=True)
             pool.release(connection)
@@ -270,21 +327,9 @@ class Connection:
     # -- routed ----------------------------------------------------------------------------
 
     async def call(self, slot: int, *command: Any) -> Any:
-        """One command about ``slot`` (see :meth:`routed`): sent once to the slot's owner, and
-        through the retrying path only when that first answer is a redirection or a failure
-        that time fixes (what nearly every load and save skips)."""
+        """One command about ``slot`` (see :meth:`routed`)."""
         async with Step(self):
-            try:
-                [reply] = await self.exchange(self.topology.owner(slot), (command,))
-            except RedisConnectionError:
-                reply = None
-            else:
-                if not isinstance(reply, Exception):
-                    return reply
-                if not isinstance(reply, AskError) and not transient(reply):
-                    raise reply
-            [reply] = await self._routed(slot, [command])
-            return reply
+            return await self._once(slot, command)
 
     async def routed(self, slot: int, commands: Sequence[Command]) -> list[Any]:
         """``commands``, all about ``slot``, in one round trip to the node that serves it,
@@ -296,16 +341,35 @@ class Connection:
             StorageError: the first error reply, or the last failure once the retries
                 are spent, translated.
         """
-        async with self.step():
+        async with Step(self):
             return await self._routed(slot, commands)
 
     async def script(self, slot: int, script: Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
         """Run ``script`` (by its SHA; sent whole once a node lacks it) on ``slot``'s node."""
-        async with self.step():
+        async with Step(self):
             try:
-                [reply] = await self._routed(slot, [("EVALSHA", script.sha, len(keys), *keys, *args)])
+                return await self._once(slot, ("EVALSHA", script.sha, len(keys), *keys, *args))
             except NoScriptError:
-                [reply] = await self._routed(slot, [("EVAL", script.source, len(keys), *keys, *args)])
+                return await self._once(slot, ("EVAL", script.source, len(keys), *keys, *args))
+
+    async def _once(self, slot: int, command: Command) -> Any:
+        """One command about ``slot``: sent once to the slot's owner, and through the retrying
+        path (:meth:`_routed`) only when that first answer is a redirection or a failure time
+        fixes, which nearly every load and save skips.
+
+        Raises:
+            redis.exceptions.RedisError: an error reply, or the last failure of the retries.
+        """
+        try:
+            [reply] = await self.exchange(self.topology.owner(slot), (command,))
+        except RedisConnectionError:
+            pass  # (sent again by the retrying path, which knows what to do about it)
+        else:
+            if not isinstance(reply, Exception):
+                return reply
+            if not isinstance(reply, AskError) and not transient(reply):
+                raise reply
+        [reply] = await self._routed(slot, [command])
         return reply
 
     async def _routed(self, slot: int, commands: Sequence[Command]) -> list[Any]:
