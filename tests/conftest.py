@@ -13,7 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -235,15 +235,101 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int
 
 @dataclass
 class Cluster:
-    """A Redis Cluster a test started: the ports of its nodes (masters first) and their processes."""
+    """A Redis Cluster on loopback, and what tests do to one as an operator would: the ports
+    of its nodes (its ``masters`` first, as ``--cluster create`` pairs them) and, for a
+    cluster a test started, their processes."""
 
     ports: list[int]
-    processes: dict[int, subprocess.Popen[bytes]]
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    masters: int = 3
 
     def kill(self, port: int) -> None:
         """``kill -9`` the node on ``port``."""
         self.processes[port].kill()
         self.processes[port].wait()
+
+    def cli(self, *arguments: str, timeout: float = 120) -> str:
+        """Run redis-cli (it must succeed); its output."""
+        done = subprocess.run(["redis-cli", *arguments], capture_output=True, text=True, timeout=timeout, check=False)
+        assert done.returncode == 0 and "[ERR]" not in done.stdout, (
+            f"{arguments}\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
+        )
+        return done.stdout
+
+    def settled(self) -> None:
+        """Wait until every node agrees on the configuration (after a change the nodes learn
+        of it over their bus; ``redis-cli --cluster`` refuses to act before)."""
+        deadline = time.monotonic() + 60
+        while not _agreed(self.ports[0]):
+            assert time.monotonic() < deadline, f"the nodes of {self.ports} never agreed"
+            time.sleep(0.2)
+
+    def node_id(self, port: int) -> str:
+        return self.cli("-p", str(port), "cluster", "myid").strip()
+
+    def _slots(self, ask: int | None = None) -> list[tuple[int, int, int]]:
+        with redis.Redis(port=self.ports[0] if ask is None else ask) as client:
+            return [(start, end, int(node[1])) for start, end, node, *_ in client.execute_command("CLUSTER", "SLOTS")]
+
+    def owner(self, slot: int, ask: int | None = None) -> int:
+        """The port of the master that serves ``slot`` now, as the node ``ask`` (the first
+        by default) says."""
+        return next(port for start, end, port in self._slots(ask) if start <= slot <= end)
+
+    def move(self, slot: int) -> tuple[int, int]:
+        """Move ``slot`` to the next master with ``redis-cli --cluster reshard`` (plain: no
+        ``--cluster-replace``); the master before and after. reshard takes a source's slots
+        in ascending order, so it moves every slot of the source up to this one."""
+        self.settled()
+        masters = self.ports[: self.masters]
+        before = self.owner(slot)
+        target = masters[(masters.index(before) + 1) % len(masters)]
+        slots = self._slots()
+        up_to = sum(min(end, slot) - start + 1 for start, end, port in slots if port == before and start <= slot)
+        self.cli(
+            "--cluster", "reshard", f"127.0.0.1:{masters[0]}",
+            "--cluster-from", self.node_id(before), "--cluster-to", self.node_id(target),
+            "--cluster-slots", str(up_to), "--cluster-yes",
+        )  # fmt: skip
+        return before, self.owner(slot)
+
+    def replica_of(self, master: int) -> int:
+        with redis.Redis(port=master) as client:
+            return int(client.info("replication")["slave0"]["port"])
+
+    def replicated(self) -> None:
+        """Wait until every master's writes have reached a replica."""
+        for port in self.ports[: self.masters]:
+            with redis.Redis(port=port) as client:
+                assert client.execute_command("WAIT", 1, 10_000) >= 1
+
+    def open_migration(self, slot: int, keys: list[bytes]) -> tuple[int, int]:
+        """Start moving ``slot`` to the next master by hand, as redis-cli does, and move
+        ``keys`` (of that slot) over; the source and target ports."""
+        masters = self.ports[: self.masters]
+        source = self.owner(slot)
+        target = masters[(masters.index(source) + 1) % len(masters)]
+        self.cli("-p", str(target), "cluster", "setslot", str(slot), "importing", self.node_id(source))
+        self.cli("-p", str(source), "cluster", "setslot", str(slot), "migrating", self.node_id(target))
+        if keys:
+            with redis.Redis(port=source) as client:
+                client.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        return source, target
+
+    def close_migration(self, slot: int, source: int, target: int) -> None:
+        """Move the rest of ``slot``'s keys and hand it to the target, as redis-cli ends a move."""
+        with redis.Redis(port=source) as client:
+            while keys := client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                client.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for port in self.ports[: self.masters]:
+            self.cli("-p", str(port), "cluster", "setslot", str(slot), "node", self.node_id(target))
+
+
+@pytest.fixture
+def shared_cluster(redis_cluster: list[int]) -> Cluster:
+    """The session's Redis Cluster (:func:`redis_cluster`), with :class:`Cluster`'s helpers
+    (for reads: a test must leave it as it found it)."""
+    return Cluster(redis_cluster)
 
 
 @pytest.fixture
@@ -260,7 +346,7 @@ def cluster_starter(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         workdir.mkdir()
         processes, ports = start_cluster(workdir, masters, replicas, node_timeout_ms, options)
         started.extend(processes)
-        return Cluster(ports, dict(zip(ports, processes, strict=True)))
+        return Cluster(ports, dict(zip(ports, processes, strict=True)), masters)
 
     yield start
     for process in started:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -25,57 +24,6 @@ from unistore.providers.redis import layout
 pytestmark = pytest.mark.redis
 
 UTC = timezone.utc
-
-
-def cli(*arguments: str, timeout: float = 120) -> str:
-    """Run redis-cli; its output (it must succeed)."""
-    done = subprocess.run(["redis-cli", *arguments], capture_output=True, text=True, timeout=timeout, check=False)
-    assert done.returncode == 0 and "[ERR]" not in done.stdout, (
-        f"{arguments}\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
-    )
-    return done.stdout
-
-
-def settled(port: int) -> None:
-    """Wait until every node agrees on the cluster's configuration (after a change, the
-    nodes learn of it over their bus; ``redis-cli --cluster`` refuses to act before)."""
-    deadline = time.monotonic() + 60
-    while True:
-        done = subprocess.run(
-            ["redis-cli", "--cluster", "check", f"127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if done.returncode == 0 and "[WARNING]" not in done.stdout and "[ERR]" not in done.stdout:
-            return
-        assert time.monotonic() < deadline, done.stdout[-3000:]
-        time.sleep(0.2)
-
-
-def node_id(port: int) -> str:
-    return cli("-p", str(port), "cluster", "myid").strip()
-
-
-def slots_up_to(ports: list[int], master: int, slot: int) -> int:
-    """How many slots ``master`` serves up to ``slot``: ``redis-cli --cluster reshard`` takes a
-    source's slots in ascending order, so moving that many moves ``slot``."""
-    with redis.Redis(port=ports[0]) as client:
-        return sum(
-            min(end, slot) - start + 1
-            for start, end, node, *_ in client.execute_command("CLUSTER", "SLOTS")
-            if int(node[1]) == master and start <= slot
-        )
-
-
-def owner(ports: list[int], slot: int) -> int:
-    """The port of the master that serves ``slot`` now (as the cluster itself says)."""
-    with redis.Redis(port=ports[0]) as client:
-        for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                return int(master[1])
-    raise AssertionError(f"no node serves slot {slot}")
 
 
 @dataclass
@@ -166,8 +114,8 @@ async def verify(provider: RedisStorageProvider, model: Model) -> None:
 
 @pytest.mark.watchdog(300)
 async def test_reshard_and_rebalance_under_writes(cluster_starter: Callable[..., Any]) -> None:
-    ports = cluster_starter().ports
-    masters = ports[:3]
+    cluster = cluster_starter()
+    ports = cluster.ports
     shards = 3
     namespace = f"moving-{uuid.uuid4().hex[:8]}"
     provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{ports[0]}"], namespace=namespace, shards=shards)
@@ -181,24 +129,11 @@ async def test_reshard_and_rebalance_under_writes(cluster_starter: Callable[...,
         stop = asyncio.Event()
         writers = [asyncio.create_task(write_and_search(provider, model, task, stop)) for task in range(4)]
         await asyncio.sleep(0.3)
-        ids = [node_id(port) for port in masters]
-        moves = []
-        for shard in range(shards):  # each shard's slot to the next master
-            slot = layout.key_slot(layout.shard_prefix(namespace.encode(), shard, shards))
-            await asyncio.to_thread(settled, masters[0])
-            before = owner(ports, slot)
-            target = masters[(masters.index(before) + 1) % 3]
-            await asyncio.to_thread(
-                cli,
-                "--cluster", "reshard", f"127.0.0.1:{masters[0]}",
-                "--cluster-from", ids[masters.index(before)], "--cluster-to", ids[masters.index(target)],
-                "--cluster-slots", str(slots_up_to(ports, before, slot)), "--cluster-yes",
-            )  # fmt: skip
-            moves.append((before, owner(ports, slot)))
-        assert all(before != after for before, after in moves), moves
-        await asyncio.to_thread(settled, masters[0])
+        moves = [await asyncio.to_thread(cluster.move, slot) for slot in shard_slots(namespace, shards)]
+        assert all(before != after for before, after in moves), moves  # each shard to the next master
+        await asyncio.to_thread(cluster.settled)
         await asyncio.to_thread(
-            cli, "--cluster", "rebalance", f"127.0.0.1:{masters[0]}", "--cluster-threshold", "1", "--cluster-yes"
+            cluster.cli, "--cluster", "rebalance", f"127.0.0.1:{ports[0]}", "--cluster-threshold", "1", "--cluster-yes"
         )
         await asyncio.sleep(0.3)
         stop.set()
@@ -206,34 +141,26 @@ async def test_reshard_and_rebalance_under_writes(cluster_starter: Callable[...,
         assert model.other == [], model.other[:5]
         assert model.operations > 100
         await verify(provider, model)
-        assert "[OK] All 16384 slots covered" in cli("--cluster", "check", f"127.0.0.1:{masters[0]}")
+        assert "[OK] All 16384 slots covered" in cluster.cli("--cluster", "check", f"127.0.0.1:{ports[0]}")
     finally:
         await provider.cleanup()
 
 
-def replica_of(ports: list[int], master: int) -> int:
-    """The port of a replica of ``master``."""
-    with redis.Redis(port=master) as client:
-        info = client.info("replication")
-    return int(info["slave0"]["port"])
+def shard_slots(namespace: str, shards: int) -> list[int]:
+    """The slot of each shard of ``namespace``."""
+    return [layout.key_slot(layout.shard_prefix(namespace.encode(), shard, shards)) for shard in range(shards)]
 
 
-def wait_replicated(ports: list[int]) -> None:
-    """Wait until every master's writes have reached its replica."""
-    for port in ports[:3]:
-        with redis.Redis(port=port) as client:
-            assert client.execute_command("WAIT", 1, 10_000) >= 1
-
-
-async def seeded(ports: list[int], items: int, shards: int = 3) -> RedisStorageProvider:
+async def seeded(cluster: Any, items: int, shards: int = 3) -> RedisStorageProvider:
+    """A provider of a new namespace holding ``items`` items tagged all=yes, replicated."""
     provider = RedisStorageProvider(
-        cluster_nodes=[f"127.0.0.1:{port}" for port in ports], namespace=uuid.uuid4().hex, shards=shards
+        cluster_nodes=[f"127.0.0.1:{port}" for port in cluster.ports], namespace=uuid.uuid4().hex, shards=shards
     )
     for start in range(0, items, 2000):
         await provider.save_many(
             {f"k{n}": n for n in range(start, min(start + 2000, items))}, "doc", tags={"all": "yes"}
         )
-    await asyncio.to_thread(wait_replicated, ports)
+    await asyncio.to_thread(cluster.replicated)
     return provider
 
 
@@ -262,28 +189,26 @@ async def test_a_failover_in_the_middle_of_a_search(
     cluster_starter: Callable[..., Any], how: str, query: StorageQuery
 ) -> None:
     cluster = cluster_starter()
-    ports = cluster.ports
     items = 40_000
-    provider = await seeded(ports, items)
+    provider = await seeded(cluster, items)
     try:
-        slot = layout.key_slot(layout.shard_prefix(provider.namespace.encode(), 1, 3))
-        master = owner(ports, slot)
-        replica = replica_of(ports, master)
+        slot = shard_slots(provider.namespace, 3)[1]
+        master = cluster.owner(slot)
+        replica = cluster.replica_of(master)
 
         def fail_over() -> None:
             if how == "kill -9":
                 cluster.kill(master)
             else:
-                cli("-p", str(replica), "cluster", "failover")
+                cluster.cli("-p", str(replica), "cluster", "failover")
             deadline = time.monotonic() + 30
-            while owner([p for p in ports if p != master], slot) != replica:
+            while cluster.owner(slot, ask=replica) != replica:
                 assert time.monotonic() < deadline, "the replica was not promoted"
                 time.sleep(0.05)
 
         try:
             found = await search_across(provider, query, fail_over, at=items // 4)
-        except StorageConnectionError as exc:
-            print("SEARCH FAILED", exc)
+        except StorageConnectionError:
             found = None  # allowed: never a silent part
         if found is not None:
             assert len(found) == len(set(found)) == items
@@ -306,10 +231,10 @@ async def test_a_failover_in_the_middle_of_a_search(
 async def test_a_provider_made_before_a_reshard_searches_checks_and_repairs_right_after(
     cluster_starter: Callable[..., Any],
 ) -> None:
-    ports = cluster_starter().ports
-    masters = ports[:3]
+    cluster = cluster_starter()
+    ports = cluster.ports
     items = 3000
-    provider = await seeded(ports, items)
+    provider = await seeded(cluster, items)
     made = [provider] + [
         RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{ports[0]}"], namespace=provider.namespace, shards=3)
         for _ in range(2)
@@ -318,18 +243,8 @@ async def test_a_provider_made_before_a_reshard_searches_checks_and_repairs_righ
         counting, repairing = made[1:]
         for each in made:  # each reads its slot map now
             assert len([r async for r in each.search(StorageQuery(pattern="k*"))]) == items
-        ids = [node_id(port) for port in masters]
-        for shard in range(3):  # every shard moves, behind the providers' backs
-            slot = layout.key_slot(layout.shard_prefix(provider.namespace.encode(), shard, 3))
-            await asyncio.to_thread(settled, masters[0])
-            before = owner(ports, slot)
-            target = masters[(masters.index(before) + 1) % 3]
-            await asyncio.to_thread(
-                cli,
-                "--cluster", "reshard", f"127.0.0.1:{masters[0]}",
-                "--cluster-from", ids[masters.index(before)], "--cluster-to", ids[masters.index(target)],
-                "--cluster-slots", str(slots_up_to(ports, before, slot)), "--cluster-yes",
-            )  # fmt: skip
+        for slot in shard_slots(provider.namespace, 3):  # every shard moves, behind the providers' backs
+            await asyncio.to_thread(cluster.move, slot)
         # A SCAN names no key, so an old node never answers MOVED: it must not be asked.
         assert (await counting.usage())["doc"].items == items
         report = await repairing.check(repair=True)
@@ -344,28 +259,6 @@ async def test_a_provider_made_before_a_reshard_searches_checks_and_repairs_righ
             await each.cleanup()
 
 
-def _migrating(ports: list[int], slot: int, keys: list[bytes]) -> tuple[int, int]:
-    """Open a migration of ``slot`` from its master to the next one and move ``keys`` (of
-    that slot) over, as ``redis-cli --cluster reshard`` does key by key; the source and
-    target ports."""
-    source = owner(ports, slot)
-    target = ports[(ports.index(source) + 1) % 3]
-    cli("-p", str(target), "cluster", "setslot", str(slot), "importing", node_id(source))
-    cli("-p", str(source), "cluster", "setslot", str(slot), "migrating", node_id(target))
-    with redis.Redis(port=source) as client:
-        client.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
-    return source, target
-
-
-def _finish(ports: list[int], slot: int, source: int, target: int) -> None:
-    """Move the rest of ``slot``'s keys and hand it to the target, as redis-cli ends a move."""
-    with redis.Redis(port=source) as client:
-        while keys := client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-            client.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
-    for port in ports[:3]:
-        cli("-p", str(port), "cluster", "setslot", str(slot), "node", node_id(target))
-
-
 @pytest.mark.watchdog(120)
 async def test_asking_and_its_command_travel_on_one_connection(cluster_starter: Callable[..., Any]) -> None:
     # redis-py's asyncio cluster client sends the ASKING an ASK calls for, and then the
@@ -376,7 +269,8 @@ async def test_asking_and_its_command_travel_on_one_connection(cluster_starter: 
     # provider's own routing (unistore.providers.redis.connection) may then go.
     from redis.asyncio.cluster import RedisCluster
 
-    ports = cluster_starter(replicas=0).ports
+    cluster = cluster_starter(replicas=0)
+    ports = cluster.ports
     provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{ports[0]}"], namespace=uuid.uuid4().hex)
     client = RedisCluster(host="127.0.0.1", port=ports[0], protocol=3)
     try:
@@ -385,10 +279,10 @@ async def test_asking_and_its_command_travel_on_one_connection(cluster_starter: 
         prefix = layout.shard_prefix(provider.namespace.encode(), 0, 1)
         slot = layout.key_slot(prefix)
         moved_key = layout.record_key(prefix, b"moved")
-        source, target = await asyncio.to_thread(_migrating, ports, slot, [moved_key])
+        source, target = await asyncio.to_thread(cluster.open_migration, slot, [moved_key])
         # the target's pool holds several connections (as under any load)
         on_target = next(
-            key for n in itertools.count() if owner(ports, layout.key_slot(key := f"x{n}".encode())) == target
+            key for n in itertools.count() if cluster.owner(layout.key_slot(key := f"x{n}".encode())) == target
         )
         await asyncio.gather(*(client.blpop([on_target], timeout=0.1) for _ in range(4)))  # each holds one
         assert await client.get(layout.record_key(prefix, b"stays")) is not None  # served by the source
@@ -399,7 +293,7 @@ async def test_asking_and_its_command_travel_on_one_connection(cluster_starter: 
         both = asyncio.ensure_future(provider.load_many(["moved", "stays"]))  # MGET across the split: TRYAGAIN ...
         await asyncio.sleep(0.3)
         assert not both.done()
-        await asyncio.to_thread(_finish, ports, slot, source, target)  # ... until the move ends
+        await asyncio.to_thread(cluster.close_migration, slot, source, target)  # ... until the move ends
         assert {key: item.data for key, item in (await both).items()} == {"moved": 1, "stays": 2}
     finally:
         for node in client.get_nodes():  # (redis-py 5's aclose leaves the connections of a failed redirect)
@@ -412,15 +306,15 @@ async def test_asking_and_its_command_travel_on_one_connection(cluster_starter: 
 async def test_writes_to_a_slot_in_migration_wait_for_it_and_are_never_half_done(
     cluster_starter: Callable[..., Any],
 ) -> None:
-    ports = cluster_starter(replicas=0).ports
-    provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{ports[0]}"], namespace=uuid.uuid4().hex)
+    cluster = cluster_starter(replicas=0)
+    provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{cluster.ports[0]}"], namespace=uuid.uuid4().hex)
     try:
         await provider.save_many({f"k{n}": n for n in range(50)}, "doc", tags={"colour": "red"})
         prefix = layout.shard_prefix(provider.namespace.encode(), 0, 1)
         slot = layout.key_slot(prefix)
         # Half the records moved: the index keys are still on the source.
         moved = [layout.record_key(prefix, f"k{n}".encode()) for n in range(0, 50, 2)]
-        source, target = await asyncio.to_thread(_migrating, ports, slot, moved)
+        source, target = await asyncio.to_thread(cluster.open_migration, slot, moved)
         writes = asyncio.gather(
             provider.save("k0", "new", "doc", tags={"colour": "blue"}),  # an upsert: old tags learnt in the script
             provider.save("fresh", 1, "doc", tags={"colour": "blue"}),
@@ -429,7 +323,7 @@ async def test_writes_to_a_slot_in_migration_wait_for_it_and_are_never_half_done
         )
         await asyncio.sleep(0.5)  # they wait (TRYAGAIN) while the slot is split ...
         assert not writes.done()
-        await asyncio.to_thread(_finish, ports, slot, source, target)  # ... and land once it is whole
+        await asyncio.to_thread(cluster.close_migration, slot, source, target)  # ... and land once it is whole
         saved, fresh, deleted, deleted_many = await writes
         assert (saved.data, fresh.data, deleted, deleted_many) == ("new", 1, True, 2)
         red = {r.item.metadata.key async for r in provider.search(StorageQuery(tags={"colour": "red"}))}

@@ -14,30 +14,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import AskError, ClusterDownError, MasterDownError, MovedError, ResponseError, TryAgainError
 
 from unistore import StorageConnectionError, StorageError, StorageQuery
 from unistore.providers import RedisStorageProvider
 from unistore.providers.redis import layout
+from unistore.providers.redis.connection import NodePool
+from unistore.providers.redis.connection import _classified as classified
 
 pytestmark = pytest.mark.redis
-
-
-def _cli(port: int, *arguments: str) -> None:
-    subprocess.run(["redis-cli", "-p", str(port), *arguments], check=True, capture_output=True, timeout=30)
-
-
-def _node_id(port: int) -> str:
-    with redis.Redis(port=port) as client:
-        return str(client.execute_command("CLUSTER", "MYID").decode())
-
-
-def _owner(ports: list[int], slot: int) -> int:
-    with redis.Redis(port=ports[0]) as client:
-        for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                return int(master[1])
-    raise AssertionError(slot)
 
 
 @pytest.mark.watchdog(60)
@@ -68,11 +54,11 @@ async def test_no_socket_timeout_waits_for_the_answer(redis_port: int) -> None:
 
 
 @pytest.mark.watchdog(60)
-async def test_a_cluster_node_reached_as_one_server_says_how_to_reach_it(redis_cluster: list[int]) -> None:
+async def test_a_cluster_node_reached_as_one_server_says_how_to_reach_it(shared_cluster: Any) -> None:
     # A key that a node does not serve comes back MOVED: one server would have to follow it.
     namespace = uuid.uuid4().hex
     slot = layout.key_slot(layout.shard_prefix(namespace.encode(), 0, 1))
-    port = next(port for port in redis_cluster if port != _owner(redis_cluster, slot))
+    port = next(port for port in shared_cluster.ports if port != shared_cluster.owner(slot))
     provider = RedisStorageProvider({"port": port, "namespace": namespace})
     try:
         with pytest.raises(
@@ -84,34 +70,17 @@ async def test_a_cluster_node_reached_as_one_server_says_how_to_reach_it(redis_c
         await provider.cleanup()
 
 
-def _open_migration(source: int, target: int, slot: int) -> None:
-    _cli(target, "cluster", "setslot", str(slot), "importing", _node_id(source))
-    _cli(source, "cluster", "setslot", str(slot), "migrating", _node_id(target))
-
-
-def _close_migration(ports: list[int], slot: int, source: int, target: int) -> None:
-    with redis.Redis(port=source) as client:
-        while keys := client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-            client.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
-    for port in ports:
-        _cli(port, "cluster", "setslot", str(slot), "node", _node_id(target))
-
-
 @pytest.mark.watchdog(120)
 async def test_a_pipeline_whose_keys_a_migration_split_waits_until_they_are_whole(
     cluster_starter: Callable[..., Any],
 ) -> None:
-    ports = cluster_starter(replicas=0).ports
-    provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{ports[0]}"], namespace=uuid.uuid4().hex)
+    cluster = cluster_starter(replicas=0)
+    provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{cluster.ports[0]}"], namespace=uuid.uuid4().hex)
     try:
         await provider.save_many({"a": 1, "b": 2}, "doc")
         prefix = layout.shard_prefix(provider.namespace.encode(), 0, 1)
         slot = layout.key_slot(prefix)
-        source = _owner(ports, slot)
-        target = ports[(ports.index(source) + 1) % 3]
-        _open_migration(source, target, slot)
-        with redis.Redis(port=source) as client:
-            client.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", layout.record_key(prefix, b"a"))
+        source, target = cluster.open_migration(slot, [layout.record_key(prefix, b"a")])
         connection = await provider._connection()
         # Two commands: one key moved (ASK), one still here: neither node can run both now.
         both = asyncio.ensure_future(
@@ -121,7 +90,7 @@ async def test_a_pipeline_whose_keys_a_migration_split_waits_until_they_are_whol
         )
         await asyncio.sleep(0.3)
         assert not both.done()
-        await asyncio.to_thread(_close_migration, ports, slot, source, target)
+        await asyncio.to_thread(cluster.close_migration, slot, source, target)
         first, second = await both
         assert first is not None and second is not None
     finally:
@@ -132,16 +101,16 @@ async def test_a_pipeline_whose_keys_a_migration_split_waits_until_they_are_whol
 async def test_redirections_that_do_not_settle_are_waited_out(cluster_starter: Callable[..., Any]) -> None:
     # A migration half set up (the source says ASK, the target was never told to import):
     # the source sends the client to the target, the target sends it back, and so on.
-    ports = cluster_starter(replicas=0).ports
+    cluster = cluster_starter(replicas=0)
+    ports = cluster.ports
     provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{ports[0]}"], namespace=uuid.uuid4().hex)
     try:
         await provider.save("here", 1, "doc")
-        prefix = layout.shard_prefix(provider.namespace.encode(), 0, 1)
-        slot = layout.key_slot(prefix)
-        source = _owner(ports, slot)
+        slot = layout.key_slot(layout.shard_prefix(provider.namespace.encode(), 0, 1))
+        source = cluster.owner(slot)
         target = ports[(ports.index(source) + 1) % 3]
-        _cli(source, "cluster", "setslot", str(slot), "migrating", _node_id(target))
-        fixed = threading.Timer(0.5, _cli, (source, "cluster", "setslot", str(slot), "stable"))
+        cluster.cli("-p", str(source), "cluster", "setslot", str(slot), "migrating", cluster.node_id(target))
+        fixed = threading.Timer(0.5, cluster.cli, ("-p", str(source), "cluster", "setslot", str(slot), "stable"))
         fixed.start()
         started = time.monotonic()
         with pytest.raises(KeyError):  # a key the source lacks: ASK, MOVED, ASK, ... until it is put right
@@ -172,3 +141,33 @@ async def test_a_cluster_whose_nodes_do_not_announce_an_address(cluster_starter:
         assert len([r async for r in provider.search(StorageQuery())]) == 30
     finally:
         await provider.cleanup()
+
+
+async def test_a_connection_handed_to_a_waiter_that_was_cancelled_meanwhile_goes_to_the_next() -> None:
+    # The race the pool guards against: a connection given back is handed to the first
+    # waiter, which is cancelled before it runs again: the connection must not go with it.
+    pool = NodePool(lambda: Connection(host="127.0.0.1", port=1), 1)  # (never connected here)
+    held = await pool.acquire()
+    first = asyncio.ensure_future(pool.acquire())
+    second = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)  # both wait
+    pool.release(held)  # handed to the first ...
+    first.cancel()  # ... which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await second is held
+
+
+def test_error_replies_are_classified_whatever_redis_py_parsed() -> None:
+    # redis-py 5 parses MOVED, ASK, TRYAGAIN, CLUSTERDOWN and MASTERDOWN only on its cluster
+    # client's connections: elsewhere they arrive as a plain ResponseError.
+    moved = classified(ResponseError("MOVED 12 127.0.0.1:7000"))
+    assert isinstance(moved, MovedError) and (moved.slot_id, moved.host, moved.port) == (12, "127.0.0.1", 7000)
+    assert isinstance(classified(ResponseError("ASK 12 127.0.0.1:7001")), AskError)
+    assert isinstance(classified(ResponseError("TRYAGAIN Multiple keys request during rehashing")), TryAgainError)
+    assert isinstance(classified(ResponseError("CLUSTERDOWN The cluster is down")), ClusterDownError)
+    assert isinstance(classified(ResponseError("MASTERDOWN Link with MASTER is down")), MasterDownError)
+    other = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    assert classified(other) is other
+    already = MovedError("12 127.0.0.1:7000")  # as redis-py 8 parses it
+    assert classified(already) is already

@@ -8,8 +8,7 @@ that a client object could not give:
 - **redirections on one connection**: an ``ASK`` is followed by ``ASKING`` and the
   command written together on the same connection (redis-py's cluster client sends them
   on two pooled connections, so the command arrives without its ``ASKING`` and bounces
-  back: ``tests/providers/redis/test_cluster_operations.py`` keeps that defect
-  reproduced);
+  back: ``tests/test_redis_cluster_changes.py`` keeps that defect reproduced);
 - **a read pinned to a node**: a SCAN or SSCAN cursor belongs to one server's tables;
   :meth:`Connection.exchange` sends to the node given, never to wherever the slot map
   says now, so a reader can tell that its node stopped serving the shard;
@@ -18,8 +17,8 @@ that a client object could not give:
   left for another command to read. redis-py's own ``socket_timeout`` is left unset (its
   send path then wraps the write in ``asyncio.wait_for``, which on Python 3.10 and
   3.11 swallows a cancellation that arrives as the write completes, so a cancelled
-  task ran on); the provider's ``socket_timeout`` is a deadline of its own around each
-  round trip.
+  task ran on); the provider's ``socket_timeout`` is a deadline of its own on each
+  round trip (:class:`Deadlines`).
 
 A :class:`Connection` belongs to one event loop of one process (a fork or another loop
 makes its own). Every command runs in a *step* (:meth:`Connection.step`) that a cleanup
@@ -59,7 +58,7 @@ from .topology import Address, Topology
 
 #: Redirections one attempt follows before it waits and tries again.
 HOPS = 5
-#: A command sent with every one of its replies read: what a step leaves.
+#: A command and its arguments.
 Command = Sequence[Any]
 
 

@@ -281,6 +281,21 @@ end
 """
 
 
+# How DELETE and PURGE begin: KEYS[1..4] are the shard's created order, expiry order, heads
+# hash and the run's token key; a run sent again answers what its first run did.
+_COUNTED = (
+    "#!lua flags=allow-oom\n"
+    + _RECORD
+    + _TOKENS
+    + _REMOVE
+    + r"""
+local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local earlier = answered(token_key)
+if earlier then return earlier end
+"""
+)
+
+
 @dataclass(frozen=True)
 class Script:
     """A script's source and its SHA-1 (what EVALSHA names it by)."""
@@ -311,14 +326,8 @@ RESTORE = Script("restore", "#!lua\n" + _RECORD + _WRITE + "return write(false)\
 #: is removed too.
 DELETE = Script(
     "delete",
-    "#!lua flags=allow-oom\n"
-    + _RECORD
-    + _TOKENS
-    + _REMOVE
+    _COUNTED
     + r"""
-local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local earlier = answered(token_key)
-if earlier then return earlier end
 local prefix, now, wanted, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local declared, missing, doomed, seen, removed = declared_set(), {}, {}, {}, 0
 for i = 1, n do  -- every record read and checked before the first write
@@ -350,14 +359,8 @@ return answer(token_key, removed)
 #: {'OK', how many expired items were purged}.
 PURGE = Script(
     "purge",
-    "#!lua flags=allow-oom\n"
-    + _RECORD
-    + _TOKENS
-    + _REMOVE
+    _COUNTED
     + r"""
-local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local earlier = answered(token_key)
-if earlier then return earlier end
 local prefix, now, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local declared, missing, doomed, rescored, stray = declared_set(), {}, {}, {}, {}
 for i = 1, n do
