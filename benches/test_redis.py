@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import statistics
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -388,3 +391,61 @@ def test_redis_search_200_hits_in_200k(
     assert (commands, round_trips) == small[:2]
     record_counts(benchmark, commands, round_trips)
     assert benchmark.pedantic(store_200k.search, (loop, query), rounds=SEARCH_ROUNDS[200], iterations=1) == 200
+
+
+# -- the same, side by side in time ------------------------------------------------
+
+
+@pytest.mark.benchmark(group="redis-interleaved")
+def test_redis_interleaved_ratios(
+    benchmark: Any,
+    rmanager: UnifiedStorageManager,
+    raw_redis: aioredis.Redis,
+    many_keys: list[str],
+    loop: asyncio.AbstractEventLoop,
+    record: dict[str, Any],
+) -> None:
+    """The ratios above, measured so that machine noise falls on both sides alike: for each
+    operation, PAIRS pairs of rounds (a round of the raw operation, then one of the manager's)
+    one right after the other, each pair's ratio kept; ``extra_info`` holds each operation's
+    median ratio and its 10th and 90th percentiles. (The time measured is the whole run.)"""
+    pairs = int(os.environ.get("UNISTORE_BENCH_PAIRS", "40"))
+    packed = msgpack.packb(record)
+    raw_many = [f"raw:many:{n:03d}".encode() for n in range(MANY_KEYS)]
+    run(loop, lambda: rmanager.save("upsert:2", record, "user", tags=TAGS))
+    run(loop, lambda: raw_redis.mset(dict.fromkeys(raw_many, packed)))
+
+    async def raw_set() -> None:
+        await raw_redis.set(b"raw:pair:%d" % next(_numbers), msgpack.packb(record))
+
+    async def raw_get() -> None:
+        msgpack.unpackb(await raw_redis.get(b"raw:user:1"))
+
+    async def raw_mget() -> None:
+        [msgpack.unpackb(value) for value in await raw_redis.mget(raw_many)]
+
+    operations: dict[str, tuple[Any, Any, int]] = {
+        "save": (raw_set, lambda: rmanager.save(f"pair:{next(_numbers)}", record, "user", tags=TAGS), BATCH),
+        "save_upsert": (raw_set, lambda: rmanager.save("upsert:2", record, "user", tags=TAGS), BATCH),
+        "load": (raw_get, lambda: rmanager.load("user:1", "user"), BATCH),
+        "load_many_100": (raw_mget, lambda: rmanager.load_many(many_keys, "user"), MANY_BATCH),
+    }
+
+    async def timed(operation: Any, count: int) -> float:
+        started = time.perf_counter()
+        for _ in range(count):
+            await operation()
+        return time.perf_counter() - started
+
+    async def measure() -> dict[str, list[float]]:
+        ratios: dict[str, list[float]] = {}
+        for name, (raw, ours, count) in operations.items():
+            await timed(raw, 20)
+            await timed(ours, 20)
+            ratios[name] = sorted([await timed(ours, count) / await timed(raw, count) for _ in range(pairs)])
+        return ratios
+
+    ratios = benchmark.pedantic(run, (loop, measure), rounds=1, iterations=1)
+    for name, found in ratios.items():
+        tenth, ninetieth = found[int(0.1 * len(found))], found[min(int(0.9 * len(found)), len(found) - 1)]
+        benchmark.extra_info[name] = f"median {statistics.median(found):.2f}, p10 {tenth:.2f}, p90 {ninetieth:.2f}"
