@@ -179,7 +179,7 @@ def test_redis_save_script_alone(
             fields = save.fields(None, now, lambda: 0)
             postings = [layout.posting_key(prefix, kind, term) for kind, term in index.postings(fields)]
             keys = [*layout.shard_keys(prefix), layout.record_key(prefix, save.key_bytes), *postings]
-            calls.append((keys, [prefix, now, 1, b"1", 1, save.key_bytes, pack_record(*fields), len(postings)]))
+            calls.append((keys, [b"0", prefix, now, 1, b"1", 1, save.key_bytes, pack_record(*fields), len(postings)]))
         return (calls,), {}
 
     def evalshas(calls: list[tuple[list[bytes], list[Any]]]) -> None:

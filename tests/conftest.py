@@ -248,6 +248,19 @@ class Cluster:
         self.processes[port].kill()
         self.processes[port].wait()
 
+    def restart(self, port: int) -> None:
+        """Restart the node on ``port`` empty (its data gone, its cluster configuration
+        kept), as a node without persistence comes back from a crash; once it answers and
+        the cluster is ok again."""
+        old = self.processes[port]
+        old.kill()
+        old.wait()
+        self.processes[port] = subprocess.Popen(old.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while "cluster_state:ok" not in _cluster_state(port) or not _agreed(self.ports[0]):
+            assert time.monotonic() < deadline, f"the node on {port} did not come back"
+            time.sleep(0.1)
+
     def cli(self, *arguments: str, timeout: float = 120) -> str:
         """Run redis-cli (it must succeed); its output."""
         done = subprocess.run(["redis-cli", *arguments], capture_output=True, text=True, timeout=timeout, check=False)
@@ -337,7 +350,7 @@ def cluster_starter(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """Starts private Redis Clusters (:func:`start_cluster`'s arguments; by default 3 masters
     with a replica each) that one test may reshard, fail over or kill nodes of; every node
     is killed when the test ends."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[Cluster] = []
 
     def start(
         masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000, options: tuple[str, ...] = ()
@@ -345,13 +358,15 @@ def cluster_starter(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         workdir = tmp_path / f"cluster{len(started)}"
         workdir.mkdir()
         processes, ports = start_cluster(workdir, masters, replicas, node_timeout_ms, options)
-        started.extend(processes)
-        return Cluster(ports, dict(zip(ports, processes, strict=True)), masters)
+        cluster = Cluster(ports, dict(zip(ports, processes, strict=True)), masters)
+        started.append(cluster)
+        return cluster
 
     yield start
-    for process in started:
+    processes = [process for cluster in started for process in cluster.processes.values()]  # restarted ones too
+    for process in processes:
         process.kill()
-    for process in started:
+    for process in processes:
         process.wait(timeout=10)
 
 

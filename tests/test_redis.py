@@ -444,7 +444,7 @@ async def test_a_repair_deletes_only_what_the_store_confirms_by_key_when_it_repa
     raw.sadd(*ghost)  # an entry with no record
     connection = await provider._connection(maintenance=True)
     [shard] = provider._shards
-    found = await redis_check._read(shard.pinned(connection), prefix, redis_provider.now_micros())
+    found = await redis_check._read(shard.pinned(connection), prefix, redis_provider.now_micros(), 1)
     assert set(found.damaged) == {b"damaged"} and set(found.drop_heads) == {b"plain", b"lost"}
     assert ghost in found.stray["types"]
     # Meanwhile: the damaged record is saved whole, "plain" goes (its head left: a head of

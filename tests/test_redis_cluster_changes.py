@@ -333,3 +333,44 @@ async def test_writes_to_a_slot_in_migration_wait_for_it_and_are_never_half_done
         assert report.ok, report.problems
     finally:
         await provider.cleanup()
+
+
+@pytest.mark.watchdog(120)
+async def test_a_namespaces_count_lost_with_its_node_comes_back_and_still_refuses_another(
+    cluster_starter: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The namespace's own marker lives on a node that may hold none of its shards: when that
+    # node came back empty, writers never recorded the count again, and a provider with
+    # another count was accepted (and wrote a second layout beside the first).
+    from unistore import ValidationError
+    from unistore.providers.redis import provider as redis_provider
+
+    monkeypatch.setattr(redis_provider, "MARKER_EVERY", 0.2)
+    cluster = cluster_starter(replicas=0)
+    namespace = next(
+        name
+        for name in (uuid.uuid4().hex for _ in itertools.count())
+        if cluster.owner(layout.key_slot(layout.shards_key(name.encode())))
+        not in {cluster.owner(slot) for slot in shard_slots(name, 2)}
+    )
+    marker = layout.shards_key(namespace.encode())
+    provider = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{cluster.ports[0]}"], namespace=namespace, shards=2)
+    try:
+        await provider.save_many({f"k{n}": n for n in range(20)}, "doc")
+        node = cluster.owner(layout.key_slot(marker))
+        await asyncio.to_thread(cluster.restart, node)
+        with redis.Redis(port=node) as client:
+            assert client.get(marker) is None  # lost
+            for attempt in range(100):  # writes go on: one of them records the count again
+                await provider.save(f"again{attempt}", attempt, "doc")
+                if client.get(marker) == b"2":
+                    break
+                await asyncio.sleep(0.05)
+            assert client.get(marker) == b"2"
+        other = RedisStorageProvider(cluster_nodes=[f"127.0.0.1:{cluster.ports[0]}"], namespace=namespace, shards=1)
+        with pytest.raises(ValidationError, match="split over 2 shards"):
+            await other.save("k0", 0, "doc")
+        await other.cleanup()
+        assert len(await provider.load_many([f"k{n}" for n in range(20)])) == 20
+    finally:
+        await provider.cleanup()

@@ -98,16 +98,18 @@ class Shard:
     """One namespace shard, written through the scripts as the provider writes it (each
     script run again with the keys it asks for declared)."""
 
-    def __init__(self, client: redis.Redis, namespace: bytes) -> None:
+    def __init__(self, client: redis.Redis, namespace: bytes, cluster: bool = True) -> None:
         self.client = client
         self.prefix = layout.shard_prefix(namespace, 0, 1)
+        self.flag = "1" if cluster else "0"  # a cluster's scripts ask for the keys they learn (NEED)
         self.runs = 0  # round trips, counted
 
     def run(self, script: scripts.Script, keys: list[bytes], args: list[Any]) -> list[Any]:
         while True:
             self.runs += 1
-            reply = self.client.evalsha(script.sha, len(keys), *keys, *args) if self.runs > 1 else None
-            if reply is None:
+            try:
+                reply = self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
                 reply = self.client.eval(script.source, len(keys), *keys, *args)
             if reply[0] == b"NEED":
                 keys = keys + reply[1:]
@@ -118,7 +120,11 @@ class Shard:
     def write_args(
         self, items: dict[str, Any], content_type: str, expires_at: datetime | None, now: int, **tags: str
     ) -> tuple[list[bytes], list[Any], list[bytes]]:
-        keys, args, records = list(layout.shard_keys(self.prefix)), [self.prefix, now, 1, "1", len(items)], []
+        keys, args, records = (
+            list(layout.shard_keys(self.prefix)),
+            [self.flag, self.prefix, now, 1, "1", len(items)],
+            [],
+        )
         for key, data in items.items():
             fields, record, _ = prepare_save(key, data, content_type, expires_at, tags).build(None, now, lambda: 0)
             postings = [layout.posting_key(self.prefix, kind, term) for kind, term in index.postings(fields)]
@@ -147,7 +153,7 @@ class Shard:
     def delete_many(self, keys: list[str], content_type: str = "", now: int = 0, token: str = "t") -> int:
         declared = [*layout.shard_keys(self.prefix)[1:], self.prefix + layout.TOKEN + token.encode()]
         declared += [layout.record_key(self.prefix, key.encode()) for key in keys]
-        args: list[Any] = [self.prefix, now or now_micros(), content_type, len(keys)]
+        args: list[Any] = [self.flag, self.prefix, now or now_micros(), content_type, len(keys)]
         for key in keys:
             args += [key, ""]
         [count] = self.run(scripts.DELETE, declared, [*args, scripts.TOKEN_TTL_MS])
@@ -164,7 +170,11 @@ class Shard:
 
     def data_keys(self) -> set[bytes]:
         """The shard's keys but its marker and counted deletes' answers."""
-        return {key for key in self.client.keys(b"*") if key != self.prefix + layout.MARKER and layout.TOKEN not in key}
+        return {
+            key
+            for key in self.client.keys(self.prefix + b"*")
+            if key != self.prefix + layout.MARKER and layout.TOKEN not in key
+        }
 
 
 def test_save_writes_the_record_and_every_index_entry(client: redis.Redis) -> None:
@@ -244,9 +254,9 @@ def test_one_script_saves_and_deletes_a_batch_atomically(client: redis.Redis) ->
     bad = [layout.record_key(shard.prefix, key) for key in (b"x", b"y")]
     assert not client.exists(*bad) and shard.members(b"c:doc") == {b"b"}
     keys, args, _ = shard.write_args({"x": 1}, "doc", None, now_micros())
-    args[4] = 2
+    args[5] = 2
     with pytest.raises(redis.ResponseError, match="names one key twice"):
-        shard.run(scripts.SAVE, keys + keys[4:], args + args[5:])
+        shard.run(scripts.SAVE, keys + keys[4:], args + args[6:])
     assert not client.exists(*bad)
 
 
@@ -269,6 +279,12 @@ def test_a_save_of_a_new_key_or_with_unchanged_tags_is_one_run(client: redis.Red
     assert shard.runs == 2
     shard.save("k", 3, "doc", None, colour="blue")  # the old tag's set is learnt by the script: twice
     assert shard.runs == 4
+    alone = Shard(client, b"alone", cluster=False)  # one server routes nothing: no key to ask for
+    alone.save("k", 1, "doc", None, colour="red")
+    alone.save("k", 2, "doc", None, colour="blue")
+    assert alone.runs == 2 and alone.members(b"t:\x00\x00\x00\x06colourred") == set()
+    alone.delete("k")
+    assert alone.runs == 3 and alone.data_keys() == set()
     assert shard.members(b"t:\x00\x00\x00\x06colourred") == set()
     assert shard.members(b"t:\x00\x00\x00\x06colourblue") == {b"k"}
 

@@ -109,12 +109,41 @@ class _Shard:
     write_heads: dict[bytes, bytes] = field(default_factory=dict)  # member -> the head an expiring record should have
     stray: dict[str, list[Any]] = field(default_factory=dict)
     lacking: dict[str, list[Any]] = field(default_factory=dict)
+    wrong_type: list[bytes] = field(default_factory=list)  # keys of ours that hold another type: deleted
+    marker: bytes | None = None  # the shard's marker, rewritten (when damaged)
 
 
-async def _read(pinned: Pinned, prefix: bytes, now: int) -> _Shard:
-    """Read the whole shard on one node and find its problems."""
+async def _typed(pinned: Pinned, shard: _Shard, keys: list[bytes], kind: bytes) -> list[bytes]:
+    """Those of ``keys`` that hold a ``kind`` (or nothing); the others are reported, and
+    deleted by a repair (someone's key under our name, or damage: the index entries
+    they should hold come back from the records)."""
+    kept = []
+    for start in range(0, len(keys), BATCH):
+        batch = keys[start : start + BATCH]
+        for key, reply in zip(batch, await pinned.run([("TYPE", key) for key in batch]), strict=True):
+            found = reply if isinstance(reply, bytes) else str(reply).encode()  # (a status: str or bytes)
+            if found in (kind, b"none"):
+                kept.append(key)
+            else:
+                shard.report.problems.append(f"{key!r} holds a {found.decode()}, not a {kind.decode()}")
+                shard.wrong_type.append(key)
+    return kept
+
+
+async def _read(pinned: Pinned, prefix: bytes, now: int, shards: int) -> _Shard:
+    """Read the whole shard on one node and find its problems (``shards``: the namespace's
+    count, which the shard's marker must say)."""
     shard = _Shard()
     report = shard.report
+    marker = prefix + layout.MARKER
+    if await _typed(pinned, shard, [marker], b"string"):
+        [recorded] = await pinned.run([("GET", marker)])
+        if recorded is not None and recorded != str(shards).encode():
+            report.problems.append(f"shard marker {marker!r} says {recorded!r}, not {shards}")
+            if not recorded.isdigit():  # damaged (another count is not ours to overwrite)
+                shard.marker = str(shards).encode()
+    elif marker in shard.wrong_type:
+        shard.marker = str(shards).encode()
     async for member, record in _shard_records(pinned, prefix):
         report.records += 1
         shard.records[member] = None
@@ -135,15 +164,18 @@ async def _read(pinned: Pinned, prefix: bytes, now: int) -> _Shard:
             shard.write_heads[member] = record[: len(record) - len(fields.payload)]  # as the save script writes it
         for kind, entries in _entries(prefix, member, fields).items():
             shard.expected[kind] |= entries
-    shard.heads = dict(await _scan(pinned, "HSCAN", prefix + layout.HEADS))
+    for heads in await _typed(pinned, shard, [prefix + layout.HEADS], b"hash"):
+        shard.heads = dict(await _scan(pinned, "HSCAN", heads))
     _judge_heads(shard, prefix, now)
     for part, counter, name in _POSTING_PARTS:
-        for set_key in sorted(await _scan(pinned, "SCAN", None, prefix + part + b"*")):
+        set_keys = sorted(await _scan(pinned, "SCAN", None, prefix + part + b"*"))
+        for set_key in await _typed(pinned, shard, set_keys, b"set"):
             shard.found[name] |= {(set_key, member) for member in await _scan(pinned, "SSCAN", set_key)}
         setattr(report, counter, len(shard.found[name]))
     for part, counter, name in _TIME_PARTS:
-        pairs = await _scan(pinned, "ZSCAN", prefix + part)
-        shard.found[name] = {(member, int(float(score))) for member, score in pairs}
+        for time_key in await _typed(pinned, shard, [prefix + part], b"zset"):
+            pairs = await _scan(pinned, "ZSCAN", time_key)
+            shard.found[name] = {(member, int(float(score))) for member, score in pairs}
         setattr(report, counter, len(shard.found[name]))
     for name, entries in shard.found.items():
         shard.stray[name] = sorted(entries - shard.expected[name] - shard.stale[name])
@@ -191,14 +223,14 @@ def _judge_heads(shard: _Shard, prefix: bytes, now: int) -> None:
 
 
 async def check_shard(
-    connection: Connection, shard: Shard, report: index.CheckReport, now: int, repair: bool = False
+    connection: Connection, shard: Shard, shards: int, report: index.CheckReport, now: int, repair: bool = False
 ) -> None:
-    """Check ``shard`` on the node that serves it, adding its counts and problems to
-    ``report``; with ``repair``, fix what it finds (confirmed first: see the module)."""
+    """Check ``shard`` (of ``shards``) on the node that serves it, adding its counts and
+    problems to ``report``; with ``repair``, fix what it finds (confirmed first: see the module)."""
     pinned = shard.pinned(connection)
     while True:
         try:
-            found = await _read(pinned, shard.prefix, now)
+            found = await _read(pinned, shard.prefix, now, shards)
             break
         except NodeChanged as moved:
             await pinned.restart(moved)
@@ -265,6 +297,10 @@ def _stray_head(found: _Shard, member: bytes, record: bytes | None, head: bytes 
 def _commands(prefix: bytes, found: _Shard) -> Iterator[tuple[Any, ...]]:
     """The commands that carry a shard's repair out."""
     heads = prefix + layout.HEADS
+    for key in found.wrong_type:  # first: what is added next may go under these names
+        yield ("DEL", key)
+    if found.marker is not None:
+        yield ("SET", prefix + layout.MARKER, found.marker)
     for member in found.damaged:
         yield ("DEL", layout.record_key(prefix, member))
     for member in found.drop_heads:
@@ -322,7 +358,7 @@ async def eviction(connection: Connection) -> list[tuple[str, str | None, int]]:
     found: list[tuple[str, str | None, int]] = []
     for address in connection.broadcast_targets():
         node = f"{address[0]}:{address[1]}"
-        memory, stats = await connection.exchange(address, [("INFO", "memory"), ("INFO", "stats")])
+        memory, stats = await connection.on_node(address, [("INFO", "memory"), ("INFO", "stats")])
         if any(isinstance(reply, ResponseError) for reply in (memory, stats)):  # no INFO here (ACL, renamed)
             found.append((node, None, 0))
             continue
@@ -355,7 +391,7 @@ async def namespaces(connection: Connection) -> list[tuple[str, int]]:
     for address in connection.broadcast_targets():
         cursor: Any = 0
         while True:
-            [reply] = await connection.exchange(
+            [reply] = await connection.on_node(
                 address, [("SCAN", cursor, "MATCH", b"us{*}:shards", "COUNT", PAGE, "TYPE", "string")]
             )
             if isinstance(reply, Exception):

@@ -52,7 +52,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import StorageError
-from .retry import Unsettled, backoff, policy, retries, transient, translation
+from .retry import ServerBusy, Unsettled, backoff, policy, retries, transient, translation
 from .scripts import Script
 from .topology import Address, Topology
 
@@ -241,8 +241,9 @@ class Connection:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     #: Bumped by every connection failure: the provider records its shard count again after one.
     failures: int = 0
-    #: ``failures`` when the provider last recorded its shard count (-1: never).
+    #: ``failures`` when the provider last recorded its shard count (-1: never), and when (loop time).
     counted: int = -1
+    counted_at: float = 0.0
     _pools: dict[Address, NodePool] = field(default_factory=dict)
     _deadlines: Deadlines | None = field(init=False)
 
@@ -351,6 +352,19 @@ class Connection:
             except NoScriptError:
                 return await self._once(slot, ("EVAL", script.source, len(keys), *keys, *args))
 
+    async def on_node(self, address: Address, commands: Sequence[Command]) -> list[Any]:
+        """``commands``, which name no key (INFO, SCAN), on the node ``address`` in one round
+        trip, in a step: a lost connection retried with backoff (the pool opens another).
+        Error replies come back in their places, as :meth:`exchange` gives them.
+
+        Raises:
+            StorageError: the last failure once the retries are spent, translated.
+        """
+        async with Step(self):
+            return await policy(self.topology.cluster).call_with_retry(
+                lambda: self.exchange(address, commands), self.failed
+            )
+
     async def _once(self, slot: int, command: Command) -> Any:
         """One command about ``slot``: sent once to the slot's owner, and through the retrying
         path (:meth:`_routed`) only when that first answer is a redirection or a failure time
@@ -437,22 +451,24 @@ async def _round_trip(connection: NodeConnection, commands: Sequence[Command]) -
     return replies
 
 
-#: The cluster's error replies, by code: redis-py 8 parses them into these classes on any
-#: connection, redis-py 5 only on its cluster client's (a plain ResponseError here).
-_CLUSTER_ERRORS: dict[str, type[ResponseError]] = {
+#: Error replies that redis-py may leave a plain ResponseError, by code: the cluster's
+#: (redis-py 8 parses them on any connection, redis-py 5 only on its cluster client's),
+#: and BUSY (another client's script runs long), which time fixes.
+_CODES: dict[str, type[ResponseError]] = {
     "MOVED": MovedError,
     "ASK": AskError,
     "TRYAGAIN": TryAgainError,
     "CLUSTERDOWN": ClusterDownError,
     "MASTERDOWN": MasterDownError,
+    "BUSY": ServerBusy,
 }
 
 
 def _classified(error: ResponseError) -> ResponseError:
-    """An error reply as the class its code names (see :data:`_CLUSTER_ERRORS`)."""
+    """An error reply as the class its code names (see :data:`_CODES`)."""
     if type(error) is ResponseError:
         code, _, rest = str(error).partition(" ")
-        kind = _CLUSTER_ERRORS.get(code)
+        kind = _CODES.get(code)
         if kind is not None:
             return kind(rest)
     return error

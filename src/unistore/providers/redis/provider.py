@@ -39,7 +39,7 @@ from ...codec import (
     prepare_save,
 )
 from ...core import pack_record, unpack_item
-from ...errors import StorageConnectionError, StorageCorruptionError, StorageError, ValidationError
+from ...errors import StorageCorruptionError, StorageError, ValidationError
 from ...maintenance import Usage, merge
 from ...model import (
     StorageItem,
@@ -65,10 +65,11 @@ _logger = logging.getLogger(__name__)
 #: script of ours holds the server for long, however many items an operation removes.
 PURGE_BATCH = 200
 DELETE_BATCH = 200
-#: Runs of a write script that may ask for more keys before the write gives up: each
-#: ``NEED`` names the keys the records held when it ran, so only writers that keep
-#: changing the same items under it make it ask again.
-NEED_ROUNDS = 8
+#: Runs of a write script that ask for more keys (on a cluster) before it runs with the
+#: shard's probe key declared instead (see ``_script``).
+NEED_ROUNDS = 3
+#: Seconds of writing after which a write records the namespace's shard count again.
+MARKER_EVERY = 10.0
 MAX_SHARDS = 1024
 #: Connections one provider opens to one node at most (a caller past them waits for one).
 MAX_CONNECTIONS = 256
@@ -157,6 +158,8 @@ class RedisStorageProvider(StorageProvider[Any]):
             for number, prefix in enumerate(layout.shard_prefix(namespace_bytes, n, shards) for n in range(shards))
         ]
         self._shards_key = layout.shards_key(namespace_bytes)
+        #: The scripts' first argument: on a cluster every key must be declared (see .scripts).
+        self._strict = b"1" if self._settings.cluster else b"0"
         self._shards_slot = layout.key_slot(self._shards_key)
         self._connections: dict[asyncio.AbstractEventLoop, Connection] = {}  # by the event loop using it
         self._closers: dict[Connection, AsyncGenerator[None, None]] = {}
@@ -231,6 +234,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         loop = asyncio.get_running_loop()
         connection = self._connections.get(loop)
         if connection is None or connection.pid != os.getpid() or _failed(connection.ready):
+            if connection is not None:  # a failed one (closed by its check) or a parent's: let it go
+                stale = self._closers.pop(connection, None)
+                if stale is not None and connection.pid == os.getpid():
+                    await stale.aclose()
             connection = Connection(self._settings)
             closer = self._closer(loop, connection)
             await anext(closer)
@@ -238,7 +245,13 @@ class RedisStorageProvider(StorageProvider[Any]):
             connection.ready = loop.create_task(self._first_check(connection))
             self._connections[loop] = connection
         assert connection.ready is not None
-        evicting: list[tuple[str, str]] = await asyncio.shield(connection.ready)  # one caller cancelled: not the rest
+        checked: _Checked = await asyncio.shield(connection.ready)  # one caller cancelled: not the rest
+        if checked.damaged is not None and not maintenance:  # (check reports it, and a repair rewrites it)
+            async with connection.step():
+                checked.damaged = await self._read_count(connection)  # read again: repaired since?
+            if checked.damaged is not None:
+                raise checked.damaged
+        evicting = checked.evicting
         if evicting and not maintenance and not self.allow_eviction:
             where = ", ".join(f"{node} has maxmemory-policy {policy}" for node, policy in evicting)
             raise StorageError(
@@ -259,18 +272,17 @@ class RedisStorageProvider(StorageProvider[Any]):
             self._closers.pop(connection, None)
             await connection.close()
 
-    async def _first_check(self, connection: Connection) -> list[tuple[str, str]]:
+    async def _first_check(self, connection: Connection) -> _Checked:
         """A new connection's first check, which writes nothing: the cluster's slot map,
         the namespace's shard count (another is refused: items go to the shard their key
-        hashes to, so another count would not find them), and the maxmemory policy of
-        every node. Returns the nodes whose policy evicts keys. A connection that fails
-        here is closed (the next operation makes a new one)."""
+        hashes to, so another count would not find them; a damaged one is kept for
+        ``check`` to report), and the maxmemory policy of every node. A connection that
+        fails here is closed (the next operation makes a new one)."""
         try:
             async with connection.step():
                 if connection.topology.cluster:
                     await connection.refresh()
-                recorded = await connection.call(self._shards_slot, "GET", self._shards_key)
-                self._check_count(recorded)
+                damaged = await self._read_count(connection)
                 found = await eviction(connection)
         except BaseException:
             await connection.close()
@@ -278,29 +290,60 @@ class RedisStorageProvider(StorageProvider[Any]):
         for node, policy, _ in found:
             if policy is None:  # an ACL user without INFO: say so, once per connection
                 _logger.warning("could not read the maxmemory-policy of Redis at %s: make sure it is noeviction", node)
-        return [(node, policy) for node, policy, _ in found if policy is not None and policy not in KEEPING_POLICIES]
+        evicting = [
+            (node, policy) for node, policy, _ in found if policy is not None and policy not in KEEPING_POLICIES
+        ]
+        return _Checked(evicting, damaged)
 
-    def _check_count(self, recorded: bytes | None) -> None:
-        """Refuse a namespace recorded with another shard count (None: none recorded)."""
-        if recorded is None:
-            return
+    async def _read_count(self, connection: Connection) -> StorageCorruptionError | None:
+        """The namespace's shard count, read: None if it is ours or none is recorded, the
+        error if it is damaged.
+
+        Raises:
+            ValidationError: it is another count.
+        """
         try:
-            count = int(recorded)
-        except ValueError:
-            raise StorageCorruptionError(
-                f"namespace {self.namespace!r}: its shard count ({self._shards_key!r}) is damaged: {recorded!r}",
-                details={"key": self._shards_key.decode()},
-            ) from None
+            recorded = await connection.call(self._shards_slot, "GET", self._shards_key)
+        except StorageError as exc:
+            if not str(exc.__cause__).startswith("WRONGTYPE"):
+                raise
+            recorded = b"(not a string)"
+        return self._count_damage(recorded)
+
+    def _count_damage(self, recorded: bytes | None, key: bytes | None = None) -> StorageCorruptionError | None:
+        """What a recorded shard count (``key``'s; the namespace's by default) says: None if it
+        is ours or there is none, the error if it is not a count.
+
+        Raises:
+            ValidationError: it is another count.
+        """
+        key = self._shards_key if key is None else key
+        if recorded is None:
+            return None
+        if not recorded.isdigit():
+            return StorageCorruptionError(
+                f"namespace {self.namespace!r}: its shard count ({key!r}) is damaged: {recorded!r}; "
+                "`unistore check --repair` writes it again",
+                details={"key": key.decode()},
+            )
+        count = int(recorded)
         if count != self.shards:
             raise ValidationError(
                 f"namespace {self.namespace!r} is split over {count} shards; open it with shards={count}"
             )
+        return None
 
     async def _record_count(self, connection: Connection) -> None:
         """Record the namespace's shard count if none is (it may have been lost: an empty
-        restart), refusing another; the shard markers written next rely on it."""
-        self._check_count(await connection.call(self._shards_slot, "SET", self._shards_key, self.shards, "NX", "GET"))
+        restart), refusing another; the shard markers written next rely on it. Done again
+        after a connection failure and every :data:`MARKER_EVERY` seconds of writing, so a
+        count lost on a node the provider never talks to otherwise comes back."""
+        recorded = await connection.call(self._shards_slot, "SET", self._shards_key, self.shards, "NX", "GET")
+        damaged = self._count_damage(recorded)
+        if damaged is not None:
+            raise damaged
         connection.counted = connection.failures
+        connection.counted_at = asyncio.get_running_loop().time()
 
     def _shard(self, key_bytes: bytes) -> Shard:
         return self._shards[zlib.crc32(key_bytes) % self.shards]
@@ -336,7 +379,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         prefix = shard.prefix
         now = now_micros()
         keys: list[bytes] = list(layout.shard_keys(prefix))
-        args: list[Any] = [prefix, now, self.shards, b"0", len(saves)]
+        args: list[Any] = [self._strict, prefix, now, self.shards, b"0", len(saves)]
         records = []
         for save in saves:
             fields = save.fields(None, now, no_surrogate_id)  # SAVE keeps a replaced item's id
@@ -346,9 +389,10 @@ class RedisStorageProvider(StorageProvider[Any]):
             keys += postings
             args += [save.key_bytes, record, len(postings)]
             records.append(record)
-        if connection.counted != connection.failures:  # the first write, or one after a failure: record the count
+        stale = asyncio.get_running_loop().time() - connection.counted_at > MARKER_EVERY
+        if stale or connection.counted != connection.failures:  # the first write, one after a failure, or in a while
             await self._record_count(connection)
-            args[3] = b"1"
+            args[4] = b"1"
         reply = await self._script(connection, shard, script, keys, args)
         return [
             record[:8] + patch + record[40:] if patch else record for record, patch in zip(records, reply, strict=True)
@@ -357,28 +401,39 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def _script(
         self, connection: Connection, shard: Shard, script: scripts.Script, keys: list[bytes], args: list[Any]
     ) -> list[Any]:
-        """Run ``script`` until it answers OK: with the keys it asks for declared, and after
-        recording the namespace's shard count if the shard's marker is missing."""
+        """Run ``script`` until it answers OK.
+
+        On a cluster, a run that meets keys it was not given (``NEED``: an upsert's old tags)
+        runs again with them declared. Writers that keep changing the same items' tags can
+        make that go on, so after :data:`NEED_ROUNDS` of them the script runs once more with
+        the shard's probe key declared: a key that never exists, so Redis holds the script
+        back while the slot migrates (a migrating slot's multi-key command with a key missing
+        is refused, ``TRYAGAIN``) and the script may then touch the keys it learns, which
+        are in the same slot and stay there while it runs. A missing shard marker is
+        recorded first (``MARKER``).
+        """
         declared = list(keys)
-        for _ in range(NEED_ROUNDS):
+        needs = 0
+        while True:
             reply = await connection.script(shard.slot, script, declared, args)
             status = reply[0]
             if status == b"OK":
                 return list(reply[1:])
             if status == b"NEED":
                 declared += reply[1:]
-            elif status == b"MARKER":
+                needs += 1
+                if needs == NEED_ROUNDS:
+                    args[0] = b"0"  # (see .scripts: STRICT)
+                    declared.append(shard.prefix + layout.PROBE)
+            elif status == b"MARKER":  # (once: the next run is told the count was just recorded)
                 await self._record_count(connection)
-                args[3] = b"1"
+                args[4] = b"1"
             else:  # b"SHARDS": the shard's marker names another count
-                marker = reply[1]
-                if marker.isdigit() and int(marker) != self.shards:
-                    self._check_count(marker)
-                raise StorageCorruptionError(
-                    f"namespace {self.namespace!r}: the shard marker {shard.marker!r} is damaged: {marker!r}",
+                damaged = self._count_damage(reply[1], shard.marker)
+                raise damaged or StorageCorruptionError(  # ("02": a count, but not as we write it)
+                    f"namespace {self.namespace!r}: the shard marker {shard.marker!r} is damaged: {reply[1]!r}",
                     details={"key": shard.marker.decode()},
                 )
-        raise StorageConnectionError(f"the items of namespace {self.namespace!r} kept changing under a write")
 
     async def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
@@ -421,23 +476,25 @@ class RedisStorageProvider(StorageProvider[Any]):
         members: list[bytes],
         content_type: bytes | None,
         stamps: list[bytes] | None = None,
-        postings: Iterable[bytes] = (),
+        postings: list[list[bytes]] | None = None,
     ) -> int:
         """Delete ``members`` of ``shard`` (each only if live, of ``content_type`` and, given
         ``stamps``, still the record stamped so), :data:`DELETE_BATCH` at a time; how many
-        live items were removed. ``postings``: the posting sets they are expected in."""
+        live items were removed. ``postings``: the posting sets each member is expected in
+        (each batch declares its own members' only: the script's work follows the batch)."""
         connection = await self._connection()
         prefix = shard.prefix
         _, created, expires, heads = layout.shard_keys(prefix)
-        known = set(postings)
-        if content_type is not None:
-            known.add(layout.posting_key(prefix, index.CONTENT_TYPE, content_type))
+        typed = [] if content_type is None else [layout.posting_key(prefix, index.CONTENT_TYPE, content_type)]
         removed = 0
         for start in range(0, len(members), DELETE_BATCH):
             batch = members[start : start + DELETE_BATCH]
+            known = set(typed)
+            if postings is not None:
+                known.update(key for keys in postings[start : start + DELETE_BATCH] for key in keys)
             keys = [created, expires, heads, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
             keys += [layout.record_key(prefix, member) for member in batch]
-            args: list[Any] = [prefix, now_micros(), content_type or b"", len(batch)]
+            args: list[Any] = [self._strict, prefix, now_micros(), content_type or b"", len(batch)]
             for position, member in enumerate(batch):
                 args += [member, b"" if stamps is None else stamps[start + position]]
             args.append(scripts.TOKEN_TTL_MS)
@@ -495,12 +552,12 @@ class RedisStorageProvider(StorageProvider[Any]):
         if not members:
             return 0
         stamps: list[bytes] = []
-        postings: set[bytes] = set()
+        postings: list[list[bytes]] = []
         for member in members:
             record = found[member]
             stamps.append(record[8:56])  # ids and times: a save since changes them
             fields = decode_fields(record, _key_name(member))
-            postings.update(layout.posting_key(shard.prefix, kind, term) for kind, term in index.postings(fields))
+            postings.append([layout.posting_key(shard.prefix, kind, term) for kind, term in index.postings(fields)])
         return await self._delete_in_shard(shard, members, None, stamps, postings)
 
     async def purge_expired(self) -> int:
@@ -521,7 +578,11 @@ class RedisStorageProvider(StorageProvider[Any]):
             keys = [created, expires, heads, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
             keys += [layout.record_key(prefix, member) for member in due]
             [count] = await self._script(
-                connection, shard, scripts.PURGE, keys, [prefix, now, len(due), *due, scripts.TOKEN_TTL_MS]
+                connection,
+                shard,
+                scripts.PURGE,
+                keys,
+                [self._strict, prefix, now, len(due), *due, scripts.TOKEN_TTL_MS],
             )
             total += int(count)
             if len(due) < PURGE_BATCH:
@@ -627,8 +688,13 @@ class RedisStorageProvider(StorageProvider[Any]):
                     )
                 if evicted:
                     report.problems.append(f"{node} has evicted {evicted} keys since it started (INFO evicted_keys)")
+            damaged = await self._read_count(connection)
+            if damaged is not None:
+                report.problems.append(str(damaged))
+                if repair:  # the count this provider was opened with (another was refused)
+                    await connection.call(self._shards_slot, "SET", self._shards_key, self.shards)
             for shard in self._shards:
-                await check_shard(connection, shard, report, now, repair)
+                await check_shard(connection, shard, self.shards, report, now, repair)
         return report
 
     async def usage(self) -> dict[str, Usage]:
@@ -753,6 +819,15 @@ def _cluster_nodes(nodes: Any, settings: Mapping[str, Any]) -> list[tuple[str, i
     if not found:
         raise ValidationError("cluster_nodes names no node")
     return found
+
+
+@dataclasses.dataclass
+class _Checked:
+    """What a connection's first check found: the nodes whose maxmemory policy evicts keys,
+    and the damage of the namespace's shard count, if any (read again until repaired)."""
+
+    evicting: list[tuple[str, str]]
+    damaged: StorageCorruptionError | None
 
 
 def _failed(task: asyncio.Task[Any] | None) -> bool:

@@ -6,7 +6,8 @@ Transient (retried with backoff, then :class:`~unistore.StorageConnectionError`)
 - a lost or refused connection (a server restarting, a master that died);
 - ``TRYAGAIN`` (a multi-key command or script whose keys a slot migration has split),
   ``CLUSTERDOWN`` (a cluster electing a new master), ``LOADING`` (a server reading its
-  data back), ``MASTERDOWN`` (a replica cut off from its master);
+  data back), ``MASTERDOWN`` (a replica cut off from its master), ``BUSY`` (another
+  client's script running long);
 - a redirection that keeps redirecting (``MOVED`` and ``ASK`` are followed at once;
   only a chain of them that does not settle waits).
 
@@ -34,12 +35,20 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import StorageConnectionError, StorageError
+
+
+class ServerBusy(ResponseError):
+    """``BUSY``: the server runs another client's script past its busy threshold."""
+
+    def __str__(self) -> str:
+        return f"BUSY {super().__str__()}"
 
 
 class Unsettled(RedisConnectionError):
@@ -54,6 +63,7 @@ TRANSIENT: tuple[type[Exception], ...] = (
     ClusterDownError,
     BusyLoadingError,
     MasterDownError,
+    ServerBusy,
 )
 #: The redirections a router follows at once.
 REDIRECTIONS = (MovedError, AskError)
@@ -119,6 +129,7 @@ __all__ = [
     "RETRIES_CLUSTER",
     "RETRIES_SERVER",
     "TRANSIENT",
+    "ServerBusy",
     "Unsettled",
     "backoff",
     "policy",

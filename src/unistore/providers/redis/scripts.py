@@ -103,14 +103,34 @@ local function held(heads_key, record_key, member)
   return nil, nil
 end
 
+-- ARGV[1] of every script: '1' on a cluster, where every key must be declared (a key a
+-- record names that is not is asked for: NEED); '0' on one server, which routes nothing,
+-- and on a cluster once the shard's probe key (which never exists) is declared: Redis then
+-- runs the script only while its slot is not migrating, so the keys it learns are safe.
+local STRICT = ARGV[1] == '1'
+
+-- Stops the script (before it writes: it is called while reading) if `key` holds another
+-- type than `kind`: someone's key under our name, or damage; `check --repair` removes it.
+local function expect(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind .. ' (run unistore check --repair)'})
+  end
+end
+
+local function expect_all(keys, kind)
+  for _, key in ipairs(keys) do expect(key, kind) end
+end
+
 local function declared_set()
   local declared = {}
   for _, key in ipairs(KEYS) do declared[key] = true end
   return declared
 end
 
--- Adds to `missing` each of `keys` not declared (once).
+-- Adds to `missing` each of `keys` not declared (once): on a cluster only.
 local function require_keys(declared, missing, keys)
+  if not STRICT then return end
   for _, key in ipairs(keys) do
     if not declared[key] then
       declared[key] = true
@@ -170,22 +190,25 @@ end
 _WRITE = r"""
 -- KEYS: the shard's marker, created order, expiry order and heads hash; then per item its
 -- record key and the posting sets of its new record; then any other key to declare.
--- ARGV: the shard prefix, now (µs), the shard count, '1' if the namespace's count was
--- just checked, the number of items; then per item its key, new record and how many
--- posting sets follow its record key in KEYS.
+-- ARGV: the cluster flag, the shard prefix, now (µs), the shard count, '1' if the
+-- namespace's count was just checked, the number of items; then per item its key, new
+-- record and how many posting sets follow its record key in KEYS.
 -- `keep`: a live record replaced keeps its id, UUID and creation time (a save; a
 -- restore writes records as given). Answers {'OK', patch...}: per item, the 32 bytes
 -- (id, UUID, creation time) it kept of a replaced record, or '' when none.
 local function write(keep)
   local marker_key, created_key, expires_key, heads_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  local prefix, now, shards, checked, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local prefix, now, shards, checked, n = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
   local marker = redis.call('GET', marker_key)
   if marker and marker ~= shards then return {'SHARDS', marker} end
   if not marker and checked ~= '1' then return {'MARKER'} end
   -- Everything is read and checked first: Redis does not undo a script's writes when
   -- it fails, so a batch that cannot be written whole must stop before its first write.
+  expect(created_key, 'zset')
+  expect(expires_key, 'zset')
+  expect(heads_key, 'hash')
   local declared, missing, items, seen = nil, {}, {}, {}
-  local k, a = 5, 6
+  local k, a = 5, 7
   for i = 1, n do
     local record_key, member, record, count = KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
     if seen[record_key] then return redis.error_reply('a batch names one key twice') end
@@ -197,9 +220,11 @@ local function write(keep)
     local old_postings = {}
     if before then
       old_postings = postings(prefix, before)
-      declared = declared or declared_set()  -- (built only when there is something to check)
+      if STRICT then declared = declared or declared_set() end  -- (built only when there is something to check)
       require_keys(declared, missing, old_postings)
+      expect_all(old_postings, 'set')
     end
+    expect_all(new_postings, 'set')
     local patch = ''
     if keep and old and not before.damaged and live(before, now) then
       patch = string.sub(old, 9, 40)
@@ -292,6 +317,9 @@ _COUNTED = (
 local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local earlier = answered(token_key)
 if earlier then return earlier end
+expect(created_key, 'zset')
+expect(expires_key, 'zset')
+expect(heads_key, 'hash')
 """
 )
 
@@ -318,8 +346,8 @@ SAVE = Script("save", "#!lua\n" + _RECORD + _WRITE + "return write(true)\n")
 RESTORE = Script("restore", "#!lua\n" + _RECORD + _WRITE + "return write(false)\n")
 
 #: KEYS: the shard's created order, expiry order, heads hash and this run's token key;
-#: the record keys of the items; then any other key to declare. ARGV: the shard prefix,
-#: now (µs), the content type that must match (empty: any), the number of items; then per
+#: the record keys of the items; then any other key to declare. ARGV: the cluster flag, the
+#: shard prefix, now (µs), the content type that must match (empty: any), the number of items; then per
 #: item its key and the stamp (record bytes 9 to 56: ids and times) it must still hold
 #: (empty: any); last, the token's lifetime in ms. Deletes the records and their index
 #: entries; answers {'OK', how many live items were removed}. An expired record met here
@@ -328,10 +356,10 @@ DELETE = Script(
     "delete",
     _COUNTED
     + r"""
-local prefix, now, wanted, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local declared, missing, doomed, seen, removed = declared_set(), {}, {}, {}, 0
+local prefix, now, wanted, n = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local declared, missing, doomed, seen, removed = STRICT and declared_set(), {}, {}, {}, 0
 for i = 1, n do  -- every record read and checked before the first write
-  local record_key, member, stamp = KEYS[4 + i], ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  local record_key, member, stamp = KEYS[4 + i], ARGV[4 + 2 * i], ARGV[5 + 2 * i]
   if not seen[record_key] then
     seen[record_key] = true
     local old, f = held(heads_key, record_key, member)
@@ -340,6 +368,7 @@ for i = 1, n do  -- every record read and checked before the first write
       and (stamp == '' or (old and string.sub(old, 9, 56) == stamp))
     if gone or wanted_here then
       require_keys(declared, missing, postings(prefix, f))
+      expect_all(postings(prefix, f), 'set')
       doomed[#doomed + 1] = {record_key = record_key, member = member, record = old, fields = f}
       if not gone then removed = removed + 1 end
     end
@@ -351,8 +380,8 @@ return answer(token_key, removed)
 """,
 )
 
-#: KEYS: as :data:`DELETE`'s (the record keys those of the members). ARGV: the shard
-#: prefix, now (µs), the number of members, the members (read from the expiry order, due
+#: KEYS: as :data:`DELETE`'s (the record keys those of the members). ARGV: the cluster flag,
+#: the shard prefix, now (µs), the number of members, the members (read from the expiry order, due
 #: by now); last, the token's lifetime in ms. Removes the index entries (and any record
 #: Redis has not dropped yet) of the members expired by now; an entry with nothing behind
 #: it is dropped, one whose record is live is set to its record's expiry. Answers
@@ -361,10 +390,10 @@ PURGE = Script(
     "purge",
     _COUNTED
     + r"""
-local prefix, now, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local declared, missing, doomed, rescored, stray = declared_set(), {}, {}, {}, {}
+local prefix, now, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local declared, missing, doomed, rescored, stray = STRICT and declared_set(), {}, {}, {}, {}
 for i = 1, n do
-  local record_key, member = KEYS[4 + i], ARGV[3 + i]
+  local record_key, member = KEYS[4 + i], ARGV[4 + i]
   local record, f = held(heads_key, record_key, member)
   if f == nil then
     stray[#stray + 1] = member  -- an entry with nothing behind it
@@ -372,6 +401,7 @@ for i = 1, n do
     if f.expires then push2(rescored, expires_key, f.expires, member) else stray[#stray + 1] = member end
   else
     require_keys(declared, missing, postings(prefix, f))
+    expect_all(postings(prefix, f), 'set')
     doomed[#doomed + 1] = {record_key = record_key, member = member, record = record, fields = f}
   end
 end
