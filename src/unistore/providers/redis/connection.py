@@ -274,11 +274,11 @@ class Connection:
             while self.busy:
                 self.idle.clear()
                 await self.idle.wait()
-        finally:  # closed even when the wait is cancelled
-            for pool in self._pools.values():
+        finally:  # closed even when the wait is cancelled (and by two closes at once: each takes what is left)
+            pools, self._pools = list(self._pools.values()), {}
+            for pool in pools:
                 with contextlib.suppress(RedisConnectionError, OSError):
                     await pool.close()
-            self._pools.clear()
 
     # -- one round trip ------------------------------------------------------------------
 

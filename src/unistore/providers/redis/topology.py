@@ -3,9 +3,9 @@ current.
 
 One server is a topology of one node that owns every slot. A cluster's map is read
 with ``CLUSTER SLOTS`` from any node that answers (the masters known so far first,
-then the nodes the user named) and refreshed when a reply says it is stale: a
-``MOVED`` updates its slot at once and asks for a refresh; a node that cannot be
-reached asks for one too. Refreshes asked for at once share one read.
+then the nodes the user named) and kept current: a ``MOVED`` updates its slot at
+once, and a node that cannot be reached has the map read again (refreshes asked for
+at once share one read).
 
 An address is ``(host, port)``; the node clients themselves live with the connection
 (:mod:`.connection`), which hands this class the one call it needs.
@@ -36,8 +36,8 @@ class Topology:
         self.cluster = cluster
         self._seeds = list(nodes)
         self._owners: list[Address] = [self._seeds[0]] * SLOTS
-        self._refreshing: asyncio.Task[None] | None = None
-        #: Bumped by every change of the map: a reader that saw one generation knows when it is stale.
+        self._lock = asyncio.Lock()
+        #: Bumped by every change and every read of the map: a refresh asked for before the last read is done.
         self.generation = 0
 
     def owner(self, slot: int) -> Address:
@@ -55,17 +55,19 @@ class Topology:
             self.generation += 1
 
     async def refresh(self, ask: Callable[[Address], Awaitable[Any]]) -> None:
-        """Read the map again (``ask(address)`` runs ``CLUSTER SLOTS`` on a node); concurrent
-        callers share one read. One server has nothing to refresh.
+        """Read the map again (``ask(address)`` runs ``CLUSTER SLOTS`` on a node), in the
+        caller's task (so in its step: a cleanup waits for it); callers that wait meanwhile
+        take the map the first one read. One server has nothing to refresh.
 
         Raises:
             RedisError: no node answered (the last failure), or a node is no cluster.
         """
         if not self.cluster:
             return
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self._read(ask))
-        await asyncio.shield(self._refreshing)  # one caller cancelled does not cancel the read for the others
+        before = self.generation
+        async with self._lock:
+            if self.generation == before:
+                await self._read(ask)
 
     async def _read(self, ask: Callable[[Address], Awaitable[Any]]) -> None:
         failure: BaseException | None = None
@@ -78,7 +80,7 @@ class Topology:
             owners = _owners(reply, address)
             if owners != self._owners:
                 self._owners = owners
-                self.generation += 1
+            self.generation += 1  # read: callers that waited need not read it again
             return
         assert failure is not None  # (there is always a seed)
         raise failure
