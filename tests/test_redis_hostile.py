@@ -715,11 +715,37 @@ async def test_damaged_markers_are_reported_and_repaired_by_check(
             await fresh.check(repair=True)
             assert admin.get(marker) == b"2"
             assert (await fresh.load("k1")).data == 1
-        admin.set(shard_marker, b"garbage")
+        for damage in (lambda: admin.set(shard_marker, b"garbage"), lambda: admin.rpush(shard_marker, b"2")):
+            admin.delete(shard_marker)
+            damage()
+            report = await provider.check()
+            assert any(repr(shard_marker) in problem for problem in report.problems), report.problems
+            await provider.check(repair=True)
+            assert admin.get(shard_marker) == b"2" and (await provider.check()).ok
+        admin.set(shard_marker, b"5")  # another count: reported, not ours to overwrite
         report = await provider.check()
-        assert any(repr(shard_marker) in problem for problem in report.problems), report.problems
+        assert any("says b'5', not 2" in problem for problem in report.problems), report.problems
         await provider.check(repair=True)
-        assert admin.get(shard_marker) == b"2" and (await provider.check()).ok
+        assert admin.get(shard_marker) == b"5"
+        admin.set(shard_marker, b"2")
+
+
+@pytest.mark.redis
+async def test_a_marker_damaged_while_a_provider_writes_stops_its_writes(
+    redis_port: int, made: list[RedisStorageProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unistore.providers.redis import provider as redis_provider
+
+    monkeypatch.setattr(redis_provider, "MARKER_EVERY", 0)  # every write records the count again
+    namespace = _namespace()
+    provider = RedisStorageProvider(port=redis_port, namespace=namespace)
+    made.append(provider)
+    await provider.save("k", 1, "doc")
+    with redis.Redis(port=redis_port) as admin:
+        admin.set(layout.shards_key(namespace.encode()), b"garbage")
+    with pytest.raises(StorageCorruptionError, match="shard count"):
+        await provider.save("k", 2, "doc")
+    assert (await provider.load("k")).data == 1
 
 
 @pytest.mark.redis

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,7 +230,6 @@ class Connection:
     """What one event loop of one process uses to reach Redis (see the module's docstring)."""
 
     settings: Settings
-    pid: int = field(default_factory=os.getpid)
     topology: Topology = field(init=False)
     #: The first check of this connection (the provider's), awaited by every operation.
     ready: asyncio.Task[Any] | None = None

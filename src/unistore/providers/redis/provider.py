@@ -161,7 +161,8 @@ class RedisStorageProvider(StorageProvider[Any]):
         #: The scripts' first argument: on a cluster every key must be declared (see .scripts).
         self._strict = b"1" if self._settings.cluster else b"0"
         self._shards_slot = layout.key_slot(self._shards_key)
-        self._connections: dict[asyncio.AbstractEventLoop, Connection] = {}  # by the event loop using it
+        #: By the event loop and process using it (a forked child's copy of its parent's is never used).
+        self._connections: dict[tuple[asyncio.AbstractEventLoop, int], Connection] = {}
         self._closers: dict[Connection, AsyncGenerator[None, None]] = {}
         #: The closes cleanup() has begun and that have not ended (any cleanup of their loop waits for them).
         self._closing: set[asyncio.Task[None]] = set()
@@ -232,18 +233,17 @@ class RedisStorageProvider(StorageProvider[Any]):
             StorageConnectionError: Redis is unreachable.
         """
         loop = asyncio.get_running_loop()
-        connection = self._connections.get(loop)
-        if connection is None or connection.pid != os.getpid() or _failed(connection.ready):
-            if connection is not None:  # a failed one (closed by its check) or a parent's: let it go
-                stale = self._closers.pop(connection, None)
-                if stale is not None and connection.pid == os.getpid():
-                    await stale.aclose()
+        key = (loop, os.getpid())
+        connection = self._connections.get(key)
+        if connection is None or _failed(connection.ready):
+            if connection is not None:  # a failed one (closed by its check): let it go
+                await self._closers.pop(connection).aclose()
             connection = Connection(self._settings)
-            closer = self._closer(loop, connection)
+            closer = self._closer(key, connection)
             await anext(closer)
             self._closers[connection] = closer
             connection.ready = loop.create_task(self._first_check(connection))
-            self._connections[loop] = connection
+            self._connections[key] = connection
         assert connection.ready is not None
         checked: _Checked = await asyncio.shield(connection.ready)  # one caller cancelled: not the rest
         if checked.damaged is not None and not maintenance:  # (check reports it, and a repair rewrites it)
@@ -261,14 +261,16 @@ class RedisStorageProvider(StorageProvider[Any]):
             )
         return connection
 
-    async def _closer(self, loop: asyncio.AbstractEventLoop, connection: Connection) -> AsyncGenerator[None, None]:
+    async def _closer(
+        self, key: tuple[asyncio.AbstractEventLoop, int], connection: Connection
+    ) -> AsyncGenerator[None, None]:
         """Closes ``connection`` when closed: by :meth:`cleanup`, or by ``asyncio.run`` when its
         loop ends (it closes every async generator left open), so no connection outlives its loop."""
         try:
             yield
         finally:
-            if self._connections.get(loop) is connection:
-                del self._connections[loop]
+            if self._connections.get(key) is connection:
+                del self._connections[key]
             self._closers.pop(connection, None)
             await connection.close()
 
@@ -361,10 +363,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         next chunk) fails with a StorageError saying the provider was closed. (Connections
         made in another event loop or process cannot be closed from here: they are dropped.)"""
         loop = asyncio.get_running_loop()
-        connection = self._connections.pop(loop, None)
-        if connection is not None and connection.pid == os.getpid():
-            closer = self._closers.pop(connection, None)
-            closing = loop.create_task(closer.aclose() if closer is not None else connection.close())
+        connection = self._connections.pop((loop, os.getpid()), None)
+        if connection is not None:
+            closing = loop.create_task(self._closers.pop(connection).aclose())
             self._closing.add(closing)  # runs to its end even if this cleanup is cancelled
             closing.add_done_callback(self._closing.discard)
         for closing in [closing for closing in self._closing if closing.get_loop() is loop]:
