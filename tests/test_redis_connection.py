@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio.connection import Connection
 from redis.exceptions import AskError, ClusterDownError, MasterDownError, MovedError, ResponseError, TryAgainError
 
-from unistore import StorageConnectionError, StorageError, StorageQuery
+from unistore import StorageConnectionError, StorageError, StorageQuery, ValidationError
 from unistore.providers import RedisStorageProvider
 from unistore.providers.redis import layout
 from unistore.providers.redis.connection import NodePool
@@ -171,3 +171,9 @@ def test_error_replies_are_classified_whatever_redis_py_parsed() -> None:
     assert classified(other) is other
     already = MovedError("12 127.0.0.1:7000")  # as redis-py 8 parses it
     assert classified(already) is already
+
+
+@pytest.mark.parametrize("url", ["redis://h:notaport/0", "redis://h/0?db=x", "redis://[bad"])
+def test_a_settings_url_that_does_not_parse_is_refused_before_anything_connects(url: str) -> None:
+    with pytest.raises(ValidationError, match="a Redis URL that does not parse"):
+        RedisStorageProvider({"url": url, "namespace": "x"})

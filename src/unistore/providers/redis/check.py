@@ -142,7 +142,7 @@ async def _read(pinned: Pinned, prefix: bytes, now: int, shards: int) -> _Shard:
             report.problems.append(f"shard marker {marker!r} says {recorded!r}, not {shards}")
             if not recorded.isdigit():  # damaged (another count is not ours to overwrite)
                 shard.marker = str(shards).encode()
-    elif marker in shard.wrong_type:
+    else:  # (of another type: reported by _typed)
         shard.marker = str(shards).encode()
     async for member, record in _shard_records(pinned, prefix):
         report.records += 1
