@@ -350,11 +350,20 @@ def test_backup(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert run("--store", store, "backup", str(tmp_path / "copy")) == (1, "")
     assert "already holds a store" in capsys.readouterr().err
     assert run("--store", store, "backup", str(tmp_path / "plain"))[1].endswith("plain\n")
-    assert run("--store", "redis://user:pw@localhost:1/0", "backup", str(tmp_path / "r")) == (1, "")
+
+
+@pytest.mark.redis
+def test_a_redis_store_is_not_backed_up_by_unistore(
+    redis_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"redis://127.0.0.1:{redis_port}/0?namespace={uuid.uuid4().hex}"
+    assert run("--store", url, "put", "k", "1", "--type", "doc")[0] == 0
+    assert run("--store", url, "backup", str(tmp_path / "r")) == (1, "")
     assert capsys.readouterr().err == (
-        "unistore: backup: redis://user:***@localhost:1/0 is not an LMDB store; back up Redis with its "
-        "own persistence (an RDB snapshot from BGSAVE, or the AOF)\n"
+        "unistore: backup: Redis is backed up with its own persistence (an RDB snapshot from BGSAVE, "
+        "or the AOF), not by unistore\n"
     )
+    assert not (tmp_path / "r").exists()
 
 
 # -- migrate ------------------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 from unistore import StorageError, StorageQuery, ValidationError
 from unistore.errors import StoreNotFoundError
 from unistore.index import TAG, tag_term
-from unistore.maintenance import MaintainedProvider, Usage, merge, tally
 from unistore.providers import LmdbEngine, LmdbStorageProvider, RedisStorageProvider
 from unistore.providers.lmdb import layout as lmdb_layout
 from unistore.providers.lmdb.provider import existing_store, store_namespaces
+from unistore.providers.maintenance import Namespace, Usage, merge, tally
 from unistore.providers.redis import layout as redis_layout
 from unistore.urls import namespace_urls, open_existing, open_provider
 
@@ -68,11 +68,11 @@ async def test_an_lmdb_namespace_that_does_not_exist_is_not_created(tmp_path: Pa
     with pytest.raises(StoreNotFoundError, match="has no namespace 'typo'") as caught:
         LmdbStorageProvider(tmp_path / "s", namespace="typo", create=False)
     assert caught.value.details == {"path": str(tmp_path / "s"), "namespace": "typo"}
-    assert store_namespaces(tmp_path / "s") == ["real"]
+    assert store_namespaces(tmp_path / "s") == [Namespace("real")]
     provider = LmdbStorageProvider(tmp_path / "s", namespace="real", create=False)
     await provider.save("k", 1, "t")
     assert (await provider.load("k")).data == 1
-    assert await provider.namespaces() == ["real"]
+    assert await provider.namespaces() == [Namespace("real")]
     await provider.cleanup()
 
 
@@ -104,7 +104,7 @@ async def test_open_existing_by_url(tmp_path: Path) -> None:
     provider = open_provider(url)
     await provider.save("k", 1, "t")
     found = await open_existing(url)
-    assert isinstance(found, MaintainedProvider) and (await found.load("k")).data == 1
+    assert await found.namespace_exists() and (await found.load("k")).data == 1
     with pytest.raises(StoreNotFoundError, match="memory store lives in one process"):
         await open_existing("memory://")
     await provider.cleanup()
@@ -216,7 +216,7 @@ async def test_lmdb_backup_copies_every_namespace_and_compacts(tmp_path: Path) -
     assert oct(compact.st_mode & 0o777) == "0o600" and oct(plain.st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "nested" / "compact").stat().st_mode & 0o777) == "0o700"
     for copy in ("plain", "nested/compact"):
-        assert store_namespaces(tmp_path / copy) == ["default", "other"]
+        assert store_namespaces(tmp_path / copy) == [Namespace("default"), Namespace("other")]
         restored = LmdbStorageProvider(tmp_path / copy, create=False)
         assert (await restored.load("kept")).data == 2
         await restored.cleanup()
@@ -257,7 +257,7 @@ async def test_redis_namespaces_exist_only_once_used(private_redis: int) -> None
     url = f"redis://127.0.0.1:{private_redis}/0"
     with pytest.raises(StoreNotFoundError, match="holds no namespace"):
         await namespace_urls(url)
-    with pytest.raises(StoreNotFoundError, match="the server holds no namespace 'a'"):
+    with pytest.raises(StoreNotFoundError, match="the store holds no namespace 'a'"):
         await open_existing(url + "?namespace=a")
     raw = aioredis.Redis(port=private_redis)
     assert await raw.dbsize() == 0  # asking created nothing
@@ -269,7 +269,7 @@ async def test_redis_namespaces_exist_only_once_used(private_redis: int) -> None
     await raw.set(b"us{c}:shards", b"x")  # not a count
     assert await namespace_urls(url) == [f"{url}?namespace=a+b&shards=1", f"{url}?namespace=b&shards=2"]
     found = await open_existing(f"{url}?namespace=b&shards=2")
-    assert isinstance(found, MaintainedProvider)
+    assert await found.namespace_exists()
     assert (await found.usage())["t"].items == 1200
     await raw.delete(redis_layout.shards_key(b"a b"))  # the shard count lost: its items still show it exists
     assert await open_existing(url + "?namespace=a%20b") is not None

@@ -6,7 +6,10 @@ import doctest
 import importlib
 import os
 import pkgutil
+import subprocess
+import sys
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +97,36 @@ def test_without_redis_py_everything_but_the_redis_provider_works(monkeypatch: p
         unistore.providers.RedisStorageProvider  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         unistore.providers.Nope  # noqa: B018
+
+
+def _imports_script(src: Path) -> subprocess.CompletedProcess[str]:
+    script = Path(__file__).parents[1] / "scripts" / "imports"
+    return subprocess.run([sys.executable, str(script), str(src)], capture_output=True, text=True, timeout=60)
+
+
+def test_the_package_s_import_graph_has_no_circle_and_nothing_imported_from_above() -> None:
+    checked = _imports_script(Path(__file__).parents[1] / "src")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "no circle, none upward" in checked.stdout
+
+
+@pytest.mark.parametrize(
+    ("files", "said"),
+    [
+        (  # a circle, one side deferred into a function (it still ties the two)
+            {"errors.py": "from . import redaction\n", "redaction.py": "def f():\n    from .errors import x\n"},
+            "circle: unistore.errors, unistore.redaction",
+        ),
+        ({"errors.py": "from .providers import base\n", "providers/base.py": ""}, "upward: unistore.errors"),
+        ({"stray.py": ""}, "module unistore.stray is in no layer"),
+    ],
+)
+def test_the_import_check_fails_on_a_circle_an_upward_import_and_a_module_in_no_layer(
+    tmp_path: Path, files: dict[str, str], said: str
+) -> None:
+    for name, text in {"__init__.py": "", "providers/__init__.py": "", **files}.items():
+        (tmp_path / "unistore" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "unistore" / name).write_text(text)
+    checked = _imports_script(tmp_path)
+    assert checked.returncode == 1
+    assert said in checked.stdout + checked.stderr

@@ -457,7 +457,7 @@ async def test_explain_of_a_shard_that_does_not_exist_is_a_validation_error(
     made.append(provider)
     for shard in (5, -1):
         with pytest.raises(ValidationError, match="shard"):
-            await provider.explain(StorageQuery(), shard)
+            await provider.explain_shard(StorageQuery(), shard)
 
 
 @pytest.mark.redis
@@ -684,6 +684,30 @@ async def test_a_save_that_meets_a_damaged_index_key_writes_nothing_and_check_re
             admin.delete(key)
             admin.restore(key, 0, kept)
     assert (await provider.save("b", 2, "doc", tags={"colour": "red"})).data == 2
+
+
+@pytest.mark.redis
+async def test_a_record_key_of_another_type_is_reported_and_repaired_by_check(
+    redis_port: int, made: list[RedisStorageProvider]
+) -> None:
+    # check read record keys with MGET, which answers nil for a key of another type: a hash
+    # under a record's name was passed over in silence, and no repair ever removed it.
+    namespace = _namespace()
+    provider = RedisStorageProvider(port=redis_port, namespace=namespace)
+    made.append(provider)
+    await provider.save("a", 1, "doc")
+    prefix = layout.shard_prefix(namespace.encode(), 0, 1)
+    with redis.Redis(port=redis_port) as admin:
+        admin.hset(layout.record_key(prefix, b"b"), "field", "value")
+        report = await provider.check()
+        assert report.records == 1 and any("a hash, not a string" in problem for problem in report.problems), (
+            report.problems
+        )
+        assert (await provider.usage())["doc"].items == 1  # counted without it
+        await provider.check(repair=True)
+        assert admin.exists(layout.record_key(prefix, b"b")) == 0
+    assert (await provider.check()).ok
+    assert (await provider.save("b", 2, "doc")).data == 2
 
 
 def _soon() -> Any:

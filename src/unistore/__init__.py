@@ -17,8 +17,8 @@ sees them). See docs/observability.md for the levels.
 """
 
 import logging
-from importlib.metadata import version
 
+from ._version import __version__ as __version__  # (one source: see _version)
 from .core import NATIVE
 from .errors import (
     ItemNotFoundError,
@@ -35,8 +35,6 @@ from .metrics import MetricsManager, StorageMonitor
 from .model import StorageItem, StorageMetadata, StorageQuery, StorageResult
 from .providers.base import StorageProvider
 from .urls import open_provider
-
-__version__ = version("unistore")  # one source: the version pyproject.toml gives the installed package
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -49,7 +49,8 @@ from .errors import StorageError, ValidationError
 from .manager import UnifiedStorageManager
 from .metrics import MetricsManager
 from .model import StorageQuery
-from .urls import _lmdb_path, open_provider, redact
+from .redaction import redact
+from .urls import _lmdb_path, open_provider
 
 #: A typical record: about 200 bytes once packed (benches/conftest.py's RECORD).
 RECORD: dict[str, Any] = {

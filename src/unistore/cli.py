@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import importlib.metadata
 import json
 import math
 import os
@@ -51,14 +50,16 @@ from typing import Any, TextIO, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 from uuid import UUID
 
+from ._version import __version__
 from .core import NATIVE
 from .errors import ItemNotFoundError, StorageError, StoreNotFoundError, ValidationError
-from .maintenance import MaintainedProvider, Usage, merge
 from .manager import UnifiedStorageManager
 from .metrics import MetricsManager, StorageMonitor
 from .model import StorageItem, StorageQuery
-from .providers.lmdb import LmdbStorageProvider
-from .urls import namespace_urls, open_existing, open_provider, redact
+from .providers.base import StorageProvider
+from .providers.maintenance import Usage, merge
+from .redaction import redact
+from .urls import namespace_urls, open_existing, open_provider
 
 _R = TypeVar("_R")
 
@@ -345,10 +346,9 @@ async def _each_namespace(store: str) -> list[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def _maintained(url: str) -> AsyncIterator[MaintainedProvider]:
+async def _maintained(url: str) -> AsyncIterator[StorageProvider[Any]]:
     """``async with _maintained(url) as provider``: the existing namespace ``url`` names, cleaned up on leaving."""
     async with await open_existing(url) as provider:
-        assert isinstance(provider, MaintainedProvider)  # LMDB or Redis: open_existing refuses memory://
         yield provider
 
 
@@ -434,14 +434,8 @@ async def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
-    if urlsplit(args.store).scheme != "lmdb":
-        raise ValidationError(
-            f"backup: {redact(args.store)} is not an LMDB store; back up Redis with its own "
-            "persistence (an RDB snapshot from BGSAVE, or the AOF)"
-        )
-    [first, *_] = await namespace_urls(args.store)
-    async with await open_existing(first) as provider:
-        assert isinstance(provider, LmdbStorageProvider)  # an lmdb:// URL
+    [first, *_] = await namespace_urls(args.store)  # (the whole store is copied, from any namespace)
+    async with _maintained(first) as provider:
         await provider.backup(args.dest, compact=args.compact)
     compacted = " (compacted)" if args.compact else ""
     out.write(f"copied {redact(args.store)} to {args.dest}{compacted}\n")
@@ -568,7 +562,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
 def version() -> str:
     """The installed package's version (its distribution metadata: one source, pyproject.toml)."""
-    return importlib.metadata.version("unistore")
+    return __version__
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ import logging
 import math
 import struct
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._coretypes import PAYLOAD_ERRORS
@@ -64,24 +64,6 @@ def times(fields: RecordFields) -> list[tuple[int, int]]:
     if fields.expires is not None:
         entries.append((EXPIRES, fields.expires))
     return entries
-
-
-@dataclass
-class CheckReport:
-    """What an integrity check of a namespace found: entry counts, and one line per problem."""
-
-    records: int = 0
-    ids: int = 0  # LMDB's id index (Redis indexes items by key: none)
-    tag_entries: int = 0
-    type_entries: int = 0
-    created_entries: int = 0
-    expires_entries: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when every index entry points at its record and every record is indexed."""
-        return not self.problems
 
 
 def query_postings(spec: QuerySpec) -> list[tuple[int, bytes]]:
@@ -482,7 +464,6 @@ __all__ = [
     "POSTINGS",
     "POSTING_KINDS",
     "TAG",
-    "CheckReport",
     "Chunk",
     "CompiledQuery",
     "Costs",

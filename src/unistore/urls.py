@@ -11,47 +11,53 @@ names every namespace of the store a URL points at.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
 from .errors import StorageError, StoreNotFoundError, ValidationError
 from .providers.base import StorageProvider
 from .providers.lmdb import LmdbStorageProvider
 from .providers.lmdb.provider import store_namespaces
+from .providers.maintenance import Namespace
 from .providers.memory import MemoryStorageProvider
-
-#: A query option that holds a password (any option whose name says so), up to its value.
-_PASSWORD_OPTION = re.compile(r"([?&][^=&#]*password[^=&#]*=)[^&#]*", re.IGNORECASE)
+from .redaction import redact
 
 
-def redact(url: str) -> str:
-    """``url`` with the password of its user info, and the value of any query option
-    named like a password, written as ``***``: for messages."""
-    scheme, found, rest = url.partition("://")
-    if not found:
-        return url
-    end = min((at for at in map(rest.find, "/?#") if at >= 0), default=len(rest))
-    userinfo, at, hosts = rest[:end].rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    tail = _PASSWORD_OPTION.sub(r"\1***", rest[end:])
-    return scheme + found + (user + colon + "***" * bool(colon) + at) + hosts + tail
+class Opening(NamedTuple):
+    """What an opener makes of a URL: the call that makes its provider, and the call that
+    lists its store's namespaces (a store-wide question, asked with or without a namespace)."""
+
+    construct: Callable[[], StorageProvider[Any]]
+    namespaces: Callable[[], Awaitable[list[Namespace]]]
 
 
-# An opener pops the options it knows and returns the constructor to call once
-# no option is left over, so a bad URL creates nothing.
+def _asking(construct: Callable[[], StorageProvider[Any]]) -> Callable[[], Awaitable[list[Namespace]]]:
+    """The namespaces as a provider of the store tells them (its own namespace need not exist)."""
+
+    async def namespaces() -> list[Namespace]:
+        async with construct() as provider:
+            return await provider.namespaces()
+
+    return namespaces
+
+
+# An opener pops the options it knows and returns its Opening, used once no option is
+# left over, so a bad URL creates nothing.
 # ``create`` False: the provider must find its store and namespace (see open_existing).
-Opener = Callable[[SplitResult, dict[str, str], bool], Callable[[], StorageProvider[Any]]]
+Opener = Callable[[SplitResult, dict[str, str], bool], Opening]
 
 
-def _open_memory(url: SplitResult, params: dict[str, str], create: bool) -> Callable[[], StorageProvider[Any]]:
+def _open_memory(url: SplitResult, params: dict[str, str], create: bool) -> Opening:
     if url.netloc or url.path:
         raise ValidationError(f"url: memory:// takes no host or path, got {redact(url.geturl())!r}")
     if not create:
         raise StoreNotFoundError("memory://: a memory store lives in one process; there is none to open")
-    return functools.partial(MemoryStorageProvider, namespace=params.pop("namespace", "default"))
+    construct = functools.partial(MemoryStorageProvider, namespace=params.pop("namespace", "default"))
+    return Opening(construct, _asking(construct))
 
 
 def _number_option(params: dict[str, str], name: str) -> dict[str, int]:
@@ -90,11 +96,15 @@ def _lmdb_options(params: dict[str, str]) -> dict[str, Any]:
     return options
 
 
-def _open_lmdb(url: SplitResult, params: dict[str, str], create: bool) -> Callable[[], StorageProvider[Any]]:
+def _open_lmdb(url: SplitResult, params: dict[str, str], create: bool) -> Opening:
     path = _lmdb_path(url)
     options = _lmdb_options(params)
     namespace = params.pop("namespace", "default")
-    return functools.partial(LmdbStorageProvider, path, namespace=namespace, create=create, **options)
+    # The store's namespaces are read from the store: its "default" namespace need not exist.
+    return Opening(
+        functools.partial(LmdbStorageProvider, path, namespace=namespace, create=create, **options),
+        functools.partial(asyncio.to_thread, store_namespaces, path, **options),
+    )
 
 
 #: The query options of a Redis URL: the provider's and those redis-py reads from a URL.
@@ -108,7 +118,7 @@ _REDIS_OPTIONS = frozenset(
 _REDIS_DATABASE = re.compile(r"/?|/[0-9]+/?")
 
 
-def _open_redis(url: SplitResult, params: dict[str, str], create: bool) -> Callable[[], StorageProvider[Any]]:
+def _open_redis(url: SplitResult, params: dict[str, str], create: bool) -> Opening:
     # Opening creates nothing on the server (a namespace is recorded by its first
     # operation): open_existing asks the server before that.
     _number_option(params, "shards")  # its digits checked here; the URL itself goes to from_url
@@ -127,7 +137,8 @@ def _open_redis(url: SplitResult, params: dict[str, str], create: bool) -> Calla
         from .providers.redis import RedisStorageProvider  # noqa: PLC0415  (redis-py only for a Redis URL)
     except ImportError as exc:
         raise StorageError(f"url: {exc}") from exc  # (not the URL: it may hold a password)
-    return functools.partial(RedisStorageProvider.from_url, url.geturl())
+    construct = functools.partial(RedisStorageProvider.from_url, url.geturl())
+    return Opening(construct, _asking(construct))
 
 
 _OPENERS: dict[str, Opener] = {
@@ -155,12 +166,11 @@ def open_provider(url: str) -> StorageProvider[Any]:
     Raises:
         ValidationError: an unknown scheme, a malformed URL or an unknown option.
     """
-    return _build(url, create=True)
+    return _opening(url, create=True)[2].construct()
 
 
 async def open_existing(url: str) -> StorageProvider[Any]:
-    """The provider a URL names, if its store and namespace exist (a
-    :class:`~unistore.maintenance.MaintainedProvider` too); nothing is
+    """The provider a URL names, if its store and namespace exist; nothing is
     created (an LMDB store is looked for at once, a Redis namespace asked of the
     server). ``memory://`` never names one that exists: a memory store lives
     and dies with one provider.
@@ -170,13 +180,12 @@ async def open_existing(url: str) -> StorageProvider[Any]:
         StoreNotFoundError: the store or the namespace does not exist.
         StorageConnectionError: the Redis server is unreachable.
     """
-    provider = _build(url, create=False)  # LMDB or Redis: memory:// is refused here
-    exists = getattr(provider, "namespace_exists", None)
-    if exists is not None and not await exists():
-        raise StoreNotFoundError(
-            f"{redact(url)}: the server holds no namespace {getattr(provider, 'namespace', '')!r}",
-            {"url": redact(url)},
-        )
+    _, params, opening = _opening(url, create=False)  # memory:// is refused here
+    provider = opening.construct()
+    if not await provider.namespace_exists():
+        await provider.cleanup()
+        namespace = params.get("namespace", "default")
+        raise StoreNotFoundError(f"{redact(url)}: the store holds no namespace {namespace!r}", {"url": redact(url)})
     return provider
 
 
@@ -190,21 +199,14 @@ async def namespace_urls(url: str) -> list[str]:
         StoreNotFoundError: the store does not exist, or holds no namespace.
         StorageConnectionError: the Redis server is unreachable.
     """
-    parts, params, construct = _constructor(url, create=False)  # memory:// is refused here
+    _, params, opening = _opening(url, create=False)  # memory:// is refused here
     if "namespace" in params:
         return [url]
-    known: list[tuple[str, dict[str, str]]]
-    if parts.scheme == "lmdb":
-        names = store_namespaces(_lmdb_path(parts), **_lmdb_options(dict(params)))
-        known = [(name, {}) for name in names]
-    else:
-        async with construct() as provider:
-            found = await provider.namespaces()  # type: ignore[attr-defined]  # a Redis provider's
-        known = [(name, {"shards": str(shards)}) for name, shards in found]
+    known = await opening.namespaces()
     if not known:
         raise StoreNotFoundError(f"{redact(url)}: the store holds no namespace", {"url": redact(url)})
     base = url.partition("?")[0]  # (urlunsplit would drop the empty host of lmdb:///path)
-    return [f"{base}?{urlencode({**params, 'namespace': name, **extra})}" for name, extra in known]
+    return [f"{base}?{urlencode({**params, 'namespace': found.name, **found.settings})}" for found in known]
 
 
 def _parse(url: str) -> tuple[SplitResult, dict[str, str]]:
@@ -233,18 +235,14 @@ def _parse(url: str) -> tuple[SplitResult, dict[str, str]]:
     return parts, params
 
 
-def _constructor(url: str, create: bool) -> tuple[SplitResult, dict[str, str], Callable[[], StorageProvider[Any]]]:
-    """A URL split, its options, and the call that makes its provider, every option checked."""
+def _opening(url: str, create: bool) -> tuple[SplitResult, dict[str, str], Opening]:
+    """A URL split, its options, and its :class:`Opening`, every option checked."""
     parts, params = _parse(url)
     left = dict(params)
-    construct = _OPENERS[parts.scheme](parts, left, create)
+    opening = _OPENERS[parts.scheme](parts, left, create)
     if left:
         raise ValidationError(f"url: unknown option(s) {', '.join(sorted(left))} in {redact(url)!r}")
-    return parts, params, construct
+    return parts, params, opening
 
 
-def _build(url: str, create: bool) -> StorageProvider[Any]:
-    return _constructor(url, create)[2]()
-
-
-__all__ = ["namespace_urls", "open_existing", "open_provider", "redact"]
+__all__ = ["namespace_urls", "open_existing", "open_provider"]

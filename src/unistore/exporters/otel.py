@@ -37,7 +37,7 @@ try:
 except ImportError as exc:  # the extra is not installed
     raise missing_extra(__name__, "opentelemetry-api", "otel") from exc
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ValidationError
 from ..metrics import DEFAULT_BUCKETS, STANDARD_METRICS, Histogram, Instrument, MetricKind, MetricsManager, kind_of
 

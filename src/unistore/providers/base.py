@@ -11,18 +11,30 @@ native to their backend: one transaction, script or pipeline for the whole
 batch, never a loop of single calls. ``search`` and
 ``delete_matching`` also take a query the index layer has compiled already
 (:class:`unistore.index.CompiledQuery`), so that the manager checks a query once.
+
+The maintenance methods (``check``, ``purge_expired``, ``usage``, ``namespaces``,
+``namespace_exists``, ``explain``, ``backup``) are part of the same contract: every
+provider of this package has each of them, with these signatures and return types
+(:mod:`unistore.providers.maintenance` holds the values they return), so that the
+``unistore`` command and the URL openers never ask which provider they hold. A backend
+without something to offer (a memory store's backup) raises :class:`StorageError`
+saying so. They are not abstract, so that a provider written before they were part of
+the contract still loads; each raises :class:`StorageError` until it is implemented.
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from ..index import CompiledQuery
+from ..errors import StorageError
+from ..index import CompiledQuery, Plan
 from ..model import StorageItem, StorageQuery, StorageResult, Tags
+from .maintenance import CheckReport, Namespace, Usage
 
 T = TypeVar("T")
 
@@ -141,3 +153,55 @@ class StorageProvider(CleanupOnExit, Generic[T]):
         Raises:
             ValidationError: a bad query field.
         """
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def _lacks(self, what: str) -> StorageError:
+        return StorageError(f"{type(self).__name__} has no {what}", {"provider": type(self).__name__})
+
+    async def check(self, repair: bool = False) -> CheckReport:
+        """Verify that every index entry belongs to a record that has it and every record
+        is fully indexed; with ``repair``, also drop the records that do not decode and put
+        every index entry right, leaving healthy items untouched. Returns what was found.
+
+        Raises:
+            StorageConnectionError: the backend is unreachable.
+        """
+        raise self._lacks("check")
+
+    async def purge_expired(self) -> int:
+        """Remove the expired items and their index entries; returns how many."""
+        raise self._lacks("purge_expired")
+
+    async def usage(self) -> dict[str, Usage]:
+        """The live items and their record bytes per content type, in content type order,
+        read from the store itself (a fresh process sees them)."""
+        raise self._lacks("usage")
+
+    async def namespaces(self) -> list[Namespace]:
+        """Every namespace of the store this provider's namespace is in (its own once it
+        exists), by name, each with the settings that open it again; nothing is created."""
+        raise self._lacks("namespaces")
+
+    async def namespace_exists(self) -> bool:
+        """Whether the store holds this provider's namespace; nothing is created."""
+        raise self._lacks("namespace_exists")
+
+    async def explain(self, query: StorageQuery | CompiledQuery) -> Plan:
+        """The plan a search of ``query`` would follow now (see :func:`unistore.index.plan`).
+
+        Raises:
+            ValidationError: a bad query field.
+        """
+        raise self._lacks("explain")
+
+    async def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
+        """Write a hot, consistent copy of the whole store into the directory ``dest``
+        (``compact``: as small as its data).
+
+        Raises:
+            ValidationError: ``dest`` is not a usable place for a copy.
+            StorageError: the backend has no backup of its own making (say, Redis: the
+                server's persistence is the operator's), or the copy could not be written.
+        """
+        raise self._lacks("backup")

@@ -3,12 +3,15 @@
 It stores the same encoded records as the persistent providers, so it runs the
 codec, the query matcher and the index layer's search loop for real; it just
 keeps the records in a dict, and has no indexes to plan over: every search
-reads every record.
+reads every record. Its maintenance is that of a dict: a check counts the records and
+names those that do not decode, a namespace is the provider itself, and there is no
+backup (the records live and die with the process).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -26,7 +29,7 @@ from ..codec import (
     prepare_save,
 )
 from ..core import RecordFields
-from ..errors import StorageCorruptionError
+from ..errors import StorageCorruptionError, StorageError
 from ..model import (
     StorageItem,
     StorageQuery,
@@ -38,6 +41,7 @@ from ..model import (
     validate_name,
 )
 from .base import StorageProvider
+from .maintenance import CheckReport, Namespace, Usage, tally
 
 #: Records a search checks between two yields to the event loop.
 SEARCH_CHUNK = 256
@@ -167,17 +171,57 @@ class MemoryStorageProvider(StorageProvider[Any]):
     async def purge_expired(self) -> int:
         """Drop expired records (readers never see them anyway); returns how many."""
         now = now_micros()
-
-        def has_expired(key: str, record: bytes) -> bool:
-            try:
-                return not is_live(decode_fields(record, key).expires, now)
-            except StorageCorruptionError:  # not known to be expired; a load names the damage
-                return False
-
-        expired = [key for key, record in self._records.items() if has_expired(key, record)]
+        expired = [key for key, record in self._records.items() if self._has_expired(key, record, now)]
         for key in expired:
             del self._records[key]
         return len(expired)
+
+    @staticmethod
+    def _has_expired(key: str, record: bytes, now: int) -> bool:
+        try:
+            return not is_live(decode_fields(record, key).expires, now)
+        except StorageCorruptionError:  # not known to be expired; a load names the damage
+            return False
+
+    async def check(self, repair: bool = False) -> CheckReport:
+        """Count the records and name each that does not decode; with ``repair``, drop those."""
+        report = CheckReport(records=len(self._records))
+        for key, record in list(self._records.items()):
+            try:
+                decode_fields(record, key)
+            except StorageCorruptionError as exc:
+                report.problems.append(str(exc))
+                if repair:
+                    del self._records[key]
+        return report
+
+    async def usage(self) -> dict[str, Usage]:
+        return tally(self._records.values(), now_micros())
+
+    async def namespaces(self) -> list[Namespace]:
+        """This provider's own namespace: a memory store is one provider."""
+        return [Namespace(self.namespace)]
+
+    async def namespace_exists(self) -> bool:
+        """True: a memory namespace lives as long as its provider."""
+        return True
+
+    async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
+        """Every record is read (:data:`unistore.index.KEYS`, all keys): there is no index."""
+        index.compile_query(query)  # (a bad query is refused as a search would refuse it)
+        return index.Plan(index.KEYS, candidates=len(self._records))
+
+    async def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
+        """Refused: a memory store lives and dies with its process.
+
+        Raises:
+            StorageError: always.
+        """
+        raise StorageError(
+            "memory://: a memory store lives and dies with its process; it has no backup "
+            "(copy it into a persistent store with unistore.migrate.copy)",
+            {"provider": type(self).__name__},
+        )
 
     async def cleanup(self) -> None:
         """Nothing to release: the records are the store, and stay."""

@@ -8,8 +8,7 @@
 - :mod:`.provider`: :class:`LmdbStorageProvider`, the engine's async face.
 """
 
-from .check import CheckReport
 from .engine import LmdbEngine
 from .provider import LmdbStorageProvider
 
-__all__ = ["CheckReport", "LmdbEngine", "LmdbStorageProvider"]
+__all__ = ["LmdbEngine", "LmdbStorageProvider"]

@@ -16,8 +16,7 @@ from typing import Any
 from ...codec import decode_fields, decode_item
 from ...core import RecordFields
 from ...errors import StorageCorruptionError
-from ...index import CheckReport
-from ...maintenance import Usage, tally
+from ..maintenance import CheckReport, Usage, tally
 from . import layout
 
 #: Each index database (its number in :class:`~.layout.Databases`), its name and
@@ -98,4 +97,4 @@ def usage(txn: Any, dbs: layout.Databases, prefix: bytes, now: int) -> dict[str,
     return tally((raw for _, raw in _walk(txn, dbs.records, prefix)), now)
 
 
-__all__ = ["CheckReport", "check_namespace", "usage"]
+__all__ = ["check_namespace", "usage"]

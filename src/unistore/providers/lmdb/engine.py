@@ -38,7 +38,6 @@ from ...codec import (
 )
 from ...core import RecordFields, ids_from_entries, intersect_ids, pack_new, unpack_record
 from ...errors import ItemNotFoundError, StorageCorruptionError, ValidationError
-from ...maintenance import Usage
 from ...model import (
     QuerySpec,
     StorageItem,
@@ -50,8 +49,9 @@ from ...model import (
     validate_keys,
     validate_name,
 )
+from ..maintenance import CheckReport, Usage
 from . import layout
-from .check import CheckReport, check_namespace
+from .check import check_namespace
 from .check import usage as namespace_usage
 from .environment import (
     DEFAULT_MAP_SIZE,
@@ -531,7 +531,7 @@ class LmdbEngine:
             raise ItemNotFoundError(f"no item under key {key!r}", {"key": key})
         return item
 
-    def explain(self, query: StorageQuery) -> index.Plan:
+    def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
         """The plan a search of ``query`` would follow now (see :func:`unistore.index.plan`).
 
         Raises:

@@ -19,12 +19,11 @@ from datetime import datetime
 from typing import Any
 
 from ...errors import StorageError, StoreNotFoundError, ValidationError
-from ...index import CompiledQuery
-from ...maintenance import Usage
+from ...index import CompiledQuery, Plan
 from ...model import StorageItem, StorageQuery, StorageResult, Tags, validate_name
 from ..base import StorageProvider
+from ..maintenance import CheckReport, Namespace, Usage
 from . import layout
-from .check import CheckReport
 from .engine import LmdbEngine, _int_option
 from .environment import (
     DEFAULT_MAP_SIZE,
@@ -164,10 +163,18 @@ class LmdbStorageProvider(StorageProvider[Any]):
         :mod:`unistore.maintenance`)."""
         return await asyncio.to_thread(self.engine.usage)
 
-    async def namespaces(self) -> list[str]:
-        """Every namespace of this provider's store (its own included), in the order
+    async def namespaces(self) -> list[Namespace]:
+        """Every namespace of this provider's store (its own once it exists), in the order
         they were made."""
         return store_namespaces(self.engine.path, durability=self.engine.durability)
+
+    async def namespace_exists(self) -> bool:
+        """Whether the store holds this provider's namespace (one opened to write makes it at once)."""
+        return self.engine.namespace in [found.name for found in await self.namespaces()]
+
+    async def explain(self, query: StorageQuery | CompiledQuery) -> Plan:
+        """The plan a search of ``query`` would follow now (see :meth:`LmdbEngine.explain`)."""
+        return self.engine.explain(query)
 
     async def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
         """Write a hot, consistent copy of this provider's whole store (every
@@ -221,7 +228,7 @@ def existing_store(
         shared.release()
 
 
-def store_namespaces(path: str | os.PathLike[str], **options: Any) -> list[str]:
+def store_namespaces(path: str | os.PathLike[str], **options: Any) -> list[Namespace]:
     """Every namespace of the store at ``path``, in the order they were made
     (``options``: as :func:`existing_store` takes them).
 
@@ -230,7 +237,7 @@ def store_namespaces(path: str | os.PathLike[str], **options: Any) -> list[str]:
         StoreNotFoundError: there is no unistore store at ``path``.
     """
     with existing_store(path, **options) as shared:
-        return [name for name, _ in shared.read(lambda txn, dbs: layout.namespaces(txn, dbs.meta))]
+        return [Namespace(name) for name, _ in shared.read(lambda txn, dbs: layout.namespaces(txn, dbs.meta))]
 
 
 def _real_path(path: str | os.PathLike[str]) -> str:

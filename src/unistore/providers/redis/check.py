@@ -32,7 +32,7 @@ from ... import index
 from ...codec import decode_fields, decode_item
 from ...core import RecordFields
 from ...errors import StorageCorruptionError
-from ...maintenance import Usage, merge, tally
+from ..maintenance import CheckReport, Namespace, Usage, merge, tally
 from . import layout
 from .connection import Connection, NodeChanged, Pinned
 from .search import Shard
@@ -66,16 +66,24 @@ async def _scan(pinned: Pinned, command: str, key: bytes | None, match: bytes | 
             return list(found)
 
 
-async def _shard_records(pinned: Pinned, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
-    """The (item key, record) of every record of the shard, read :data:`BATCH` at a time."""
+async def _shard_records(
+    pinned: Pinned, prefix: bytes, shard: _Shard | None = None
+) -> AsyncIterator[tuple[bytes, bytes]]:
+    """The (item key, record) of every record of the shard, read :data:`BATCH` at a time.
+    MGET answers nil for a key gone since the SCAN and for one of another type: those are
+    asked their type, and one of another type is reported to ``shard`` (given: a check)."""
     cut = len(layout.record_key(prefix, b""))
     record_keys = sorted(await _scan(pinned, "SCAN", None, layout.scan_pattern(prefix, None)))
     for start in range(0, len(record_keys), BATCH):
         batch = record_keys[start : start + BATCH]
         [records] = await pinned.run([("MGET", *batch)])
-        for record_key, record in zip(batch, records, strict=True):
-            if record is not None:  # not gone since
-                yield record_key[cut:], record
+        found = [(record_key, record) for record_key, record in zip(batch, records, strict=True) if record is not None]
+        if shard is not None and len(found) < len(batch):
+            await _typed(
+                pinned, shard, [key for key, record in zip(batch, records, strict=True) if record is None], b"string"
+            )
+        for record_key, record in found:
+            yield record_key[cut:], record
 
 
 def _entries(prefix: bytes, member: bytes, fields: RecordFields) -> dict[str, set[Any]]:
@@ -97,7 +105,7 @@ def _empty() -> dict[str, set[Any]]:
 class _Shard:
     """What one reading of a shard found, and what a repair of it would do."""
 
-    report: index.CheckReport = field(default_factory=index.CheckReport)
+    report: CheckReport = field(default_factory=CheckReport)
     records: dict[bytes, RecordFields | None] = field(default_factory=dict)  # None: does not decode
     damaged: dict[bytes, bytes] = field(default_factory=dict)  # member -> the record that does not decode
     heads: dict[bytes, bytes] = field(default_factory=dict)  # the heads hash as found
@@ -144,7 +152,7 @@ async def _read(pinned: Pinned, prefix: bytes, now: int, shards: int) -> _Shard:
                 shard.marker = str(shards).encode()
     else:  # (of another type: reported by _typed)
         shard.marker = str(shards).encode()
-    async for member, record in _shard_records(pinned, prefix):
+    async for member, record in _shard_records(pinned, prefix, shard):
         report.records += 1
         shard.records[member] = None
         name = member.decode(errors="replace")
@@ -223,7 +231,7 @@ def _judge_heads(shard: _Shard, prefix: bytes, now: int) -> None:
 
 
 async def check_shard(
-    connection: Connection, shard: Shard, shards: int, report: index.CheckReport, now: int, repair: bool = False
+    connection: Connection, shard: Shard, shards: int, report: CheckReport, now: int, repair: bool = False
 ) -> None:
     """Check ``shard`` (of ``shards``) on the node that serves it, adding its counts and
     problems to ``report``; with ``repair``, fix what it finds (confirmed first: see the module)."""
@@ -384,7 +392,7 @@ async def namespace_exists(connection: Connection, shards_key: bytes, shards: li
     return False
 
 
-async def namespaces(connection: Connection) -> list[tuple[str, int]]:
+async def namespaces(connection: Connection) -> list[Namespace]:
     """Every namespace the server (every master of a cluster) holds, with its shard
     count, by name: those whose shard count is recorded (see :func:`namespace_exists`)."""
     found: dict[str, int] = {}
@@ -405,7 +413,7 @@ async def namespaces(connection: Connection) -> list[tuple[str, int]]:
                         found[name] = int(count)
             if not int(cursor):
                 break
-    return sorted(found.items())
+    return [Namespace(name, {"shards": str(count)}) for name, count in sorted(found.items())]
 
 
 __all__ = [

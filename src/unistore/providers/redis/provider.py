@@ -40,7 +40,6 @@ from ...codec import (
 )
 from ...core import pack_record, unpack_item
 from ...errors import StorageCorruptionError, StorageError, ValidationError
-from ...maintenance import Usage, merge
 from ...model import (
     StorageItem,
     StorageQuery,
@@ -51,8 +50,9 @@ from ...model import (
     validate_keys,
     validate_name,
 )
-from ...urls import redact
+from ...redaction import redact
 from ..base import StorageProvider
+from ..maintenance import CheckReport, Namespace, Usage, merge
 from . import layout, scripts
 from .check import KEEPING_POLICIES, check_shard, eviction, namespace_exists, namespaces, shard_usage
 from .connection import Connection, Settings
@@ -623,7 +623,16 @@ class RedisStorageProvider(StorageProvider[Any]):
                 items[name] = item
         return items
 
-    async def explain(self, query: StorageQuery | index.CompiledQuery, shard: int = 0) -> index.Plan:
+    async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
+        """The plan a search of ``query`` would follow now in the first shard (each shard
+        plans alike from its own sizes; :meth:`explain_shard` shows another's).
+
+        Raises:
+            ValidationError: a bad query field.
+        """
+        return await self.explain_shard(query, 0)
+
+    async def explain_shard(self, query: StorageQuery | index.CompiledQuery, shard: int) -> index.Plan:
         """The plan a search of ``query`` would follow now in ``shard`` (see :func:`unistore.index.plan`).
 
         Raises:
@@ -668,7 +677,7 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     # -- maintenance (see unistore.maintenance and .check) ---------------------------------
 
-    async def check(self, repair: bool = False) -> index.CheckReport:
+    async def check(self, repair: bool = False) -> CheckReport:
         """Verify that every index entry belongs to a record that has it and every record
         is fully indexed, shard by shard (:mod:`.check`), and report what the server says
         of eviction; check a store at rest. With ``repair``, also fix what it finds (each
@@ -678,7 +687,7 @@ class RedisStorageProvider(StorageProvider[Any]):
             StorageConnectionError: Redis is unreachable.
         """
         connection = await self._connection(maintenance=True)
-        report = index.CheckReport()
+        report = CheckReport()
         now = now_micros()
         async with connection.step():
             for node, policy, evicted in await eviction(connection):
@@ -721,15 +730,26 @@ class RedisStorageProvider(StorageProvider[Any]):
         async with self._asking() as connection:
             return await namespace_exists(connection, self._shards_key, self._shards)
 
-    async def namespaces(self) -> list[tuple[str, int]]:
+    async def namespaces(self) -> list[Namespace]:
         """Every namespace on this provider's server (database, or cluster), with its
-        shard count, by name; asked as :meth:`namespace_exists` is.
+        shard count (its setting ``shards``), by name; asked as :meth:`namespace_exists` is.
 
         Raises:
             StorageConnectionError: Redis is unreachable.
         """
         async with self._asking() as connection:
             return await namespaces(connection)
+
+    async def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
+        """Refused: a Redis server is backed up with its own persistence.
+
+        Raises:
+            StorageError: always.
+        """
+        raise StorageError(
+            "backup: Redis is backed up with its own persistence (an RDB snapshot from BGSAVE, "
+            "or the AOF), not by unistore"
+        )
 
     @contextlib.asynccontextmanager
     async def _asking(self) -> AsyncIterator[Connection]:

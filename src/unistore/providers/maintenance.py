@@ -1,15 +1,9 @@
-"""What the maintenance of a store shares across backends: sizes per content type,
-and the face a provider shows to the ``unistore`` command.
+"""What the maintenance of a store shares across backends: the integrity check's
+report and the sizes per content type.
 
-A provider that can be maintained (LMDB and Redis; not ``memory://``, which
-lives and dies with one process) has, beyond :class:`~unistore.StorageProvider`:
-
-- ``usage()``: its live items and their bytes per content type (:class:`Usage`),
-  read from the store itself, so a fresh process sees them;
-- ``check(repair=False)``: the integrity check (:class:`~unistore.index.CheckReport`);
-  with ``repair=True`` it also drops the records that do not decode and puts
-  every index entry right, leaving healthy items untouched;
-- ``purge_expired()``: the expired items removed, how many.
+Every provider has the maintenance methods of :class:`~unistore.StorageProvider`
+(``check``, ``purge_expired``, ``usage``, ``namespaces``, ``namespace_exists``,
+``explain``, ``backup``); these are the values they return.
 
 *Bytes* are those of the stored records (header, key, content type, tags and
 payload), the same measure on every backend; index entries are not counted.
@@ -18,12 +12,38 @@ payload), the same measure on every backend; index entries are not counted.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
 
-from .codec import decode_fields, is_live
-from .errors import StorageCorruptionError
-from .index import CheckReport
+from ..codec import decode_fields, is_live
+from ..errors import StorageCorruptionError
+
+
+@dataclass
+class CheckReport:
+    """What an integrity check of a namespace found: entry counts, and one line per problem."""
+
+    records: int = 0
+    ids: int = 0  # LMDB's id index (Redis indexes items by key: none)
+    tag_entries: int = 0
+    type_entries: int = 0
+    created_entries: int = 0
+    expires_entries: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every index entry points at its record and every record is indexed."""
+        return not self.problems
+
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """One namespace of a store: its name, and what its provider must be told, beyond the
+    store and the name, to open it again (a Redis namespace's shard count; nothing on LMDB)."""
+
+    name: str
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,21 +82,4 @@ def merge(usages: Iterable[dict[str, Usage]]) -> dict[str, Usage]:
     return dict(sorted(total.items()))
 
 
-@runtime_checkable
-class MaintainedProvider(Protocol):
-    """A provider the ``unistore`` command can maintain (see the module's docstring)."""
-
-    async def usage(self) -> dict[str, Usage]:
-        """Live items and record bytes per content type."""
-
-    async def check(self, repair: bool = False) -> CheckReport:
-        """Check (and with ``repair``, fix) the namespace's records and indexes."""
-
-    async def purge_expired(self) -> int:
-        """Remove expired items; how many."""
-
-    async def cleanup(self) -> None:
-        """Release resources."""
-
-
-__all__ = ["MaintainedProvider", "Usage", "merge", "tally"]
+__all__ = ["CheckReport", "Namespace", "Usage", "merge", "tally"]
