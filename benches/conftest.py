@@ -20,7 +20,7 @@ import msgpack
 import pytest
 
 from unistore import MetricsManager, UnifiedStorageManager
-from unistore.bench import RECORD
+from unistore.cli.bench import RECORD
 from unistore.providers import LmdbStorageProvider
 from unistore.providers.lmdb import LmdbEngine
 

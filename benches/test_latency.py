@@ -1,5 +1,5 @@
 """R065's targets: write < 50 ms and read < 20 ms, reported as p99 of single operations;
-and ``unistore bench``'s suite (``unistore.bench``: save, load, load_many, a tag search,
+and ``unistore.cli.bench``'s suite (``unistore.bench``: save, load, load_many, a tag search,
 each against the raw engine in the same run), so that the command's table and this
 JSON come from one implementation of those pairs."""
 
@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from unistore import UnifiedStorageManager, bench
+from unistore import UnifiedStorageManager
+from unistore.cli import bench
 
 pytestmark = pytest.mark.benchmark(group="p99")
 SAMPLES = 2000

@@ -1,4 +1,4 @@
-"""``unistore.bench``, the engine of ``unistore bench``, run for real on LMDB, Redis and
+"""``unistore.cli.bench``, the engine of ``unistore bench``, run for real on LMDB, Redis and
 memory with tiny sizes. Nothing here asserts on speed: the shape of the answer, numbers
 that are positive and finite, and that no scratch data is left behind."""
 
@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import redis
 
-from unistore import StorageError, ValidationError, bench
-from unistore.bench import BenchRow, _raised_as_storage_error
+from unistore import StorageError, ValidationError
+from unistore.cli import bench
+from unistore.cli.bench import BenchRow, _raised_as_storage_error
 from unistore.providers.redis import scripts
 
 REPETITIONS = 2
@@ -124,17 +125,26 @@ def test_raw_engine_errors_become_storage_errors_and_ours_pass_unchanged() -> No
     assert passed.value is ours
 
 
+async def _writing(admin: redis.Redis, running: asyncio.Future[Any]) -> None:
+    """Once the bench has written to the server (it is under way, far from its end)."""
+    while True:  # (polled: the server says nothing when a key is written)
+        if admin.dbsize() or running.done():
+            return
+        await asyncio.sleep(0.005)
+
+
 @pytest.mark.watchdog(120)
 async def test_an_interrupted_bench_does_not_wait_for_a_stalled_server(
     tmp_path: Path, redis_starter: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     process, port = redis_starter(tmp_path)
     try:
-        running = asyncio.ensure_future(bench.measure(f"redis://127.0.0.1:{port}/0", items=2000))
-        await asyncio.sleep(0.5)
+        running = asyncio.ensure_future(bench.measure(f"redis://127.0.0.1:{port}/0", items=20_000))
         with redis.Redis(port=port) as admin:
+            await _writing(admin, running)  # (a fixed sleep let it finish first on a loaded machine)
             admin.client_pause(5000, all=True)
         await asyncio.sleep(0.2)
+        assert not running.done()
         interrupted = time.monotonic()
         running.cancel()  # what Ctrl-C does to asyncio.run's task
         with pytest.raises(asyncio.CancelledError):
@@ -149,8 +159,10 @@ async def test_an_interrupted_bench_does_not_wait_for_a_stalled_server(
 @pytest.mark.watchdog(120)
 async def test_a_server_lost_mid_bench_is_a_storage_error(tmp_path: Path, redis_starter: Any) -> None:
     process, port = redis_starter(tmp_path)
-    running = asyncio.ensure_future(bench.measure(f"redis://127.0.0.1:{port}/0", items=2000))
-    await asyncio.sleep(0.5)
+    running = asyncio.ensure_future(bench.measure(f"redis://127.0.0.1:{port}/0", items=20_000))
+    with redis.Redis(port=port) as admin:
+        await _writing(admin, running)
+    assert not running.done()
     process.kill()
     process.wait()
     with pytest.raises(StorageError, match=r"unreachable|connecting"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -486,3 +487,13 @@ def test_bench_prints_unistore_against_the_raw_engine(capsys: pytest.CaptureFixt
     assert "measuring" in capsys.readouterr().err
     assert run("bench", "--store", "nosuch://")[0] == 1
     assert "unistore: bench: 'nosuch://': the bench runs on lmdb://" in capsys.readouterr().err
+
+
+def test_python_m_unistore_is_the_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["unistore", "--version"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("unistore", run_name="__main__")
+    assert exited.value.code == 0 and capsys.readouterr().out == f"unistore {version()}\n"
+    command = [sys.executable, "-m", "unistore", "--version"]
+    ran = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, f"unistore {version()}\n")

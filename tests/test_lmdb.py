@@ -33,7 +33,7 @@ from unistore.providers import LmdbStorageProvider
 from unistore.providers.lmdb import engine as lmdb_engine
 from unistore.providers.lmdb import layout
 from unistore.providers.lmdb.engine import LmdbEngine
-from unistore.providers.lmdb.environment import EnvironmentGate, SharedEnvironment
+from unistore.providers.lmdb.environment import EnvironmentGate, SharedEnvironment, StoreOptions
 
 UTC = timezone.utc
 
@@ -896,7 +896,7 @@ def test_an_open_adopts_a_map_another_process_grew_while_it_opened(store: Path) 
             grow_in_another_process(store)
         return layout.open_databases(env)
 
-    shared = SharedEnvironment.acquire(os.path.realpath(store), "none", 1 << 20, 126, opener)
+    shared = SharedEnvironment.acquire(StoreOptions.checked(store, "none", 1 << 20, 126), opener)
     try:
         assert grown == [True] and shared.env.info()["map_size"] >= 30_000_000
     finally:

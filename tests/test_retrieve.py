@@ -28,8 +28,8 @@ from unistore.compat.memory import (
     MemoryType,
     UnifiedMemoryStore,
 )
-from unistore.manager import HIGHLIGHT_CONTEXT, MAX_HIGHLIGHTS
 from unistore.providers import LmdbStorageProvider, MemoryStorageProvider, RedisStorageProvider
+from unistore.ranking import HIGHLIGHT_CONTEXT, MAX_HIGHLIGHTS
 
 NOTES = {
     "n1": {"title": "The quick brown fox", "body": "jumps over the lazy dog"},

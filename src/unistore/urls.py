@@ -76,7 +76,7 @@ def _number_option(params: dict[str, str], name: str) -> dict[str, int]:
 _MOST_DIGITS = 40
 
 
-def _lmdb_path(url: SplitResult) -> str:
+def lmdb_path(url: SplitResult) -> str:
     """The store directory of an lmdb URL: ``lmdb:///abs/path`` (or ``lmdb://localhost/abs/path``),
     or ``lmdb://./rel/path``, relative to the current directory."""
     if url.netloc in ("", "localhost") and url.path.startswith("/"):
@@ -97,7 +97,7 @@ def _lmdb_options(params: dict[str, str]) -> dict[str, Any]:
 
 
 def _open_lmdb(url: SplitResult, params: dict[str, str], create: bool) -> Opening:
-    path = _lmdb_path(url)
+    path = lmdb_path(url)
     options = _lmdb_options(params)
     namespace = params.pop("namespace", "default")
     # The store's namespaces are read from the store: its "default" namespace need not exist.
@@ -245,4 +245,4 @@ def _opening(url: str, create: bool) -> tuple[SplitResult, dict[str, str], Openi
     return parts, params, opening
 
 
-__all__ = ["namespace_urls", "open_existing", "open_provider"]
+__all__ = ["lmdb_path", "namespace_urls", "open_existing", "open_provider"]

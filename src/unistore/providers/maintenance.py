@@ -36,7 +36,6 @@ class CheckReport:
         return not self.problems
 
 
-
 @dataclass(frozen=True)
 class Namespace:
     """One namespace of a store: its name, and what its provider must be told, beyond the

@@ -37,7 +37,7 @@ from ...codec import (
     prepare_save,
 )
 from ...core import RecordFields, ids_from_entries, intersect_ids, pack_new, unpack_record
-from ...errors import ItemNotFoundError, StorageCorruptionError, ValidationError
+from ...errors import ItemNotFoundError, StorageCorruptionError
 from ...model import (
     QuerySpec,
     StorageItem,
@@ -53,14 +53,7 @@ from ..maintenance import CheckReport, Usage
 from . import layout
 from .check import check_namespace
 from .check import usage as namespace_usage
-from .environment import (
-    DEFAULT_MAP_SIZE,
-    DEFAULT_MAX_READERS,
-    DURABILITY,
-    MAX_MAP_SIZE,
-    MAX_READERS,
-    SharedEnvironment,
-)
+from .environment import DEFAULT_MAP_SIZE, DEFAULT_MAX_READERS, SharedEnvironment, StoreOptions
 from .layout import SHORT_KEY, Databases, stored_key
 
 R = TypeVar("R")
@@ -78,12 +71,6 @@ NAMESPACE_TYPES_COUNTED = 64
 _get: Callable[[Any, bytes], Any] = lmdb.Transaction.get  # a C method: as a read action it costs no frame
 _logger = logging.getLogger(__name__)
 _HEADER = struct.Struct(HEADER_FORMAT)
-
-
-def _int_option(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValidationError(f"{name} must be an int from {low} to {high}, got {value!r}")
-    return value
 
 
 class LmdbEngine:
@@ -116,22 +103,10 @@ class LmdbEngine:
         max_readers: int = DEFAULT_MAX_READERS,
     ) -> None:
         self._namespace_bytes = validate_name(namespace, "namespace")
-        if not isinstance(path, (str, os.PathLike)):
-            raise ValidationError(f"path must be a str or path, got {type(path).__name__}")
-        try:
-            given = os.fspath(path)
-            self.path = os.path.realpath(given)
-            os.fsencode(self.path)
-        except (TypeError, ValueError) as exc:  # a NUL byte, bytes paths
-            raise ValidationError(f"path {path!r} is not usable: {exc}") from exc
-        if not given:
-            raise ValidationError("path must not be empty (write '.' for the current directory)")
+        self._options = options = StoreOptions.checked(path, durability, map_size, max_readers)
+        self.path = options.path
         self.namespace = namespace
-        if not isinstance(durability, str) or durability not in DURABILITY:
-            raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
-        self.durability = durability
-        self._map_size = _int_option("map_size", map_size, 1, MAX_MAP_SIZE)
-        self._max_readers = _int_option("max_readers", max_readers, 1, MAX_READERS)
+        self.durability = options.durability
         self._shared: SharedEnvironment | None = None
         self._prefix = b""
         #: Records a search has checked, all searches together: what the planner saves shows here.
@@ -142,9 +117,7 @@ class LmdbEngine:
         return f"LmdbEngine({self.path!r}, namespace={self.namespace!r}, durability={self.durability!r})"
 
     def _open(self) -> SharedEnvironment:
-        shared = SharedEnvironment.acquire(
-            self.path, self.durability, self._map_size, self._max_readers, layout.open_databases
-        )
+        shared = SharedEnvironment.acquire(self._options, layout.open_databases)
         try:
             name = self._namespace_bytes
             prefix = shared.read(lambda txn, dbs: layout.find_namespace(txn, dbs.meta, name))

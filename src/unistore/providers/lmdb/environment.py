@@ -45,12 +45,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import lmdb
 
 from ...errors import StorageCorruptionError, StorageError, StoreNotFoundError, ValidationError
-from .layout import DATABASES, Databases, Opener, open_databases
+from .layout import DATABASES, Databases, Opener
 from .writer import GroupCommitWriter, Op, Outcome
 
 R = TypeVar("R")
@@ -71,6 +72,66 @@ MAX_READERS = 1 << 20  # 64 MiB of lock file: past any real need
 #: How long an open or a read waits for LMDB to have room (a free reader slot; at open, a map
 #: another process has stopped growing) before it fails.
 READER_SLOT_WAIT = 5.0
+
+
+def real_path(path: str | os.PathLike[str]) -> str:
+    """The directory ``path`` names, resolved (symbolic links followed).
+
+    Raises:
+        ValidationError: ``path`` is not a str or path, is empty, or holds a NUL byte.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValidationError(f"path must be a str or path, got {type(path).__name__}")
+    try:
+        given = os.fspath(path)
+        real = os.path.realpath(given)
+        os.fsencode(real)
+    except (TypeError, ValueError) as exc:  # a NUL byte, a bytes path
+        raise ValidationError(f"path {path!r} is not usable: {exc}") from exc
+    if not isinstance(real, str):
+        raise ValidationError(f"path must be a str or path, got {path!r}")
+    if not given:
+        raise ValidationError("path must not be empty (write '.' for the current directory)")
+    return real
+
+
+def _int_option(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(f"{name} must be an int from {low} to {high}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Where a store is and how it is opened, every value checked (:meth:`checked`)."""
+
+    path: str  # resolved
+    durability: str
+    map_size: int
+    max_readers: int
+
+    @classmethod
+    def checked(
+        cls,
+        path: str | os.PathLike[str],
+        durability: str = "sync",
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_readers: int = DEFAULT_MAX_READERS,
+    ) -> StoreOptions:
+        """The options, checked.
+
+        Raises:
+            ValidationError: a bad path, durability, map size or reader count.
+        """
+        real = real_path(path)
+        if not isinstance(durability, str) or durability not in DURABILITY:
+            raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
+        return cls(
+            real,
+            durability,
+            _int_option("map_size", map_size, 1, MAX_MAP_SIZE),
+            _int_option("max_readers", max_readers, 1, MAX_READERS),
+        )
 
 
 def translate(exc: lmdb.Error) -> StorageError:
@@ -322,10 +383,8 @@ class SharedEnvironment:
         self._open_env()
 
     @classmethod
-    def acquire(
-        cls, path: str, durability: str, map_size: int, max_readers: int, opener: Opener, create: bool = True
-    ) -> SharedEnvironment:
-        """The environment of ``path``, opened if this process has not opened it yet.
+    def acquire(cls, options: StoreOptions, opener: Opener, create: bool = True) -> SharedEnvironment:
+        """The environment of the store ``options`` name, opened if this process has not opened it yet.
 
         ``create`` False: a store must be there already (``opener`` should then
         create no database either: see :func:`.layout.open_databases`).
@@ -333,10 +392,13 @@ class SharedEnvironment:
         Raises:
             StoreNotFoundError: not ``create``, and there is no store at ``path`` (nothing is created).
         """
+        path, durability = options.path, options.durability
         with cls._registry_lock:
             shared = cls._registry.get(path)
             if shared is None:
-                shared = cls._registry[path] = cls(path, durability, map_size, max_readers, opener, create)
+                shared = cls._registry[path] = cls(
+                    path, durability, options.map_size, options.max_readers, opener, create
+                )
             elif shared.durability != durability:
                 raise ValidationError(
                     f"durability={durability!r}: the store {path!r} is already open in this process "
@@ -513,30 +575,6 @@ class SharedEnvironment:
         child.commit()
         return True, result
 
-    # -- backup -----------------------------------------------------------------
-
-    def copy_to(self, dest: str, compact: bool, fd: int) -> None:
-        """Write a consistent copy of the whole store (every namespace) into the file
-        ``dest``, which the caller has just made (empty, open as ``fd``), while others
-        read and write: it is a ``data.mdb``. ``compact``: leave out free pages and
-        renumber the rest, so the copy is as small as its live data (LMDB's own file
-        never shrinks).
-
-        Raises:
-            StorageError: LMDB could not write the copy.
-        """
-        target = os.fsencode(dest)
-        if compact:  # in a read transaction of ours: the gate then knows a copy is running
-            self.read(lambda txn, dbs: _compact_copy(txn, dbs, target, self.env.info()["map_size"]))
-            return
-        self.gate.enter()
-        try:
-            self.env.copyfd(fd)  # LMDB takes its own read transaction
-        except lmdb.Error as exc:
-            raise translate(exc) from exc
-        finally:
-            self.gate.leave()
-
     # -- fork -------------------------------------------------------------------
 
     def _before_fork(self) -> None:
@@ -580,23 +618,6 @@ def _holds_data(data: str) -> bool:
     except (OSError, ValueError):  # none there (or a path no file can have)
         return False
     return stat.S_ISREG(found.st_mode) and found.st_size > 0
-
-
-def _compact_copy(txn: Any, dbs: Databases, target: bytes, map_size: int) -> None:
-    """Write what ``txn`` sees of every database into the empty file ``target``, entry by
-    entry in key order: the copy has no free pages. (LMDB's own compacting copy is not
-    used: in py-lmdb 3.0.0 it dies of SIGSEGV once a posting list holds some 600 ids.)"""
-    out = lmdb.open(target, map_size=map_size, max_dbs=len(DATABASES), mode=0o600, lock=False, subdir=False)
-    try:  # (an lmdb.Error here is translated by the read transaction this runs in)
-        copied = open_databases(out)  # the same databases, flags and format record
-        with out.begin(write=True) as into:
-            for (_, posting), source, dest in zip(DATABASES, dbs, copied, strict=True):
-                with txn.cursor(db=source) as cursor:
-                    # A posting list's ids go in as duplicates; other keys are unique, and
-                    # the format record already written to meta is replaced by the same.
-                    into.cursor(db=dest).putmulti(cursor.iternext(), dupdata=posting)
-    finally:
-        out.close()
 
 
 class _OneFailed(Exception):

@@ -13,27 +13,19 @@ import asyncio
 import contextlib
 import functools
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ...errors import StorageError, StoreNotFoundError, ValidationError
+from ...errors import StoreNotFoundError
 from ...index import CompiledQuery, Plan
 from ...model import StorageItem, StorageQuery, StorageResult, Tags, validate_name
 from ..base import StorageProvider
 from ..maintenance import CheckReport, Namespace, Usage
 from . import layout
-from .engine import LmdbEngine, _int_option
-from .environment import (
-    DEFAULT_MAP_SIZE,
-    DEFAULT_MAX_READERS,
-    DURABILITY,
-    MAX_MAP_SIZE,
-    MAX_READERS,
-    SharedEnvironment,
-    make_private_directory,
-)
+from .backup import backup
+from .engine import LmdbEngine
+from .environment import DEFAULT_MAP_SIZE, DEFAULT_MAX_READERS, SharedEnvironment, StoreOptions
 
 
 class LmdbStorageProvider(StorageProvider[Any]):
@@ -186,7 +178,7 @@ class LmdbStorageProvider(StorageProvider[Any]):
             ValidationError: ``dest`` already holds a store, or is not a usable path.
             StorageError: the copy could not be written.
         """
-        await asyncio.to_thread(_backup, self.engine.shared, dest, compact)
+        await asyncio.to_thread(backup, self.engine.shared, dest, compact)
 
     async def cleanup(self) -> None:
         """Release the store (the last user closes it, after the writer's last fsync,
@@ -209,19 +201,8 @@ def existing_store(
         ValidationError: ``path`` or an option is not usable.
         StoreNotFoundError: there is no unistore store at ``path``.
     """
-    # Checked here as the engine checks them: an open with a bad option must not be tried.
-    if not isinstance(durability, str) or durability not in DURABILITY:
-        raise ValidationError(f"durability must be one of {', '.join(DURABILITY)}, got {durability!r}")
-    _int_option("map_size", map_size, 1, MAX_MAP_SIZE)
-    _int_option("max_readers", max_readers, 1, MAX_READERS)
-    shared = SharedEnvironment.acquire(
-        _real_path(path),
-        durability,
-        map_size,
-        max_readers,
-        functools.partial(layout.open_databases, create=False),
-        create=False,
-    )
+    options = StoreOptions.checked(path, durability, map_size, max_readers)  # (a bad option opens nothing)
+    shared = SharedEnvironment.acquire(options, functools.partial(layout.open_databases, create=False), create=False)
     try:
         yield shared
     finally:
@@ -238,57 +219,6 @@ def store_namespaces(path: str | os.PathLike[str], **options: Any) -> list[Names
     """
     with existing_store(path, **options) as shared:
         return [Namespace(name) for name, _ in shared.read(lambda txn, dbs: layout.namespaces(txn, dbs.meta))]
-
-
-def _real_path(path: str | os.PathLike[str]) -> str:
-    """The store directory ``path`` names, resolved (as :class:`LmdbEngine` resolves it).
-
-    Raises:
-        ValidationError: ``path`` is empty, not a path, or holds a NUL byte.
-    """
-    try:
-        given = os.fspath(path)
-        real = os.path.realpath(given)
-        os.fsencode(real)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"path {path!r} is not usable: {exc}") from exc
-    if not given:
-        raise ValidationError("path must not be empty (write '.' for the current directory)")
-    return real
-
-
-def _backup(shared: SharedEnvironment, dest: str | os.PathLike[str], compact: bool) -> None:
-    """Copy the store into ``dest``: made (0700) if missing, refused if it holds a store
-    (the store itself included)."""
-    target = _real_path(dest)
-    data = os.path.join(target, "data.mdb")
-    taken = f"backup: {target!r} already holds a store (a data.mdb); choose a new directory"
-    if os.path.lexists(data):  # a dangling link too: the copy would be written where it points
-        raise ValidationError(taken)
-    try:
-        make_private_directory(target)
-    except OSError as exc:
-        raise StorageError(f"backup: cannot create the directory {target!r}: {exc}") from exc
-    # Written under a name of its own, made here: private (LMDB's own copy makes it 0644
-    # less the umask) and never through a link. Linked as data.mdb only once whole, so a
-    # backup that fails or is killed part-way never leaves a data.mdb to be taken for a
-    # backup; of backups into one directory at once, the first to finish is kept and the
-    # others are refused.
-    partial = os.path.join(target, f".data.mdb.partial-{os.getpid()}-{uuid.uuid4().hex}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        fd = os.open(partial, flags, 0o600)
-    except OSError as exc:  # the file could not be made
-        raise StorageError(f"backup: cannot write into {target!r}: {exc}") from exc
-    try:
-        shared.copy_to(partial, compact, fd)
-        try:
-            os.link(partial, data)
-        except FileExistsError:  # another backup finished first
-            raise ValidationError(taken) from None
-    finally:
-        os.close(fd)
-        os.remove(partial)
 
 
 __all__ = ["LmdbStorageProvider", "existing_store", "store_namespaces"]

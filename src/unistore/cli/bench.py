@@ -25,6 +25,7 @@ removed when it ends, also when it fails.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import inspect
@@ -40,17 +41,20 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import msgpack
 
-from .errors import StorageError, ValidationError
-from .manager import UnifiedStorageManager
-from .metrics import MetricsManager
-from .model import StorageQuery
-from .redaction import redact
-from .urls import _lmdb_path, open_provider
+from ..core import NATIVE
+from ..errors import StorageError, ValidationError
+from ..manager import UnifiedStorageManager
+from ..metrics import MetricsManager
+from ..model import StorageQuery
+from ..redaction import redact
+from ..urls import lmdb_path, open_provider
+from .options import scratch_store
+from .render import Progress, columns, progress_bar
 
 #: A typical record: about 200 bytes once packed (benches/conftest.py's RECORD).
 RECORD: dict[str, Any] = {
@@ -73,8 +77,6 @@ MANY = 100
 INTERRUPTED_CLEANUP = 2.0
 
 _logger = logging.getLogger(__name__)
-
-Progress = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,7 @@ async def measure(
             sync = params.get("durability", "sync") == "sync"
             make_raw = functools.partial(_RawLmdb, place / "raw", sync)
         elif parts.scheme in ("redis", "rediss"):
-            from .providers.redis.layout import markers  # noqa: PLC0415  (redis-py only for a Redis URL)
+            from ..providers.redis.layout import markers  # noqa: PLC0415  (redis-py only for a Redis URL)
 
             unistore_url = _with_query(parts, params, namespace=scratch)
             server = _with_query(parts, {name: value for name, value in params.items() if name not in _OURS})
@@ -341,7 +343,7 @@ _OURS = frozenset({"namespace", "shards"})
 @contextmanager
 def _scratch_directory(parts: SplitResult) -> Iterator[Path]:
     """A new directory beside the store an lmdb URL names (on its file system), removed on exit."""
-    beside = Path(_lmdb_path(parts)).resolve().parent
+    beside = Path(lmdb_path(parts)).resolve().parent
     try:
         place = Path(tempfile.mkdtemp(prefix=".unistore-bench-", dir=beside))
     except OSError as exc:
@@ -458,4 +460,17 @@ def run(
     return asyncio.run(measure(url, progress, repetitions=repetitions, operations=operations, items=items))
 
 
-__all__ = ["RECORD", "BenchRow", "measure", "run"]
+def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    """``bench``: the latency suite against the raw engine, as a table."""
+    with scratch_store(args.store, "bench") as store, progress_bar(out, "measuring") as progress:
+        out.write(f"unistore bench on {redact(store)} (native core: {'yes' if NATIVE else 'no'})\n")
+        rows = run(store, progress)
+    columns(
+        out,
+        ("operation", "unistore µs", "raw µs", "ratio"),
+        [(row.operation, f"{row.unistore_us:.1f}", f"{row.raw_us:.1f}", f"{row.ratio:.2f}") for row in rows],
+    )
+    return 0
+
+
+__all__ = ["RECORD", "BenchRow", "cmd_bench", "measure", "run"]
