@@ -29,7 +29,7 @@ from unistore._coretypes import (
     EXT_DATETIME,
     EXT_UUID,
     FLAG_EXPIRES,
-    FORMAT_VERSION,
+    RECORD_FORMAT_VERSION,
     GLOB_MAX_NESTING,
     HEADER_SIZE,
     PAYLOAD_ERRORS,
@@ -59,7 +59,7 @@ cdef inline void _set(object instance, str name, object value) except *:
     PyObject_GenericSetAttr(instance, name, value)
 
 cdef object _SAFE_UNKNOWN = SafeUUID.unknown
-cdef Py_ssize_t _HEADER = 68
+cdef Py_ssize_t _HEADER = HEADER_SIZE  # (a C constant of the shared value)
 cdef uint8_t _FLAG_EXPIRES = FLAG_EXPIRES
 
 
@@ -112,7 +112,7 @@ cdef int _read_header(bytes record, Header* h) except -1:
     cdef uint32_t reserved
     if size < _HEADER:
         raise corrupt(f"{size} bytes is shorter than the {_HEADER}-byte header")
-    if p[0] != FORMAT_VERSION:
+    if p[0] != RECORD_FORMAT_VERSION:
         raise corrupt(f"unknown format version {p[0]}")
     reserved = <uint32_t>p[2] | (<uint32_t>p[3] << 8)
     if (p[1] & ~_FLAG_EXPIRES) or reserved:
@@ -246,7 +246,7 @@ cdef bytes _pack(
     total = _HEADER + PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(content_type) + tags_len + PyBytes_GET_SIZE(payload)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef uint8_t* p = <uint8_t*>PyBytes_AS_STRING(out)
-    p[0] = FORMAT_VERSION
+    p[0] = RECORD_FORMAT_VERSION
     p[1] = _FLAG_EXPIRES if expires is not None else 0
     p[2] = 0
     p[3] = 0
@@ -1149,7 +1149,7 @@ def union_ids(bytes first not None, bytes second not None):
 
 __all__ = [
     "FLAG_EXPIRES",
-    "FORMAT_VERSION",
+    "RECORD_FORMAT_VERSION",
     "GLOB_MAX_NESTING",
     "HEADER_SIZE",
     "Glob",

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from unistore import SerializationError, StorageCorruptionError, StorageQuery
 from unistore.codec import decode_item, encode_payload
-from unistore.core import FORMAT_VERSION, HEADER_SIZE, QueryMatcher, pack_record, unpack_payload, unpack_record
+from unistore.core import HEADER_SIZE, RECORD_FORMAT_VERSION, QueryMatcher, pack_record, unpack_payload, unpack_record
 from unistore.index import compile_query, select
 from unistore.providers import MemoryStorageProvider
 
@@ -42,7 +42,7 @@ def record(**overrides: Any) -> bytes:
 def test_header_layout_is_fixed() -> None:
     raw = record(expires=5)
     assert HEADER_SIZE == 68
-    assert raw[0] == FORMAT_VERSION and raw[1] == 1
+    assert raw[0] == RECORD_FORMAT_VERSION and raw[1] == 1
     assert struct.unpack_from("<Q", raw, 8) == (7,)
     assert raw[16:32] == UUID_BYTES
     assert struct.unpack_from("<qqq", raw, 32) == (1_700_000_000_000_000, 1_700_000_000_000_001, 5)

@@ -46,7 +46,7 @@ def test_the_twins_export_the_same_names(native: ModuleType) -> None:
     assert sorted(native.__all__) == sorted(_purecore.__all__)
     for name in _purecore.__all__:
         assert hasattr(native, name), name
-    for constant in ("FLAG_EXPIRES", "FORMAT_VERSION", "GLOB_MAX_NESTING", "HEADER_SIZE"):
+    for constant in ("FLAG_EXPIRES", "RECORD_FORMAT_VERSION", "GLOB_MAX_NESTING", "HEADER_SIZE"):
         assert getattr(native, constant) == getattr(_purecore, constant)
     assert struct.calcsize(_purecore.HEADER.format) == _purecore.HEADER_SIZE
 
@@ -55,11 +55,15 @@ def test_the_selector(native: ModuleType) -> None:
     def missing() -> ModuleType:
         raise ImportError("no extension here")
 
-    assert core.choose(True, False, lambda: native) is _purecore
-    assert core.choose(False, False, lambda: native) is native
-    assert core.choose(False, False, missing) is _purecore
+    assert core._chosen(True, False, lambda: native) is _purecore
+    assert core._chosen(False, False, lambda: native) is native
+    assert core._chosen(False, False, missing) is _purecore
     with pytest.raises(ImportError, match="no extension here"):
-        core.choose(False, True, missing)
+        core._chosen(False, True, missing)
+    # Every name of the twins, taken from the core in use (one by one, not by a loop over __all__).
+    assert sorted(set(core.__all__) - {"NATIVE"}) == sorted(_purecore.__all__)
+    for name in _purecore.__all__:
+        assert getattr(core, name) is getattr(core._core, name), name
 
 
 def outcome(call: Any, *args: Any) -> Any:

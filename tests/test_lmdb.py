@@ -298,8 +298,8 @@ def test_the_planner_reads_the_cheapest_candidates(engine: LmdbEngine) -> None:
 
 
 def test_searches_stream_in_chunks_and_honour_limits(engine: LmdbEngine) -> None:
-    seed(engine, 3 * lmdb_engine.SEARCH_CHUNK + 5)
-    total = 3 * lmdb_engine.SEARCH_CHUNK + 5
+    seed(engine, 3 * index.SEARCH_CHUNK + 5)
+    total = 3 * index.SEARCH_CHUNK + 5
     soon = datetime.now(UTC) + timedelta(days=1)
     for query in (
         StorageQuery(tags={"all": "yes"}),
@@ -309,11 +309,11 @@ def test_searches_stream_in_chunks_and_honour_limits(engine: LmdbEngine) -> None
     ):
         chunks = list(engine.search_chunks(query))
         assert sum(len(chunk) for chunk in chunks) == total
-        assert len(chunks) >= 4 and max(len(chunk) for chunk in chunks) <= lmdb_engine.SEARCH_CHUNK
+        assert len(chunks) >= 4 and max(len(chunk) for chunk in chunks) <= index.SEARCH_CHUNK
         found = [r.item.metadata.key for chunk in chunks for r in chunk]
         assert len(set(found)) == total
-        query.limit = lmdb_engine.SEARCH_CHUNK + 3
-        assert len(list(engine.search(query))) == lmdb_engine.SEARCH_CHUNK + 3
+        query.limit = index.SEARCH_CHUNK + 3
+        assert len(list(engine.search(query))) == index.SEARCH_CHUNK + 3
     assert list(engine.search(StorageQuery(expires_before=soon))) == []
     assert list(engine.search(StorageQuery(limit=0))) == []
 
@@ -757,14 +757,14 @@ def test_a_full_disk_fails_the_write_and_leaves_the_store_whole(engine: LmdbEngi
 async def test_a_search_on_the_expiry_index_meets_each_item_once(store: Path) -> None:
     provider = LmdbStorageProvider(store, durability="none")
     soon = datetime.now(UTC) + timedelta(hours=1)
-    for n in range(3 * lmdb_engine.SEARCH_CHUNK):
+    for n in range(3 * index.SEARCH_CHUNK):
         await provider.save(f"k{n}", n, "t", expires_at=soon + timedelta(seconds=n))
     seen = []
     async for result in provider.search(StorageQuery(expires_after=soon)):
         seen.append(result.item.metadata.key)
         # Extending its time to live moves the item ahead of the search.
         await provider.save(result.item.metadata.key, result.item.data, "t", expires_at=soon + timedelta(days=1))
-    assert len(seen) == len(set(seen)) == 3 * lmdb_engine.SEARCH_CHUNK
+    assert len(seen) == len(set(seen)) == 3 * index.SEARCH_CHUNK
     await provider.cleanup()
 
 
@@ -773,7 +773,7 @@ async def test_a_limit_counts_only_items_not_met_before(store: Path) -> None:
     # them after the chunk's limit was applied used to yield fewer than the limit.
     provider = LmdbStorageProvider(store, durability="none")
     soon = datetime.now(UTC) + timedelta(hours=1)
-    total = 3 * lmdb_engine.SEARCH_CHUNK
+    total = 3 * index.SEARCH_CHUNK
     for n in range(total):
         await provider.save(f"k{n}", n, "t", expires_at=soon + timedelta(seconds=n))
     seen = []
@@ -798,13 +798,13 @@ def test_a_damaged_expired_record_does_not_block_writes(engine: LmdbEngine) -> N
 
 
 def test_a_key_range_search_resumes_past_a_deleted_resume_point(engine: LmdbEngine) -> None:
-    seed(engine, 2 * lmdb_engine.SEARCH_CHUNK + 10)
+    seed(engine, 2 * index.SEARCH_CHUNK + 10)
     chunks = engine.search_chunks(StorageQuery(pattern="user:*"))
     first = next(chunks)
     engine.delete(first[-1].item.metadata.key)  # where the search would resume from
     rest = [result.item.metadata.key for chunk in chunks for result in chunk]
     keys = [result.item.metadata.key for result in first] + rest
-    assert len(keys) == len(set(keys)) == 2 * lmdb_engine.SEARCH_CHUNK + 10
+    assert len(keys) == len(set(keys)) == 2 * index.SEARCH_CHUNK + 10
 
 
 def test_intersection_when_the_other_list_ends_before_the_chunk(engine: LmdbEngine) -> None:
@@ -851,16 +851,16 @@ def test_a_namespace_of_many_content_types_is_sized_by_its_store(store: Path) ->
 
 
 def test_a_posting_list_longer_than_a_chunk_is_walked_chunk_by_chunk(engine: LmdbEngine) -> None:
-    total = 3 * lmdb_engine.SEARCH_CHUNK + 5
+    total = 3 * index.SEARCH_CHUNK + 5
     seed(engine, total)
     engine.save_many({f"filler{n}": n for n in range(3000)}, "f")  # so that the tag is worth its ids
     query = StorageQuery(tags={"all": "yes"})
     assert engine.explain(query).path == index.POSTINGS
     chunks = list(engine.search_chunks(query))
-    assert [len(chunk) for chunk in chunks] == [lmdb_engine.SEARCH_CHUNK] * 3 + [5]
+    assert [len(chunk) for chunk in chunks] == [index.SEARCH_CHUNK] * 3 + [5]
     assert len({r.item.metadata.key for chunk in chunks for r in chunk}) == total
-    query.limit = lmdb_engine.SEARCH_CHUNK + 3
-    assert examined(engine, query) == (lmdb_engine.SEARCH_CHUNK + 3, 2 * lmdb_engine.SEARCH_CHUNK)
+    query.limit = index.SEARCH_CHUNK + 3
+    assert examined(engine, query) == (index.SEARCH_CHUNK + 3, 2 * index.SEARCH_CHUNK)
 
 
 def test_a_big_batch_into_a_tiny_map_grows_it_in_a_few_bigger_steps(store: Path) -> None:
@@ -901,3 +901,17 @@ def test_an_open_adopts_a_map_another_process_grew_while_it_opened(store: Path) 
         assert grown == [True] and shared.env.info()["map_size"] >= 30_000_000
     finally:
         shared.release()
+
+
+def test_the_database_numbers_name_the_databases_in_their_order() -> None:
+    assert [name for name, _ in layout.DATABASES] == list(layout.Databases._fields)
+    numbers = (layout.DB_RECORDS, layout.DB_IDS, layout.DB_TAGS, layout.DB_TYPES, layout.DB_CREATED)
+    assert [layout.Databases._fields[n] for n in (*numbers, layout.DB_EXPIRES, layout.DB_META)] == [
+        "records",
+        "ids",
+        "tags",
+        "types",
+        "created",
+        "expires",
+        "meta",
+    ]

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from typing import NamedTuple
 from uuid import UUID, SafeUUID
 
 from .errors import StorageCorruptionError
 
-FORMAT_VERSION = 1
+#: The record format's version (a record's first byte); the store layouts have their own.
+RECORD_FORMAT_VERSION = 1
 FLAG_EXPIRES = 0x01
 #: The payload's msgpack extension types: a datetime is 8 bytes, big-endian signed
 #: microseconds since the epoch in UTC; a UUID is its 16 bytes.
@@ -42,6 +44,32 @@ EXT_UUID = 2
 #: ``struct`` format of the fixed header; the twins must agree with it byte for byte.
 HEADER_FORMAT = "<BBHIQ16sqqqIII"
 HEADER_SIZE = 68
+
+
+class Header(NamedTuple):
+    """A record's fixed header (:data:`HEADER_FORMAT`), field by field."""
+
+    version: int
+    flags: int
+    reserved: int
+    tag_count: int
+    sid: int
+    uuid: bytes
+    created: int
+    updated: int
+    expires: int
+    key_length: int
+    type_length: int
+    tags_length: int
+
+
+_HEADER = struct.Struct(HEADER_FORMAT)
+
+
+def read_header(record: bytes) -> Header:
+    """The fixed header at the start of ``record`` (which holds at least :data:`HEADER_SIZE` bytes)."""
+    return Header._make(_HEADER.unpack_from(record))
+
 
 #: Redis refuses to recurse through more than this many ``*`` (util.c, "abusive patterns").
 GLOB_MAX_NESTING = 1000

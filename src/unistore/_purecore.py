@@ -23,14 +23,15 @@ from ._coretypes import (
     EXT_DATETIME,
     EXT_UUID,
     FLAG_EXPIRES,
-    FORMAT_VERSION,
     GLOB_MAX_NESTING,
     HEADER_FORMAT,
     HEADER_SIZE,
     PAYLOAD_ERRORS,
+    RECORD_FORMAT_VERSION,
     RecordFields,
     corrupt,
     plan_glob,
+    read_header,
     uuid_from_bytes,
 )
 from .errors import StorageCorruptionError
@@ -57,7 +58,7 @@ def pack_record(
         tag_parts += (_U32.pack(len(tag_key)), tag_key, _U32.pack(len(tag_value)), tag_value)
     tag_section = b"".join(tag_parts)
     head = HEADER.pack(
-        FORMAT_VERSION,
+        RECORD_FORMAT_VERSION,
         FLAG_EXPIRES if expires is not None else 0,
         0,
         len(tags),
@@ -122,14 +123,14 @@ def pack_new(
 def _check_header(record: bytes) -> tuple[Any, ...]:
     if len(record) < HEADER_SIZE:
         raise corrupt(f"{len(record)} bytes is shorter than the {HEADER_SIZE}-byte header")
-    fields = HEADER.unpack_from(record)
-    if fields[0] != FORMAT_VERSION:
-        raise corrupt(f"unknown format version {fields[0]}")
-    if fields[1] & ~FLAG_EXPIRES or fields[2]:
-        raise corrupt(f"unknown flags {fields[1]:#x}/{fields[2]:#x}")
-    if HEADER_SIZE + fields[9] + fields[10] + fields[11] > len(record):
+    header = read_header(record)
+    if header.version != RECORD_FORMAT_VERSION:
+        raise corrupt(f"unknown format version {header.version}")
+    if header.flags & ~FLAG_EXPIRES or header.reserved:
+        raise corrupt(f"unknown flags {header.flags:#x}/{header.reserved:#x}")
+    if HEADER_SIZE + header.key_length + header.type_length + header.tags_length > len(record):
         raise corrupt("section lengths run past the end")
-    return fields
+    return header
 
 
 def _parse_tags(record: bytes, start: int, end: int, count: int) -> list[tuple[bytes, bytes]]:
@@ -503,9 +504,9 @@ class QueryMatcher:
 
 __all__ = [
     "FLAG_EXPIRES",
-    "FORMAT_VERSION",
     "GLOB_MAX_NESTING",
     "HEADER_SIZE",
+    "RECORD_FORMAT_VERSION",
     "Glob",
     "QueryMatcher",
     "RecordFields",

@@ -42,6 +42,7 @@ from .model import (
     validate_name,
     validate_tags,
     validate_time,
+    validate_wanted_type,
 )
 
 _I64 = struct.Struct(">q")
@@ -130,8 +131,22 @@ def live_item(record: bytes, key: object, content_type: bytes | None, now: int |
         raise undecodable(key, exc) from exc
 
 
-def _encoded_type(content_type: str | None) -> bytes | None:
-    return None if content_type is None else validate_name(content_type, "content_type")
+def live_items(
+    keys: Iterable[str], records: Iterable[bytes | None], content_type: bytes | None, now: int
+) -> dict[str, StorageItem[Any]]:
+    """``load_many``'s answer: of the records read for ``keys`` (None: no record under
+    that key), the live items of ``content_type`` (None: any), by key; a record that
+    holds another key (a long key's digest form may name another) is not the key's.
+
+    Raises:
+        StorageCorruptionError: a record does not decode.
+    """
+    items: dict[str, StorageItem[Any]] = {}
+    for key, record in zip(keys, records, strict=True):
+        item = None if record is None else live_item(record, key, content_type, now)
+        if item is not None and item.metadata.key == key:
+            items[key] = item
+    return items
 
 
 def decode_fields(record: bytes, key: object) -> RecordFields:
@@ -153,7 +168,7 @@ def live_fields(record: bytes | None, key: str, content_type: str | None, now: i
         ValidationError: ``content_type`` is given but not a non-empty str.
         StorageCorruptionError: the record does not decode.
     """
-    wanted = _encoded_type(content_type)
+    wanted = validate_wanted_type(content_type)
     if record is None:
         return None
     fields = decode_fields(record, key)
@@ -169,7 +184,7 @@ def load_item(record: bytes | None, key: str, content_type: str | None, now: int
         ItemNotFoundError: ``record`` is None, expired, or of another content type.
         StorageCorruptionError: the record does not decode.
     """
-    wanted = _encoded_type(content_type)
+    wanted = validate_wanted_type(content_type)
     if record is not None:
         item = live_item(record, key, wanted, now)
         if item is not None:

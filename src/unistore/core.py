@@ -5,7 +5,8 @@ pure-Python twin (``unistore._purecore``) export the same names with the same
 results; both stay importable side by side. The extension is used when it was
 built; ``UNISTORE_PURE_PYTHON=1`` forces the twin; ``UNISTORE_REQUIRE_NATIVE=1``
 makes a missing extension an import error (CI uses it to prove the build
-carries it). ``NATIVE`` says which one runs.
+carries it). ``NATIVE`` says which one runs. The core's names are taken from the
+chosen module one by one below, so that each can be found where it is used.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from . import _purecore
 
 
-def choose(pure_requested: bool, native_required: bool, load_native: Callable[[], ModuleType]) -> ModuleType:
+def _chosen(pure_requested: bool, native_required: bool, load_native: Callable[[], ModuleType]) -> ModuleType:
     """The core module to use, given the two switches and a way to import the extension.
 
     Raises:
@@ -35,7 +36,7 @@ def choose(pure_requested: bool, native_required: bool, load_native: Callable[[]
         return _purecore
 
 
-_core = choose(
+_core = _chosen(
     os.environ.get("UNISTORE_PURE_PYTHON") == "1",
     os.environ.get("UNISTORE_REQUIRE_NATIVE") == "1",
     lambda: importlib.import_module("unistore._core"),
@@ -44,10 +45,62 @@ _core = choose(
 NATIVE = _core is not _purecore
 """True when the native (Cython) extension is in use, False on the pure-Python twin."""
 
-if TYPE_CHECKING:
-    from ._purecore import *  # noqa: F403  # the names, typed by the pure twin
+if TYPE_CHECKING:  # the names as the pure twin types them
+    from ._purecore import (
+        FLAG_EXPIRES,
+        GLOB_MAX_NESTING,
+        HEADER_SIZE,
+        RECORD_FORMAT_VERSION,
+        Glob,
+        QueryMatcher,
+        RecordFields,
+        glob_literal_prefix,
+        glob_match,
+        ids_from_entries,
+        intersect_ids,
+        pack_new,
+        pack_record,
+        union_ids,
+        unpack_item,
+        unpack_payload,
+        unpack_record,
+    )
 else:
-    globals().update({name: getattr(_core, name) for name in _purecore.__all__})
+    FLAG_EXPIRES = _core.FLAG_EXPIRES
+    GLOB_MAX_NESTING = _core.GLOB_MAX_NESTING
+    HEADER_SIZE = _core.HEADER_SIZE
+    RECORD_FORMAT_VERSION = _core.RECORD_FORMAT_VERSION
+    Glob = _core.Glob
+    QueryMatcher = _core.QueryMatcher
+    RecordFields = _core.RecordFields
+    glob_literal_prefix = _core.glob_literal_prefix
+    glob_match = _core.glob_match
+    ids_from_entries = _core.ids_from_entries
+    intersect_ids = _core.intersect_ids
+    pack_new = _core.pack_new
+    pack_record = _core.pack_record
+    union_ids = _core.union_ids
+    unpack_item = _core.unpack_item
+    unpack_payload = _core.unpack_payload
+    unpack_record = _core.unpack_record
 
-__all__ = ["NATIVE", "choose"]
-__all__ += _purecore.__all__
+__all__ = [
+    "FLAG_EXPIRES",
+    "GLOB_MAX_NESTING",
+    "HEADER_SIZE",
+    "NATIVE",
+    "RECORD_FORMAT_VERSION",
+    "Glob",
+    "QueryMatcher",
+    "RecordFields",
+    "glob_literal_prefix",
+    "glob_match",
+    "ids_from_entries",
+    "intersect_ids",
+    "pack_new",
+    "pack_record",
+    "union_ids",
+    "unpack_item",
+    "unpack_payload",
+    "unpack_record",
+]

@@ -335,6 +335,10 @@ def plan(spec: QuerySpec, sizes: Sizes, costs: Costs) -> Plan:
 
 # -- the search loop -----------------------------------------------------------------
 
+#: Candidates a backend reads per chunk of a search (per read transaction, round trip or
+#: slice): enough to amortise a hop, few enough that a chunk never holds a reader long.
+SEARCH_CHUNK = 256
+
 #: What a chunk reader returns: ``(key, record)`` candidates, and where to resume
 #: (None: the candidates are exhausted).
 Chunk = tuple[Sequence[tuple[Any, bytes]], Any]

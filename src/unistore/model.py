@@ -181,6 +181,12 @@ def validate_name(value: object, field_name: str) -> bytes:
     return _utf8(value, field_name)
 
 
+def validate_wanted_type(content_type: object) -> bytes | None:
+    """The content type an operation is narrowed to (``load``'s, ``delete``'s), as
+    :func:`validate_name` checks it; None (any content type) stays None."""
+    return None if content_type is None else validate_name(content_type, "content_type")
+
+
 def validate_key(key: object) -> bytes:
     """A non-empty ``str`` of any length, as UTF-8 (providers store long keys in a
     form of their own; see the LMDB layout)."""
@@ -289,4 +295,5 @@ __all__ = [
     "validate_query",
     "validate_tags",
     "validate_time",
+    "validate_wanted_type",
 ]

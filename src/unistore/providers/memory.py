@@ -22,7 +22,7 @@ from ..codec import (
     decode_fields,
     is_live,
     live_fields,
-    live_item,
+    live_items,
     load_item,
     prepare_many,
     prepare_restore,
@@ -39,12 +39,10 @@ from ..model import (
     validate_key,
     validate_keys,
     validate_name,
+    validate_wanted_type,
 )
 from .base import StorageProvider
 from .maintenance import CheckReport, Namespace, Usage, tally
-
-#: Records a search checks between two yields to the event loop.
-SEARCH_CHUNK = 256
 
 
 class MemoryStorageProvider(StorageProvider[Any]):
@@ -108,15 +106,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
 
     async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
         checked = validate_keys(keys)
-        wanted = None if content_type is None else validate_name(content_type, "content_type")
-        now = now_micros()
-        found = {}
-        for key in checked:
-            record = self._records.get(key)
-            item = None if record is None else live_item(record, key, wanted, now)
-            if item is not None:
-                found[key] = item
-        return found
+        return live_items(checked, map(self._records.get, checked), validate_wanted_type(content_type), now_micros())
 
     async def delete(self, key: str, *, content_type: str | None = None) -> bool:
         validate_key(key)
@@ -124,8 +114,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
 
     async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
         checked = validate_keys(keys)
-        if content_type is not None:
-            validate_name(content_type, "content_type")
+        validate_wanted_type(content_type)
         return self._delete_all(checked, content_type)
 
     def _delete_all(self, keys: Iterable[str], content_type: str | None) -> int:
@@ -150,7 +139,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
 
         def read(position: int | None) -> index.Chunk:
             start = position or 0
-            end = start + SEARCH_CHUNK
+            end = start + index.SEARCH_CHUNK
             return snapshot[start:end], end if end < len(snapshot) else None
 
         return read

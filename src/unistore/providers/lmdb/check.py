@@ -22,11 +22,11 @@ from . import layout
 #: Each index database (its number in :class:`~.layout.Databases`), its name and
 #: the :class:`CheckReport` field that counts its entries.
 _INDEXES = (
-    (1, "ids", "ids"),
-    (2, "tags", "tag_entries"),
-    (3, "types", "type_entries"),
-    (4, "created", "created_entries"),
-    (5, "expires", "expires_entries"),
+    (layout.DB_IDS, "ids", "ids"),
+    (layout.DB_TAGS, "tags", "tag_entries"),
+    (layout.DB_TYPES, "types", "type_entries"),
+    (layout.DB_CREATED, "created", "created_entries"),
+    (layout.DB_EXPIRES, "expires", "expires_entries"),
 )
 
 

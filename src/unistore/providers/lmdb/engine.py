@@ -16,7 +16,6 @@ import functools
 import itertools
 import logging
 import os
-import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -24,13 +23,13 @@ from typing import Any, TypeVar
 import lmdb
 
 from ... import index
-from ..._coretypes import FLAG_EXPIRES, FORMAT_VERSION, HEADER_FORMAT, HEADER_SIZE
+from ..._coretypes import FLAG_EXPIRES, HEADER_SIZE, RECORD_FORMAT_VERSION, read_header
 from ...codec import (
     PreparedBatch,
     PreparedSave,
     decode_fields,
     live_fields,
-    live_item,
+    live_items,
     load_item,
     prepare_many,
     prepare_restore,
@@ -48,6 +47,7 @@ from ...model import (
     validate_key,
     validate_keys,
     validate_name,
+    validate_wanted_type,
 )
 from ..maintenance import CheckReport, Usage
 from . import layout
@@ -58,8 +58,8 @@ from .layout import SHORT_KEY, Databases, stored_key
 
 R = TypeVar("R")
 
-#: Candidates read per read transaction by a search.
-SEARCH_CHUNK = 256
+#: Expired items one write transaction of purge_expired removes.
+PURGE_BATCH = 1000
 #: Expired items a write transaction removes in passing.
 PURGE_IN_PASSING = 8
 #: What a candidate costs this engine on each access path, in µs, native core:
@@ -70,7 +70,6 @@ NAMESPACE_TYPES_COUNTED = 64
 
 _get: Callable[[Any, bytes], Any] = lmdb.Transaction.get  # a C method: as a read action it costs no frame
 _logger = logging.getLogger(__name__)
-_HEADER = struct.Struct(HEADER_FORMAT)
 
 
 class LmdbEngine:
@@ -242,20 +241,20 @@ class LmdbEngine:
         prefix = self._prefix
         stored = bytes(record_key[len(prefix) :])
         txn.delete(record_key, db=dbs.records)
-        head = _HEADER.unpack_from(raw) if len(raw) >= HEADER_SIZE else None
-        if head is not None and txn.get(layout.id_key(prefix, head[4]), db=dbs.ids) == stored:
+        head = read_header(raw) if len(raw) >= HEADER_SIZE else None
+        if head is not None and txn.get(layout.id_key(prefix, head.sid), db=dbs.ids) == stored:
             # The header's fixed part is the item's: its other sections may still parse.
             try:
                 entries = layout.index_entries(
-                    prefix, unpack_record(bytes((FORMAT_VERSION, raw[1] & FLAG_EXPIRES, 0, 0)) + raw[4:])
+                    prefix, unpack_record(bytes((RECORD_FORMAT_VERSION, head.flags & FLAG_EXPIRES, 0, 0)) + raw[4:])
                 )
             except StorageCorruptionError:  # its ids and times, at fixed offsets
                 entries = [
-                    (1, layout.id_key(prefix, head[4]), b""),
-                    (4, layout.time_key(prefix, head[6], head[4]), b""),
+                    (layout.DB_IDS, layout.id_key(prefix, head.sid), b""),
+                    (layout.DB_CREATED, layout.time_key(prefix, head.created, head.sid), b""),
                 ]
-                if head[1] & FLAG_EXPIRES:
-                    entries.append((5, layout.time_key(prefix, head[8], head[4]), b""))
+                if head.flags & FLAG_EXPIRES:
+                    entries.append((layout.DB_EXPIRES, layout.time_key(prefix, head.expires, head.sid), b""))
             for db, key, value in entries:
                 txn.delete(key, value, db=dbs[db])
         else:
@@ -282,8 +281,7 @@ class LmdbEngine:
     def delete_op(self, key: str, content_type: str | None = None) -> Callable[[Any, Databases], bool]:
         """Check a delete now; the returned op runs it inside a write transaction."""
         key_bytes = validate_key(key)
-        if content_type is not None:
-            validate_name(content_type, "content_type")
+        validate_wanted_type(content_type)
         return functools.partial(self.delete_in, key=key, key_bytes=key_bytes, content_type=content_type)
 
     def save(
@@ -408,18 +406,11 @@ class LmdbEngine:
             ValidationError: ``keys`` is not an iterable of keys, or a bad key or content type.
         """
         checked = validate_keys(keys)
-        wanted = None if content_type is None else validate_name(content_type, "content_type")
+        wanted = validate_wanted_type(content_type)
         shared = self.shared  # first: the prefix comes with it
         record_keys = [self.record_key(key_bytes) for key_bytes in checked.values()]
         found = dict(shared.read(lambda txn, dbs: txn.cursor(db=dbs.records).getmulti(record_keys)))
-        now = now_micros()
-        items: dict[str, StorageItem[Any]] = {}
-        for key, record_key in zip(checked, record_keys, strict=True):
-            raw = found.get(record_key)
-            item = None if raw is None else live_item(raw, key, wanted, now)
-            if item is not None and item.metadata.key == key:  # a long key's digest form may name another
-                items[key] = item
-        return items
+        return live_items(checked, map(found.get, record_keys), wanted, now_micros())
 
     def delete_many_in(self, txn: Any, dbs: Databases, checked: dict[str, bytes], content_type: str | None) -> int:
         """Delete a batch inside one write transaction; how many live items were removed."""
@@ -430,8 +421,7 @@ class LmdbEngine:
     def delete_many_op(self, keys: Iterable[str], content_type: str | None = None) -> Callable[[Any, Databases], int]:
         """Check every key now; the returned op deletes them in one write transaction."""
         checked = validate_keys(keys)
-        if content_type is not None:
-            validate_name(content_type, "content_type")
+        validate_wanted_type(content_type)
         return functools.partial(self.delete_many_in, checked=checked, content_type=content_type)
 
     def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
@@ -482,9 +472,9 @@ class LmdbEngine:
         """
         total = 0
         while True:
-            removed = self.write(lambda txn, dbs: self._purge(txn, dbs, now_micros(), 1000))
+            removed = self.write(lambda txn, dbs: self._purge(txn, dbs, now_micros(), PURGE_BATCH))
             total += removed
-            if removed < 1000:
+            if removed < PURGE_BATCH:
                 return total
 
     # -- reads -----------------------------------------------------------------
@@ -590,15 +580,15 @@ class LmdbEngine:
             return [], None
         # One C-level read of the chunk (plus one to resume after), then cut it in
         # bulk: keys are sorted, so those with the prefix are one leading run.
-        wanted = SEARCH_CHUNK + (1 if after is None else 2)  # the resume point itself comes back first
+        wanted = index.SEARCH_CHUNK + (1 if after is None else 2)  # the resume point itself comes back first
         candidates: list[tuple[bytes, bytes]] = list(itertools.islice(cursor.iternext(), wanted))
         if after is not None and candidates[0][0] == after:
             del candidates[0]
         if candidates and not candidates[-1][0].startswith(start):
             ends = [key.startswith(start) for key, _ in candidates]
             return candidates[: ends.index(False)], None
-        if len(candidates) > SEARCH_CHUNK:
-            del candidates[SEARCH_CHUNK:]
+        if len(candidates) > index.SEARCH_CHUNK:
+            del candidates[index.SEARCH_CHUNK :]
             return candidates, candidates[-1][0]
         return candidates, None
 
@@ -615,7 +605,7 @@ class LmdbEngine:
                 if entry > last:
                     break
                 sids.append(entry[-8:])
-                if len(sids) == SEARCH_CHUNK:
+                if len(sids) == index.SEARCH_CHUNK:
                     return self.by_id(txn, dbs, sids), entry
         return self.by_id(txn, dbs, sids), None
 
@@ -669,7 +659,7 @@ class _PostingSource:
             for db, key in others:
                 ids = intersect_ids(ids, _read_ids(txn, dbs[db], key))
             self._ids = ids
-        chunk = self._ids[self._offset : self._offset + 8 * SEARCH_CHUNK]
+        chunk = self._ids[self._offset : self._offset + 8 * index.SEARCH_CHUNK]
         self._offset += len(chunk)
         sids = [chunk[i : i + 8] for i in range(0, len(chunk), 8)]
         # Items deleted since the first chunk read their ids are skipped, not damage.
@@ -742,4 +732,4 @@ def _time_bounds(prefix: bytes, low: int | None, high: int | None) -> tuple[byte
     return first, last
 
 
-__all__ = ["COSTS", "PURGE_IN_PASSING", "SEARCH_CHUNK", "LmdbEngine"]
+__all__ = ["COSTS", "PURGE_BATCH", "PURGE_IN_PASSING", "LmdbEngine"]

@@ -43,7 +43,7 @@ from ... import index
 from ...core import RecordFields
 from ...errors import StorageCorruptionError, StorageError, StoreNotFoundError
 
-FORMAT_VERSION = 2
+STORE_FORMAT_VERSION = 2
 
 #: The named databases, in the order of :class:`Databases`, and whether each is a posting list.
 DATABASES = (
@@ -83,7 +83,7 @@ _META_NUMBER = b"ns#"
 
 
 class Databases(NamedTuple):
-    """The handles of one open store's databases."""
+    """The handles of one open store's databases (in :data:`DATABASES`' order)."""
 
     records: Any
     ids: Any
@@ -92,6 +92,10 @@ class Databases(NamedTuple):
     created: Any
     expires: Any
     meta: Any
+
+
+#: Each database's position in :class:`Databases`: how an index entry names its database.
+DB_RECORDS, DB_IDS, DB_TAGS, DB_TYPES, DB_CREATED, DB_EXPIRES, DB_META = range(len(DATABASES))
 
 
 # -- key encodings ----------------------------------------------------------------
@@ -137,7 +141,7 @@ def id_key(prefix: bytes, sid: int) -> bytes:
 
 
 #: Where each kind of index entry (:mod:`unistore.index`) lives: its database's number in :class:`Databases`.
-_DATABASE_OF = {index.TAG: 2, index.CONTENT_TYPE: 3, index.CREATED: 4, index.EXPIRES: 5}
+_DATABASE_OF = {index.TAG: DB_TAGS, index.CONTENT_TYPE: DB_TYPES, index.CREATED: DB_CREATED, index.EXPIRES: DB_EXPIRES}
 
 
 def database_of(kind: int) -> int:
@@ -150,7 +154,7 @@ def index_entries(prefix: bytes, fields: RecordFields) -> list[tuple[int, bytes,
     what a save writes, a delete removes and a check expects. The terms are the
     index layer's; this adds the ``ids`` entry and the encoding of each."""
     sid = _ID.pack(fields.sid)
-    entries = [(1, prefix + sid, stored_key(fields.key))]
+    entries = [(DB_IDS, prefix + sid, stored_key(fields.key))]
     entries += [(_DATABASE_OF[kind], posting_key(prefix, term), sid) for kind, term in index.postings(fields)]
     entries += [(_DATABASE_OF[kind], time_key(prefix, micros, fields.sid), b"") for kind, micros in index.times(fields)]
     return entries
@@ -240,7 +244,7 @@ def _unknown_store(names: set[bytes]) -> StorageError:
     if any(name.endswith(b"/records") for name in names):
         return StorageError(
             "the store is in unistore's LMDB format version 1, and this version reads format "
-            f"{FORMAT_VERSION} only; copy its items into a new store with the unistore release that wrote it"
+            f"{STORE_FORMAT_VERSION} only; copy its items into a new store with the unistore release that wrote it"
         )
     return StorageError("the LMDB environment holds data that is not a unistore store")
 
@@ -267,11 +271,13 @@ def open_databases(env: Any, create: bool = True) -> Databases:
         )
         version = txn.get(_META_FORMAT, db=databases.meta)
         if version is None and not found:
-            version = _U32.pack(FORMAT_VERSION)
+            version = _U32.pack(STORE_FORMAT_VERSION)
             txn.put(_META_FORMAT, version, db=databases.meta)
     number = _U32.unpack(version)[0] if version is not None and len(version) == 4 else None
-    if number != FORMAT_VERSION:
-        raise StorageError(f"the store is in format version {number}; this version of unistore reads {FORMAT_VERSION}")
+    if number != STORE_FORMAT_VERSION:
+        raise StorageError(
+            f"the store is in format version {number}; this version of unistore reads {STORE_FORMAT_VERSION}"
+        )
     return databases
 
 
@@ -279,11 +285,18 @@ Opener = Callable[[Any], Databases]
 
 __all__ = [
     "DATABASES",
-    "FORMAT_VERSION",
+    "DB_CREATED",
+    "DB_EXPIRES",
+    "DB_IDS",
+    "DB_META",
+    "DB_RECORDS",
+    "DB_TAGS",
+    "DB_TYPES",
     "KEPT_KEY_BYTES",
     "LONG_KEY",
     "PREFIX_SIZE",
     "SHORT_KEY",
+    "STORE_FORMAT_VERSION",
     "TIME_BIAS",
     "Databases",
     "batch_entries",

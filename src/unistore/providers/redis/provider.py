@@ -31,7 +31,7 @@ from ... import index
 from ...codec import (
     PreparedSave,
     decode_fields,
-    live_item,
+    live_items,
     load_item,
     no_surrogate_id,
     prepare_many,
@@ -49,6 +49,7 @@ from ...model import (
     validate_key,
     validate_keys,
     validate_name,
+    validate_wanted_type,
 )
 from ...redaction import redact
 from ..base import StorageProvider
@@ -505,7 +506,7 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     async def delete(self, key: str, *, content_type: str | None = None) -> bool:
         key_bytes = validate_key(key)
-        wanted = None if content_type is None else validate_name(content_type, "content_type")
+        wanted = validate_wanted_type(content_type)
         return await self._delete_in_shard(self._shard(key_bytes), [key_bytes], wanted) == 1
 
     async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
@@ -513,7 +514,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         shard's part is removed :data:`DELETE_BATCH` keys per script (each batch atomic),
         so that no script holds the server for long."""
         checked = list(validate_keys(keys).values())
-        wanted = None if content_type is None else validate_name(content_type, "content_type")
+        wanted = validate_wanted_type(content_type)
         groups = self._by_shard(checked)
         counts = await asyncio.gather(
             *(
@@ -600,7 +601,7 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
         checked = validate_keys(keys)
-        wanted = None if content_type is None else validate_name(content_type, "content_type")
+        wanted = validate_wanted_type(content_type)
         names = list(checked)
         encoded = list(checked.values())
         connection = await self._connection()
@@ -615,13 +616,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         for positions, shard_records in zip(groups.values(), found, strict=True):
             for position, record in zip(positions, shard_records, strict=True):
                 records[position] = record
-        now = now_micros()
-        items: dict[str, StorageItem[Any]] = {}
-        for name, record in zip(names, records, strict=True):
-            item = None if record is None else live_item(record, name, wanted, now)
-            if item is not None:
-                items[name] = item
-        return items
+        return live_items(names, records, wanted, now_micros())
 
     async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
         """The plan a search of ``query`` would follow now in the first shard (each shard

@@ -28,8 +28,6 @@ _T = TypeVar("_T")
 #: SCAN visits a key for about half a microsecond of server time; a candidate
 #: reached through a set costs its share of an SSCAN page and of an MGET.
 COSTS = index.Costs(scan=0.5, fetch=9.0, posting=1.0, time_entry=1.0)
-#: Candidates read per round trip by a search.
-SEARCH_CHUNK = 256
 #: Keys a SCAN visits per call.
 SCAN_COUNT = 1000
 
@@ -149,7 +147,7 @@ class PostingReader(_Reader):
         self._first, self._others = first, others
 
     async def _page(self, cursor: Any) -> index.Chunk:
-        [(after, members)] = await self._pinned.run([("SSCAN", self._first, cursor or 0, "COUNT", SEARCH_CHUNK)])
+        [(after, members)] = await self._pinned.run([("SSCAN", self._first, cursor or 0, "COUNT", index.SEARCH_CHUNK)])
         if members and self._others:
             flags = await self._pinned.run([("SMISMEMBER", other, *members) for other in self._others])
             members = [member for member, *marks in zip(members, *flags, strict=True) if all(marks)]
@@ -183,10 +181,10 @@ class TimeReader(_Reader):
     async def _page(self, position: tuple[str, int] | None) -> index.Chunk:
         low, skip = position or self._start
         [page] = await self._pinned.run(
-            [("ZRANGE", self._key, low, self._high, "BYSCORE", "LIMIT", skip, SEARCH_CHUNK, "WITHSCORES")]
+            [("ZRANGE", self._key, low, self._high, "BYSCORE", "LIMIT", skip, index.SEARCH_CHUNK, "WITHSCORES")]
         )
         records = await self._records([member for member, _ in page])
-        if len(page) < SEARCH_CHUNK:
+        if len(page) < index.SEARCH_CHUNK:
             return records, None
         last = page[-1][1]
         at_last = sum(1 for _, score in page if score == last)
@@ -258,7 +256,6 @@ async def scattered(streams: list[AsyncGenerator[_T, None]]) -> AsyncIterator[As
 __all__ = [
     "COSTS",
     "SCAN_COUNT",
-    "SEARCH_CHUNK",
     "PostingReader",
     "ScanReader",
     "Shard",
