@@ -1,7 +1,7 @@
 """Declares the native core's extension; everything else is in pyproject.toml.
 
 Every ``ext/<name>.pyx`` becomes ``unistore.<name>`` (``ext/_core.pyx``:
-``unistore._core``). Where it cannot be built (no C compiler, or
+``unistore._core``, with the ``ext/*.pxi`` parts it includes). Where it cannot be built (no C compiler, or
 ``UNISTORE_PURE_PYTHON=1`` at build time) the install is pure Python, which
 works the same, slower, and ``unistore.NATIVE`` says False; the build prints
 a warning saying so instead of failing. ``UNISTORE_DEBUG_BUILD=1`` compiles
@@ -49,7 +49,11 @@ def native_extensions() -> list:
 
     debug = os.environ.get("UNISTORE_DEBUG_BUILD") == "1"
     flags = ["-O0", "-g"] if debug else ["-O3"]
-    modules = [Extension(f"unistore.{source.stem}", [str(source)], extra_compile_args=flags) for source in sources]
+    parts = sorted(str(part) for part in Path("ext").glob("*.pxi"))  # the .pyx includes them
+    modules = [
+        Extension(f"unistore.{source.stem}", [str(source)], depends=parts, extra_compile_args=flags)
+        for source in sources
+    ]
     return cythonize(modules, language_level=3, compiler_directives={"boundscheck": debug, "wraparound": debug})
 
 
