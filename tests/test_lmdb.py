@@ -915,3 +915,19 @@ def test_the_database_numbers_name_the_databases_in_their_order() -> None:
         "expires",
         "meta",
     ]
+
+
+class _BytesPath:
+    """A path-like object that gives bytes, as os.PathLike allows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __fspath__(self) -> bytes:
+        return bytes(self.path)
+
+
+def test_a_path_like_object_giving_bytes_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="path must be a str or path"):
+        LmdbEngine(_BytesPath(tmp_path / "store"))  # type: ignore[arg-type]
+    assert not (tmp_path / "store").exists()  # nothing made

@@ -107,3 +107,18 @@ async def test_a_provider_without_maintenance_still_loads_and_says_what_it_lacks
     for name, call in calls.items():
         with pytest.raises(StorageError, match=f"_Minimal has no {name}$"):
             await call
+
+
+async def test_a_memory_check_names_a_record_that_does_not_decode_and_repair_drops_it() -> None:
+    provider = MemoryStorageProvider()
+    await provider.save_many({"a": 1, "b": 2}, "doc")
+    provider._records["b"] = b"\x01 not a record"
+    report = await provider.check()
+    assert report.records == 2 and len(report.problems) == 1 and "'b'" in report.problems[0]
+    assert (await provider.check(repair=True)).problems == report.problems
+    assert (await provider.check()).ok and [key async for key in _keys(provider)] == ["a"]
+
+
+async def _keys(provider: StorageProvider[Any]) -> AsyncIterator[str]:
+    async for result in provider.search(StorageQuery()):
+        yield result.item.metadata.key
