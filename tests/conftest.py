@@ -4,6 +4,7 @@ factory that the conformance and property suites run against."""
 from __future__ import annotations
 
 import faulthandler
+import importlib
 import itertools
 import os
 import random
@@ -15,13 +16,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
-from unistore import StorageProvider
+from unistore import StorageProvider, _purecore
 from unistore.providers import LmdbStorageProvider, MemoryStorageProvider, RedisStorageProvider
 
 settings.register_profile(
@@ -385,14 +387,57 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     process.wait(timeout=10)
 
 
+#: The Redis database each test module was given on the session's server, by module.
+_DATABASES: dict[str, int] = {}
+#: Database 0 holds the namespaces of every test that makes its own (a namespace each).
+_MOST_DATABASES = 15
+
+
+@pytest.fixture(scope="module")
+def redis_db(request: pytest.FixtureRequest) -> int:
+    """The Redis database of the test's module on the session's server: its own (1 to 15),
+    so that a module that empties its database never meets another's keys."""
+    name = request.module.__name__
+    if name not in _DATABASES:
+        if len(_DATABASES) == _MOST_DATABASES:
+            raise RuntimeError(f"more than {_MOST_DATABASES} test modules ask for a Redis database of their own")
+        _DATABASES[name] = len(_DATABASES) + 1
+    return _DATABASES[name]
+
+
 @pytest.fixture
-def raw(redis_port: int, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
-    """A plain redis-py client of the session's server, on the database the test's module
-    names as ``DB`` (its own, so that modules never meet), emptied first."""
-    client = redis.Redis(port=redis_port, db=request.module.DB)
+def raw(redis_port: int, redis_db: int) -> Iterator[redis.Redis]:
+    """A plain redis-py client of the session's server, on the module's own database
+    (:func:`redis_db`), emptied first."""
+    client = redis.Redis(port=redis_port, db=redis_db)
     client.flushdb()
     yield client
     client.close()
+
+
+# -- the two cores ------------------------------------------------------------------
+
+
+def _native_or_skip() -> ModuleType:
+    """The extension; a skip where it was not built, a failure where it must be."""
+    try:
+        return importlib.import_module("unistore._core")
+    except ImportError:
+        if os.environ.get("UNISTORE_REQUIRE_NATIVE") == "1":
+            raise
+        pytest.skip("the native core was not built on this machine (no compiler at install time)")
+
+
+@pytest.fixture(scope="module")
+def native() -> ModuleType:
+    """The native core (the extension), whichever core the package runs on."""
+    return _native_or_skip()
+
+
+@pytest.fixture(params=["pure", pytest.param("native", marks=pytest.mark.native)])
+def twin(request: pytest.FixtureRequest) -> ModuleType:
+    """Each core in turn, for tests of behaviour both must have."""
+    return _purecore if request.param == "pure" else _native_or_skip()
 
 
 # -- providers -------------------------------------------------------------------
@@ -424,8 +469,8 @@ async def provider_factory(
 ) -> AsyncIterator[Callable[[], StorageProvider[Any]]]:
     """Makes fresh, empty, isolated providers of one kind; every conformance test runs on each kind.
 
-    Each LMDB provider gets a store of its own: hypothesis calls the factory once
-    per example, more often than one store has namespaces for.
+    Each LMDB provider gets a store of its own, so that no provider starts with another's
+    namespaces in its store (``namespaces()`` and the CLI's listings see one each).
     """
     numbers = itertools.count()
     made: list[StorageProvider[Any]] = []

@@ -131,7 +131,7 @@ def uuid_from_bytes(raw: bytes) -> UUID:
 class GlobPlan(NamedTuple):
     """A Redis glob, compiled for the pure twin: the pattern split at its stars.
     (The native twin parses it the same way in C, into the same sets:
-    tests/test_core_twins.py holds the two equal.)
+    tests/core/test_core_twins.py holds the two equal.)
 
     Each element of a segment is the set of bytes it matches, as a 32-byte
     bitmap (bit ``b & 7`` of byte ``b >> 3``). A key matches when the first

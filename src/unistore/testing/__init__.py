@@ -16,7 +16,7 @@ needs them; ``import unistore`` does not.
   the stateful test on its own.
 
 unistore's own providers (memory, LMDB, Redis, Redis Cluster) run this same kit
-in their test suite (tests/test_conformance.py). docs/testing-kit.md shows a
+in their test suite (tests/providers/test_conformance.py). docs/testing-kit.md shows a
 provider's test module, lists what the suite checks and how to tune it.
 """
 

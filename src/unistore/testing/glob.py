@@ -4,7 +4,7 @@ r"""The reference Redis glob: an independent reading of Redis's rules, for the m
 (Redis's ``stringmatchlen`` in ``util.c``). This module translates a pattern into
 a Python regular expression, as :func:`fnmatch.translate` does for shell globs,
 and shares no code with unistore's core, so the model can hold the core to it.
-tests/test_testing_kit.py holds it against a real redis-server.
+tests/package/test_testing_kit.py holds it against a real redis-server.
 
 Redis's rules, as its C code applies them to the UTF-8 bytes of pattern and key:
 

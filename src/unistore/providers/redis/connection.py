@@ -8,7 +8,7 @@ that a client object could not give:
 - **redirections on one connection**: an ``ASK`` is followed by ``ASKING`` and the
   command written together on the same connection (redis-py's cluster client sends them
   on two pooled connections, so the command arrives without its ``ASKING`` and bounces
-  back: ``tests/test_redis_cluster_changes.py`` keeps that defect reproduced);
+  back: ``tests/providers/redis/test_cluster_changes.py`` keeps that defect reproduced);
 - **a read pinned to a node**: a SCAN or SSCAN cursor belongs to one server's tables;
   :meth:`Connection.exchange` sends to the node given, never to wherever the slot map
   says now, so a reader can tell that its node stopped serving the shard;
