@@ -34,7 +34,8 @@ from unistore.providers import LmdbStorageProvider
 from unistore.providers.lmdb import engine as lmdb_engine
 from unistore.providers.lmdb import layout
 from unistore.providers.lmdb.engine import LmdbEngine
-from unistore.providers.lmdb.environment import EnvironmentGate, SharedEnvironment, StoreOptions
+from unistore.providers.lmdb.environment import SharedEnvironment, StoreOptions
+from unistore.providers.lmdb.gate import EnvironmentGate
 
 
 @pytest.fixture

@@ -28,8 +28,8 @@ from unistore import (
 )
 from unistore.providers import RedisStorageProvider
 from unistore.providers.redis import layout
-from unistore.providers.redis.connection import NodePool
 from unistore.providers.redis.connection import _classified as classified
+from unistore.providers.redis.pool import NodePool
 
 pytestmark = pytest.mark.redis
 
