@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from unistore import StorageQuery
-from unistore.codec import prepare_save
 from unistore.providers.lmdb import LmdbEngine
 
 pytestmark = pytest.mark.benchmark(group="search-200-hits")
@@ -32,7 +31,7 @@ def fill(path: Path, size: int, record: dict[str, Any]) -> LmdbEngine:
                     tags["hot"] = "yes"
                 if n % 10 == 0:
                     tags["tenth"] = "yes"
-                engine.save_in(txn, dbs, prepare_save(f"item:{n:07d}", record, "item", None, tags))
+                engine.writes.save(f"item:{n:07d}", record, "item", None, tags)(txn, dbs)
 
         engine.write(write)
     return engine

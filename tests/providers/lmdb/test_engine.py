@@ -29,7 +29,6 @@ from unistore import (
     ValidationError,
     index,
 )
-from unistore.codec import prepare_save
 from unistore.providers import LmdbStorageProvider
 from unistore.providers.lmdb import engine as lmdb_engine
 from unistore.providers.lmdb import layout
@@ -261,7 +260,7 @@ def seed(engine: LmdbEngine, count: int) -> None:
     def write(txn: Any, dbs: Any) -> None:
         for n in range(count):
             tags = {"all": "yes", "tenth": str(n % 10 == 0), "one": str(n == 7), "even": str(n % 2 == 0)}
-            engine.save_in(txn, dbs, prepare_save(f"user:{n:05d}", {"n": n}, "t", None, tags))
+            engine.writes.save(f"user:{n:05d}", {"n": n}, "t", None, tags)(txn, dbs)
 
     engine.write(write)
 
@@ -373,7 +372,7 @@ def test_purge_of_many(engine: LmdbEngine) -> None:
 
     def write(txn: Any, dbs: Any) -> None:
         for n in range(2500):
-            engine.save_in(txn, dbs, prepare_save(f"k{n}", n, "t", soon, None))
+            engine.writes.save(f"k{n}", n, "t", soon, None)(txn, dbs)
 
     engine.write(write)
     threading.Event().wait((soon - datetime.now(UTC)).total_seconds() + 0.05)
@@ -412,7 +411,7 @@ def half_written_failure(engine: LmdbEngine) -> Callable[[Any, Any], None]:
     error halfway does: what it wrote must go with it."""
 
     def op(txn: Any, dbs: Any) -> None:
-        engine.save_in(txn, dbs, prepare_save("half", "written", "t"))
+        engine.writes.save("half", "written", "t")(txn, dbs)
         raise StorageError("failed after a write")
 
     return op

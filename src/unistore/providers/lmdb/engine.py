@@ -110,6 +110,8 @@ class LmdbEngine:
         self._prefix = b""
         #: Records a search has checked, all searches together: what the planner saves shows here.
         self.candidates_examined = 0
+        #: The same writes as operations, for a writer that commits them in groups.
+        self.writes = EngineWrites(self)
         self._open()
 
     def __repr__(self) -> str:
@@ -183,7 +185,7 @@ class LmdbEngine:
             removed += 1
         return removed
 
-    def save_in(self, txn: Any, dbs: Databases, prepared: PreparedSave) -> StorageItem[Any]:
+    def _save_in(self, txn: Any, dbs: Databases, prepared: PreparedSave) -> StorageItem[Any]:
         """Save inside a write transaction: record and every index entry together."""
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
@@ -197,7 +199,7 @@ class LmdbEngine:
         self._index(txn, dbs, fields)
         return item
 
-    def delete_in(self, txn: Any, dbs: Databases, key: str, key_bytes: bytes, content_type: str | None) -> bool:
+    def _delete_in(self, txn: Any, dbs: Databases, key: str, key_bytes: bytes, content_type: str | None) -> bool:
         """Delete inside a write transaction; True if a live item (of ``content_type``) was removed."""
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
@@ -268,39 +270,23 @@ class LmdbEngine:
         """Run one write operation (``op(txn, dbs)``) in its own transaction, in this thread."""
         return self.shared.write_one(op)
 
-    def save_op(
-        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
-    ) -> Callable[[Any, Databases], StorageItem[Any]]:
-        """Check and encode a save now; the returned op writes it inside a write transaction.
-
-        Raises:
-            ValidationError, SerializationError: bad arguments (nothing is queued).
-        """
-        return functools.partial(self.save_in, prepared=prepare_save(key, data, content_type, expires_at, tags))
-
-    def delete_op(self, key: str, content_type: str | None = None) -> Callable[[Any, Databases], bool]:
-        """Check a delete now; the returned op runs it inside a write transaction."""
-        key_bytes = validate_key(key)
-        validate_wanted_type(content_type)
-        return functools.partial(self.delete_in, key=key, key_bytes=key_bytes, content_type=content_type)
-
     def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
         """Store ``data`` under ``key`` (see :meth:`StorageProvider.save`)."""
-        return self.write(self.save_op(key, data, content_type, expires_at, tags))
+        return self.write(self.writes.save(key, data, content_type, expires_at, tags))
 
     def delete(self, key: str, *, content_type: str | None = None) -> bool:
         """Delete the live item under ``key``; True if there was one."""
-        return self.write(self.delete_op(key, content_type))
+        return self.write(self.writes.delete(key, content_type))
 
     # -- bulk operations ---------------------------------------------------------------
 
-    def save_many_in(self, txn: Any, dbs: Databases, batch: PreparedBatch) -> list[StorageItem[Any]]:
+    def _save_many_in(self, txn: Any, dbs: Databases, batch: PreparedBatch) -> list[StorageItem[Any]]:
         """Save a batch inside one write transaction (see :meth:`_write_many`)."""
         return self._write_many(txn, dbs, batch.key_bytes, batch.save, batch)
 
-    def restore_many_in(self, txn: Any, dbs: Databases, restores: list[PreparedSave]) -> int:
+    def _restore_many_in(self, txn: Any, dbs: Databases, restores: list[PreparedSave]) -> int:
         """Restore items inside one write transaction (see :meth:`restore_many`); how many."""
         return len(self._write_many(txn, dbs, [save.key_bytes for save in restores], restores.__getitem__, None))
 
@@ -368,35 +354,17 @@ class LmdbEngine:
         )
         return items
 
-    def save_many_op(
-        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
-    ) -> Callable[[Any, Databases], list[StorageItem[Any]]]:
-        """Check and encode every item now; the returned op writes them all in one write transaction.
-
-        Raises:
-            ValidationError, SerializationError: a bad argument or item (nothing is queued).
-        """
-        return functools.partial(self.save_many_in, batch=prepare_many(items, content_type, expires_at, tags))
-
     def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> list[StorageItem[Any]]:
         """Store every item of ``items`` (key → data) in one transaction: all of them or,
         if any is refused, none. Returns the items in the order of ``items``."""
-        return self.write(self.save_many_op(items, content_type, expires_at, tags))
-
-    def restore_many_op(self, items: Sequence[StorageItem[Any]]) -> Callable[[Any, Databases], int]:
-        """Check and encode every item now; the returned op restores them all in one write transaction.
-
-        Raises:
-            ValidationError, SerializationError: a bad item (nothing is queued).
-        """
-        return functools.partial(self.restore_many_in, restores=prepare_restore(items))
+        return self.write(self.writes.save_many(items, content_type, expires_at, tags))
 
     def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
         """Store each item verbatim, its id, times, expiry and tags as given, in one
         transaction (see :meth:`StorageProvider.restore_many`); returns how many."""
-        return self.write(self.restore_many_op(items))
+        return self.write(self.writes.restore_many(items))
 
     def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
         """The live items under ``keys`` (of ``content_type``, if given), read in one
@@ -412,24 +380,18 @@ class LmdbEngine:
         found = dict(shared.read(lambda txn, dbs: txn.cursor(db=dbs.records).getmulti(record_keys)))
         return live_items(checked, map(found.get, record_keys), wanted, now_micros())
 
-    def delete_many_in(self, txn: Any, dbs: Databases, checked: dict[str, bytes], content_type: str | None) -> int:
+    def _delete_many_in(self, txn: Any, dbs: Databases, checked: dict[str, bytes], content_type: str | None) -> int:
         """Delete a batch inside one write transaction; how many live items were removed."""
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
         return sum(self._delete_key(txn, dbs, key, key_bytes, content_type, now) for key, key_bytes in checked.items())
 
-    def delete_many_op(self, keys: Iterable[str], content_type: str | None = None) -> Callable[[Any, Databases], int]:
-        """Check every key now; the returned op deletes them in one write transaction."""
-        checked = validate_keys(keys)
-        validate_wanted_type(content_type)
-        return functools.partial(self.delete_many_in, checked=checked, content_type=content_type)
-
     def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
         """Delete the live items under ``keys`` (of ``content_type``, if given) in one
         transaction; returns how many there were."""
-        return self.write(self.delete_many_op(keys, content_type))
+        return self.write(self.writes.delete_many(keys, content_type))
 
-    def delete_matching_in(self, txn: Any, dbs: Databases, compiled: index.CompiledQuery) -> int:
+    def _delete_matching_in(self, txn: Any, dbs: Databases, compiled: index.CompiledQuery) -> int:
         """Delete every live item ``compiled`` matches, inside one write transaction."""
         self._purge(txn, dbs, now_micros(), PURGE_IN_PASSING)
         plan = self._plan(compiled.spec, txn, dbs)
@@ -452,18 +414,10 @@ class LmdbEngine:
             removed += 1
         return removed
 
-    def delete_matching_op(self, query: StorageQuery | index.CompiledQuery) -> Callable[[Any, Databases], int]:
-        """Check ``query`` now; the returned op deletes what it matches in one write transaction.
-
-        Raises:
-            ValidationError: a bad query field.
-        """
-        return functools.partial(self.delete_matching_in, compiled=index.compile_query(query))
-
     def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> int:
         """Delete every live item that ``query`` matches (up to its ``limit``), atomically;
         returns how many."""
-        return self.write(self.delete_matching_op(query))
+        return self.write(self.writes.delete_matching(query))
 
     def purge_expired(self) -> int:
         """Remove every expired item and its index entries; returns how many.
@@ -546,7 +500,7 @@ class LmdbEngine:
         """An item's key as errors name it: its stored form, without the prefix, as text."""
         return bytes(record_key[len(self._prefix) :]).decode(errors="replace")
 
-    def by_id(self, txn: Any, dbs: Databases, sids: list[bytes], deleted_ok: bool = False) -> _Candidates:
+    def _by_id(self, txn: Any, dbs: Databases, sids: list[bytes], deleted_ok: bool = False) -> _Candidates:
         """The (stored key, record) of each item id (8 bytes), in two bulk reads.
 
         An id without a key was deleted after the ids were read (``deleted_ok``)
@@ -606,8 +560,8 @@ class LmdbEngine:
                     break
                 sids.append(entry[-8:])
                 if len(sids) == index.SEARCH_CHUNK:
-                    return self.by_id(txn, dbs, sids), entry
-        return self.by_id(txn, dbs, sids), None
+                    return self._by_id(txn, dbs, sids), entry
+        return self._by_id(txn, dbs, sids), None
 
     # -- checking --------------------------------------------------------------------
 
@@ -663,13 +617,73 @@ class _PostingSource:
         self._offset += len(chunk)
         sids = [chunk[i : i + 8] for i in range(0, len(chunk), 8)]
         # Items deleted since the first chunk read their ids are skipped, not damage.
-        candidates = self._engine.by_id(txn, dbs, sids, deleted_ok=self._offset > len(chunk))
+        candidates = self._engine._by_id(txn, dbs, sids, deleted_ok=self._offset > len(chunk))
         return candidates, sids[-1] if self._offset < len(self._ids) else None
 
 
 def _posting_size(txn: Any, db: Any, key: bytes) -> int:
     cursor = txn.cursor(db=db)
     return int(cursor.count()) if cursor.set_key(key) else 0
+
+
+class EngineWrites:
+    """An engine's writes as operations for a writer that commits them in groups (the
+    async provider's group commit): each method checks and encodes its arguments now,
+    raising at once for bad ones, and returns ``op(txn, dbs)``, which writes inside a
+    write transaction. :meth:`LmdbEngine.write` runs one in a transaction of its own."""
+
+    def __init__(self, engine: LmdbEngine) -> None:
+        self._engine = engine
+
+    def save(
+        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> Callable[[Any, Databases], StorageItem[Any]]:
+        """Check and encode a save now; the returned op writes it inside a write transaction.
+
+        Raises:
+            ValidationError, SerializationError: bad arguments (nothing is queued).
+        """
+        return functools.partial(
+            self._engine._save_in, prepared=prepare_save(key, data, content_type, expires_at, tags)
+        )
+
+    def delete(self, key: str, content_type: str | None = None) -> Callable[[Any, Databases], bool]:
+        """Check a delete now; the returned op runs it inside a write transaction."""
+        key_bytes = validate_key(key)
+        validate_wanted_type(content_type)
+        return functools.partial(self._engine._delete_in, key=key, key_bytes=key_bytes, content_type=content_type)
+
+    def save_many(
+        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> Callable[[Any, Databases], list[StorageItem[Any]]]:
+        """Check and encode every item now; the returned op writes them all in one write transaction.
+
+        Raises:
+            ValidationError, SerializationError: a bad argument or item (nothing is queued).
+        """
+        return functools.partial(self._engine._save_many_in, batch=prepare_many(items, content_type, expires_at, tags))
+
+    def restore_many(self, items: Sequence[StorageItem[Any]]) -> Callable[[Any, Databases], int]:
+        """Check and encode every item now; the returned op restores them all in one write transaction.
+
+        Raises:
+            ValidationError, SerializationError: a bad item (nothing is queued).
+        """
+        return functools.partial(self._engine._restore_many_in, restores=prepare_restore(items))
+
+    def delete_many(self, keys: Iterable[str], content_type: str | None = None) -> Callable[[Any, Databases], int]:
+        """Check every key now; the returned op deletes them in one write transaction."""
+        checked = validate_keys(keys)
+        validate_wanted_type(content_type)
+        return functools.partial(self._engine._delete_many_in, checked=checked, content_type=content_type)
+
+    def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> Callable[[Any, Databases], int]:
+        """Check ``query`` now; the returned op deletes what it matches in one write transaction.
+
+        Raises:
+            ValidationError: a bad query field.
+        """
+        return functools.partial(self._engine._delete_matching_in, compiled=index.compile_query(query))
 
 
 class _Sizes:
@@ -732,4 +746,4 @@ def _time_bounds(prefix: bytes, low: int | None, high: int | None) -> tuple[byte
     return first, last
 
 
-__all__ = ["COSTS", "PURGE_BATCH", "PURGE_IN_PASSING", "LmdbEngine"]
+__all__ = ["COSTS", "PURGE_BATCH", "PURGE_IN_PASSING", "EngineWrites", "LmdbEngine"]

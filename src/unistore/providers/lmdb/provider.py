@@ -100,14 +100,14 @@ class LmdbStorageProvider(StorageProvider[Any]):
     async def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
-        item: StorageItem[Any] = await self._write(self.engine.save_op(key, data, content_type, expires_at, tags))
+        item: StorageItem[Any] = await self._write(self.engine.writes.save(key, data, content_type, expires_at, tags))
         return item
 
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         return self.engine.load(key, content_type=content_type)
 
     async def delete(self, key: str, *, content_type: str | None = None) -> bool:
-        deleted: bool = await self._write(self.engine.delete_op(key, content_type))
+        deleted: bool = await self._write(self.engine.writes.delete(key, content_type))
         return deleted
 
     async def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
@@ -120,7 +120,7 @@ class LmdbStorageProvider(StorageProvider[Any]):
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> list[StorageItem[Any]]:
         saved: list[StorageItem[Any]] = await self._write(
-            self.engine.save_many_op(items, content_type, expires_at, tags)
+            self.engine.writes.save_many(items, content_type, expires_at, tags)
         )
         return saved
 
@@ -128,11 +128,11 @@ class LmdbStorageProvider(StorageProvider[Any]):
         return self.engine.load_many(keys, content_type=content_type)
 
     async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
-        deleted: int = await self._write(self.engine.delete_many_op(keys, content_type))
+        deleted: int = await self._write(self.engine.writes.delete_many(keys, content_type))
         return deleted
 
     async def delete_matching(self, query: StorageQuery | CompiledQuery) -> int:
-        deleted: int = await self._write(self.engine.delete_matching_op(query))
+        deleted: int = await self._write(self.engine.writes.delete_matching(query))
         return deleted
 
     # Housekeeping runs in a worker thread: it may take long, and a hop is cheap next to it.
@@ -142,7 +142,7 @@ class LmdbStorageProvider(StorageProvider[Any]):
         return await asyncio.to_thread(self.engine.purge_expired)
 
     async def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
-        restored: int = await self._write(self.engine.restore_many_op(items))
+        restored: int = await self._write(self.engine.writes.restore_many(items))
         return restored
 
     async def check(self, repair: bool = False) -> CheckReport:
