@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import lmdb
 
@@ -106,7 +106,9 @@ class LmdbEngine:
         self.path = options.path
         self.namespace = namespace
         self.durability = options.durability
-        self._shared: SharedEnvironment | None = None
+        self._now: _Opened | None = None
+        #: The namespace's prefix, for the helpers that run inside a transaction (which runs
+        #: on an open environment); the entry points take it from what :meth:`_opened` returns.
         self._prefix = b""
         #: Records a search has checked, all searches together: what the planner saves shows here.
         self.candidates_examined = 0
@@ -117,7 +119,7 @@ class LmdbEngine:
     def __repr__(self) -> str:
         return f"LmdbEngine({self.path!r}, namespace={self.namespace!r}, durability={self.durability!r})"
 
-    def _open(self) -> SharedEnvironment:
+    def _open(self) -> _Opened:
         shared = SharedEnvironment.acquire(self._options, layout.open_databases)
         try:
             name = self._namespace_bytes
@@ -128,23 +130,31 @@ class LmdbEngine:
             shared.release()
             raise
         self._prefix = prefix
-        self._shared = shared
-        return shared
+        self._now = opened = _Opened(shared, prefix)
+        return opened
+
+    def _opened(self) -> _Opened:
+        """The open environment and the namespace's prefix in it (reopened if :meth:`close` was called)."""
+        return self._now if self._now is not None else self._open()
 
     @property
     def shared(self) -> SharedEnvironment:
         """The open environment (reopened if :meth:`close` was called)."""
-        return self._shared if self._shared is not None else self._open()
+        return self._opened().shared
 
     def close(self) -> None:
         """Release the environment; the engine reopens it on next use."""
-        shared, self._shared = self._shared, None
-        if shared is not None:
-            shared.release()
+        opened, self._now = self._now, None
+        if opened is not None:
+            opened.shared.release()
 
     def record_key(self, key_bytes: bytes) -> bytes:
         """The ``records`` database key of an item key (its namespace prefix, its stored form)."""
-        return self._prefix + (key_bytes if len(key_bytes) <= SHORT_KEY else stored_key(key_bytes))
+        return _record_key(self._opened().prefix, key_bytes)
+
+    def _record_key(self, key_bytes: bytes) -> bytes:
+        """:meth:`record_key` inside a transaction (the environment is open)."""
+        return _record_key(self._prefix, key_bytes)
 
     # -- writes --------------------------------------------------------------
 
@@ -157,7 +167,7 @@ class LmdbEngine:
             txn.delete(key, value, db=dbs[db])
 
     def _remove(self, txn: Any, dbs: Databases, fields: Any) -> None:
-        txn.delete(self.record_key(fields.key), db=dbs.records)
+        txn.delete(self._record_key(fields.key), db=dbs.records)
         self._unindex(txn, dbs, fields)
 
     def _purge(self, txn: Any, dbs: Databases, now: int, most: int) -> int:
@@ -189,7 +199,7 @@ class LmdbEngine:
         """Save inside a write transaction: record and every index entry together."""
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
-        record_key = self.record_key(prepared.key_bytes)
+        record_key = self._record_key(prepared.key_bytes)
         raw = txn.get(record_key, db=dbs.records)
         old = None if raw is None else self._replaced(txn, dbs, record_key, raw, prepared.key)
         if old is not None:
@@ -210,7 +220,7 @@ class LmdbEngine:
     ) -> bool:
         """Remove the live item under ``key`` (of ``content_type``, if given); True if there
         was one. A damaged record under it is removed too (and counts as one)."""
-        record_key = self.record_key(key_bytes)
+        record_key = self._record_key(key_bytes)
         raw = txn.get(record_key, db=dbs.records)
         try:
             fields = live_fields(raw, key, content_type, now)
@@ -306,7 +316,7 @@ class LmdbEngine:
         now = now_micros()
         self._purge(txn, dbs, now, PURGE_IN_PASSING)
         prefix = self._prefix
-        record_keys = [self.record_key(encoded) for encoded in key_bytes]
+        record_keys = [self._record_key(encoded) for encoded in key_bytes]
         old_records = dict(txn.cursor(db=dbs.records).getmulti(record_keys))
         sids = itertools.count(layout.next_id(txn, dbs.ids, prefix))
         items: list[Any] = [None] * len(record_keys)
@@ -375,8 +385,8 @@ class LmdbEngine:
         """
         checked = validate_keys(keys)
         wanted = validate_wanted_type(content_type)
-        shared = self.shared  # first: the prefix comes with it
-        record_keys = [self.record_key(key_bytes) for key_bytes in checked.values()]
+        shared, prefix = self._opened()
+        record_keys = [_record_key(prefix, key_bytes) for key_bytes in checked.values()]
         found = dict(shared.read(lambda txn, dbs: txn.cursor(db=dbs.records).getmulti(record_keys)))
         return live_items(checked, map(found.get, record_keys), wanted, now_micros())
 
@@ -394,8 +404,8 @@ class LmdbEngine:
     def _delete_matching_in(self, txn: Any, dbs: Databases, compiled: index.CompiledQuery) -> int:
         """Delete every live item ``compiled`` matches, inside one write transaction."""
         self._purge(txn, dbs, now_micros(), PURGE_IN_PASSING)
-        plan = self._plan(compiled.spec, txn, dbs)
-        source = self._source(plan)
+        plan = _plan(compiled.spec, self._prefix, txn, dbs)
+        source = self._source(plan, self._prefix)
         matched = [
             (key, record)
             for chunk in index.matching_chunks(compiled, lambda position: source(txn, dbs, position), self._key_name)
@@ -442,8 +452,8 @@ class LmdbEngine:
         key_bytes = validate_key(key)
         # The read path, kept free of Python frames it can do without: no property,
         # the transaction's own C method as the action.
-        shared = self._shared if self._shared is not None else self._open()  # first: the prefix comes with it
-        item = load_item(shared.read(_get, self.record_key(key_bytes)), key, content_type, now_micros())
+        shared, prefix = self._now if self._now is not None else self._open()
+        item = load_item(shared.read(_get, _record_key(prefix, key_bytes)), key, content_type, now_micros())
         if len(key_bytes) > SHORT_KEY and item.metadata.key != key:  # a long key's digest form names another
             raise ItemNotFoundError(f"no item under key {key!r}", {"key": key})
         return item
@@ -455,19 +465,16 @@ class LmdbEngine:
             ValidationError: a bad query field.
         """
         spec = index.compile_query(query).spec
-        shared = self.shared  # first: the prefix comes with it
-        return shared.read(functools.partial(self._plan, spec))
+        shared, prefix = self._opened()
+        return shared.read(functools.partial(_plan, spec, prefix))
 
-    def _plan(self, spec: QuerySpec, txn: Any, dbs: Databases) -> index.Plan:
-        return index.plan(spec, _Sizes(txn, dbs, self._prefix), COSTS)
-
-    def _source(self, plan: index.Plan) -> _Source:
-        """The chunk reader of a plan's path."""
+    def _source(self, plan: index.Plan, prefix: bytes) -> _Source:
+        """The chunk reader of a plan's path in the namespace of ``prefix``."""
         if plan.path == index.POSTINGS:
-            terms = [(layout.database_of(kind), layout.posting_key(self._prefix, term)) for kind, term in plan.terms]
+            terms = [(layout.database_of(kind), layout.posting_key(prefix, term)) for kind, term in plan.terms]
             return _PostingSource(self, terms)
         if plan.path == index.KEYS:
-            return functools.partial(self._from_prefix, self._prefix + layout.scan_prefix(plan.literal))
+            return functools.partial(self._from_prefix, prefix + layout.scan_prefix(plan.literal))
         kind = index.CREATED if plan.path == index.CREATED_RANGE else index.EXPIRES
         return functools.partial(self._from_time_range, layout.database_of(kind), plan.low, plan.high)
 
@@ -480,9 +487,9 @@ class LmdbEngine:
         compiled = index.compile_query(query)
         if compiled.spec.limit == 0:
             return
-        shared = self.shared  # first: the prefix comes with it
-        plan = shared.read(functools.partial(self._plan, compiled.spec))
-        source = self._source(plan)
+        shared, prefix = self._opened()
+        plan = shared.read(functools.partial(_plan, compiled.spec, prefix))
+        source = self._source(plan, prefix)
 
         def read(position: bytes | None) -> index.Chunk:
             candidates, position = shared.read(lambda txn, dbs: source(txn, dbs, position))
@@ -570,8 +577,7 @@ class LmdbEngine:
         the right id and every record is fully indexed, in one read transaction; with
         ``repair``, in one write transaction that also fixes what it finds (see
         :mod:`.check`). Returns what was found."""
-        shared = self.shared  # first: the prefix comes with it
-        prefix = self._prefix
+        shared, prefix = self._opened()
         if repair:
             return shared.write_one(lambda txn, dbs: check_namespace(txn, dbs, prefix, repair=True))
         return shared.read(lambda txn, dbs: check_namespace(txn, dbs, prefix))
@@ -579,9 +585,23 @@ class LmdbEngine:
     def usage(self) -> dict[str, Usage]:
         """The live items of this namespace and their record bytes, per content type,
         in one read transaction (see :mod:`unistore.maintenance`)."""
-        shared = self.shared  # first: the prefix comes with it
-        prefix = self._prefix
+        shared, prefix = self._opened()
         return shared.read(lambda txn, dbs: namespace_usage(txn, dbs, prefix, now_micros()))
+
+
+class _Opened(NamedTuple):
+    """An engine's open environment and its namespace's prefix there, taken together."""
+
+    shared: SharedEnvironment
+    prefix: bytes
+
+
+def _record_key(prefix: bytes, key_bytes: bytes) -> bytes:
+    return prefix + (key_bytes if len(key_bytes) <= SHORT_KEY else stored_key(key_bytes))
+
+
+def _plan(spec: QuerySpec, prefix: bytes, txn: Any, dbs: Databases) -> index.Plan:
+    return index.plan(spec, _Sizes(txn, dbs, prefix), COSTS)
 
 
 _Candidates = list[tuple[bytes, bytes]]
