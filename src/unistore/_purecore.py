@@ -6,6 +6,9 @@ decides which one runs. Everything here works on bytes and integers only, so
 the two twins can be held against each other on random inputs.
 
 The record layout is described in :mod:`unistore._coretypes`.
+
+One module, as long as the parts it mirrors together (``ext/_core_*.pxi``): it is
+read beside them, function for function, and kept in their order.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ its index entries in one transaction. Searches are planned and run by the
 index layer (:mod:`unistore.index`); this engine gives it the sizes of its
 candidate sources and reads their candidates in chunks of short read
 transactions.
+
+One module, longer than most, because it is one idea read top to bottom: a
+namespace's operations (writes, bulk writes, reads, searches, maintenance), each
+beside the transaction-scoped helper it runs, all over one prefix. What is not
+about a namespace's operations lives beside it: the layout, the environment and
+its gate, the writer, the check, backups.
 """
 
 from __future__ import annotations

@@ -34,6 +34,10 @@ registry lock against the writer thread: databases are opened inside explicit
 transactions (py-lmdb's ``open_db`` without one takes LMDB's write lock while
 holding the GIL, which deadlocks against a writer that holds the write lock
 and waits for the GIL).
+
+One module, longer than most, because it is one idea read top to bottom: one
+store's environment in this process, from its options to opening, growth, reader
+slots, the fork hooks and closing (its gate and writer have rooms of their own).
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ that a client object could not give:
 A :class:`Connection` belongs to one event loop of one process (a fork or another loop
 makes its own). Every command runs in a *step* (:meth:`Connection.step`) that a cleanup
 waits for before it closes the connections.
+
+One module, a little over most, because it is one idea read top to bottom: how a
+command reaches its node, from the connection to the round trip, its deadline, its
+redirections and its retries (the pool, the slot map and what is transient have
+rooms of their own).
 """
 
 from __future__ import annotations

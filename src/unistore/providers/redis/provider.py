@@ -9,6 +9,11 @@ to; bulk operations cost one script or MGET per shard (deletes in bounded batche
 a search plans each shard through the index layer and reads them all at once
 (:mod:`.search`). How commands reach the node that serves a shard, and what is retried,
 is :mod:`.connection`'s and :mod:`.retry`'s.
+
+One module, longer than most, because it is one idea read top to bottom: the
+contract's operations over the shards, each with the script or reads it sends.
+Everything else has a room of its own: settings, connections and their pool,
+the slot map, retries, key names, scripts, search readers, the check.
 """
 
 from __future__ import annotations
