@@ -459,8 +459,10 @@ class LmdbEngine:
         # The read path, kept free of Python frames it can do without: no property,
         # the transaction's own C method as the action.
         shared, prefix = self._now if self._now is not None else self._open()
-        item = load_item(shared.read(_get, _record_key(prefix, key_bytes)), key, content_type, now_micros())
-        if len(key_bytes) > SHORT_KEY and item.metadata.key != key:  # a long key's digest form names another
+        short = len(key_bytes) <= SHORT_KEY  # (the record key built here: a call less than _record_key)
+        record_key = prefix + (key_bytes if short else stored_key(key_bytes))
+        item = load_item(shared.read(_get, record_key), key, content_type, now_micros())
+        if not short and item.metadata.key != key:  # a long key's digest form names another
             raise ItemNotFoundError(f"no item under key {key!r}", {"key": key})
         return item
 
