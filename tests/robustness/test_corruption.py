@@ -12,13 +12,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from helpers import UTC
 from unistore import SerializationError, StorageCorruptionError, StorageQuery, index
 from unistore.codec import encode_payload
 from unistore.metrics import MetricsManager
