@@ -5,7 +5,9 @@ pure-Python twin (``unistore._purecore``) export the same names with the same
 results; both stay importable side by side. The extension is used when it was
 built; ``UNISTORE_PURE_PYTHON=1`` forces the twin; ``UNISTORE_REQUIRE_NATIVE=1``
 makes a missing extension an import error (CI uses it to prove the build
-carries it). ``NATIVE`` says which one runs. The core's names are taken from the
+carries it). Where the extension is missing and neither is set (an install on a
+machine without a C compiler), the twin runs and a ``RuntimeWarning`` says so once.
+``NATIVE`` says which one runs. The core's names are taken from the
 chosen module one by one below, so that each can be found where it is used.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -30,9 +33,16 @@ def _chosen(pure_requested: bool, native_required: bool, load_native: Callable[[
         return _purecore
     try:
         return load_native()
-    except ImportError:
+    except ImportError as exc:
         if native_required:
             raise
+        warnings.warn(
+            f"unistore: the native core is not installed ({exc}); running the pure-Python core, which "
+            "works the same, more slowly. Reinstall where a C compiler and the Python headers are "
+            "present to build it; UNISTORE_PURE_PYTHON=1 chooses the pure core without this warning.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return _purecore
 
 
