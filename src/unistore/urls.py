@@ -28,11 +28,13 @@ from .redaction import redact
 
 
 class Opening(NamedTuple):
-    """What an opener makes of a URL: the call that makes its provider, and the call that
-    lists its store's namespaces (a store-wide question, asked with or without a namespace)."""
+    """What an opener makes of a URL: the call that makes its provider, the call that
+    lists its store's namespaces (a store-wide question, asked with or without a namespace),
+    and whether the store outlives the process that opens it."""
 
     construct: Callable[[], StorageProvider[Any]]
     namespaces: Callable[[], Awaitable[list[Namespace]]]
+    lasting: bool = True
 
 
 def _asking(construct: Callable[[], StorageProvider[Any]]) -> Callable[[], Awaitable[list[Namespace]]]:
@@ -57,7 +59,7 @@ def _open_memory(url: SplitResult, params: dict[str, str], create: bool) -> Open
     if not create:
         raise StoreNotFoundError("memory://: a memory store lives in one process; there is none to open")
     construct = functools.partial(MemoryStorageProvider, namespace=params.pop("namespace", "default"))
-    return Opening(construct, _asking(construct))
+    return Opening(construct, _asking(construct), lasting=False)
 
 
 def _number_option(params: dict[str, str], name: str) -> dict[str, int]:
@@ -169,6 +171,23 @@ def open_provider(url: str) -> StorageProvider[Any]:
     return _opening(url, create=True)[2].construct()
 
 
+def open_lasting(url: str, purpose: str) -> StorageProvider[Any]:
+    """:func:`open_provider` for a store that must outlive this process (what a command
+    writes must still be there when it has ended): ``memory://`` is refused.
+
+    Raises:
+        ValidationError: as :func:`open_provider`, or the store dies with the process
+            (``purpose`` names what it was wanted for, in the message).
+    """
+    _, _, opening = _opening(url, create=True)
+    if not opening.lasting:
+        raise ValidationError(
+            f"{purpose}: {redact(url)} keeps nothing once this process ends; use a lasting store "
+            "(lmdb://, redis://, redis+cluster://)"
+        )
+    return opening.construct()
+
+
 async def open_existing(url: str) -> StorageProvider[Any]:
     """The provider a URL names, if its store and namespace exist; nothing is
     created (an LMDB store is looked for at once, a Redis namespace asked of the
@@ -205,8 +224,30 @@ async def namespace_urls(url: str) -> list[str]:
     known = await opening.namespaces()
     if not known:
         raise StoreNotFoundError(f"{redact(url)}: the store holds no namespace", {"url": redact(url)})
+    return [_with_options(url, params, {"namespace": found.name, **found.settings}) for found in known]
+
+
+def namespace_of(url: str) -> str | None:
+    """The namespace a URL names with ``?namespace=`` (None: it names none).
+
+    Raises:
+        ValidationError: as :func:`open_provider`.
+    """
+    return _parse(url)[1].get("namespace")
+
+
+def with_namespace(url: str, name: str) -> str:
+    """``url`` naming the namespace ``name`` (in place of the one it names, if any).
+
+    Raises:
+        ValidationError: as :func:`open_provider`.
+    """
+    return _with_options(url, _parse(url)[1], {"namespace": name})
+
+
+def _with_options(url: str, params: dict[str, str], changes: dict[str, str]) -> str:
     base = url.partition("?")[0]  # (urlunsplit would drop the empty host of lmdb:///path)
-    return [f"{base}?{urlencode({**params, 'namespace': found.name, **found.settings})}" for found in known]
+    return f"{base}?{urlencode({**params, **changes})}"
 
 
 def _parse(url: str) -> tuple[SplitResult, dict[str, str]]:
@@ -245,4 +286,12 @@ def _opening(url: str, create: bool) -> tuple[SplitResult, dict[str, str], Openi
     return parts, params, opening
 
 
-__all__ = ["lmdb_path", "namespace_urls", "open_existing", "open_provider"]
+__all__ = [
+    "lmdb_path",
+    "namespace_of",
+    "namespace_urls",
+    "open_existing",
+    "open_lasting",
+    "open_provider",
+    "with_namespace",
+]

@@ -160,7 +160,7 @@ def test_the_default_store_is_dot_unistore_here(tmp_path: Path, monkeypatch: pyt
     ("store", "message"),
     [
         ("nosuch://x", "unistore: url: unknown scheme in 'nosuch://x'"),
-        ("lmdb:///tmp/a%00b", "unistore: path '/tmp/a\\x00b' is not usable: embedded null byte"),
+        ("lmdb:///tmp/a%00b", "unistore: path '/tmp/a\\x00b' is not usable: it holds a NUL byte"),
         ("lmdb:///tmp/x?map_size=" + "9" * 5000, "unistore: url: option map_size is out of range"),
         ("lmdb:///tmp/x?map_size=" + "9" * 30, "unistore: map_size must be an int"),
         ("redis://user:secret@localhost:1/0", "unistore: Redis is unreachable"),
@@ -357,11 +357,15 @@ def test_migrate(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     target = f"lmdb://{tmp_path}/target?durability=none"
     status, text = run("migrate", store, target, out=Terminal())
     assert status == 0
-    assert text == f"{store} -> {target}: read 4, written 4, unchanged 0; verified\n"
+    named = "&namespace=default"  # the store's one namespace, copied into its namesake
+    assert text == (
+        f"{store}{named} -> {target}{named}: read 4, written 4, unchanged 0; verified\n"
+        "migrated 1 namespace(s): 'default'\n"
+    )
     status, text = run("migrate", store, target, "--type", "doc", "--no-verify")
-    assert text.endswith("read 2, written 0, unchanged 2; not verified\n")
+    assert "read 2, written 0, unchanged 2; not verified\n" in text
     status, text = run("migrate", store, target, "--tag", "c=red", "--pattern", "b*")
-    assert text.endswith("read 1, written 0, unchanged 1; verified\n")
+    assert "read 1, written 0, unchanged 1; verified\n" in text
     assert run("--store", target, "put", "a:3", "1", "--type", "doc")[0] == 0  # the target holds one more
     status, text = run("migrate", store, target, "--type", "doc")
     assert status == 1 and "verification FAILED" in text and "\nproblem: " in text
@@ -479,3 +483,43 @@ def test_python_m_unistore_is_the_command(monkeypatch: pytest.MonkeyPatch, capsy
     command = [sys.executable, "-m", "unistore", "--version"]
     ran = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
     assert (ran.returncode, ran.stdout) == (0, f"unistore {version()}\n")
+
+
+def test_a_store_that_dies_with_the_command_is_refused_for_what_must_last(
+    store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # put and migrate into memory:// exited 0, and migrate said "verified", of data gone
+    # with the process.
+    assert run("--store", "memory://", "put", "k", "1") == (1, "")
+    assert capsys.readouterr().err == (
+        "unistore: put: memory:// keeps nothing once this process ends; use a lasting store "
+        "(lmdb://, redis://, redis+cluster://)\n"
+    )
+    _fill(store)
+    assert run("migrate", store, "memory://?namespace=x") == (1, "")
+    assert capsys.readouterr().err.startswith("unistore: migrate: memory://?namespace=x keeps nothing")
+    assert run("demo", "--store", "memory://")[0] == 0  # the demo shows and leaves nothing, by design
+
+
+def test_migrate_copies_every_namespace_of_the_source_into_its_namesake(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It copied only the default namespace ("read 4" of a store holding 5 items in two) and
+    # said "verified".
+    _fill(store)
+    assert run("--store", f"{store}&namespace=other", "put", "o:1", "1")[0] == 0
+    target = f"lmdb://{tmp_path}/target?durability=none"
+    status, text = run("migrate", store, target)
+    assert status == 0, text
+    assert "read 4, written 4, unchanged 0; verified\n" in text and "read 1, written 1, unchanged 0; verified\n" in text
+    assert text.endswith("migrated 2 namespace(s): 'default', 'other'\n")
+    assert run("--store", f"{target}&namespace=other", "get", "o:1") == (0, "1\n")
+    assert run("--store", target, "get", "a:1", "--type", "doc") == (0, '{"n": "a:1"}\n')
+    # Naming a namespace in the target with several in the source is refused, nothing copied.
+    assert run("migrate", store, f"lmdb://{tmp_path}/one?namespace=x") == (1, "")
+    assert "holds 2 namespaces and the target names one ('x')" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists()
+    # Naming one in the source copies that one, into the target as given.
+    status, text = run("migrate", f"{store}&namespace=other", f"lmdb://{tmp_path}/one")
+    assert status == 0 and text.endswith("migrated 1 namespace(s): 'other'\n")
+    assert run("--store", f"lmdb://{tmp_path}/one", "get", "o:1") == (0, "1\n")

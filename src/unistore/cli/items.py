@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 from ..errors import ItemNotFoundError, ValidationError
-from ..urls import open_existing, open_provider
+from ..urls import open_existing, open_lasting
 from .options import query_of, tags_option
 from .render import dumps, encode, item_json, shown
 
@@ -64,7 +64,7 @@ async def cmd_put(args: argparse.Namespace, out: TextIO) -> int:
             expires_at = datetime.now(timezone.utc) + timedelta(seconds=args.ttl)
         except OverflowError:
             raise ValidationError(f"--ttl {args.ttl!r} reaches past the year 9999") from None
-    async with open_provider(args.store) as provider:
+    async with open_lasting(args.store, "put") as provider:
         await provider.save(args.key, data, args.type, expires_at=expires_at, tags=tags_option(args.tag))
     return 0
 

@@ -930,3 +930,15 @@ def test_a_path_like_object_giving_bytes_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="path must be a str or path"):
         LmdbEngine(_BytesPath(tmp_path / "store"))  # type: ignore[arg-type]
     assert not (tmp_path / "store").exists()  # nothing made
+
+
+class _NumberPath:
+    """A path-like object that gives neither str nor bytes."""
+
+    def __fspath__(self) -> int:
+        return 7
+
+
+def test_a_path_like_object_giving_no_path_is_refused() -> None:
+    with pytest.raises(ValidationError, match="is not usable"):
+        LmdbEngine(_NumberPath())  # type: ignore[arg-type]

@@ -88,9 +88,14 @@ def real_path(path: str | os.PathLike[str]) -> str:
         raise ValidationError(f"path must be a str or path, got {type(path).__name__}")
     try:
         given = os.fspath(path)
+    except TypeError as exc:  # a path-like object that gives neither str nor bytes
+        raise ValidationError(f"path {path!r} is not usable: {exc}") from exc
+    if isinstance(given, str) and "\x00" in given:  # (refused in our words: the OS's vary by Python version)
+        raise ValidationError(f"path {path!r} is not usable: it holds a NUL byte")
+    try:
         real = os.path.realpath(given)
         os.fsencode(real)
-    except (TypeError, ValueError) as exc:  # a NUL byte, a bytes path
+    except (TypeError, ValueError) as exc:  # a bytes path, a surrogate the file system cannot encode
         raise ValidationError(f"path {path!r} is not usable: {exc}") from exc
     if not isinstance(real, str):
         raise ValidationError(f"path must be a str or path, got {path!r}")
