@@ -5,9 +5,11 @@ Importable as ``helpers`` from any test module: pyproject.toml puts tests/ on th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timezone
 from pathlib import Path
 from typing import Any
@@ -42,3 +44,25 @@ def run(*argv: str, out: io.StringIO | None = None) -> tuple[int, str]:
     stream = out if out is not None else io.StringIO()
     status = main(list(argv), stream)
     return status, stream.getvalue()
+
+
+@contextlib.asynccontextmanager
+async def timeout(seconds: float) -> AsyncIterator[None]:
+    """``asyncio.timeout`` (Python 3.11), on every Python the package supports: the block is
+    cancelled after ``seconds`` and ``asyncio.TimeoutError`` raised in its place."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            yield
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    fired = []
+    handle = asyncio.get_running_loop().call_later(seconds, lambda: fired.append(task.cancel()))
+    try:
+        yield
+    except asyncio.CancelledError:
+        if fired:
+            raise asyncio.TimeoutError from None
+        raise
+    finally:
+        handle.cancel()

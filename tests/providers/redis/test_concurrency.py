@@ -83,7 +83,7 @@ async def test_a_scattered_search_cut_off_by_a_timeout_leaves_nothing_behind(
             async for _ in provider.search(query):
                 await asyncio.sleep(0.001)
 
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # (the builtin TimeoutError from Python 3.11)
             await asyncio.wait_for(slow_reader(), 0.05)
         assert not await _quiet(before)
     gc.collect()

@@ -303,7 +303,7 @@ async def test_a_cleanup_given_up_while_a_command_is_under_way_leaves_nothing_op
     admin.client_pause(400, all=False)
     saving = asyncio.ensure_future(provider.save("k", 2, "t"))
     await _until(_under_way(provider))
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # (the builtin TimeoutError from Python 3.11)
         await asyncio.wait_for(provider.cleanup(), 0.1)
     await asyncio.gather(saving, return_exceptions=True)  # it ends once the pause does
     await provider.cleanup()  # and any close still under way with it
