@@ -45,7 +45,7 @@ def test_put_get_rm(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     _, found = run("--store", store, "search", "--json")
     assert json.loads(found)["tags"] == {"lang": "en", "x": "a=b"}
     assert run("--store", store, "rm", "k") == (1, "")
-    assert capsys.readouterr().err == "unistore: no item under key 'k' of type 'default'\n"
+    assert capsys.readouterr().err == "unistore: no item under key 'k' with content type 'default'\n"
     assert run("--store", store, "rm", "k", "--type", "note") == (0, "")
     assert run("--store", store, "get", "k", "--type", "note")[0] == 1
 
@@ -215,7 +215,8 @@ def test_search_on_a_terminal_is_a_table(store: str) -> None:
 def test_search_with_a_bad_query(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     _fill(store)
     assert run("--store", store, "search", "--limit", "-1") == (1, "")
-    assert capsys.readouterr().err.startswith("unistore: query.limit must be")
+    assert capsys.readouterr().err == "unistore: --limit must be 0 or more, got -1\n"  # (was the API's wording)
+    assert run("--store", store, "search", "--limit", "0") == (0, "")
 
 
 # -- stats and namespaces -------------------------------------------------------------------------
@@ -523,3 +524,28 @@ def test_migrate_copies_every_namespace_of_the_source_into_its_namesake(
     status, text = run("migrate", f"{store}&namespace=other", f"lmdb://{tmp_path}/one")
     assert status == 0 and text.endswith("migrated 1 namespace(s): 'other'\n")
     assert run("--store", f"lmdb://{tmp_path}/one", "get", "o:1") == (0, "1\n")
+
+
+def test_a_refused_put_makes_no_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A tag given twice kept the last value without a word; a refused tag or key made the
+    # store's directory anyway.
+    store = f"lmdb://{tmp_path}/new?durability=none"
+    assert run("--store", store, "put", "k", "1", "--tag", "a=b", "--tag", "a=c") == (1, "")
+    assert capsys.readouterr().err == "unistore: tag 'a' is given twice (a=b and a=c): an item has one value per tag\n"
+    assert run("--store", store, "put", "k", "1", "--type", "") == (1, "")
+    assert "content_type must not be empty" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_every_verb_s_help_has_a_description_and_store_lists_the_url_forms(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    verbs = ["put", "get", "rm", "search", "stats", "namespaces", "check", "purge", "backup", "migrate"]
+    for verb in [*verbs, "bench", "demo"]:
+        with pytest.raises(SystemExit):
+            run(verb, "--help")
+        text = capsys.readouterr().out
+        description = text.split("\n\n")[1]
+        assert description and not description.startswith(("positional", "options")), (verb, text)
+        if verb in verbs:
+            assert "redis+cluster://" in text and "lmdb:///abs/path" in " ".join(text.split()), (verb, text)

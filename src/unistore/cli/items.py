@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
+from ..codec import prepare_save
 from ..errors import ItemNotFoundError, ValidationError
 from ..urls import open_existing, open_lasting
 from .options import query_of, tags_option
@@ -64,8 +65,10 @@ async def cmd_put(args: argparse.Namespace, out: TextIO) -> int:
             expires_at = datetime.now(timezone.utc) + timedelta(seconds=args.ttl)
         except OverflowError:
             raise ValidationError(f"--ttl {args.ttl!r} reaches past the year 9999") from None
+    tags = tags_option(args.tag)
+    prepare_save(args.key, data, args.type, expires_at, tags)  # all checked first: a refused put makes no store
     async with open_lasting(args.store, "put") as provider:
-        await provider.save(args.key, data, args.type, expires_at=expires_at, tags=tags_option(args.tag))
+        await provider.save(args.key, data, args.type, expires_at=expires_at, tags=tags)
     return 0
 
 
@@ -82,12 +85,14 @@ async def cmd_rm(args: argparse.Namespace, out: TextIO) -> int:
     async with await open_existing(args.store) as provider:
         deleted = await provider.delete(args.key, content_type=args.type)
     if not deleted:
-        raise ItemNotFoundError(f"no item under key {args.key!r} of type {args.type!r}", {"key": args.key})
+        raise ItemNotFoundError(f"no item under key {args.key!r} with content type {args.type!r}", {"key": args.key})
     return 0
 
 
 async def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
     """``search``: the items a query matches, a table on a terminal and JSON lines otherwise."""
+    if args.limit is not None and args.limit < 0:
+        raise ValidationError(f"--limit must be 0 or more, got {args.limit}")
     query = query_of(args, args.limit)
     async with await open_existing(args.store) as provider:
         items = [result.item async for result in provider.search(query)]

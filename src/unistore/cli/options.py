@@ -26,7 +26,7 @@ def tags_option(given: Sequence[str] | None) -> dict[str, str] | None:
     """``--tag k=v`` options as a mapping (None if there were none).
 
     Raises:
-        ValidationError: a tag without ``=`` or with an empty key.
+        ValidationError: a tag without ``=``, with an empty key, or a key given twice.
     """
     if not given:
         return None
@@ -35,6 +35,10 @@ def tags_option(given: Sequence[str] | None) -> dict[str, str] | None:
         key, equals, value = text.partition("=")
         if not equals or not key:
             raise ValidationError(f"bad tag {text!r}: write it as key=value")
+        if key in tags:
+            raise ValidationError(
+                f"tag {key!r} is given twice ({key}={tags[key]} and {text}): an item has one value per tag"
+            )
         tags[key] = value
     return tags
 

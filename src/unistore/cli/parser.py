@@ -16,6 +16,12 @@ from . import bench, demo, items, maintenance, migrate
 from .items import STDIN
 from .options import DEFAULT_STORE, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED
 
+#: How a store is written, for --store's help (docs/guide.md#provider-urls has every option).
+STORE_FORMS = (
+    "lmdb:///abs/path, lmdb://./rel/path, redis://[user:password@]host:port/db, rediss://..., "
+    "redis+cluster://host:port,host:port, memory:// (each with ?namespace=NAME and options)"
+)
+
 
 def version() -> str:
     """The installed package's version (its distribution metadata: one source, pyproject.toml)."""
@@ -26,12 +32,12 @@ def parser() -> argparse.ArgumentParser:
     """The ``unistore`` command's argument parser, every verb included."""
     parser = argparse.ArgumentParser(prog="unistore", description="unistore: one storage interface, many providers.")
     parser.add_argument("--version", action="version", version=f"unistore {version()}")
-    parser.add_argument("--store", help=f"provider URL (default: {DEFAULT_STORE})")
+    parser.add_argument("--store", metavar="URL", help=f"the store: {STORE_FORMS} (default: {DEFAULT_STORE})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, text: str, store: str = "provider URL") -> argparse.ArgumentParser:
+    def command(name: str, text: str, store: str = f"the store: {STORE_FORMS}") -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("--store", default=argparse.SUPPRESS, help=store)  # also after the command
+        sub.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=store)  # also after the command
         return sub
 
     def filters(sub: argparse.ArgumentParser, type_text: str) -> None:
@@ -53,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--type", default="default", help="content type (default: default)")
     search = command("search", "list the items a query matches: a table on a terminal, JSON lines otherwise")
     filters(search, "content type (default: every type)")
-    search.add_argument("--limit", type=int, metavar="N", help="at most N items")
+    search.add_argument("--limit", type=int, metavar="N", help="at most N items (0 or more)")
     search.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     stats = command("stats", "live items and bytes per content type, counted from the store")
     stats.add_argument("--prometheus", action="store_true", help="print them in the Prometheus text format")
@@ -64,14 +70,15 @@ def parser() -> argparse.ArgumentParser:
     backup = command("backup", "a hot, consistent copy of an LMDB store into a new directory")
     backup.add_argument("dest", metavar="DEST", help="directory for the copy (must not hold a store)")
     backup.add_argument("--compact", action="store_true", help="leave out free pages: a copy as small as its data")
-    migrate = commands.add_parser("migrate", help="copy items between two stores, verbatim, and verify")
-    migrate.add_argument("source", metavar="SRC_URL")
-    migrate.add_argument("target", metavar="DST_URL")
+    text = "copy items between two stores, verbatim, and verify (every namespace unless a URL names one)"
+    migrate = commands.add_parser("migrate", help=text, description=text)
+    migrate.add_argument("source", metavar="SRC_URL", help=f"the store to copy from: {STORE_FORMS}")
+    migrate.add_argument("target", metavar="DST_URL", help="the store to copy into (made if need be; not memory://)")
     filters(migrate, "content type (default: every type)")
     migrate.add_argument("--no-verify", action="store_true", help="skip the comparison of both sides afterwards")
-    command("bench", "latency of unistore against the raw engine", "provider URL (default: a temporary LMDB store)")
+    command("bench", "latency of unistore against the raw engine", "the store (default: a temporary LMDB store)")
     demo = command(
-        "demo", "save, load, search and delete a few items, with timings", "provider URL (default: a temporary one)"
+        "demo", "save, load, search and delete a few items, with timings", "the store (default: a temporary one)"
     )
     demo.add_argument("--force", action="store_true", help="write into a store that already holds data")
     return parser
