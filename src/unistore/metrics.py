@@ -3,7 +3,7 @@
 :class:`MetricsManager` is a thread-safe registry keyed by metric name and
 labels; :meth:`MetricsManager.get_instance` returns the process-wide one that
 the storage manager reports to by default. A name holds one kind of metric.
-:class:`StorageMonitor` is the requirement's (R065) small API on top of it.
+:class:`StorageMonitor` is the framework's small monitoring API on top of it.
 
 Exporters (``unistore.exporters.prometheus``, ``unistore.exporters.otel``)
 read a registry through :meth:`MetricsManager.collect` and
@@ -448,7 +448,7 @@ class MetricsManager:
 
 
 class StorageMonitor:
-    """Records storage operations and sizes, as R065 specifies.
+    """Records storage operations and sizes (the framework's monitoring API).
 
     Args:
         metrics: where to record; the process-wide registry by default.

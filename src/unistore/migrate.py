@@ -1,4 +1,4 @@
-"""Copy items between any two providers, verbatim, and verify the copy (R065's migration).
+"""Copy items between any two providers, verbatim, and verify the copy.
 
 :func:`copy` reads the items a query matches from one provider and writes them
 into another through its bulk write path (:meth:`StorageProvider.restore_many`),

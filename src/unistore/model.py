@@ -1,6 +1,6 @@
 """The data model: what callers pass in and get back, and the checks on it.
 
-The four dataclasses keep the field names of the original requirement (R065).
+The four dataclasses keep the field names the framework's storage interface has always used.
 They are plain containers: building one never raises, so the checks live in the
 ``validate_*`` functions below, which every provider calls before it writes or
 searches. Each check raises :class:`~unistore.errors.ValidationError` naming the

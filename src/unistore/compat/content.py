@@ -1,4 +1,4 @@
-"""The framework's legacy ``ContentStorage`` on a unistore provider (R065, "Estado Atual" 1).
+"""The framework's legacy ``ContentStorage`` on a unistore provider.
 
 The framework's ``content/storage.py`` declares a synchronous interface::
 

@@ -1,4 +1,4 @@
-"""The legacy Redis memory store's interface on unistore (R065, step 5).
+"""The legacy Redis memory store's interface on unistore.
 
 The framework's ``memory/stores/redis.py`` stored ``MemoryEntry`` objects and
 answered a ``MemoryQuery`` with ``MemorySearchResult(entry, score, highlights,

@@ -1,6 +1,7 @@
-"""The provider interface: R065's five async methods, and five bulk ones.
+"""The provider interface: five async methods (save, load, delete, search, cleanup), five bulk ones,
+and the maintenance methods.
 
-``load`` and ``delete`` take one keyword beyond R065, ``content_type``: when
+``load`` and ``delete`` take one keyword more, ``content_type``: when
 given, only an item stored under that content type counts (the manager uses it
 so that a content type is part of an item's identity, checked atomically by
 the provider rather than by a load followed by a delete).

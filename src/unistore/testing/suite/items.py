@@ -1,5 +1,5 @@
-"""Saving, loading and deleting single items: R065's own test, round trips, upserts,
-expiry, refused saves, and keys and names of every shape."""
+"""Saving, loading and deleting single items: the framework's validation test, round
+trips, upserts, expiry, refused saves, and keys and names of every shape."""
 
 from __future__ import annotations
 
@@ -51,13 +51,13 @@ REFUSED_SAVES = [
 
 
 class ItemTests(ConformanceHooks):
-    """Saving, loading and deleting single items: R065's own test, round trips, upserts,"""
+    """Saving, loading and deleting single items, and keys and names of every shape."""
 
-    # -- R065's own test -------------------------------------------------------------
+    # -- the framework's validation test -------------------------------------------------------------
 
     @in_own_loop
     async def test_storage_system(self, make_provider: Factory) -> None:
-        """R065's validation test ("Validação"), unchanged but for how the provider is built."""
+        """The framework's validation test, unchanged but for how the provider is built."""
         # Setup
         manager = UnifiedStorageManager()
         monitor = StorageMonitor()
