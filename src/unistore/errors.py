@@ -10,7 +10,8 @@ would naturally catch::
      ├── SerializationError       (also TypeError)  data that cannot be stored
      ├── StorageConnectionError                     backend unreachable after retries
      ├── StorageCorruptionError                     a stored record that does not decode
-     └── StoreNotFoundError                         a store or namespace that must exist does not
+     ├── StoreNotFoundError                         a store or namespace that must exist does not
+     └── MissingExtraError        (also ImportError) an optional dependency is not installed
 
 Backend exceptions never leak raw: providers re-raise them as the most specific
 of these with the original chained as ``__cause__``.
@@ -70,8 +71,26 @@ class StoreNotFoundError(StorageError):
     command line) does not exist; nothing was created. The message names it."""
 
 
+class MissingExtraError(StorageError, ImportError):
+    """An optional dependency (an exporter's, the conformance kit's) is not installed; the
+    message says how to install it.
+
+    Both a :class:`~unistore.StorageError` (the CLI reports it as a user error)
+    and an :class:`ImportError` (what ``import`` of a missing module raises).
+    """
+
+
+def missing_extra(module: str, package: str, extra: str) -> MissingExtraError:
+    """The error for ``module``, which needs ``package``, installed by unistore's extra ``extra``."""
+    return MissingExtraError(
+        f"{module} needs {package}, which is not installed: pip install 'unistore[{extra}]'",
+        {"module": module, "package": package, "extra": extra},
+    )
+
+
 __all__ = [
     "ItemNotFoundError",
+    "MissingExtraError",
     "ProviderNotFoundError",
     "SerializationError",
     "StorageConnectionError",

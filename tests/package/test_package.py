@@ -132,3 +132,16 @@ def test_the_import_check_fails_on_a_circle_an_upward_import_and_a_module_in_no_
     checked = _imports_script(tmp_path)
     assert checked.returncode == 1
     assert said in checked.stdout + checked.stderr
+
+
+def test_the_kit_without_its_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It failed with a bare ModuleNotFoundError for hypothesis.
+    for name in [name for name in sys.modules if name == "unistore.testing" or name.startswith("unistore.testing.")]:
+        monkeypatch.delitem(sys.modules, name)  # (put back as they were when the test ends)
+    monkeypatch.setitem(sys.modules, "hypothesis", None)  # what an install without the extra has
+    with pytest.raises(ImportError) as refused:
+        importlib.import_module("unistore.testing")
+    assert isinstance(refused.value, errors.MissingExtraError)
+    assert str(refused.value) == (
+        "unistore.testing needs hypothesis, which is not installed: pip install 'unistore[testing]'"
+    )

@@ -20,6 +20,14 @@ in their test suite (tests/providers/test_conformance.py). docs/testing-kit.md s
 provider's test module, lists what the suite checks and how to tune it.
 """
 
+from ..errors import missing_extra
+
+try:
+    import hypothesis  # noqa: F401  (the kit's dependencies, named at once if missing)
+    import pytest  # noqa: F401
+except ImportError as exc:
+    raise missing_extra(__name__, exc.name or "hypothesis", "testing") from exc
+
 from . import strategies
 from .glob import glob_matches
 from .machine import ProviderMachine, machine_class, run_machine
