@@ -215,8 +215,11 @@ def execute(source: str, workdir: Path) -> Outcome:
     script = workdir / "example.py"
     script.write_text(source, encoding="utf-8")
     command = [sys.executable, "-W", "error", str(script)]
+    env = {**os.environ, "TMPDIR": str(workdir)}  # (an example's temporary stores go with its workdir)
     try:
-        done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        done = subprocess.run(
+            command, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         return Outcome(command, None, f"{exc.stdout or ''!s}{exc.stderr or ''!s}")
     return Outcome(command, done.returncode, done.stdout + done.stderr)
@@ -344,6 +347,7 @@ def run_page(blocks: list[Block], workdir: Path, redis_port: int = 0) -> None:
     together) must be the one shown, and its exit status 0 (1 when it shows an error).
     A block marked as needing a Redis server gets ``redis_port`` for ``localhost:6379``."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["TMPDIR"] = str(workdir)  # (the commands' scratch stores go with the page's workdir)
     for block in blocks:
         assert block.kind in ("run", "redis"), f"{block.name}: a shell example cannot be {block.title!r}"
         source = block.source
