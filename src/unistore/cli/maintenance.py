@@ -8,26 +8,21 @@ import argparse
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, urlsplit
 
 from ..metrics import MetricsManager, StorageMonitor
 from ..providers.base import StorageProvider
 from ..providers.maintenance import Usage, merge
 from ..redaction import redact
-from ..urls import namespace_urls, open_existing
+from ..urls import namespace_of, namespace_urls, open_existing
 from .render import columns, progress_bar
 
 #: The gauge ``stats`` sets to the live items of a content type (``storage_size`` holds their bytes).
 ITEMS_GAUGE = "storage_items"
 
 
-def _namespace_of(url: str) -> str:
-    return dict(parse_qsl(urlsplit(url).query)).get("namespace", "default")
-
-
 async def _each_namespace(store: str) -> list[tuple[str, str]]:
     """The (name, URL) of every namespace a maintenance command covers."""
-    return [(_namespace_of(url), url) for url in await namespace_urls(store)]
+    return [(namespace_of(url) or "default", url) for url in await namespace_urls(store)]
 
 
 @contextlib.asynccontextmanager
