@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
-from helpers import Terminal, run
+from helpers import Terminal, fresh_namespace, run
 from unistore import NATIVE, MetricsManager
 from unistore.cli import DEFAULT_STORE, EXIT_PIPE_CLOSED, main, to_json, version
 from unistore.providers import LmdbEngine
@@ -540,7 +541,7 @@ def test_a_refused_put_makes_no_store(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_every_verb_s_help_has_a_description_and_store_lists_the_url_forms(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    verbs = ["put", "get", "rm", "search", "stats", "namespaces", "check", "purge", "backup", "migrate"]
+    verbs = ["put", "get", "rm", "search", "stats", "namespaces", "rm-namespace", "check", "purge", "backup", "migrate"]
     for verb in [*verbs, "bench", "demo"]:
         with pytest.raises(SystemExit):
             run(verb, "--help")
@@ -549,3 +550,42 @@ def test_every_verb_s_help_has_a_description_and_store_lists_the_url_forms(
         assert description and not description.startswith(("positional", "options")), (verb, text)
         if verb in verbs:
             assert "redis+cluster://" in text and "lmdb:///abs/path" in " ".join(text.split()), (verb, text)
+
+
+# -- rm-namespace -------------------------------------------------------------------------------------------
+
+
+def test_rm_namespace_asks_for_yes_then_removes_one_namespace(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(store)
+    assert run("--store", f"{store}&namespace=other", "put", "o:1", "1")[0] == 0
+    assert run("--store", store, "rm-namespace", "other") == (1, "")
+    assert capsys.readouterr().err == (
+        f"unistore: rm-namespace: add --yes to remove the namespace 'other' and its 1 live item(s) from {store}\n"
+    )
+    assert run("--store", f"{store}&namespace=other", "get", "o:1") == (0, "1\n")  # nothing changed
+    assert run("--store", store, "rm-namespace", "other", "--yes") == (
+        0,
+        f"removed the namespace 'other' (1 record(s)) from {store}\n",
+    )
+    status, text = run("--store", store, "namespaces")
+    assert status == 0 and "other" not in text and "default" in text
+    assert run("--store", store, "check")[0] == 0
+    assert run("--store", store, "rm-namespace", "other", "--yes") == (1, "")
+    assert capsys.readouterr().err == f"unistore: rm-namespace: {store} has no namespace 'other'\n"
+
+
+@pytest.mark.redis
+def test_rm_namespace_removes_every_shard_of_a_redis_namespace(
+    redis_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = f"redis://127.0.0.1:{redis_port}/0"
+    name = fresh_namespace()
+    for n in range(20):
+        assert run("--store", f"{server}?namespace={name}&shards=3", "put", f"k{n}", str(n))[0] == 0
+    assert run("--store", server, "rm-namespace", name, "--yes") == (
+        0,
+        f"removed the namespace {name!r} (20 record(s)) from {server}\n",
+    )
+    assert name not in run("--store", server, "namespaces")[1]
+    with redis.Redis(port=redis_port) as admin:
+        assert list(admin.scan_iter(match=f"us{{{name}*")) == []  # not a key of it is left

@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import Factory
+from helpers import UTC, Factory
 from unistore import StorageError, StorageProvider, StorageQuery, ValidationError, index
 from unistore.providers import LmdbStorageProvider, MemoryStorageProvider, RedisStorageProvider
 from unistore.providers.maintenance import CheckReport, Namespace, Usage
 
-MAINTENANCE = ("check", "purge_expired", "usage", "namespaces", "namespace_exists", "explain", "backup")
+MAINTENANCE = (
+    "check",
+    "purge_expired",
+    "usage",
+    "namespaces",
+    "namespace_exists",
+    "drop_namespace",
+    "explain",
+    "backup",
+)
 
 
 @pytest.mark.parametrize("provider_class", [MemoryStorageProvider, LmdbStorageProvider, RedisStorageProvider])
@@ -99,6 +109,7 @@ async def test_a_provider_without_maintenance_still_loads_and_says_what_it_lacks
         "usage": provider.usage(),
         "namespaces": provider.namespaces(),
         "namespace_exists": provider.namespace_exists(),
+        "drop_namespace": provider.drop_namespace(),
         "explain": provider.explain(StorageQuery()),
         "backup": provider.backup(tmp_path / "copy"),
     }
@@ -121,3 +132,34 @@ async def test_a_memory_check_names_a_record_that_does_not_decode_and_repair_dro
 async def _keys(provider: StorageProvider[Any]) -> AsyncIterator[str]:
     async for result in provider.search(StorageQuery()):
         yield result.item.metadata.key
+
+
+async def test_dropping_a_namespace_removes_its_items_and_the_provider_goes_on(provider_factory: Factory) -> None:
+    provider = provider_factory()
+    await provider.save_many({f"k{n}": n for n in range(30)}, "doc", tags={"team": "a"})
+    await provider.save("brief", 1, "doc", expires_at=datetime.now(UTC) + timedelta(hours=1))
+    assert await provider.drop_namespace() == 31
+    if not isinstance(provider, MemoryStorageProvider):  # (a memory namespace is its provider)
+        assert not await provider.namespace_exists()
+    assert [r async for r in provider.search(StorageQuery())] == []  # (LMDB: its next use makes it anew)
+    assert await provider.load_many([f"k{n}" for n in range(30)]) == {}
+    await provider.save("k1", "again", "doc", tags={"team": "b"})  # the namespace made anew, empty
+    assert (await provider.load("k1")).data == "again"
+    assert [r.item.metadata.key async for r in provider.search(StorageQuery(tags={"team": "a"}))] == []
+    report = await provider.check()
+    assert report.ok and report.records == 1, report.problems
+
+
+async def test_dropping_an_lmdb_namespace_leaves_the_store_s_others_whole(tmp_path: Path) -> None:
+    async with (
+        LmdbStorageProvider(tmp_path / "s", namespace="gone") as gone,
+        LmdbStorageProvider(tmp_path / "s", namespace="kept") as kept,
+    ):
+        for provider in (gone, kept):
+            await provider.save_many({f"k{n}": n for n in range(50)}, "doc", tags={"team": "a"})
+        assert await gone.drop_namespace() == 50
+        assert [namespace.name for namespace in await kept.namespaces()] == ["kept"]
+        assert len(await kept.load_many([f"k{n}" for n in range(50)])) == 50
+        assert (await kept.check()).ok
+        await gone.save("new", 1, "doc")  # numbered anew: after "kept"
+        assert [namespace.name for namespace in await kept.namespaces()] == ["kept", "gone"]

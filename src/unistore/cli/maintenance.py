@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TextIO
 
+from ..errors import StoreNotFoundError, ValidationError
 from ..metrics import MetricsManager, StorageMonitor
 from ..providers.base import StorageProvider
 from ..providers.maintenance import Usage, merge
@@ -96,6 +97,25 @@ async def cmd_namespaces(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+async def cmd_rm_namespace(args: argparse.Namespace, out: TextIO) -> int:
+    """``rm-namespace NAME --yes``: remove a namespace of the store with its items and index entries."""
+    found = [url for url in await namespace_urls(args.store) if (namespace_of(url) or "default") == args.name]
+    if not found:
+        raise StoreNotFoundError(
+            f"rm-namespace: {redact(args.store)} has no namespace {args.name!r}", {"namespace": args.name}
+        )
+    async with _maintained(found[0]) as provider:
+        if not args.yes:
+            live = sum((await provider.usage()).values(), Usage())
+            raise ValidationError(
+                f"rm-namespace: add --yes to remove the namespace {args.name!r} and its {live.items} live "
+                f"item(s) from {redact(args.store)}"
+            )
+        dropped = await provider.drop_namespace()
+    out.write(f"removed the namespace {args.name!r} ({dropped} record(s)) from {redact(args.store)}\n")
+    return 0
+
+
 async def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     """``stats [--prometheus]``: live items and bytes per content type, over every namespace."""
     found = await _usages(args.store)
@@ -127,4 +147,4 @@ async def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-__all__ = ["ITEMS_GAUGE", "cmd_backup", "cmd_check", "cmd_namespaces", "cmd_purge", "cmd_stats"]
+__all__ = ["ITEMS_GAUGE", "cmd_backup", "cmd_check", "cmd_namespaces", "cmd_purge", "cmd_rm_namespace", "cmd_stats"]

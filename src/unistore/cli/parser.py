@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     stats = command("stats", "live items and bytes per content type, counted from the store")
     stats.add_argument("--prometheus", action="store_true", help="print them in the Prometheus text format")
     command("namespaces", "every namespace of the store with its items and bytes")
+    drop = command("rm-namespace", "remove a namespace of the store with its items and index entries")
+    drop.add_argument("name", metavar="NAME", help="the namespace")
+    drop.add_argument("--yes", action="store_true", help="remove it (without: say what would go, and change nothing)")
     check = command("check", "verify records and indexes of every namespace (or the one the URL names)")
     check.add_argument("--repair", action="store_true", help="drop undecodable records, put every index right")
     command("purge", "remove expired items from every namespace (or the one the URL names)")
@@ -92,6 +95,7 @@ _ASYNC_VERBS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any, An
     "search": items.cmd_search,
     "stats": maintenance.cmd_stats,
     "namespaces": maintenance.cmd_namespaces,
+    "rm-namespace": maintenance.cmd_rm_namespace,
     "check": maintenance.cmd_check,
     "purge": maintenance.cmd_purge,
     "backup": maintenance.cmd_backup,

@@ -14,7 +14,7 @@ batch, never a loop of single calls. ``search`` and
 (:class:`unistore.index.CompiledQuery`), so that the manager checks a query once.
 
 The maintenance methods (``check``, ``purge_expired``, ``usage``, ``namespaces``,
-``namespace_exists``, ``explain``, ``backup``) are part of the same contract: every
+``namespace_exists``, ``drop_namespace``, ``explain``, ``backup``) are part of the same contract: every
 provider of this package has each of them, with these signatures and return types
 (:mod:`unistore.providers.maintenance` holds the values they return), so that the
 ``unistore`` command and the URL openers never ask which provider they hold. A backend
@@ -187,6 +187,17 @@ class StorageProvider(CleanupOnExit, Generic[T]):
     async def namespace_exists(self) -> bool:
         """Whether the store holds this provider's namespace; nothing is created."""
         raise self._lacks("namespace_exists")
+
+    async def drop_namespace(self) -> int:
+        """Remove this provider's namespace from its store: every record, every index entry
+        and the namespace's own entries; returns how many records there were. Stop the
+        namespace's writers first (a write racing the removal may outlive it). The provider
+        stays usable: its next write (on LMDB, its next use) makes the namespace anew, empty.
+
+        Raises:
+            StorageConnectionError: the backend is unreachable.
+        """
+        raise self._lacks("drop_namespace")
 
     async def explain(self, query: StorageQuery | CompiledQuery) -> Plan:
         """The plan a search of ``query`` would follow now (see :func:`unistore.index.plan`).

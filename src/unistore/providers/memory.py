@@ -195,6 +195,12 @@ class MemoryStorageProvider(StorageProvider[Any]):
         """True: a memory namespace lives as long as its provider."""
         return True
 
+    async def drop_namespace(self) -> int:
+        """Drop every record (the provider is its namespace); how many there were."""
+        count = len(self._records)
+        self._records.clear()
+        return count
+
     async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
         """Every record is read (:data:`unistore.index.KEYS`, all keys): there is no index."""
         index.compile_query(query)  # (a bad query is refused as a search would refuse it)

@@ -590,6 +590,30 @@ class LmdbEngine:
             return shared.write_one(lambda txn, dbs: check_namespace(txn, dbs, prefix, repair=True))
         return shared.read(lambda txn, dbs: check_namespace(txn, dbs, prefix))
 
+    def drop_namespace(self) -> int:
+        """Remove this namespace from the store in one write transaction: its records, every
+        index entry and its own entries (see :meth:`StorageProvider.drop_namespace`); returns
+        how many records there were. The engine reopens the namespace, anew, on next use."""
+        shared, prefix = self._opened()
+        name = self._namespace_bytes
+
+        def drop(txn: Any, dbs: Databases) -> int:
+            records = 0
+            for number, db in enumerate(dbs):
+                if number == layout.DB_META:
+                    continue
+                cursor = txn.cursor(db=db)
+                found = cursor.set_range(prefix)
+                while found and bytes(cursor.key()).startswith(prefix):
+                    records += number == layout.DB_RECORDS
+                    found = cursor.delete(dupdata=True)  # (every id of a posting key at once)
+            layout.forget_namespace(txn, dbs.meta, name, prefix)
+            return records
+
+        dropped = shared.write_one(drop)
+        self.close()
+        return dropped
+
     def usage(self) -> dict[str, Usage]:
         """The live items of this namespace and their record bytes, per content type,
         in one read transaction (see :mod:`unistore.maintenance`)."""

@@ -228,6 +228,13 @@ def claim_namespace(txn: Any, meta: Any, name: bytes) -> bytes:
     return prefix
 
 
+def forget_namespace(txn: Any, meta: Any, name: bytes, prefix: bytes) -> None:
+    """Remove the entries that name namespace ``name`` (numbered ``prefix``; inside a write
+    transaction). Its number is never given again: a namespace made anew gets the next one."""
+    txn.delete(_name_key(name), db=meta)
+    txn.delete(_META_NUMBER + prefix, db=meta)
+
+
 def namespaces(txn: Any, meta: Any) -> list[tuple[str, bytes]]:
     """Every namespace of the store, as (name, prefix), in the order they were numbered."""
     cursor = txn.cursor(db=meta)
@@ -303,6 +310,7 @@ __all__ = [
     "claim_namespace",
     "database_of",
     "find_namespace",
+    "forget_namespace",
     "id_key",
     "index_entries",
     "namespaces",

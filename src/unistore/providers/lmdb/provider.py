@@ -164,6 +164,10 @@ class LmdbStorageProvider(StorageProvider[Any]):
         """Whether the store holds this provider's namespace (one opened to write makes it at once)."""
         return self.engine.namespace in [found.name for found in await self.namespaces()]
 
+    async def drop_namespace(self) -> int:
+        """Remove this namespace from the store (see :meth:`LmdbEngine.drop_namespace`)."""
+        return await asyncio.to_thread(self.engine.drop_namespace)
+
     async def explain(self, query: StorageQuery | CompiledQuery) -> Plan:
         """The plan a search of ``query`` would follow now (see :meth:`LmdbEngine.explain`)."""
         return self.engine.explain(query)

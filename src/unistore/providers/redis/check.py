@@ -380,6 +380,24 @@ def _info(reply: Any) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
 
 
+async def drop_shard(connection: Connection, shard: Shard) -> int:
+    """Delete every key of ``shard``, :data:`BATCH` at a time, its marker last (a pinned read
+    tells a moved shard by it); how many records there were."""
+    pinned = shard.pinned(connection)
+    while True:
+        try:
+            keys = await _scan(pinned, "SCAN", None, shard.prefix + b"*")  # (the prefix holds no glob character)
+            break
+        except NodeChanged as moved:
+            await pinned.restart(moved)
+    records: int = sum(1 for key in keys if key.startswith(shard.prefix + layout.RECORD))
+    rest = [key for key in keys if key != shard.marker]
+    for start in range(0, len(rest), BATCH):
+        await connection.call(shard.slot, "UNLINK", *rest[start : start + BATCH])
+    await connection.call(shard.slot, "UNLINK", shard.marker)
+    return records
+
+
 async def namespace_exists(connection: Connection, shards_key: bytes, shards: list[Shard]) -> bool:
     """Whether the server holds any key of a namespace: its shard count (recorded by its
     first write) or, failing that, any shard's marker or creation order (every item has an
@@ -421,6 +439,7 @@ __all__ = [
     "KEEPING_POLICIES",
     "PAGE",
     "check_shard",
+    "drop_shard",
     "eviction",
     "namespace_exists",
     "namespaces",

@@ -54,7 +54,7 @@ from ...model import (
 from ..base import StorageProvider
 from ..maintenance import CheckReport, Namespace, Usage, merge
 from . import layout, scripts
-from .check import KEEPING_POLICIES, check_shard, eviction, namespace_exists, namespaces, shard_usage
+from .check import KEEPING_POLICIES, check_shard, drop_shard, eviction, namespace_exists, namespaces, shard_usage
 from .connection import Connection
 from .search import COSTS, Shard, reader, scattered
 from .settings import MAX_CONNECTIONS, SOCKET_TIMEOUT, provider_settings, url_settings
@@ -630,6 +630,23 @@ class RedisStorageProvider(StorageProvider[Any]):
         now = now_micros()
         async with connection.step():
             return merge([await shard_usage(connection, shard, now) for shard in self._shards])
+
+    async def drop_namespace(self) -> int:
+        """Remove this namespace from the server, shard by shard (each shard's keys found with a
+        SCAN on the node that serves it, then UNLINKed in batches), its shard count last; how
+        many records there were.
+
+        Raises:
+            StorageConnectionError: Redis is unreachable.
+        """
+        connection = await self._connection(maintenance=True)
+        dropped = 0
+        async with connection.step():
+            for shard in self._shards:
+                dropped += await drop_shard(connection, shard)
+            await connection.call(self._shards_slot, "UNLINK", self._shards_key)
+        connection.counted = -1  # the next write records the shard count again
+        return dropped
 
     async def namespace_exists(self) -> bool:
         """Whether the server holds any key of this namespace, asked without writing anything
