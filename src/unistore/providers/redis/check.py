@@ -22,9 +22,9 @@ kept.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -36,6 +36,8 @@ from ..maintenance import CheckReport, Namespace, Usage, merge, tally
 from . import layout
 from .connection import Connection, NodeChanged, Pinned
 from .search import Shard
+
+R = TypeVar("R")
 
 #: Keys read per MGET, and commands per repair pipeline.
 BATCH = 500
@@ -64,6 +66,16 @@ async def _scan(pinned: Pinned, command: str, key: bytes | None, match: bytes | 
         found.update(dict.fromkeys(page))
         if not int(cursor):
             return list(found)
+
+
+async def _on_its_node(pinned: Pinned, read: Callable[[], Awaitable[R]]) -> R:
+    """``read()``, all on the node that serves the shard: from the start again, on the node
+    that serves it then, whenever the shard moves while it reads."""
+    while True:
+        try:
+            return await read()
+        except NodeChanged as moved:
+            await pinned.restart(moved)
 
 
 async def _shard_records(
@@ -236,12 +248,7 @@ async def check_shard(
     """Check ``shard`` (of ``shards``) on the node that serves it, adding its counts and
     problems to ``report``; with ``repair``, fix what it finds (confirmed first: see the module)."""
     pinned = shard.pinned(connection)
-    while True:
-        try:
-            found = await _read(pinned, shard.prefix, now, shards)
-            break
-        except NodeChanged as moved:
-            await pinned.restart(moved)
+    found = await _on_its_node(pinned, lambda: _read(pinned, shard.prefix, now, shards))
     for counter in ("records", "tag_entries", "type_entries", "created_entries", "expires_entries"):
         setattr(report, counter, getattr(report, counter) + getattr(found.report, counter))
     report.problems += found.report.problems
@@ -342,20 +349,19 @@ async def _run(connection: Connection, slot: int, commands: Iterator[tuple[Any, 
 async def shard_usage(connection: Connection, shard: Shard, now: int) -> dict[str, Usage]:
     """The live items and record bytes per content type of ``shard``."""
     pinned = shard.pinned(connection)
-    while True:
+
+    async def tallied() -> dict[str, Usage]:
         parts: list[dict[str, Usage]] = []
         batch: list[bytes] = []
-        try:
-            async for _, record in _shard_records(pinned, shard.prefix):
-                batch.append(record)
-                if len(batch) == BATCH:
-                    parts.append(tally(batch, now))
-                    batch = []
-        except NodeChanged as moved:
-            await pinned.restart(moved)
-            continue
+        async for _, record in _shard_records(pinned, shard.prefix):
+            batch.append(record)
+            if len(batch) == BATCH:
+                parts.append(tally(batch, now))
+                batch = []
         parts.append(tally(batch, now))
         return merge(parts)
+
+    return await _on_its_node(pinned, tallied)
 
 
 async def eviction(connection: Connection) -> list[tuple[str, str | None, int]]:
@@ -384,12 +390,7 @@ async def drop_shard(connection: Connection, shard: Shard) -> int:
     """Delete every key of ``shard``, :data:`BATCH` at a time, its marker last (a pinned read
     tells a moved shard by it); how many records there were."""
     pinned = shard.pinned(connection)
-    while True:
-        try:
-            keys = await _scan(pinned, "SCAN", None, shard.prefix + b"*")  # (the prefix holds no glob character)
-            break
-        except NodeChanged as moved:
-            await pinned.restart(moved)
+    keys = await _on_its_node(pinned, lambda: _scan(pinned, "SCAN", None, shard.prefix + b"*"))  # (no glob in it)
     records: int = sum(1 for key in keys if key.startswith(shard.prefix + layout.RECORD))
     rest = [key for key in keys if key != shard.marker]
     for start in range(0, len(rest), BATCH):
