@@ -395,13 +395,15 @@ def test_demo_walks_through_every_operation() -> None:
 def test_demo_refuses_a_store_that_holds_data(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     status, text = run("demo", "--store", store)  # a new store: fine
     assert status == 0 and text.startswith(f"unistore demo on {store} (native core: {'yes' if NATIVE else 'no'})\n")
+    assert run("--store", store, "namespaces") == (1, "")  # the namespace it made is gone again
+    assert "holds no namespace" in capsys.readouterr().err
     assert run("--store", store, "put", "mine", "1")[0] == 0
     assert run("demo", "--store", store) == (1, "")
     assert (
         capsys.readouterr().err == f"unistore: demo: {store} already holds data; add --force to write into it anyway\n"
     )
     assert run("demo", "--store", store, "--force")[0] == 0
-    assert run("--store", store, "get", "mine") == (0, "1\n")
+    assert run("--store", store, "get", "mine") == (0, "1\n")  # a namespace that was there stays
     assert run("demo", "--store", "memory://")[0] == 0
 
 

@@ -34,23 +34,25 @@ async def _keys(manager: UnifiedStorageManager, query: StorageQuery) -> list[str
     return sorted([result.item.metadata.key async for result in manager.search(query)])
 
 
-async def _holds_data(store: str) -> bool:
-    """Whether the namespace ``store`` names exists and holds a live item."""
+async def _found(store: str) -> tuple[bool, bool]:
+    """Whether the namespace ``store`` names exists, and whether it holds a live item."""
     try:
         provider = await open_existing(store)
     except StoreNotFoundError:
-        return False
+        return False, False
     async with provider:
-        return any([result async for result in provider.search(StorageQuery(limit=1))])
+        return True, any([result async for result in provider.search(StorageQuery(limit=1))])
 
 
 async def run_demo(store: str, out: TextIO, force: bool = False) -> None:
-    """Walk one store through save, load, search and delete, printing each step.
+    """Walk one store through save, load, search and delete, printing each step; a namespace
+    the demo made is removed again at the end.
 
     Raises:
         ValidationError: the store already holds data and ``force`` is not set.
     """
-    if not force and await _holds_data(store):
+    existed, holds_data = await _found(store)
+    if holds_data and not force:
         raise ValidationError(f"demo: {redact(store)} already holds data; add --force to write into it anyway")
     provider = open_provider(store)
     out.write(f"unistore demo on {redact(store)} (native core: {'yes' if NATIVE else 'no'})\n")
@@ -62,6 +64,8 @@ async def run_demo(store: str, out: TextIO, force: bool = False) -> None:
         finally:  # a demo cut short (a closed pipe, ^C) leaves nothing in the store either
             with contextlib.suppress(StorageError):
                 await manager.delete_many([f"fruit:{name}" for name in fruits], "fruit")
+                if not existed:
+                    await provider.drop_namespace()
 
 
 async def _demo_steps(manager: UnifiedStorageManager, fruits: dict[str, str], out: TextIO) -> None:
