@@ -121,7 +121,8 @@ class ClosesAfter(io.StringIO):
 @pytest.mark.parametrize("lines", [2, 8])  # after the first save, after the first delete
 def test_a_demo_cut_short_leaves_nothing_in_the_store(store: str, lines: int) -> None:
     assert main(["demo", "--store", store], ClosesAfter(lines)) == EXIT_PIPE_CLOSED
-    assert run("--store", store, "search") == (0, "")  # was: the demo's fruit, left behind
+    # was: the demo's fruit, left behind; now not even the namespace the demo made
+    assert run("--store", store, "namespaces") == (1, "")
 
 
 # -- URLs and files that only look right -------------------------------------------------------------
@@ -172,4 +173,5 @@ def test_ctrl_c_is_one_line_and_the_demo_still_cleans_up(store: str, capsys: pyt
         main(["demo", "--store", store], InterruptedAfter(4)) == EXIT_INTERRUPTED
     )  # was a KeyboardInterrupt traceback
     assert capsys.readouterr().err == "unistore: interrupted\n"
-    assert run("--store", store, "search") == (0, "")
+    assert run("--store", store, "namespaces") == (1, "")  # not even the namespace the demo made
+    assert "holds no namespace" in capsys.readouterr().err
