@@ -942,3 +942,9 @@ class _NumberPath:
 def test_a_path_like_object_giving_no_path_is_refused() -> None:
     with pytest.raises(ValidationError, match="is not usable"):
         LmdbEngine(_NumberPath())  # type: ignore[arg-type]
+
+
+def test_a_path_the_file_system_cannot_encode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="is not usable: 'utf-8' codec can't encode"):
+        LmdbEngine(f"{tmp_path}/a\ud800b")
+    assert list(tmp_path.iterdir()) == []  # nothing made
