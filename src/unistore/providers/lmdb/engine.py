@@ -69,7 +69,7 @@ PURGE_BATCH = 1000
 #: Expired items a write transaction removes in passing.
 PURGE_IN_PASSING = 8
 #: What a candidate costs this engine on each access path, in µs, native core:
-#: measured over 100,000 items (docs/benchmarks.md, "Index layer").
+#: measured over the 100,000 items of benches/test_planner.py (docs/benchmarks.md, "Searches and the planner").
 COSTS = index.Costs(scan=0.46, fetch=1.36, posting=0.01, time_entry=0.3)
 #: A namespace with more content types than this is sized by its store's records.
 NAMESPACE_TYPES_COUNTED = 64
@@ -467,7 +467,7 @@ class LmdbEngine:
         return item
 
     def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
-        """The plan a search of ``query`` would follow now (see :func:`unistore.index.plan`).
+        """The plan a search of ``query`` would follow now (a :class:`~unistore.index.Plan`).
 
         Raises:
             ValidationError: a bad query field.
