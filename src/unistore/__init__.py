@@ -5,15 +5,16 @@ The library logs to the ``unistore`` logger and adds nothing to it but a
 and without one nothing reaches stderr (Python's last-resort handler never
 sees them). See docs/observability.md for the levels.
 
->>> import asyncio
->>> from unistore import UnifiedStorageManager, open_provider
->>> async def main():
-...     async with UnifiedStorageManager() as manager:
-...         manager.register_provider("note", open_provider("memory://"))
-...         await manager.save("greeting", {"text": "hi"}, "note", tags={"lang": "en"})
-...         return (await manager.load("greeting", "note")).data
->>> asyncio.run(main())
-{'text': 'hi'}
+Examples:
+    >>> import asyncio
+    >>> from unistore import UnifiedStorageManager, open_provider
+    >>> async def main():
+    ...     async with UnifiedStorageManager() as manager:
+    ...         manager.register_provider("note", open_provider("memory://"))
+    ...         await manager.save("greeting", {"text": "hi"}, "note", tags={"lang": "en"})
+    ...         return (await manager.load("greeting", "note")).data
+    >>> asyncio.run(main())
+    {'text': 'hi'}
 """
 
 import logging

@@ -239,8 +239,14 @@ class Costs:
     time_entry: float
 
 
-#: The access paths a plan can take.
-POSTINGS, KEYS, CREATED_RANGE, EXPIRES_RANGE = "postings", "keys", "created", "expires"
+POSTINGS = "postings"
+"""A plan's path: walk the posting list of one of its terms, AND the others with it."""
+KEYS = "keys"
+"""A plan's path: the keys that start with its literal (all keys when it is empty)."""
+CREATED_RANGE = "created"
+"""A plan's path: the items created from its ``low`` to its ``high``."""
+EXPIRES_RANGE = "expires"
+"""A plan's path: the items expiring from its ``low`` to its ``high``."""
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,6 @@ from .errors import ValidationError
 
 _bucket_of = bisect.bisect_left
 
-#: Upper bounds (seconds) of the histogram buckets; suited to latencies from
-#: microseconds (an embedded read) to seconds (a stalled backend).
 DEFAULT_BUCKETS = (
     1e-5,
     2.5e-5,
@@ -53,6 +51,9 @@ DEFAULT_BUCKETS = (
     10.0,
     math.inf,
 )
+"""Upper bounds (seconds) of the histogram buckets; suited to latencies from microseconds (an
+embedded read) to seconds (a stalled backend).
+"""
 
 _LabelKey = tuple[tuple[str, str], ...]
 _MetricKey = tuple[str, _LabelKey]
@@ -80,8 +81,6 @@ class MetricInfo:
     description: str
 
 
-#: Every metric unistore records (the manager, :class:`StorageMonitor` and the
-#: CLI's ``stats``), by name. Callers may record others; docs/observability.md lists these.
 STANDARD_METRICS: dict[str, MetricInfo] = {
     "storage_operations": MetricInfo(
         "counter",
@@ -114,6 +113,9 @@ STANDARD_METRICS: dict[str, MetricInfo] = {
         "Damaged records and index entries that searches, deletes by query and migrations passed over, by operation.",
     ),
 }
+"""Every metric unistore records (the manager, :class:`StorageMonitor` and the CLI's ``stats``), by
+name. Callers may record others; docs/observability.md lists these.
+"""
 
 
 @dataclass(frozen=True)
@@ -207,8 +209,8 @@ class Histogram:
 
 _Instrument = TypeVar("_Instrument", Counter, Gauge, Histogram)
 Instrument = Counter | Gauge | Histogram
-#: Called by :meth:`MetricsManager.watch` with a metric's name, labels and instrument.
 Watcher = Callable[[str, dict[str, str], Instrument], None]
+"""Called by :meth:`MetricsManager.watch` with a metric's name, labels and instrument."""
 
 
 @dataclass(frozen=True)
@@ -271,11 +273,12 @@ def _number(value: object, name: str) -> float:
 class MetricsManager:
     """A registry of counters, gauges and histograms.
 
-    >>> metrics = MetricsManager()
-    >>> metrics.counter("hits", 1, route="a")
-    >>> metrics.counter("hits", 2, route="a")
-    >>> metrics.value("hits", route="a")
-    3.0
+    Examples:
+        >>> metrics = MetricsManager()
+        >>> metrics.counter("hits", 1, route="a")
+        >>> metrics.counter("hits", 2, route="a")
+        >>> metrics.value("hits", route="a")
+        3.0
 
     Hot paths bind an instrument once (:meth:`bind_counter` and friends) and
     then update it without looking it up again.

@@ -38,17 +38,19 @@ from .index import CompiledQuery, compile_query, damage_met, skipped
 from .model import StorageItem, StorageQuery, now_micros, validate_time
 from .providers.base import StorageProvider
 
-#: Items read, compared and written together, by default: one transaction, or one
-#: script per shard, each (a Redis script blocks its server while it runs: keep it short).
 DEFAULT_BATCH_SIZE = 500
-#: The largest batch :func:`copy` takes.
+"""Items read, compared and written together, by default: one transaction, or one script per shard,
+each (a Redis script blocks its server while it runs: keep it short).
+"""
 MAX_BATCH_SIZE = 100_000
-#: Keys a report names for each kind of problem; the rest are counted.
+"""The largest batch :func:`copy` takes."""
 NAMED_PROBLEMS = 20
+"""Keys a report names for each kind of problem; the rest are counted."""
 
-#: ``progress(done, total)``: items read so far, and the number that matched when the
-#: copy began (None when not counted); called after each batch lands.
 Progress = Callable[[int, "int | None"], None]
+"""``progress(done, total)``: items read so far, and the number that matched when the copy began
+(None when not counted); called after each batch lands.
+"""
 
 
 @dataclass(frozen=True)

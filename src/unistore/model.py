@@ -21,17 +21,18 @@ from .errors import ValidationError
 
 T = TypeVar("T")
 
-#: An item's tags: tag key to tag value, both str.
 Tags = dict[str, str]
+"""An item's tags: tag key to tag value, both str."""
 
-#: The largest ``limit`` a query takes (a signed 64-bit count, as both cores hold it).
 MAX_LIMIT = (1 << 63) - 1
+"""The largest ``limit`` a query takes (a signed 64-bit count, as both cores hold it)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MICROSECOND = timedelta(microseconds=1)
-#: The instants a ``datetime`` can hold once converted to UTC.
 MIN_MICROS = (datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+"""The first instant a ``datetime`` can hold once converted to UTC, in µs from the epoch."""
 MAX_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc) - _EPOCH) // _ONE_MICROSECOND
+"""The last such instant."""
 
 
 @dataclass

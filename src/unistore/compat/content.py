@@ -30,8 +30,8 @@ from ..urls import open_provider
 C = TypeVar("C")
 R = TypeVar("R")
 
-#: The content type the adapter stores content under, unless told otherwise.
 DEFAULT_CONTENT_TYPE = "content"
+"""The content type the adapter stores content under, unless told otherwise."""
 
 
 def content_id_of(content: object) -> UUID:

@@ -43,12 +43,12 @@ from ..urls import open_provider
 
 T = TypeVar("T")
 
-#: The tag keys an entry's type, scope and metadata are stored under.
 TYPE_TAG = "memory.type"
+"""The tag keys an entry's type, scope and metadata are stored under."""
 SCOPE_TAG = "memory.scope"
 META_TAG_PREFIX = "memory.meta."
-#: The text of a :class:`MemoryQuery` that asks for no text criterion.
 ANY_TEXT = "*"
+"""The text of a :class:`MemoryQuery` that asks for no text criterion."""
 
 
 class MemoryType(str, Enum):

@@ -41,9 +41,10 @@ from .._version import __version__
 from ..errors import ValidationError
 from ..metrics import DEFAULT_BUCKETS, STANDARD_METRICS, Histogram, Instrument, MetricKind, MetricsManager, kind_of
 
-#: The explicit bucket boundaries of every published histogram: the registry's, without +inf
-#: (OpenTelemetry's last bucket is unbounded by definition).
 BUCKET_BOUNDARIES = tuple(bound for bound in DEFAULT_BUCKETS if bound != float("inf"))
+"""The explicit bucket boundaries of every published histogram: the registry's, without +inf
+(OpenTelemetry's last bucket is unbounded by definition).
+"""
 
 
 class _Publication:

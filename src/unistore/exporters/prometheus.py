@@ -7,11 +7,12 @@ counter ``x`` is exposed as ``x_total``, a histogram ``h`` as
 ``h_bucket{le=...}`` (cumulative, over the registry's own bucket bounds),
 ``h_sum`` and ``h_count``. Values are read at each scrape.
 
->>> from unistore.metrics import MetricsManager
->>> metrics = MetricsManager()
->>> metrics.counter("storage_operations", 1, operation="save", content_type="note", success="true")
->>> print(exposition(metrics).splitlines()[2])
-storage_operations_total{content_type="note",operation="save",success="true"} 1.0
+Examples:
+    >>> from unistore.metrics import MetricsManager
+    >>> metrics = MetricsManager()
+    >>> metrics.counter("storage_operations", 1, operation="save", content_type="note", success="true")
+    >>> print(exposition(metrics).splitlines()[2])
+    storage_operations_total{content_type="note",operation="save",success="true"} 1.0
 
 Needs ``prometheus_client``: ``pip install 'unistore[prometheus]'``.
 """

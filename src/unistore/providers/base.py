@@ -200,7 +200,7 @@ class StorageProvider(CleanupOnExit, Generic[T]):
         raise self._lacks("drop_namespace")
 
     async def explain(self, query: StorageQuery | CompiledQuery) -> Plan:
-        """The plan a search of ``query`` would follow now (see :func:`unistore.index.plan`).
+        """The plan a search of ``query`` would follow now (a :class:`~unistore.index.Plan`).
 
         Raises:
             ValidationError: a bad query field.

@@ -202,7 +202,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
         return count
 
     async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
-        """Every record is read (:data:`unistore.index.KEYS`, all keys): there is no index."""
+        """Every record is read (the ``keys`` path over all keys): there is no index."""
         index.compile_query(query)  # (a bad query is refused as a search would refuse it)
         return index.Plan(index.KEYS, candidates=len(self._records))
 

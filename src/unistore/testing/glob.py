@@ -23,10 +23,11 @@ Redis's rules, as its C code applies them to the UTF-8 bytes of pattern and key:
 It is a test oracle, not a fast matcher: a pattern of many stars that fails to
 match a long key can take Python's regex engine very long.
 
->>> glob_matches("user:?", "user:1"), glob_matches("user:?", "user:é")
-(True, False)
->>> glob_matches("[a-]x]", "x"), glob_matches(r"a\*", "a*"), glob_matches("[^", "z")
-(True, True, True)
+Examples:
+    >>> glob_matches("user:?", "user:1"), glob_matches("user:?", "user:é")
+    (True, False)
+    >>> glob_matches("[a-]x]", "x"), glob_matches(r"a\*", "a*"), glob_matches("[^", "z")
+    (True, True, True)
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-#: Nested stars beyond which Redis's matcher returns "no match" (``util.c``).
 MAX_NESTED_STARS = 1000
+"""Nested stars beyond which Redis's matcher returns "no match" (``util.c``)."""
 
 _STAR, _QUESTION, _OPEN, _CLOSE, _BACKSLASH, _CARET, _DASH = b"*?[]\\^-"
 

@@ -116,7 +116,6 @@ class Refusal:
     error: type[StorageError]
 
 
-#: Bad input a ``save_many`` must refuse whole, writing nothing.
 REFUSALS = [
     Refusal("data that is not storable", lambda items: {**items, "spoiler": object()}, {}, SerializationError),
     Refusal("a set deep in the data", lambda items: {**items, "spoiler": {"n": {1, 2}}}, {}, SerializationError),
@@ -128,6 +127,7 @@ REFUSALS = [
     Refusal("an empty content type", dict, {"content_type": ""}, ValidationError),
     Refusal("pairs, not a mapping", lambda items: list(items.items()), {}, ValidationError),
 ]
+"""Bad input a ``save_many`` must refuse whole, writing nothing."""
 
 #: Indexes into what was saved: a step picks keys that exist (or did).
 _PICKS = st.lists(st.integers(0, 63), max_size=3)
@@ -140,10 +140,11 @@ class ProviderMachine(RuleBasedStateMachine):
     A subclass sets :attr:`make_provider` and :attr:`hooks`: :func:`machine_class` makes one.
     """
 
-    #: Makes the fresh, empty provider of a run.
     make_provider: Factory
-    #: The suite's :meth:`check_store` and :meth:`purge`.
+    """Makes the fresh, empty provider of a run."""
     hooks: StoreHooks
+    """The suite's :meth:`~StoreHooks.check_store` and
+    :meth:`~StoreHooks.purge`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -277,8 +278,8 @@ class ProviderMachine(RuleBasedStateMachine):
                 self.loop.close()
 
 
-#: Steps in one run of the machine.
 STEPS = 10
+"""Steps in one run of the machine."""
 
 
 def machine_settings(base: settings) -> settings:

@@ -39,10 +39,8 @@ UTC = timezone.utc
 
 # -- keys, names, expiries ------------------------------------------------------
 
-#: 474 + 2 * 20 UTF-8 bytes: past LMDB's 506-byte key limit, with the 475-byte cut inside an 'é'.
 LONG_KEY = "x" * 474 + "é" * 20
-#: Keys that have broken providers: glob characters, braces (Redis Cluster hash tags),
-#: non-ASCII, and keys around LMDB's key limit that differ only in their last bytes.
+"""474 + 2 * 20 UTF-8 bytes: past LMDB's 506-byte key limit, with the 475-byte cut inside an 'é'."""
 ODD_KEYS = [
     "a",
     "b",
@@ -66,24 +64,30 @@ ODD_KEYS = [
     LONG_KEY + "a",
     LONG_KEY + "b",
 ]
-#: The alphabet of drawn keys: glob characters among a few others.
+"""Keys that have broken providers: glob characters, braces (Redis Cluster hash tags), non-ASCII,
+and keys around LMDB's key limit that differ only in their last bytes.
+"""
 KEY_ALPHABET = "ab:*?[]\\{}é"
+"""The alphabet of drawn keys: glob characters among a few others."""
 CONTENT_TYPES = ["ta", "tb", "é"]
+"""The content types drawn: few, so that items meet, one of them not ASCII."""
 TAG_NAMES = ["t", "u", "é"]
+"""The tag names drawn."""
 TAG_VALUES = ["x", "y", "", "*"]
+"""The tag values drawn: the empty one and a glob character among them."""
 
-#: A far-future instant. After 2255 a time is no longer exact as a double (Redis's sorted-set
-#: scores), so expiries around it and around the last instant a datetime holds both occur.
 FAR = datetime(2200, 1, 1, tzinfo=UTC)
-#: The last instant a ``datetime`` holds.
+"""A far-future instant. After 2255 a time is no longer exact as a double (Redis's sorted-set
+scores), so expiries around it and around the last instant a datetime holds both occur.
+"""
 LAST = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
-#: Expiries already past: accepted, and the item is invisible at once.
+"""The last instant a ``datetime`` holds."""
 PAST = [
     datetime(1, 1, 1, tzinfo=UTC),
     datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
     datetime(2000, 1, 1, tzinfo=UTC),
 ]
-#: Expiries that never come during a test, some a microsecond apart.
+"""Expiries already past: accepted, and the item is invisible at once."""
 FUTURE = [
     FAR,
     FAR + timedelta(microseconds=1),
@@ -92,6 +96,7 @@ FUTURE = [
     LAST - timedelta(microseconds=1),
     LAST,
 ]
+"""Expiries that never come during a test, some a microsecond apart."""
 
 
 @functools.cache
@@ -203,9 +208,10 @@ def batches(
 
 # -- patterns ---------------------------------------------------------------------
 
-#: Pattern pieces that meet :func:`keys`: literals, escapes, classes, wildcards, the long
-#: keys' prefixes, an unterminated class and a lone backslash (literal where it ends a pattern).
 PATTERN_PARTS = ["a", "b", ":", "é", "{", "}", "*", "?", "[ab]", "[^a]", "[a-c]", "[*?]", "[\\]]", "[é]"]
+"""Pattern pieces that meet :func:`keys`: literals, escapes, classes, wildcards, the long keys'
+prefixes, an unterminated class and a lone backslash (literal where it ends a pattern).
+"""
 PATTERN_PARTS += ["\\*", "\\?", "\\[", "\\]", "\\\\", "[", "\\", "x" * 474, "y" * 506]
 
 
@@ -254,8 +260,8 @@ def key_patterns() -> st.SearchStrategy[KeyPattern]:
 
 # -- queries ------------------------------------------------------------------------
 
-#: A bound on a time: which save's (created) or which instant (expires), nudged by -1, 0 or 1 µs.
 Bound = tuple[int, int]
+"""A bound on a time: which save's (created) or which instant (expires), nudged by -1, 0 or 1 µs."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _FIRST, _LAST = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MICROSECOND, (LAST - _EPOCH) // _MICROSECOND
@@ -320,10 +326,10 @@ class QueryShape:
         )
 
 
-#: The criteria a shape draws from.
 CRITERIA = ["pattern", "content_type", "tags", "created_after", "created_before", "expires_after", "expires_before"]
-#: The query of everything.
+"""The criteria a shape draws from."""
 EVERYTHING = QueryShape()
+"""The query of everything."""
 
 
 @functools.cache

@@ -545,7 +545,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         return await self.explain_shard(query, 0)
 
     async def explain_shard(self, query: StorageQuery | index.CompiledQuery, shard: int) -> index.Plan:
-        """The plan a search of ``query`` would follow now in ``shard`` (see :func:`unistore.index.plan`).
+        """The plan a search of ``query`` would follow now in ``shard`` (a :class:`~unistore.index.Plan`).
 
         Raises:
             ValidationError: a bad query field.
