@@ -178,7 +178,11 @@ class UnifiedStorageManager(CleanupOnExit):
         """Save through the provider of ``content_type``; see :meth:`StorageProvider.save`.
 
         Raises:
+            ValidationError: a bad key, content type, tags or ``expires_at``; nothing is written.
+            SerializationError: ``data`` cannot be stored; nothing is written.
             ProviderNotFoundError: no provider for ``content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         provider = self._provider(content_type, "save")
         return await self._measured("save", content_type, provider.save(key, data, content_type, expires_at, tags))
@@ -187,8 +191,11 @@ class UnifiedStorageManager(CleanupOnExit):
         """The live item under ``key`` stored with ``content_type``.
 
         Raises:
+            ValidationError: a bad key or content type.
             ProviderNotFoundError: no provider for ``content_type``.
             ItemNotFoundError: no such live item of that content type.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         provider = self._provider(content_type, "load")
         return await self._measured("load", content_type, provider.load(key, content_type=content_type))
@@ -197,7 +204,10 @@ class UnifiedStorageManager(CleanupOnExit):
         """Delete the item under ``key`` if it is stored with ``content_type``; True if one was.
 
         Raises:
+            ValidationError: a bad key or content type.
             ProviderNotFoundError: no provider for ``content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         provider = self._provider(content_type, "delete")
         return await self._measured("delete", content_type, provider.delete(key, content_type=content_type))
@@ -215,7 +225,12 @@ class UnifiedStorageManager(CleanupOnExit):
         all or nothing; see :meth:`StorageProvider.save_many`.
 
         Raises:
+            ValidationError: a bad key (any of them), content type, tags or ``expires_at``;
+                nothing is written.
+            SerializationError: a ``data`` cannot be stored; nothing is written.
             ProviderNotFoundError: no provider for ``content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         provider = self._provider(content_type, "save_many")
         call = provider.save_many(items, content_type, expires_at, tags)
@@ -225,7 +240,10 @@ class UnifiedStorageManager(CleanupOnExit):
         """The live items under ``keys`` stored with ``content_type``, by key; the others are absent.
 
         Raises:
+            ValidationError: a bad key or content type.
             ProviderNotFoundError: no provider for ``content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         provider = self._provider(content_type, "load_many")
         return await self._measured("load_many", content_type, provider.load_many(keys, content_type=content_type))
@@ -234,7 +252,10 @@ class UnifiedStorageManager(CleanupOnExit):
         """Delete the items under ``keys`` stored with ``content_type``; how many there were.
 
         Raises:
+            ValidationError: a bad key or content type; nothing is deleted.
             ProviderNotFoundError: no provider for ``content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         provider = self._provider(content_type, "delete_many")
         return await self._measured("delete_many", content_type, provider.delete_many(keys, content_type=content_type))
@@ -247,6 +268,8 @@ class UnifiedStorageManager(CleanupOnExit):
         Raises:
             ValidationError: a bad query field.
             ProviderNotFoundError: no provider for ``query.content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         label = _label(getattr(query, "content_type", None))
         return await self._measured("delete_matching", label, self._delete_matching(query))
@@ -267,9 +290,11 @@ class UnifiedStorageManager(CleanupOnExit):
         """Results from the provider of ``query.content_type``, or from every
         distinct provider once when it is None, up to ``query.limit`` in all.
 
-        Raises (when iterated):
-            ValidationError: a bad query field.
+        Raises:
+            ValidationError: a bad query field (when iterated, as every error here).
             ProviderNotFoundError: no provider for ``query.content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         return self._search(query, "search", None, 0.0)
 
@@ -294,10 +319,12 @@ class UnifiedStorageManager(CleanupOnExit):
             text: the words to look for, or None for no ranking.
             min_score: results scoring less are left out (0.0 to 1.0).
 
-        Raises (when iterated):
+        Raises:
             ValidationError: a bad query field, ``text`` without a word, or
-                ``min_score`` outside 0.0 to 1.0.
+                ``min_score`` outside 0.0 to 1.0 (when iterated, as every error here).
             ProviderNotFoundError: no provider for ``query.content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
         return self._search(query, "retrieve", text, min_score)
 

@@ -118,3 +118,15 @@ def test_base_classes_of_unistore_are_links(site: dict[str, Page]) -> None:
     assert any("CleanupOnExit" in item for item in bases)
     unresolved = [item for item in bases if item.startswith('<span title="unistore')]
     assert not unresolved
+
+
+def test_no_list_is_swallowed_by_a_paragraph(site: dict[str, Page]) -> None:
+    # A list item whose continuation is indented too little ends the list: the items after
+    # it become one paragraph of "- " lines.
+    swallowed = {
+        name: paragraph[:80]
+        for name, page in site.items()
+        for paragraph in re.findall(r"<p>((?:(?!</p>).)*)</p>", page.html, re.DOTALL)
+        if re.search(r"\n\s*[-*] ", paragraph)
+    }
+    assert not swallowed

@@ -252,8 +252,8 @@ class UnifiedMemoryStore(Generic[T]):
     async def retrieve(self, query: MemoryQuery) -> AsyncIterator[MemorySearchResult[T]]:
         """The entries ``query`` selects, best first, from ``offset``, at most ``limit``.
 
-        Raises (when iterated):
-            ValidationError: a bad query field.
+        Raises:
+            ValidationError: a bad query field (when iterated).
         """
         _checked(query)
         tags = {f"{META_TAG_PREFIX}{name}": _meta_tag(value, name) for name, value in dict(query.metadata).items()}
