@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -30,11 +31,13 @@ from .redaction import redact
 class Opening(NamedTuple):
     """What an opener makes of a URL: the call that makes its provider, the call that
     lists its store's namespaces (a store-wide question, asked with or without a namespace),
-    and whether the store outlives the process that opens it."""
+    whether the store outlives the process that opens it, and the call that names the
+    directory a new store there would need made first (None: nothing is missing)."""
 
     construct: Callable[[], StorageProvider[Any]]
     namespaces: Callable[[], Awaitable[list[Namespace]]]
     lasting: bool = True
+    missing_parent: Callable[[], str | None] = lambda: None
 
 
 def _asking(construct: Callable[[], StorageProvider[Any]]) -> Callable[[], Awaitable[list[Namespace]]]:
@@ -98,6 +101,12 @@ def _lmdb_options(params: dict[str, str]) -> dict[str, Any]:
     return options
 
 
+def missing_parent(path: str) -> str | None:
+    """The directory that must exist before a new store at ``path`` is made, if it does not."""
+    parent = os.path.dirname(os.path.abspath(path))
+    return None if os.path.exists(path) or os.path.isdir(parent) else parent
+
+
 def _open_lmdb(url: SplitResult, params: dict[str, str], create: bool) -> Opening:
     path = lmdb_path(url)
     options = _lmdb_options(params)
@@ -106,6 +115,7 @@ def _open_lmdb(url: SplitResult, params: dict[str, str], create: bool) -> Openin
     return Opening(
         functools.partial(LmdbStorageProvider, path, namespace=namespace, create=create, **options),
         functools.partial(asyncio.to_thread, store_namespaces, path, **options),
+        missing_parent=functools.partial(missing_parent, path),
     )
 
 
@@ -173,17 +183,25 @@ def open_provider(url: str) -> StorageProvider[Any]:
 
 def open_lasting(url: str, purpose: str) -> StorageProvider[Any]:
     """:func:`open_provider` for a store that must outlive this process (what a command
-    writes must still be there when it has ended): ``memory://`` is refused.
+    writes must still be there when it has ended): ``memory://`` is refused, and so is a
+    new LMDB store whose parent directory does not exist (a mistyped path is not made).
 
     Raises:
-        ValidationError: as :func:`open_provider`, or the store dies with the process
-            (``purpose`` names what it was wanted for, in the message).
+        ValidationError: as :func:`open_provider`, the store dies with the process, or
+            its parent directory is missing (``purpose`` names what it was wanted for, in
+            the message).
     """
     _, _, opening = _opening(url, create=True)
     if not opening.lasting:
         raise ValidationError(
             f"{purpose}: {redact(url)} keeps nothing once this process ends; use a lasting store "
             "(lmdb://, redis://, redis+cluster://)"
+        )
+    missing = opening.missing_parent()
+    if missing is not None:
+        raise ValidationError(
+            f"{purpose}: no directory {missing!r} to make the store {redact(url)} in; "
+            "create it first if that is the place you meant"
         )
     return opening.construct()
 
@@ -288,6 +306,7 @@ def _opening(url: str, create: bool) -> tuple[SplitResult, dict[str, str], Openi
 
 __all__ = [
     "lmdb_path",
+    "missing_parent",
     "namespace_of",
     "namespace_urls",
     "open_existing",

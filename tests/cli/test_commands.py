@@ -505,6 +505,27 @@ def test_a_store_that_dies_with_the_command_is_refused_for_what_must_last(
     assert run("demo", "--store", "memory://")[0] == 0  # the demo shows and leaves nothing, by design
 
 
+def test_a_mistyped_path_is_not_made(store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # put (and migrate, backup) into lmdb://./typo/dir/store made every missing directory
+    # without a word; a new store or copy is made only in a directory that exists.
+    typo = tmp_path / "typo"
+    assert run("--store", f"lmdb://{typo}/dir/store", "put", "k", "1") == (1, "")
+    assert capsys.readouterr().err == (
+        f"unistore: put: no directory '{typo}/dir' to make the store lmdb://{typo}/dir/store in; "
+        "create it first if that is the place you meant\n"
+    )
+    _fill(store)
+    assert run("migrate", store, f"lmdb://{typo}/target") == (1, "")
+    assert capsys.readouterr().err.startswith(f"unistore: migrate: no directory '{typo}' to make the store")
+    assert run("--store", store, "backup", str(typo / "copy")) == (1, "")
+    assert capsys.readouterr().err == (
+        f"unistore: backup: no directory '{typo}' to make the copy '{typo / 'copy'}' in; create it first\n"
+    )
+    assert not typo.exists()
+    assert run("--store", f"lmdb://{tmp_path}/new", "put", "k", "1")[0] == 0  # its parent exists: made
+    assert run("--store", store, "backup", str(tmp_path / "copy"))[0] == 0
+
+
 def test_migrate_copies_every_namespace_of_the_source_into_its_namesake(
     store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

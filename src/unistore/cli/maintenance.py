@@ -14,7 +14,7 @@ from ..metrics import MetricsManager, StorageMonitor
 from ..providers.base import StorageProvider
 from ..providers.maintenance import Usage, merge
 from ..redaction import redact
-from ..urls import namespace_of, namespace_urls, open_existing
+from ..urls import missing_parent, namespace_of, namespace_urls, open_existing
 from .render import columns, progress_bar
 
 #: The gauge ``stats`` sets to the live items of a content type (``storage_size`` holds their bytes).
@@ -139,6 +139,9 @@ async def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
 
 async def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
     """``backup DEST [--compact]``: a copy of the whole store (refused where the backend has none of ours)."""
+    missing = missing_parent(args.dest)
+    if missing is not None:  # (a mistyped path is not made)
+        raise ValidationError(f"backup: no directory {missing!r} to make the copy {args.dest!r} in; create it first")
     [first, *_] = await namespace_urls(args.store)  # (the whole store is copied, from any namespace)
     async with _maintained(first) as provider:
         await provider.backup(args.dest, compact=args.compact)
