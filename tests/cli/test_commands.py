@@ -524,6 +524,10 @@ def test_a_mistyped_path_is_not_made(store: str, tmp_path: Path, capsys: pytest.
     assert not typo.exists()
     assert run("--store", f"lmdb://{tmp_path}/new", "put", "k", "1")[0] == 0  # its parent exists: made
     assert run("--store", store, "backup", str(tmp_path / "copy"))[0] == 0
+    capsys.readouterr()
+    # A Redis URL names no directory: the command goes on to the server (none listens here).
+    assert run("--store", "redis://127.0.0.1:1/0", "put", "k", "1") == (1, "")
+    assert capsys.readouterr().err.startswith("unistore: Redis is unreachable")
 
 
 def test_migrate_copies_every_namespace_of_the_source_into_its_namesake(
