@@ -559,7 +559,15 @@ def test_a_refused_put_makes_no_store(tmp_path: Path, capsys: pytest.CaptureFixt
     # store's directory anyway.
     store = f"lmdb://{tmp_path}/new?durability=none"
     assert run("--store", store, "put", "k", "1", "--tag", "a=b", "--tag", "a=c") == (1, "")
-    assert capsys.readouterr().err == "unistore: tag 'a' is given twice (a=b and a=c): an item has one value per tag\n"
+    assert (
+        capsys.readouterr().err == "unistore: tag 'a' is given twice ('a=b' and 'a=c'): an item has one value per tag\n"
+    )
+    # A value with a line break is shown escaped: the error stays one line.
+    assert run("--store", store, "put", "k", "1", "--tag", "0=", "--tag", "0=\n") == (1, "")
+    assert (
+        capsys.readouterr().err
+        == "unistore: tag '0' is given twice ('0=' and '0=\\n'): an item has one value per tag\n"
+    )
     assert run("--store", store, "put", "k", "1", "--type", "") == (1, "")
     assert "content_type must not be empty" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()

@@ -37,7 +37,7 @@ def tags_option(given: Sequence[str] | None) -> dict[str, str] | None:
             raise ValidationError(f"bad tag {text!r}: write it as key=value")
         if key in tags:
             raise ValidationError(
-                f"tag {key!r} is given twice ({key}={tags[key]} and {text}): an item has one value per tag"
+                f"tag {key!r} is given twice ({key + '=' + tags[key]!r} and {text!r}): an item has one value per tag"
             )
         tags[key] = value
     return tags
