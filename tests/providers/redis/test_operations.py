@@ -164,8 +164,14 @@ async def test_a_read_only_replica_serves_every_read_and_refuses_writes_clearly(
     writer = RedisStorageProvider({"port": master, "namespace": namespace, "shards": 2})
     await writer.save_many({f"k{n}": n for n in range(100)}, "doc", tags={"all": "yes"})
     await writer.save("soon", 1, "doc", expires_at=datetime.now(UTC) + timedelta(hours=1))
-    with redis.Redis(port=master) as client:
-        assert client.execute_command("WAIT", 1, 10_000) == 1
+    # (WAIT counts the replicas that have what its own connection wrote: a fresh one wrote
+    # nothing, so it answered at once. Wait instead for the replica's offset to reach the master's.)
+    with redis.Redis(port=master) as source, redis.Redis(port=replica) as copy:
+        written = source.info("replication")["master_repl_offset"]
+        deadline = time.monotonic() + 10
+        while copy.info("replication").get("slave_repl_offset", -1) < written:
+            assert time.monotonic() < deadline, "the replica did not catch up within 10 s"
+            time.sleep(0.01)
     reader = RedisStorageProvider({"port": replica, "namespace": namespace, "shards": 2})
     try:
         assert (await reader.load("k7")).data == 7
