@@ -220,6 +220,41 @@ def test_search_with_a_bad_query(store: str, capsys: pytest.CaptureFixture[str])
     assert run("--store", store, "search", "--limit", "0") == (0, "")
 
 
+def test_search_in_order_and_by_pages(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(store)
+    keys = lambda *argv: [json.loads(line)["key"] for line in run("--store", store, "search", *argv)[1].splitlines()]  # noqa: E731
+    assert keys("--order-by=-key") == ["long", "b:1", "a:2", "a:1"]
+    assert keys("--order-by", "created_at", "--limit", "2") == ["a:1", "a:2"]  # saved in that order
+    assert keys("--order-by=-updated_at", "--type", "doc") == ["a:2", "a:1"]
+    capsys.readouterr()
+    assert keys("--order-by=-key", "--page-size", "3") == ["long", "b:1", "a:2"]
+    err = capsys.readouterr().err
+    assert err.startswith("next: ") and err.count("\n") == 1  # the cursor alone, on stderr
+    cursor = err.removeprefix("next: ").strip()
+    assert keys("--order-by=-key", "--page-size", "3", "--after", cursor) == ["a:1"]
+    assert capsys.readouterr().err == ""  # the last page: no next
+    # A cursor of another query, a bad order, a page without a size: one line each.
+    refusals = [
+        (["--order-by=key", "--page-size", "3", "--after", cursor], "unistore: cursor was made for another query"),
+        (["--order-by", "size"], "unistore: --order-by must be key, created_at, updated_at, with a leading -"),
+        (["--after", cursor], "unistore: --after names a page: give --page-size too"),
+        (["--page-size", "0"], "unistore: --page-size must be 1 or more, got 0"),
+    ]
+    for argv, said in refusals:
+        assert run("--store", store, "search", *argv) == (1, ""), argv
+        err = capsys.readouterr().err
+        assert err.startswith(said) and err.count("\n") == 1, err
+
+
+def test_count(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _fill(store)
+    assert run("--store", store, "count") == (0, "4\n")
+    assert run("--store", store, "count", "--tag", "c=red", "--type", "doc") == (0, "1\n")
+    assert run("--store", store, "count", "--pattern", "nothing*") == (0, "0\n")
+    assert run("--store", f"{store}&namespace=missing", "count")[0] == 1
+    assert "has no namespace 'missing'" in capsys.readouterr().err
+
+
 # -- stats and namespaces -------------------------------------------------------------------------
 
 
@@ -481,6 +516,8 @@ def test_bench_prints_unistore_against_the_raw_engine(capsys: pytest.CaptureFixt
 
 def test_python_m_unistore_is_the_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(sys, "argv", ["unistore", "--version"])
+    # As `python -m` finds it: not imported yet (a test before this one may have imported it).
+    monkeypatch.delitem(sys.modules, "unistore.__main__", raising=False)
     with pytest.raises(SystemExit) as exited:
         runpy.run_module("unistore", run_name="__main__")
     assert exited.value.code == 0 and capsys.readouterr().out == f"unistore {version()}\n"

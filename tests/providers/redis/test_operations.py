@@ -171,7 +171,7 @@ async def test_a_read_only_replica_serves_every_read_and_refuses_writes_clearly(
         deadline = time.monotonic() + 10
         while copy.info("replication").get("slave_repl_offset", -1) < written:
             assert time.monotonic() < deadline, "the replica did not catch up within 10 s"
-            time.sleep(0.01)
+            await asyncio.sleep(0.01)
     reader = RedisStorageProvider({"port": replica, "namespace": namespace, "shards": 2})
     try:
         assert (await reader.load("k7")).data == 7
