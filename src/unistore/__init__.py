@@ -33,7 +33,7 @@ from .errors import (
 )
 from .manager import UnifiedStorageManager
 from .metrics import MetricsManager, StorageMonitor
-from .model import StorageItem, StorageMetadata, StorageQuery, StorageResult
+from .model import StorageItem, StorageMetadata, StoragePage, StorageQuery, StorageResult
 from .providers.base import StorageProvider
 from .urls import open_provider
 
@@ -51,6 +51,7 @@ __all__ = [
     "StorageItem",
     "StorageMetadata",
     "StorageMonitor",
+    "StoragePage",
     "StorageProvider",
     "StorageQuery",
     "StorageResult",

@@ -79,10 +79,13 @@ def query_postings(spec: QuerySpec) -> list[tuple[int, bytes]]:
 
 @dataclass(frozen=True)
 class CompiledQuery:
-    """A checked query and its header matcher."""
+    """A checked query and its header matcher; ``after``: for an ordered query, the
+    position its results start strictly after (a page's cursor; see
+    :mod:`unistore.ordering`), None: from the first."""
 
     spec: QuerySpec
     matcher: QueryMatcher
+    after: tuple[Any, ...] | None = None
 
 
 def compile_query(query: StorageQuery | CompiledQuery) -> CompiledQuery:

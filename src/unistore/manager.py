@@ -18,6 +18,7 @@ search whose results carry a relevance ``score`` and ``highlights`` for a text.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -25,10 +26,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, 
 from datetime import datetime
 from typing import Any, TypeVar
 
+from . import ordering
 from .errors import ItemNotFoundError, ProviderNotFoundError, SerializationError, StorageError, ValidationError
-from .index import compile_query
+from .index import CompiledQuery, compile_query
 from .metrics import MetricsManager
-from .model import StorageItem, StorageQuery, StorageResult, Tags, validate_name
+from .model import StorageItem, StoragePage, StorageQuery, StorageResult, Tags, validate_name
 from .providers.base import CleanupOnExit, StorageProvider
 from .ranking import Ranking
 
@@ -336,34 +338,101 @@ class UnifiedStorageManager(CleanupOnExit):
         started = _perf_counter()
         try:
             compiled = compile_query(query)  # once, for every provider
-            remaining = compiled.spec.limit
             providers = self._providers_of(query)
             ranking = Ranking.of(text, min_score)
-            if ranking is not None:  # every match is ranked; the limit applies to the ranked
-                compiled = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
-            for provider in providers:
-                if remaining == 0:
-                    break
-                results = provider.search(compiled)
-                try:
-                    async for result in results:
-                        if ranking is not None:
-                            ranking.add(result.item)
-                            continue
+            if ranking is None:
+                async with contextlib.aclosing(self._fan_out(compiled, providers)) as results:
+                    async for result in results:  # (a caller that stops early closes each provider's search)
                         yield result
-                        if remaining is not None:
-                            remaining -= 1
-                            if remaining == 0:
-                                break
-                finally:
-                    await _close(results)
-            if ranking is not None:
-                for ranked in ranking.best(remaining):
+            else:  # every match is ranked; the limit applies to the ranked
+                if compiled.spec.order is not None:
+                    raise ValidationError("query.order_by: a retrieval with text orders its results by score")
+                everything = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+                async for result in self._fan_out(everything, providers):
+                    ranking.add(result.item)
+                for ranked in ranking.best(compiled.spec.limit):
                     yield ranked
         except BaseException as exc:
             instruments.finish(started, exc)
             raise
         instruments.finish(started, None)
+
+    async def _fan_out(
+        self, compiled: CompiledQuery, providers: list[StorageProvider[Any]]
+    ) -> AsyncGenerator[StorageResult[Any], None]:
+        """The results of ``compiled`` from each of ``providers``, up to its limit in all: one
+        provider after another, or, for an ordered query, their ordered streams merged."""
+        order, remaining = compiled.spec.order, compiled.spec.limit
+        if order is not None:
+            streams = [provider.search(compiled) for provider in providers]
+            try:
+                async for result in ordering.merge(streams, order, remaining):
+                    yield result
+            finally:
+                for stream in streams:
+                    await _close(stream)
+            return
+        for provider in providers:
+            if remaining == 0:
+                break
+            results = provider.search(compiled)
+            try:
+                async for result in results:
+                    yield result
+                    if remaining is not None:
+                        remaining -= 1
+                        if remaining == 0:
+                            break
+            finally:
+                await _close(results)
+
+    async def page(self, query: StorageQuery, size: int, cursor: str | None = None) -> StoragePage[Any]:
+        """The ``size`` results that follow ``cursor`` (None: the first page) in the
+        query's order (``"key"`` when it names none), from the provider of
+        ``query.content_type`` or from every distinct provider, their ordered results
+        merged; ``next`` is the cursor of the following page, None on the last. Each
+        provider reads what an ordered search of ``size + 1`` from the cursor reads.
+
+        Raises:
+            ValidationError: a bad query field or ``size``, or a cursor that is damaged,
+                altered, or was made for another query.
+            ProviderNotFoundError: no provider for ``query.content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
+        """
+        label = _label(getattr(query, "content_type", None))
+        return await self._measured("page", label, self._page(query, size, cursor))
+
+    async def _page(self, query: StorageQuery, size: int, cursor: str | None) -> StoragePage[Any]:
+        request = ordering.page_request(query, size, cursor)
+        results = [result async for result in self._fan_out(request.compiled, self._providers_of(query))]
+        return ordering.finish_page(request, results)
+
+    async def count(self, query: StorageQuery) -> int:
+        """How many live items ``query`` matches (up to its ``limit``; its order plays no
+        part), in the provider of ``query.content_type`` or in every distinct provider,
+        counted by record headers (no payload is decoded).
+
+        Raises:
+            ValidationError: a bad query field.
+            ProviderNotFoundError: no provider for ``query.content_type``.
+            StorageConnectionError: the provider's backend cannot be reached (a
+                :class:`~unistore.errors.StorageError`, as every failure of the backend is).
+        """
+        label = _label(getattr(query, "content_type", None))
+        return await self._measured("count", label, self._count(query))
+
+    async def _count(self, query: StorageQuery) -> int:
+        compiled = ordering.unordered(query)
+        limit = compiled.spec.limit
+        counted = 0
+        for provider in self._providers_of(query):
+            if counted == limit:
+                break
+            if limit is not None:  # a limit counts over every provider, as in search
+                compiled = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=limit - counted))
+            counted += await provider.count(compiled)
+        return counted
 
     async def cleanup(self) -> None:
         """Clean up each distinct provider once. Every provider is tried; the

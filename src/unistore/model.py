@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 from uuid import UUID
 
 from .errors import ValidationError
@@ -93,6 +93,10 @@ class StorageQuery:
         expires_after: items expiring at or after this instant (never one without expiry).
         expires_before: items expiring at or before this instant (never one without expiry).
         limit: the most results to yield, from 0 to 2**63 - 1; None: all.
+        order_by: the order of the results: ``"key"``, ``"created_at"`` or
+            ``"updated_at"``, with a leading ``-`` for descending (``"-created_at"``:
+            newest first); ties are broken by key, then by content type, in the same
+            direction. None: no particular order (the cheapest).
     """
 
     pattern: str | None = None
@@ -103,6 +107,7 @@ class StorageQuery:
     expires_after: datetime | None = None
     expires_before: datetime | None = None
     limit: int | None = None
+    order_by: str | None = None
 
 
 @dataclass
@@ -119,6 +124,21 @@ class StorageResult(Generic[T]):
     item: StorageItem[T]
     score: float = 1.0
     highlights: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StoragePage(Generic[T]):
+    """One page of a walk through a query's results in order (``page``).
+
+    Attributes:
+        results: the page's results, in the query's order: exactly the size asked for,
+            but on the last page.
+        next: the cursor of the following page (an opaque, URL-safe str: give it to
+            ``page`` with the same query); None on the last page.
+    """
+
+    results: list[StorageResult[T]]
+    next: str | None
 
 
 # -- time ---------------------------------------------------------------------
@@ -234,6 +254,35 @@ def validate_time(value: object, field_name: str) -> int | None:
         raise ValidationError(f"{field_name}: {exc}") from exc
 
 
+#: The fields a query can be ordered by.
+ORDER_FIELDS = ("key", "created_at", "updated_at")
+
+
+class Order(NamedTuple):
+    """A checked ``order_by``: the field and the direction."""
+
+    field: str
+    descending: bool
+
+
+def validate_order(order_by: object) -> Order | None:
+    """``None``, or one of :data:`ORDER_FIELDS` with an optional leading ``-``.
+
+    Raises:
+        ValidationError: anything else.
+    """
+    if order_by is None:
+        return None
+    if isinstance(order_by, str):
+        field_name = str.removeprefix(order_by, "-")  # str's own: a subclass may override it
+        if field_name in ORDER_FIELDS:
+            return Order(field_name, str.startswith(order_by, "-"))
+    raise ValidationError(
+        f"query.order_by must be None or one of {', '.join(ORDER_FIELDS)} (with a leading - for "
+        f"descending), got {order_by!r}"
+    )
+
+
 @dataclass(frozen=True)
 class QuerySpec:
     """A checked :class:`StorageQuery` in the record format's terms."""
@@ -246,6 +295,7 @@ class QuerySpec:
     expires_after: int | None
     expires_before: int | None
     limit: int | None
+    order: Order | None = None
 
 
 def validate_query(query: object) -> QuerySpec:
@@ -276,14 +326,18 @@ def validate_query(query: object) -> QuerySpec:
         expires_after=validate_time(query.expires_after, "query.expires_after"),
         expires_before=validate_time(query.expires_before, "query.expires_before"),
         limit=limit,
+        order=validate_order(query.order_by),
     )
 
 
 __all__ = [
     "MAX_LIMIT",
+    "ORDER_FIELDS",
+    "Order",
     "QuerySpec",
     "StorageItem",
     "StorageMetadata",
+    "StoragePage",
     "StorageQuery",
     "StorageResult",
     "Tags",
@@ -293,6 +347,7 @@ __all__ = [
     "validate_key",
     "validate_keys",
     "validate_name",
+    "validate_order",
     "validate_query",
     "validate_tags",
     "validate_time",

@@ -138,6 +138,9 @@ BAD_QUERIES = [
     (StorageQuery(limit=2**63), r"query.limit must be None or an int from 0 to 2\*\*63 - 1"),
     (StorageQuery(limit=True), "query.limit"),
     (StorageQuery(limit=2.0), "query.limit"),  # type: ignore[arg-type]
+    (StorageQuery(order_by="size"), "query.order_by must be None or one of key, created_at, updated_at"),
+    (StorageQuery(order_by="+key"), "query.order_by must be"),
+    (StorageQuery(order_by=1), "query.order_by must be"),  # type: ignore[arg-type]
 ]
 
 

@@ -90,6 +90,13 @@ async def test_score_is_the_share_of_words_found_best_first(manager: UnifiedStor
     assert highlights["n5"] == ["brown bread"]
 
 
+async def test_an_order_applies_without_text_and_is_refused_with_it(manager: UnifiedStorageManager) -> None:
+    results = await ranked(manager, StorageQuery(tags={"kind": "odd"}, order_by="-key"), None)
+    assert [key for key, _, _ in results] == ["n5", "n3", "n1"]
+    with pytest.raises(ValidationError, match="a retrieval with text orders its results by score"):
+        await ranked(manager, StorageQuery(order_by="key"), "quick")
+
+
 async def test_limit_is_exact_after_ranking(manager: UnifiedStorageManager) -> None:
     results = await ranked(manager, StorageQuery(limit=2), "quick brown fox")
     assert [key for key, _, _ in results] == ["n1", "n4"]

@@ -24,7 +24,15 @@ from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from helpers import ROOT, UTC
-from unistore import SerializationError, StorageItem, StorageMetadata, StorageProvider, StorageQuery, StorageResult
+from unistore import (
+    SerializationError,
+    StorageItem,
+    StorageMetadata,
+    StorageProvider,
+    StorageQuery,
+    StorageResult,
+    ordering,
+)
 from unistore.index import CompiledQuery
 from unistore.model import Tags
 from unistore.providers import MemoryStorageProvider
@@ -420,9 +428,12 @@ class IgnoresLimit(ThirdPartyProvider):
     """Yields every match, whatever the limit."""
 
     async def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
-        if not isinstance(query, StorageQuery):  # the manager's compiled queries do not come here
-            raise TypeError(query)
-        async for result in self.inner.search(dataclasses.replace(query, limit=None)):
+        unlimited = (
+            dataclasses.replace(query, spec=dataclasses.replace(query.spec, limit=None))
+            if isinstance(query, CompiledQuery)  # (a count, a page)
+            else dataclasses.replace(query, limit=None)
+        )
+        async for result in self.inner.search(unlimited):
             yield result
 
 
@@ -431,8 +442,10 @@ class ShellGlob(ThirdPartyProvider):
     ``?`` is a character): not Redis's glob."""
 
     async def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
-        if not isinstance(query, StorageQuery):  # the manager's compiled queries do not come here
-            raise TypeError(query)
+        if not isinstance(query, StorageQuery):  # (a count, a page: the defect is in searches)
+            async for result in self.inner.search(query):
+                yield result
+            return
         pattern, count = query.pattern, 0
         async for result in self.inner.search(dataclasses.replace(query, pattern=None, limit=None)):
             if (pattern is None or fnmatch.fnmatchcase(result.item.metadata.key, pattern)) and (
@@ -462,6 +475,25 @@ class CountsEveryKey(ThirdPartyProvider):
         return len(names)
 
 
+class IgnoresOrder(ThirdPartyProvider):
+    """Yields the matches in no order, and pages from the start again (it drops the
+    order and the position of the query)."""
+
+    async def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
+        async for result in self.inner.search(ordering.unordered(query)):
+            yield result
+
+
+class CountIgnoresLimit(ThirdPartyProvider):
+    """Counts every match, whatever the limit."""
+
+    async def count(self, query: StorageQuery | CompiledQuery) -> int:
+        compiled = ordering.unordered(query)
+        return await self.inner.count(
+            dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+        )
+
+
 class LocalTimes(ThirdPartyProvider):
     """Returns created_at in another offset than UTC (the same instant)."""
 
@@ -483,7 +515,10 @@ HUNT = settings(max_examples=2000, deadline=None, derandomize=True, database=Non
 GLOB_HUNT = settings(HUNT, max_examples=3000)
 
 
-@pytest.mark.parametrize("broken", [NewIdOnUpsert, IgnoresLimit, SavesHalfABatch, CountsEveryKey, LocalTimes])
+@pytest.mark.parametrize(
+    "broken",
+    [NewIdOnUpsert, IgnoresLimit, SavesHalfABatch, CountsEveryKey, LocalTimes, IgnoresOrder, CountIgnoresLimit],
+)
 def test_the_machine_catches_a_broken_provider(broken: type[ThirdPartyProvider]) -> None:
     with pytest.raises(AssertionError):
         run_machine(broken, ProviderConformance(), settings(HUNT, phases=[Phase.generate]))
@@ -502,6 +537,9 @@ def test_the_property_test_catches_a_shell_glob() -> None:
         ("test_every_query_field", ShellGlob, {}),
         ("test_delete_many_counts_live_items", CountsEveryKey, {}),
         ("test_save_returns_what_load_returns", LocalTimes, {}),
+        ("test_order_by", IgnoresOrder, {}),
+        ("test_pages", IgnoresOrder, {}),
+        ("test_count", CountIgnoresLimit, {}),
         (
             "test_a_refused_batch_writes_nothing",
             SavesHalfABatch,
@@ -542,6 +580,16 @@ def test_a_scripted_run_of_the_machine() -> None:
     machine.store_equals_model()  # nothing written since the last comparison
     machine.search(kit.QueryShape(pattern=kit.KeyPattern(4, "exact", 0), limit=1))
     machine.search(kit.QueryShape(tags=0, created_after=(0, 0)))
+    machine.search(kit.QueryShape(order_by="-updated_at", limit=2))
+    machine.pages(kit.QueryShape(order_by="created_at", limit=3), size=2)
+    machine.pages(kit.QueryShape(), size=1)
+    machine.walk(kit.QueryShape(order_by="-key"), size=1)  # a walk begins: one page
+    assert machine.walking is not None
+    machine.save(kit.NewItem("zz", 1, "ta", None, {}))  # behind the walk's position ("e"): never met
+    machine.save(kit.NewItem("b", 10, "ta", None, {}))  # ahead of it, changed: met as it is now
+    for _ in range(4):  # d, c, b, a: the last page has no next
+        machine.walk(kit.QueryShape(), size=1)
+    assert machine.walking is None  # the walk has ended, every unchanged item met once
     machine.delete_matching(kit.QueryShape(content_type="tb", limit=1))
     machine.delete([], [], "tb")
     machine.delete([1], ["missing"], None)

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from ..codec import prepare_save
 from ..errors import ItemNotFoundError, ValidationError
+from ..model import ORDER_FIELDS
 from ..urls import open_existing, open_lasting
 from .options import query_of, tags_option
 from .render import dumps, encode, item_json, shown
@@ -90,13 +91,29 @@ async def cmd_rm(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
-    """``search``: the items a query matches, a table on a terminal and JSON lines otherwise."""
+    """``search``: the items a query matches in ``--order-by``'s order (all, or one page of
+    ``--page-size``, whose next cursor goes to stderr), a table on a terminal and JSON lines
+    otherwise."""
     if args.limit is not None and args.limit < 0:
         raise ValidationError(f"--limit must be 0 or more, got {args.limit}")
+    if args.page_size is not None and args.page_size < 1:
+        raise ValidationError(f"--page-size must be 1 or more, got {args.page_size}")
+    if args.after is not None and args.page_size is None:
+        raise ValidationError("--after names a page: give --page-size too")
+    if not isinstance(args.order_by, str) or args.order_by.removeprefix("-") not in ORDER_FIELDS:
+        fields = ", ".join(ORDER_FIELDS)
+        raise ValidationError(f"--order-by must be {fields}, with a leading - for descending; got {args.order_by!r}")
     query = query_of(args, args.limit)
+    query.order_by = args.order_by
     async with await open_existing(args.store) as provider:
-        items = [result.item async for result in provider.search(query)]
-    items.sort(key=lambda item: item.metadata.key)
+        if args.page_size is None:
+            items = [result.item async for result in provider.search(query)]
+            following = None
+        else:
+            page = await provider.page(query, args.page_size, args.after)
+            items, following = [result.item for result in page.results], page.next
+    if following is not None:
+        sys.stderr.write(f"next: {following}\n")  # (stdout holds the items alone)
     if args.json or not out.isatty():
         for item in items:
             out.write(encode(item_json(item)) + "\n")
@@ -126,4 +143,11 @@ async def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-__all__ = ["SHOWN_DATA", "STDIN", "cmd_get", "cmd_put", "cmd_rm", "cmd_search"]
+async def cmd_count(args: argparse.Namespace, out: TextIO) -> int:
+    """``count``: how many live items the filters match."""
+    async with await open_existing(args.store) as provider:
+        out.write(f"{await provider.count(query_of(args))}\n")
+    return 0
+
+
+__all__ = ["SHOWN_DATA", "STDIN", "cmd_count", "cmd_get", "cmd_put", "cmd_rm", "cmd_search"]

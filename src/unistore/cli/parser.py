@@ -57,10 +57,7 @@ def parser() -> argparse.ArgumentParser:
         sub = command(name, text)
         sub.add_argument("key")
         sub.add_argument("--type", default="default", help="content type (default: default)")
-    search = command("search", "list the items a query matches: a table on a terminal, JSON lines otherwise")
-    filters(search, "content type (default: every type)")
-    search.add_argument("--limit", type=int, metavar="N", help="at most N items (0 or more)")
-    search.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    _queries(command, filters)
     stats = command("stats", "live items and bytes per content type, counted from the store")
     stats.add_argument("--prometheus", action="store_true", help="print them in the Prometheus text format")
     command("namespaces", "every namespace of the store with its items and bytes")
@@ -87,12 +84,35 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _queries(
+    command: Callable[[str, str], argparse.ArgumentParser], filters: Callable[[argparse.ArgumentParser, str], None]
+) -> None:
+    """The verbs that read a query's matches: ``search`` and ``count``."""
+    search = command("search", "list the items a query matches: a table on a terminal, JSON lines otherwise")
+    filters(search, "content type (default: every type)")
+    search.add_argument("--limit", type=int, metavar="N", help="at most N items (0 or more)")
+    search.add_argument(
+        "--order-by",
+        metavar="FIELD",
+        default="key",
+        help="key, created_at or updated_at; a leading - for descending, written --order-by=-created_at (default: key)",
+    )
+    search.add_argument(
+        "--page-size", type=int, metavar="N", help="one page of N items; the next page's cursor goes to stderr"
+    )
+    search.add_argument("--after", metavar="CURSOR", help="the page that follows CURSOR (with --page-size)")
+    search.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    count = command("count", "the number of live items a query matches (by their headers: nothing is decoded)")
+    filters(count, "content type (default: every type)")
+
+
 #: The verbs that run in an event loop of their own making here, by name.
 _ASYNC_VERBS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]] = {
     "put": items.cmd_put,
     "get": items.cmd_get,
     "rm": items.cmd_rm,
     "search": items.cmd_search,
+    "count": items.cmd_count,
     "stats": maintenance.cmd_stats,
     "namespaces": maintenance.cmd_namespaces,
     "rm-namespace": maintenance.cmd_rm_namespace,

@@ -32,9 +32,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Generic, TypeVar
 
+from .. import ordering
 from ..errors import StorageError
 from ..index import CompiledQuery, Plan
-from ..model import StorageItem, StorageQuery, StorageResult, Tags
+from ..model import StorageItem, StoragePage, StorageQuery, StorageResult, Tags
 from .maintenance import CheckReport, Namespace, Usage
 
 T = TypeVar("T")
@@ -90,11 +91,38 @@ class StorageProvider(CleanupOnExit, Generic[T]):
 
     @abstractmethod
     def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[T]]:
-        """The live items that meet every criterion of ``query``, in no set order.
+        """The live items that meet every criterion of ``query``, in the order its
+        ``order_by`` names (for a compiled query with a position, those strictly after
+        it: see :mod:`unistore.ordering`), in no set order without one; ``limit`` takes
+        the first.
 
         Raises:
             ValidationError: a bad query field (when iteration starts).
         """
+
+    async def page(self, query: StorageQuery | CompiledQuery, size: int, cursor: str | None = None) -> StoragePage[T]:
+        """The ``size`` results that follow ``cursor`` (None: the first page) in the
+        query's order (``"key"`` when it names none); the page's ``next`` is the cursor
+        of the following page, None on the last. A page reads what an ordered search of
+        ``size + 1`` results from the cursor's position reads.
+
+        Raises:
+            ValidationError: a bad query field or ``size``, or a cursor that is damaged,
+                altered, or was made for another query.
+        """
+        request = ordering.page_request(query, size, cursor)
+        results = [result async for result in self.search(request.compiled)]
+        return ordering.finish_page(request, results)
+
+    async def count(self, query: StorageQuery | CompiledQuery) -> int:
+        """How many live items ``query`` matches (up to its ``limit``; its order plays no
+        part). This default counts a search's results; the providers of this package
+        count by record headers, without decoding a payload.
+
+        Raises:
+            ValidationError: a bad query field.
+        """
+        return sum([1 async for _ in self.search(ordering.unordered(query))])
 
     @abstractmethod
     async def save_many(

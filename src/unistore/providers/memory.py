@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from .. import index
+from .. import index, ordering
 from ..codec import (
     PreparedSave,
     decode_fields,
@@ -146,9 +146,18 @@ class MemoryStorageProvider(StorageProvider[Any]):
 
     async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         compiled = index.compile_query(query)
+        if compiled.spec.order is not None:  # every match, sorted (a heap of limit, if any)
+            matches = index.search_chunks(ordering.every_match(compiled), self._reader())
+            for result in ordering.in_order(itertools.chain.from_iterable(matches), compiled):
+                yield result
+            return
         for chunk in index.search_chunks(compiled, self._reader()):
             for result in chunk:
                 yield result
+
+    async def count(self, query: StorageQuery | index.CompiledQuery) -> int:
+        compiled = ordering.unordered(query)
+        return sum(len(chunk) for chunk in index.matching_chunks(compiled, self._reader()))
 
     async def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> int:
         compiled = index.compile_query(query)

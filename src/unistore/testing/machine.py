@@ -4,8 +4,9 @@
 one fresh provider and a :class:`~unistore.testing.model.ReferenceModel`, then
 draws steps: saves, upserts of keys saved before, ``save_many`` batches, batches
 spoiled by one bad item (refused whole: nothing written), ``load``, ``load_many``,
-``delete``, ``delete_many``, searches and ``delete_matching`` (limited or not),
-and purges. Every answer is checked against the model's, and after each step
+``delete``, ``delete_many``, searches (ordered or not, with ``count``), walks
+through pages (at once, or a page a step while other steps write),
+``delete_matching`` (limited or not), and purges. Every answer is checked against the model's, and after each step
 that wrote, the whole store is compared with it (a search of everything, and
 ``load_many`` of every key ever saved). A failure shrinks to the shortest
 sequence of steps that shows it.
@@ -32,7 +33,7 @@ from ..errors import ItemNotFoundError, SerializationError, StorageError, Valida
 from ..model import StorageItem, StorageQuery
 from ..providers.base import StorageProvider
 from . import strategies as kit
-from .model import ReferenceModel, same_item
+from .model import ReferenceModel, order_key, same_item
 
 T = TypeVar("T")
 Factory = Callable[[], StorageProvider[Any]]
@@ -97,13 +98,53 @@ def check_found(model: ReferenceModel, items: list[StorageItem[Any]], what: str)
 
 async def check_search(provider: StorageProvider[Any], model: ReferenceModel, query: StorageQuery) -> None:
     """Search ``provider`` and check the results: exactly the model's matches, or
-    ``min(limit, matches)`` of them, each once and as the model holds it."""
+    ``min(limit, matches)`` of them, each once and as the model holds it; with an
+    ``order_by``, exactly the first of them in that order. ``count`` agrees."""
     items = [result.item async for result in provider.search(query)]
     matches = model.search(query)
     wanted = len(matches) if query.limit is None else min(query.limit, len(matches))
     keys = check_found(model, items, f"search({query})")
     assert keys <= set(matches), f"{query}: found {sorted(keys - set(matches))}, which it does not match"
     assert len(keys) == wanted, f"{query}: found {len(keys)}, expected {wanted} of {sorted(matches)}"
+    if query.order_by is not None:
+        expected = [item.metadata.key for item in model.in_order(query)]
+        assert [item.metadata.key for item in items] == expected, f"{query}: out of order"
+    assert await provider.count(query) == model.count(query), f"count({query})"
+
+
+async def check_pages(provider: StorageProvider[Any], model: ReferenceModel, query: StorageQuery, size: int) -> None:
+    """Walk every page of ``query`` (nothing written meanwhile): the pages, each full but
+    the last, concatenate to the model's ordered matches, and the last has no ``next``."""
+    walked: list[StorageItem[Any]] = []
+    cursor: str | None = None
+    expected = [item.metadata.key for item in model.in_order(query)]
+    for _ in range(len(expected) // size + 2):  # the pages there are, and one to spare
+        page = await provider.page(query, size, cursor)
+        assert len(page.results) == size or page.next is None, f"page({query}, {size}): a short page with a next"
+        walked += [result.item for result in page.results]
+        if page.next is None:
+            break
+        assert isinstance(page.next, str), f"page({query}): cursor {page.next!r}"
+        assert page.next.isascii(), f"page({query}): cursor {page.next!r}"
+        cursor = page.next
+    assert page.next is None, f"pages of {query}, {size} a page: the walk does not end ({len(walked)} results)"
+    check_found(model, walked, f"pages of {query}")
+    assert [item.metadata.key for item in walked] == expected, (
+        f"pages of {query}, {size} a page: not the ordered matches"
+    )
+
+
+@dataclass
+class Walk:
+    """A walk through a query's pages, a page per step, while other steps write: the
+    items it must meet once (those live and matching when it began, while they stay as
+    they were), and what it met."""
+
+    query: StorageQuery
+    size: int
+    first: dict[str, StorageItem[Any]]
+    cursor: str | None = None
+    met: list[StorageItem[Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -152,6 +193,7 @@ class ProviderMachine(RuleBasedStateMachine):
         self.provider = self.make_provider()
         self.model = ReferenceModel()
         self.written = False  # since the store was last compared whole with the model
+        self.walking: Walk | None = None  # a walk through pages under way
 
     def run(self, call: Coroutine[Any, Any, T]) -> T:
         """The result of ``call``, run in the machine's loop."""
@@ -254,6 +296,41 @@ class ProviderMachine(RuleBasedStateMachine):
         """A search: exactly the matches, or ``min(limit, matches)`` of them, each once."""
         query = shape.query(self.model.history)
         self.run(check_search(self.provider, self.model, query))
+
+    @rule(shape=kit.query_shapes(), size=st.integers(1, 4))
+    def pages(self, shape: kit.QueryShape, size: int) -> None:
+        """A walk of every page of a query at once: the ordered matches, page by page."""
+        query = shape.query(self.model.history)
+        self.run(check_pages(self.provider, self.model, query, size))
+
+    @rule(shape=kit.query_shapes(), size=st.integers(1, 3))
+    def walk(self, shape: kit.QueryShape, size: int) -> None:
+        """One page of a walk that other steps write during (begun here if none is under
+        way): each page holds live matches, in order, after the last page's; at the end,
+        every item that stayed as it was when the walk began was met exactly once."""
+        if self.walking is None:
+            query = dataclasses.replace(shape.query(self.model.history), limit=None)
+            self.walking = Walk(query, size, self.model.search(query))
+        walk = self.walking
+        page = self.run(self.provider.page(walk.query, walk.size, walk.cursor))
+        items = [result.item for result in page.results]
+        what = f"page of {walk.query} after {len(walk.met)}"
+        check_found(self.model, items, what)
+        assert {item.metadata.key for item in items} <= set(self.model.search(walk.query)), f"{what}: not a match"
+        assert len(items) == walk.size or page.next is None, f"{what}: a short page with a next"
+        keys = [order_key(walk.query.order_by or "key")(item) for item in walk.met[-1:] + items]
+        descending = (walk.query.order_by or "").startswith("-")
+        assert keys == sorted(keys, reverse=descending), f"{what}: out of order"
+        assert len(set(keys)) == len(keys), f"{what}: a position met twice"
+        walk.met += items
+        walk.cursor = page.next
+        if page.next is None:
+            self.walking = None
+            met = [item.metadata.key for item in walk.met]
+            unchanged = [key for key, item in walk.first.items() if self.model.items.get(key) is item]
+            assert all(met.count(key) == 1 for key in unchanged), (
+                f"walk of {walk.query}: {met}, not each of {unchanged}"
+            )
 
     @invariant()
     def store_equals_model(self) -> None:

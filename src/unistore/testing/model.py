@@ -2,8 +2,8 @@
 
 A :class:`ReferenceModel` is a dict of the items a provider was told to keep,
 each in the form ``load`` must return it (:func:`stored_form`). It answers
-``load``, ``load_many``, ``delete``, ``delete_many``, ``search`` and
-``purge_expired`` the way the semantics say, with plain Python and no unistore
+``load``, ``load_many``, ``delete``, ``delete_many``, ``search`` (ordered too:
+:func:`ordered`), ``count`` and ``purge_expired`` the way the semantics say, with plain Python and no unistore
 code but the dataclasses: the query match is :func:`query_matches` (every
 criterion ANDed, time bounds inclusive, a Redis glob by
 :func:`~unistore.testing.glob.glob_matches`).
@@ -23,7 +23,7 @@ provider may judge a boundary differently.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
@@ -111,6 +111,22 @@ def query_matches(item: StorageItem[Any], query: StorageQuery) -> bool:
         and _within(meta.created_at, query.created_after, query.created_before)
         and _within(meta.expires_at, query.expires_after, query.expires_before)
     )
+
+
+def order_key(order_by: str) -> Callable[[StorageItem[Any]], tuple[Any, ...]]:
+    """What ``order_by`` sorts by, ascending (a leading ``-`` reverses it; see
+    :func:`ordered`): the field (none for ``"key"``), then the key, then the content
+    type, both compared as UTF-8 bytes."""
+    field = order_by[1:] if order_by.startswith("-") else order_by
+    moment: Callable[[StorageMetadata], tuple[Any, ...]] = (
+        (lambda meta: ()) if field == "key" else (lambda meta: (getattr(meta, field),))
+    )
+    return lambda item: (*moment(item.metadata), item.metadata.key.encode(), item.metadata.content_type.encode())
+
+
+def ordered(items: Iterable[StorageItem[Any]], order_by: str) -> list[StorageItem[Any]]:
+    """``items`` in the order ``order_by`` names (descending with a leading ``-``)."""
+    return sorted(items, key=order_key(order_by), reverse=order_by.startswith("-"))
 
 
 class ReferenceModel:
@@ -219,6 +235,17 @@ class ReferenceModel:
         """Every live item ``query`` matches, by key, its ``limit`` aside: a search with a
         limit yields ``min(limit, len(matches))`` of these, any of them."""
         return {key: item for key, item in self.live(now).items() if query_matches(item, query)}
+
+    def in_order(self, query: StorageQuery, *, now: datetime | None = None) -> list[StorageItem[Any]]:
+        """What an ordered search yields: the matches in the query's ``order_by``
+        (``"key"`` when it names none, as a page does), the first ``limit`` of them."""
+        found = ordered(self.search(query, now=now).values(), query.order_by or "key")
+        return found if query.limit is None else found[: query.limit]
+
+    def count(self, query: StorageQuery, *, now: datetime | None = None) -> int:
+        """What ``count`` returns: how many live items match, up to the query's ``limit``."""
+        found = len(self.search(query, now=now))
+        return found if query.limit is None else min(found, query.limit)
 
     def delete_matching(self, query: StorageQuery, *, now: datetime | None = None) -> int:
         """What an unlimited ``delete_matching`` returns, removing the matches (with a

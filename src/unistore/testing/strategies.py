@@ -295,6 +295,7 @@ class QueryShape:
     expires_after: Bound | None = None
     expires_before: Bound | None = None
     limit: int | None = None
+    order_by: str | None = None
 
     def created_bounds(self, saved: Sequence[StorageItem[Any]]) -> tuple[datetime | None, datetime | None]:
         """The ``created_after`` and ``created_before`` bounds among the items ``saved``."""
@@ -323,6 +324,7 @@ class QueryShape:
             expires_after=_nudged(instants, self.expires_after, upper=False),
             expires_before=_nudged(instants, self.expires_before, upper=True),
             limit=self.limit,
+            order_by=self.order_by,
         )
 
 
@@ -347,6 +349,9 @@ def _criterion_values() -> dict[str, st.SearchStrategy[Any]]:
 
 
 _LIMITS = st.none() | st.integers(0, 4)
+ORDERS = ["key", "-key", "created_at", "-created_at", "updated_at", "-updated_at"]
+"""Every ``order_by`` a query takes."""
+_ORDERS = st.none() | st.sampled_from(ORDERS)
 
 
 @st.composite
@@ -354,13 +359,13 @@ def _query_shapes(draw: st.DrawFn, chosen: st.SearchStrategy[set[str]]) -> Query
     values = _criterion_values()
     names = draw(chosen)
     criteria = {name: draw(values[name]) for name in CRITERIA if name in names}
-    return QueryShape(**criteria, limit=draw(_LIMITS))
+    return QueryShape(**criteria, limit=draw(_LIMITS), order_by=draw(_ORDERS))
 
 
 @functools.cache
 def query_shapes(max_criteria: int = 3) -> st.SearchStrategy[QueryShape]:
     """A :class:`QueryShape` of up to ``max_criteria`` criteria (more rarely match
-    anything), and a limit (0 to 4) or none."""
+    anything), a limit (0 to 4) or none, and an order (:data:`ORDERS`) or none."""
     return _query_shapes(st.sets(st.sampled_from(CRITERIA), max_size=max_criteria))
 
 

@@ -18,6 +18,7 @@ its gate, the writer, the check, backups.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -28,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import lmdb
 
-from ... import index
+from ... import index, ordering
 from ..._coretypes import FLAG_EXPIRES, HEADER_SIZE, RECORD_FORMAT_VERSION, read_header
 from ...codec import (
     PreparedBatch,
@@ -495,8 +496,20 @@ class LmdbEngine:
         compiled = index.compile_query(query)
         if compiled.spec.limit == 0:
             return
+        if compiled.spec.order is not None:  # every match, sorted (a heap of limit, if any)
+            matches = itertools.chain.from_iterable(self.search_chunks(ordering.every_match(compiled)))
+            ordered = ordering.in_order(matches, compiled)
+            for start in range(0, len(ordered), index.SEARCH_CHUNK):
+                yield ordered[start : start + index.SEARCH_CHUNK]
+            return
+        plan, read = self._reader(compiled.spec)
+        yield from index.search_chunks(compiled, read, plan.repeats, self._key_name)
+
+    def _reader(self, spec: QuerySpec) -> tuple[index.Plan, Callable[[Any], index.Chunk]]:
+        """The plan of ``spec`` now, and the reader of its chunks: each chunk read in
+        one short transaction."""
         shared, prefix = self._opened()
-        plan = shared.read(functools.partial(_plan, compiled.spec, prefix))
+        plan = shared.read(functools.partial(_plan, spec, prefix))
         source = self._source(plan, prefix)
 
         def read(position: bytes | None) -> index.Chunk:
@@ -504,7 +517,24 @@ class LmdbEngine:
             self.candidates_examined += len(candidates)
             return candidates, position
 
-        yield from index.search_chunks(compiled, read, plan.repeats, self._key_name)
+        return plan, read
+
+    def count(self, query: StorageQuery | index.CompiledQuery) -> int:
+        """How many live items ``query`` matches (up to its ``limit``), by their record
+        headers: no payload is decoded.
+
+        Raises:
+            ValidationError: a bad query field.
+        """
+        compiled = ordering.unordered(query)
+        plan, read = self._reader(compiled.spec)
+        if not plan.repeats:
+            return sum(len(chunk) for chunk in index.matching_chunks(compiled, read, self._key_name))
+        # A path that may meet an item twice (moved by a save meanwhile): each key once.
+        limit = compiled.spec.limit
+        unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+        keys = {key for chunk in index.matching_chunks(unlimited, read, self._key_name) for key, _ in chunk}
+        return len(keys) if limit is None else min(len(keys), limit)
 
     def search(self, query: StorageQuery | index.CompiledQuery) -> Iterator[StorageResult[Any]]:
         """The live items that meet every criterion of ``query``."""

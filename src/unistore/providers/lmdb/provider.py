@@ -131,6 +131,9 @@ class LmdbStorageProvider(StorageProvider[Any]):
         deleted: int = await self._write(self.engine.writes.delete_many(keys, content_type))
         return deleted
 
+    async def count(self, query: StorageQuery | CompiledQuery) -> int:
+        return self.engine.count(query)
+
     async def delete_matching(self, query: StorageQuery | CompiledQuery) -> int:
         deleted: int = await self._write(self.engine.writes.delete_matching(query))
         return deleted

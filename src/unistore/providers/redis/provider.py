@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Se
 from datetime import datetime
 from typing import Any
 
-from ... import index
+from ... import index, ordering
 from ...codec import (
     PreparedSave,
     decode_fields,
@@ -562,6 +562,11 @@ class RedisStorageProvider(StorageProvider[Any]):
         remaining = compiled.spec.limit
         if remaining == 0:
             return
+        if compiled.spec.order is not None:  # every match of every shard, sorted (a heap of limit, if any)
+            matches = [result async for result in self.search(ordering.every_match(compiled))]
+            for result in ordering.in_order(matches, compiled):
+                yield result
+            return
         async with scattered([self._search_shard(compiled, shard) for shard in self._shards]) as chunks:
             async for chunk in chunks:
                 for result in chunk[:remaining]:
@@ -578,6 +583,24 @@ class RedisStorageProvider(StorageProvider[Any]):
         async with contextlib.aclosing(index.search_chunks_async(compiled, read, True, _key_name)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def count(self, query: StorageQuery | index.CompiledQuery) -> int:
+        compiled = ordering.unordered(query)
+        limit = compiled.spec.limit
+        unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+        counts = await asyncio.gather(*(self._count_in(shard, unlimited, limit) for shard in self._shards))
+        return sum(counts) if limit is None else min(sum(counts), limit)
+
+    async def _count_in(self, shard: Shard, compiled: index.CompiledQuery, most: int | None) -> int:
+        """The matches of one shard, by their headers, each key once (a SCAN may meet a
+        key twice), read no further than ``most``."""
+        found: set[bytes] = set()
+        async with contextlib.aclosing(self._matching(compiled, shard)) as chunks:
+            async for chunk in chunks:
+                found.update(key for key, _ in chunk)
+                if most is not None and len(found) >= most:
+                    break
+        return len(found)
 
     async def _matching(
         self, compiled: index.CompiledQuery, shard: Shard

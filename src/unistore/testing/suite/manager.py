@@ -56,6 +56,39 @@ class ManagerTests(ConformanceHooks):
         assert await manager.delete("k", doc) is True
 
     @in_own_loop
+    async def test_fan_out_in_order(self, make_provider: Factory) -> None:
+        """Over two providers, an ordered search, pages and count see one store: the
+        providers' ordered results merged, a key held by both ordered by content type."""
+        manager = UnifiedStorageManager(metrics=MetricsManager())
+        manager.register_provider("x", make_provider())
+        manager.register_provider("y", make_provider())
+        await manager.save_many({"a": 1, "c": 2, "e": 3, "shared": 4}, "x")
+        await manager.save_many({"b": 1, "d": 2, "shared": 5}, "y")
+        both = ["a", "b", "c", "d", "e", "shared", "shared"]
+        found = [
+            (r.item.metadata.key, r.item.metadata.content_type)
+            async for r in manager.search(StorageQuery(order_by="key"))
+        ]
+        assert found == [(key, "y" if key in "bd" else "x") for key in both[:5]] + [("shared", "x"), ("shared", "y")]
+        descending = [r.item.metadata.key async for r in manager.search(StorageQuery(order_by="-key", limit=4))]
+        assert descending == ["shared", "shared", "e", "d"]
+        walked, cursor = [], None
+        for _ in range(10):  # (a walk that does not end fails below, not hangs)
+            page = await manager.page(StorageQuery(), 2, cursor)
+            walked += [(r.item.metadata.key, r.item.metadata.content_type) for r in page.results]
+            if page.next is None:
+                break
+            cursor = page.next
+        assert page.next is None, f"the walk does not end: {walked}"
+        assert walked == found
+        assert await manager.count(StorageQuery()) == 7
+        assert await manager.count(StorageQuery(limit=6)) == 6
+        assert await manager.count(StorageQuery(limit=2)) == 2  # the first provider fills it
+        assert await manager.count(StorageQuery(content_type="y")) == 3
+        newest = [r.item.metadata.key async for r in manager.search(StorageQuery(order_by="-created_at", limit=3))]
+        assert newest == ["shared", "d", "b"]
+
+    @in_own_loop
     async def test_namespaces_are_separate_keyspaces(self, make_provider: Factory) -> None:
         """Two providers ``make_provider`` made do not see each other's items."""
         one, two = make_provider(), make_provider()

@@ -1,4 +1,4 @@
-"""Search: every query field, limits, refused queries, searching while saving."""
+"""Search: every query field, limits, order, pages and count, refused queries, searching while saving."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ BAD_QUERIES = [
     pytest.param({"tags": {"t": 1}}, id="int-tag-value"),
     pytest.param({"content_type": ""}, id="empty-content-type"),
     pytest.param({"created_after": "yesterday"}, id="str-time-bound"),
+    pytest.param({"order_by": "size"}, id="unknown-order"),
+    pytest.param({"order_by": "--key"}, id="doubled-minus"),
 ]
 
 
 class SearchTests(ConformanceHooks):
-    """Search: every query field, limits, refused queries, searching while saving."""
+    """Search: every query field, limits, order, pages and count, refused queries, searching while saving."""
 
     # -- search ----------------------------------------------------------------------------
 
@@ -80,6 +82,85 @@ class SearchTests(ConformanceHooks):
         assert [r async for r in provider.search(StorageQuery(limit=0))] == []
         assert len([r async for r in provider.search(StorageQuery(limit=100))]) == 10
 
+    # -- order, pages, count --------------------------------------------------------------
+
+    @in_own_loop
+    async def test_order_by(self, make_provider: Factory) -> None:
+        """Every ``order_by``, both directions: the matches in that order, ties by key then
+        content type; ``limit`` takes the first."""
+        provider = make_provider()
+        saved = {}
+        for key in ["m", "b", "z", "a", "é", "k"]:
+            saved[key] = await provider.save(key, 1, "t" if key != "k" else "u", tags={"all": "yes"})
+        saved["b"] = await provider.save("b", 2, "t", tags={"all": "yes"})  # b: created early, updated last
+        for order_by in ["key", "created_at", "updated_at"]:
+
+            def position(key: str, field: str = order_by) -> tuple[Any, ...]:
+                meta = saved[key].metadata
+                moment = () if field == "key" else (getattr(meta, field),)
+                return (*moment, key.encode(), meta.content_type.encode())
+
+            ascending = sorted(saved, key=position)
+            for descending in (False, True):
+                expected = ascending[::-1] if descending else ascending
+                query = StorageQuery(tags={"all": "yes"}, order_by=("-" if descending else "") + order_by)
+                assert [r.item.metadata.key async for r in provider.search(query)] == expected, query
+                query.limit = 3
+                assert [r.item.metadata.key async for r in provider.search(query)] == expected[:3], query
+        found = [r.item.metadata.key async for r in provider.search(StorageQuery(order_by="key", pattern="[a-m]*"))]
+        assert found == ["a", "b", "k", "m"]
+
+    @in_own_loop
+    async def test_pages(self, make_provider: Factory) -> None:
+        """Pages walk the ordered matches: each full but the last, whose ``next`` is None;
+        a cursor works only with its own query, and not once altered."""
+        provider = make_provider()
+        await provider.save_many({f"k{n}": n for n in range(7)}, "t", tags={"all": "yes"})
+        query = StorageQuery(tags={"all": "yes"})
+        walked, cursor, sizes = [], None, []
+        for _ in range(10):  # (a walk that does not end fails below, not hangs)
+            page = await provider.page(query, 3, cursor)
+            walked += [r.item.metadata.key for r in page.results]
+            sizes.append(len(page.results))
+            if page.next is None:
+                break
+            cursor = page.next
+        assert page.next is None, f"the walk does not end: {walked}"
+        assert (walked, sizes) == ([f"k{n}" for n in range(7)], [3, 3, 1])
+        first = await provider.page(StorageQuery(order_by="-key", limit=5), 2)
+        assert [r.item.metadata.key for r in first.results] == ["k6", "k5"]
+        assert first.next is not None
+        second = await provider.page(StorageQuery(order_by="-key", limit=5), 2, first.next)
+        third = await provider.page(StorageQuery(order_by="-key", limit=5), 2, second.next)
+        assert [r.item.metadata.key for r in second.results + third.results] == ["k4", "k3", "k2"]
+        assert third.next is None  # the limit ends the walk
+        for other in (StorageQuery(order_by="key", limit=5), StorageQuery(order_by="-key"), StorageQuery()):
+            with pytest.raises(ValidationError):
+                await provider.page(other, 2, first.next)
+        altered = first.next[:-3] + ("A" if first.next[-3] != "A" else "B") + first.next[-2:]
+        for bad in (altered, first.next[:-1], "", "not a cursor", 5):
+            with pytest.raises(ValidationError):
+                await provider.page(StorageQuery(order_by="-key", limit=5), 2, bad)  # type: ignore[arg-type]
+        for size in (0, -1, 1.5, True):
+            with pytest.raises(ValidationError):
+                await provider.page(query, size)  # type: ignore[arg-type]
+        empty = await provider.page(StorageQuery(pattern="nothing*"), 3)
+        assert (empty.results, empty.next) == ([], None)
+
+    @in_own_loop
+    async def test_count(self, make_provider: Factory) -> None:
+        """``count``: the live matches, up to ``limit``; the order plays no part."""
+        provider = make_provider()
+        await seed_for_queries(provider)
+        assert await provider.count(StorageQuery()) == 5
+        assert await provider.count(StorageQuery(tags={"team": "red"})) == 3
+        assert await provider.count(StorageQuery(tags={"team": "red"}, limit=2, order_by="-key")) == 2
+        assert await provider.count(StorageQuery(pattern="user:*", content_type="doc")) == 0
+        await provider.delete("user:1")
+        assert await provider.count(StorageQuery(tags={"team": "red"})) == 2
+        with pytest.raises(ValidationError):
+            await provider.count(StorageQuery(limit=-1))
+
     @pytest.mark.parametrize("fields", BAD_QUERIES)
     @in_own_loop
     async def test_a_bad_query_is_refused(self, make_provider: Factory, fields: dict[str, Any]) -> None:
@@ -92,6 +173,10 @@ class SearchTests(ConformanceHooks):
             [r async for r in provider.search(query)]
         with pytest.raises(ValidationError):
             await provider.delete_matching(query)
+        with pytest.raises(ValidationError):
+            await provider.count(query)
+        with pytest.raises(ValidationError):
+            await provider.page(query, 2)
         assert await keys_of(provider) == {"a", "b"}
 
     @in_own_loop

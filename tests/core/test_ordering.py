@@ -1,0 +1,162 @@
+"""Orders, positions and cursors (unistore.ordering): what every provider and the manager
+share, tested on its own; the providers' orders are the conformance suite's."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from helpers import UTC
+from unistore import StorageItem, StorageMetadata, StorageQuery, StorageResult, ValidationError, ordering
+from unistore.model import MAX_LIMIT, Order
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def result(key: str, content_type: str = "t", created: int = 0, updated: int = 0) -> StorageResult[Any]:
+    """A result whose item has these key, content type and times (µs after EPOCH)."""
+    metadata = StorageMetadata(
+        id=uuid.uuid4(),
+        key=key,
+        content_type=content_type,
+        created_at=EPOCH + timedelta(microseconds=created),
+        updated_at=EPOCH + timedelta(microseconds=updated),
+        expires_at=None,
+        tags={},
+    )
+    return StorageResult(StorageItem(None, metadata))
+
+
+def keys(results: list[StorageResult[Any]]) -> list[tuple[str, str]]:
+    return [(r.item.metadata.key, r.item.metadata.content_type) for r in results]
+
+
+def test_sort_keys_tie_break_by_key_then_content_type() -> None:
+    found = [result("b", created=1), result("a", "y", created=1), result("a", "x", created=1), result("c", created=0)]
+    compiled = ordering.page_request(StorageQuery(order_by="created_at"), 10, None).compiled
+    assert keys(ordering.in_order(found, compiled)) == [("c", "t"), ("a", "x"), ("a", "y"), ("b", "t")]
+    descending = ordering.page_request(StorageQuery(order_by="-created_at"), 10, None).compiled
+    assert keys(ordering.in_order(found, descending)) == [("b", "t"), ("a", "y"), ("a", "x"), ("c", "t")]
+    # Keys compare as UTF-8 bytes: 'é' (0xC3...) after 'z'; an unlimited query sorts all.
+    by_key = ordering.page_request(StorageQuery(order_by="key"), 10, None).compiled
+    unlimited = ordering.every_match(by_key)
+    assert unlimited.spec.limit is None and unlimited.spec.order is None
+    ordered = ordering.in_order([result("é"), result("z"), result("a")], by_key)
+    assert keys(ordered) == [("a", "t"), ("z", "t"), ("é", "t")]
+
+
+def test_a_position_is_left_behind() -> None:
+    compiled = ordering.page_request(StorageQuery(order_by="-key"), 2, None).compiled
+    position = ordering.result_key(Order("key", True))(result("m"))
+    later = ordering.in_order(
+        [result(k) for k in "azmkb"], ordering.page_request(StorageQuery(order_by="-key"), 2, None).compiled
+    )
+    assert keys(later) == [("z", "t"), ("m", "t"), ("k", "t")]  # size + 1, from the first
+    after = dataclasses.replace(compiled, after=position)
+    assert keys(ordering.in_order([result(k) for k in "azmkb"], after)) == [("k", "t"), ("b", "t"), ("a", "t")]
+
+
+def test_unordered_keeps_a_plain_query_as_it_is() -> None:
+    compiled = ordering.unordered(StorageQuery(limit=3))
+    assert ordering.unordered(compiled) is compiled
+    assert ordering.unordered(StorageQuery(order_by="key", limit=3)).spec.order is None
+
+
+def test_merge_holds_one_head_per_stream() -> None:
+    async def stream(*names: str) -> AsyncIterator[StorageResult[Any]]:
+        for name in names:
+            yield result(name)
+
+    async def merged(order: Order, limit: int | None, *streams: tuple[str, ...]) -> list[str]:
+        found = ordering.merge([stream(*names) for names in streams], order, limit)
+        return [r.item.metadata.key async for r in found]
+
+    up, down = Order("key", False), Order("key", True)
+    assert asyncio.run(merged(up, None, ("a", "d"), (), ("b", "c", "e"))) == ["a", "b", "c", "d", "e"]
+    assert asyncio.run(merged(down, 3, ("d", "a"), ("e", "c", "b"))) == ["e", "d", "c"]
+    assert asyncio.run(merged(up, 0, ("a",))) == []
+    assert asyncio.run(merged(up, None)) == []
+
+
+@pytest.mark.parametrize("size", [0, -1, MAX_LIMIT, 1.5, True, "2", None])
+def test_a_bad_size_is_refused(size: object) -> None:
+    with pytest.raises(ValidationError, match="size must be an int"):
+        ordering.page_request(StorageQuery(), size, None)
+
+
+def _cursor_of(query: StorageQuery, body: list[Any]) -> str:
+    """A cursor with a valid checksum around ``body`` (what a forger could make)."""
+    packed = msgpack.packb(body, use_bin_type=True)
+    raw = packed + ordering._checksum(packed)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _fingerprint(query: StorageQuery) -> bytes:
+    request = ordering.page_request(query, 1, None)
+    return request.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (lambda f: [2, f, 0, [b"k", b"t"]], "not a cursor of this version"),
+        (lambda f: [1, b"other---", 0, [b"k", b"t"]], "made for another query"),
+        (lambda f: [1, f, -1, [b"k", b"t"]], "does not parse"),
+        (lambda f: [1, f, 2**64 - 1, [b"k", b"t"]], "does not parse"),
+        (lambda f: [1, f, 0, [b"k"]], "does not parse"),
+        (lambda f: [1, f, 0, [5, b"k", b"t"]], "does not parse"),
+        (lambda f: [1, f, 0, ["k", b"t"]], "does not parse"),
+        (lambda f: [1, f, 0, {"k": 1}], "does not parse"),
+        (lambda f: [1, f, True, [b"k", b"t"]], "does not parse"),
+        (lambda f: [1, f], "not a cursor of this version"),
+        (lambda f: "not a list", "not a cursor of this version"),
+    ],
+)
+def test_a_forged_cursor_is_refused(body: Any, message: str) -> None:
+    query = StorageQuery(order_by="key")
+    cursor = _cursor_of(query, body(_fingerprint(query)))
+    with pytest.raises(ValidationError, match=message):
+        ordering.page_request(query, 1, cursor)
+
+
+def test_a_time_position_needs_a_time_in_range() -> None:
+    query = StorageQuery(order_by="-updated_at")
+    fingerprint = _fingerprint(query)
+    good = _cursor_of(query, [1, fingerprint, 3, [5, b"k", b"t"]])
+    request = ordering.page_request(query, 2, good)
+    assert (request.compiled.after, request.served) == ((5, b"k", b"t"), 3)
+    for moment in (2**62, "5", None):
+        forged = _cursor_of(query, [1, fingerprint, 3, [moment, b"k", b"t"]])
+        with pytest.raises(ValidationError, match="does not parse"):
+            ordering.page_request(query, 2, forged)
+    # A body that is no msgpack at all, under a valid checksum.
+    raw = b"\xc1" + ordering._checksum(b"\xc1")
+    with pytest.raises(ValidationError, match="not a cursor of this version"):
+        ordering.page_request(query, 2, base64.urlsafe_b64encode(raw).decode())
+
+
+@given(st.text(max_size=60))
+def test_any_text_is_refused_or_a_cursor(text: str) -> None:
+    with pytest.raises(ValidationError):
+        ordering.page_request(StorageQuery(), 1, text)
+
+
+def test_a_limit_bounds_the_walk() -> None:
+    query = StorageQuery(order_by="key", limit=5)
+    fingerprint = _fingerprint(query)
+    request = ordering.page_request(query, 3, _cursor_of(query, [1, fingerprint, 3, [b"c", b"t"]]))
+    assert request.compiled.spec.limit == 2  # what the limit leaves
+    page = ordering.finish_page(request, [result("d"), result("e")])
+    assert (keys(page.results), page.next) == ([("d", "t"), ("e", "t")], None)
+    spent = ordering.page_request(query, 3, _cursor_of(query, [1, fingerprint, 7, [b"c", b"t"]]))
+    assert spent.compiled.spec.limit == 0
