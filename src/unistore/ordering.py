@@ -24,13 +24,15 @@ import binascii
 import dataclasses
 import hashlib
 import heapq
+import operator
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
 
+from ._coretypes import HEADER_SIZE, Header, read_header
 from .errors import ValidationError
-from .index import CompiledQuery, compile_query
+from .index import CompiledQuery, compile_query, select
 from .model import (
     MAX_LIMIT,
     MAX_MICROS,
@@ -42,6 +44,7 @@ from .model import (
     StorageQuery,
     StorageResult,
     datetime_to_micros,
+    now_micros,
 )
 
 #: The order of a page whose query names none.
@@ -94,24 +97,56 @@ def unordered(query: StorageQuery | CompiledQuery) -> CompiledQuery:
 
 
 def every_match(compiled: CompiledQuery) -> CompiledQuery:
-    """What a provider that orders its matches itself (:func:`in_order`) reads first:
+    """What a provider that orders its matches itself (:func:`pick`) reads first:
     every match, in no order, without the limit."""
     return dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, order=None, limit=None), after=None)
 
 
-def in_order(results: Iterable[StorageResult[Any]], compiled: CompiledQuery) -> list[StorageResult[Any]]:
-    """The results after the query's position (if any), in its order, up to its limit:
-    a heap of ``limit`` when there is one, a sort of the whole otherwise."""
+def record_position(order: Order) -> Callable[[bytes], Position]:
+    """:func:`sort_key` read from an encoded record (its header, key and content type):
+    no payload is decoded to order candidates."""
+
+    def names(record: bytes, header: Header) -> tuple[bytes, bytes]:
+        key_end = HEADER_SIZE + header.key_length
+        return bytes(record[HEADER_SIZE:key_end]), bytes(record[key_end : key_end + header.type_length])
+
+    if order.field == "key":
+        return lambda record: names(record, read_header(record))
+    moment = operator.attrgetter("created" if order.field == "created_at" else "updated")
+
+    def position(record: bytes) -> Position:
+        header = read_header(record)
+        return (moment(header), *names(record, header))
+
+    return position
+
+
+def pick(
+    compiled: CompiledQuery, candidates: Iterable[tuple[Any, bytes]], name: Callable[[Any], object] | None = None
+) -> list[StorageResult[Any]]:
+    """The results of an ordered query among ``candidates``: ``(key, record)`` pairs whose
+    headers matched it (each item once, as :func:`unistore.index.matching_chunks` gives
+    them). They are ordered by their records' headers and only the results are decoded,
+    from the query's position (if any) up to its limit; a record that does not decode is
+    passed over (:func:`unistore.index.skipped`) and the next one takes its place."""
     spec = compiled.spec
     assert spec.order is not None
-    key = result_key(spec.order)
+    position = record_position(spec.order)
+    ranked = [(position(record), key, record) for key, record in candidates]
     if compiled.after is not None:
         later = after(spec.order, compiled.after)
-        results = [result for result in results if later(key(result))]
-    if spec.limit is None:
-        return sorted(results, key=key, reverse=spec.order.descending)
-    pick = heapq.nlargest if spec.order.descending else heapq.nsmallest
-    return pick(spec.limit, results, key=key)
+        ranked = [entry for entry in ranked if later(entry[0])]
+    ranked.sort(key=operator.itemgetter(0), reverse=spec.order.descending)
+    plain = every_match(compiled)
+    wanted = len(ranked) if spec.limit is None else spec.limit
+    results: list[StorageResult[Any]] = []
+    start = 0
+    while start < len(ranked) and len(results) < wanted:
+        end = start + wanted - len(results)
+        chosen = [(key, record) for _, key, record in ranked[start:end]]
+        results += select(plain, chosen, now_micros(), None, name)
+        start = end
+    return results
 
 
 async def merge(
@@ -276,9 +311,10 @@ __all__ = [
     "encode_cursor",
     "every_match",
     "finish_page",
-    "in_order",
     "merge",
     "page_request",
+    "pick",
+    "record_position",
     "result_key",
     "sort_key",
     "unordered",

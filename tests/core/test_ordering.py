@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from helpers import UTC
 from unistore import StorageItem, StorageMetadata, StorageQuery, StorageResult, ValidationError, ordering
 from unistore.model import MAX_LIMIT, Order
+from unistore.providers import MemoryStorageProvider
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -41,29 +42,57 @@ def keys(results: list[StorageResult[Any]]) -> list[tuple[str, str]]:
     return [(r.item.metadata.key, r.item.metadata.content_type) for r in results]
 
 
+def records(*items: StorageResult[Any]) -> list[tuple[str, bytes]]:
+    """The (key, record) candidates of these results' items, as a provider holds them."""
+    found = []
+    for one in items:
+        provider = MemoryStorageProvider()
+        asyncio.run(provider.restore_many([one.item]))
+        found += list(provider._records.items())
+    return found
+
+
+def picked(query: StorageQuery, candidates: list[tuple[str, bytes]], after: Any = None) -> list[tuple[str, str]]:
+    compiled = dataclasses.replace(ordering.page_request(query, 10, None).compiled, after=after)
+    return keys(
+        ordering.pick(
+            dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=query.limit)), candidates
+        )
+    )
+
+
 def test_sort_keys_tie_break_by_key_then_content_type() -> None:
-    found = [result("b", created=1), result("a", "y", created=1), result("a", "x", created=1), result("c", created=0)]
-    compiled = ordering.page_request(StorageQuery(order_by="created_at"), 10, None).compiled
-    assert keys(ordering.in_order(found, compiled)) == [("c", "t"), ("a", "x"), ("a", "y"), ("b", "t")]
-    descending = ordering.page_request(StorageQuery(order_by="-created_at"), 10, None).compiled
-    assert keys(ordering.in_order(found, descending)) == [("b", "t"), ("a", "y"), ("a", "x"), ("c", "t")]
-    # Keys compare as UTF-8 bytes: 'é' (0xC3...) after 'z'; an unlimited query sorts all.
-    by_key = ordering.page_request(StorageQuery(order_by="key"), 10, None).compiled
-    unlimited = ordering.every_match(by_key)
+    found = records(result("b", created=1), result("a", "y", created=1), result("a", "x", created=1), result("c"))
+    assert picked(StorageQuery(order_by="created_at"), found) == [("c", "t"), ("a", "x"), ("a", "y"), ("b", "t")]
+    assert picked(StorageQuery(order_by="-created_at"), found) == [("b", "t"), ("a", "y"), ("a", "x"), ("c", "t")]
+    assert picked(StorageQuery(order_by="-created_at", limit=2), found) == [("b", "t"), ("a", "y")]
+    # Keys compare as UTF-8 bytes: 'é' (0xC3...) after 'z'; the sort key of an item is its record's.
+    assert picked(StorageQuery(order_by="key"), records(result("é"), result("z"), result("a"))) == [
+        ("a", "t"),
+        ("z", "t"),
+        ("é", "t"),
+    ]
+    item = result("k", "t", created=5, updated=9).item
+    [(_, record)] = records(StorageResult(item))
+    for field in ("key", "created_at", "updated_at"):
+        order = Order(field, False)
+        assert ordering.record_position(order)(record) == ordering.sort_key(order)(item)
+    unlimited = ordering.every_match(ordering.page_request(StorageQuery(order_by="key"), 10, None).compiled)
     assert unlimited.spec.limit is None and unlimited.spec.order is None
-    ordered = ordering.in_order([result("é"), result("z"), result("a")], by_key)
-    assert keys(ordered) == [("a", "t"), ("z", "t"), ("é", "t")]
 
 
 def test_a_position_is_left_behind() -> None:
-    compiled = ordering.page_request(StorageQuery(order_by="-key"), 2, None).compiled
     position = ordering.result_key(Order("key", True))(result("m"))
-    later = ordering.in_order(
-        [result(k) for k in "azmkb"], ordering.page_request(StorageQuery(order_by="-key"), 2, None).compiled
-    )
-    assert keys(later) == [("z", "t"), ("m", "t"), ("k", "t")]  # size + 1, from the first
-    after = dataclasses.replace(compiled, after=position)
-    assert keys(ordering.in_order([result(k) for k in "azmkb"], after)) == [("k", "t"), ("b", "t"), ("a", "t")]
+    found = records(*(result(k) for k in "azmkb"))
+    assert picked(StorageQuery(order_by="-key", limit=3), found) == [("z", "t"), ("m", "t"), ("k", "t")]
+    assert picked(StorageQuery(order_by="-key", limit=3), found, position) == [("k", "t"), ("b", "t"), ("a", "t")]
+
+
+def test_a_record_that_does_not_decode_gives_its_place_to_the_next() -> None:
+    found = records(*(result(k) for k in "abcd"))
+    damaged = [(key, record[:-1] + b"\xc1" if key == "b" else record) for key, record in found]  # a bad payload
+    assert picked(StorageQuery(order_by="key", limit=2), damaged) == [("a", "t"), ("c", "t")]
+    assert picked(StorageQuery(order_by="key"), damaged) == [("a", "t"), ("c", "t"), ("d", "t")]
 
 
 def test_unordered_keeps_a_plain_query_as_it_is() -> None:

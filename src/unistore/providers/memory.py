@@ -146,9 +146,9 @@ class MemoryStorageProvider(StorageProvider[Any]):
 
     async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         compiled = index.compile_query(query)
-        if compiled.spec.order is not None:  # every match, sorted (a heap of limit, if any)
-            matches = index.search_chunks(ordering.every_match(compiled), self._reader())
-            for result in ordering.in_order(itertools.chain.from_iterable(matches), compiled):
+        if compiled.spec.order is not None:  # every match by its header, ordered; the results decoded
+            matches = index.matching_chunks(ordering.every_match(compiled), self._reader())
+            for result in ordering.pick(compiled, itertools.chain.from_iterable(matches)):
                 yield result
             return
         for chunk in index.search_chunks(compiled, self._reader()):

@@ -496,9 +496,8 @@ class LmdbEngine:
         compiled = index.compile_query(query)
         if compiled.spec.limit == 0:
             return
-        if compiled.spec.order is not None:  # every match, sorted (a heap of limit, if any)
-            matches = itertools.chain.from_iterable(self.search_chunks(ordering.every_match(compiled)))
-            ordered = ordering.in_order(matches, compiled)
+        if compiled.spec.order is not None:  # every match by its header, ordered; the results decoded
+            ordered = ordering.pick(compiled, self._matches(ordering.every_match(compiled)).items(), self._key_name)
             for start in range(0, len(ordered), index.SEARCH_CHUNK):
                 yield ordered[start : start + index.SEARCH_CHUNK]
             return
@@ -527,14 +526,23 @@ class LmdbEngine:
             ValidationError: a bad query field.
         """
         compiled = ordering.unordered(query)
-        plan, read = self._reader(compiled.spec)
-        if not plan.repeats:
-            return sum(len(chunk) for chunk in index.matching_chunks(compiled, read, self._key_name))
-        # A path that may meet an item twice (moved by a save meanwhile): each key once.
         limit = compiled.spec.limit
         unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
-        keys = {key for chunk in index.matching_chunks(unlimited, read, self._key_name) for key, _ in chunk}
-        return len(keys) if limit is None else min(len(keys), limit)
+        found = len(self._matches(unlimited, limit))
+        return found if limit is None else min(found, limit)
+
+    def _matches(self, compiled: index.CompiledQuery, most: int | None = None) -> dict[bytes, bytes]:
+        """The ``(record key, record)`` of each item ``compiled`` matches by its header, each
+        once (a path that may meet an item twice, moved by a save meanwhile, keeps the
+        first), read no further than ``most`` items (None: all)."""
+        _, read = self._reader(compiled.spec)
+        found: dict[bytes, bytes] = {}
+        for chunk in index.matching_chunks(compiled, read, self._key_name):
+            for key, record in chunk:
+                found.setdefault(bytes(key), record)
+            if most is not None and len(found) >= most:
+                break
+        return found
 
     def search(self, query: StorageQuery | index.CompiledQuery) -> Iterator[StorageResult[Any]]:
         """The live items that meet every criterion of ``query``."""

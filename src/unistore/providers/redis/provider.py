@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import zlib
@@ -460,13 +461,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         return deleted
 
     async def _delete_matching_in(self, shard: Shard, compiled: index.CompiledQuery, most: int | None) -> int:
-        found: dict[bytes, bytes] = {}  # a SCAN may meet a key twice
-        async with contextlib.aclosing(self._matching(compiled, shard)) as chunks:
-            async for chunk in chunks:
-                for key, record in chunk:
-                    found.setdefault(key, record)
-                if most is not None and len(found) >= most:
-                    break  # enough: read no further
+        found = await self._matches_in(shard, compiled, most)
         members = list(found)[:most]
         if not members:
             return 0
@@ -562,9 +557,11 @@ class RedisStorageProvider(StorageProvider[Any]):
         remaining = compiled.spec.limit
         if remaining == 0:
             return
-        if compiled.spec.order is not None:  # every match of every shard, sorted (a heap of limit, if any)
-            matches = [result async for result in self.search(ordering.every_match(compiled))]
-            for result in ordering.in_order(matches, compiled):
+        if compiled.spec.order is not None:  # every match of every shard by its header, ordered
+            every = ordering.every_match(compiled)
+            shards = await asyncio.gather(*(self._matches_in(shard, every, None) for shard in self._shards))
+            matches = itertools.chain.from_iterable(found.items() for found in shards)
+            for result in ordering.pick(compiled, matches, _key_name):
                 yield result
             return
         async with scattered([self._search_shard(compiled, shard) for shard in self._shards]) as chunks:
@@ -588,19 +585,22 @@ class RedisStorageProvider(StorageProvider[Any]):
         compiled = ordering.unordered(query)
         limit = compiled.spec.limit
         unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
-        counts = await asyncio.gather(*(self._count_in(shard, unlimited, limit) for shard in self._shards))
-        return sum(counts) if limit is None else min(sum(counts), limit)
+        shards = await asyncio.gather(*(self._matches_in(shard, unlimited, limit) for shard in self._shards))
+        found = sum(map(len, shards))
+        return found if limit is None else min(found, limit)
 
-    async def _count_in(self, shard: Shard, compiled: index.CompiledQuery, most: int | None) -> int:
-        """The matches of one shard, by their headers, each key once (a SCAN may meet a
-        key twice), read no further than ``most``."""
-        found: set[bytes] = set()
+    async def _matches_in(self, shard: Shard, compiled: index.CompiledQuery, most: int | None) -> dict[bytes, bytes]:
+        """The ``(key, record)`` of each item of one shard that ``compiled`` matches by its
+        header, each key once (a SCAN may meet a key twice: the first is kept), read no
+        further than ``most`` items (None: all)."""
+        found: dict[bytes, bytes] = {}
         async with contextlib.aclosing(self._matching(compiled, shard)) as chunks:
             async for chunk in chunks:
-                found.update(key for key, _ in chunk)
+                for key, record in chunk:
+                    found.setdefault(key, record)
                 if most is not None and len(found) >= most:
                     break
-        return len(found)
+        return found
 
     async def _matching(
         self, compiled: index.CompiledQuery, shard: Shard
