@@ -263,6 +263,9 @@ class Plan:
             (items by time from ``low`` to ``high``, inclusive, None: unbounded).
         candidates: how many candidates the planner expects.
         cost: what it expects them to cost, in µs.
+        walk: for an ordered query, the order a backend walks from the page's
+            position instead (``"key"``, ``"created_at"``), reading until it has
+            the page; None: the path's candidates are read and sorted.
     """
 
     path: str
@@ -272,6 +275,7 @@ class Plan:
     high: int | None = None
     candidates: float = 0.0
     cost: float = 0.0
+    walk: str | None = None
 
     @property
     def repeats(self) -> bool:

@@ -118,16 +118,15 @@ async def check_pages(provider: StorageProvider[Any], model: ReferenceModel, que
     walked: list[StorageItem[Any]] = []
     cursor: str | None = None
     expected = [item.metadata.key for item in model.in_order(query)]
-    for _ in range(len(expected) // size + 2):  # the pages there are, and one to spare
+    pages, bound = 0, len(expected) // size + 1  # the pages there are
+    while pages == 0 or cursor is not None:
+        assert pages <= bound, f"pages of {query}, {size} a page: the walk does not end ({len(walked)} results)"
         page = await provider.page(query, size, cursor)
         assert len(page.results) == size or page.next is None, f"page({query}, {size}): a short page with a next"
+        assert page.next is None or isinstance(page.next, str), f"page({query}): cursor {page.next!r}"
+        assert page.next is None or page.next.isascii(), f"page({query}): cursor {page.next!r}"
         walked += [result.item for result in page.results]
-        if page.next is None:
-            break
-        assert isinstance(page.next, str), f"page({query}): cursor {page.next!r}"
-        assert page.next.isascii(), f"page({query}): cursor {page.next!r}"
-        cursor = page.next
-    assert page.next is None, f"pages of {query}, {size} a page: the walk does not end ({len(walked)} results)"
+        cursor, pages = page.next, pages + 1
     check_found(model, walked, f"pages of {query}")
     assert [item.metadata.key for item in walked] == expected, (
         f"pages of {query}, {size} a page: not the ordered matches"

@@ -42,7 +42,7 @@ from ...codec import (
     prepare_restore,
     prepare_save,
 )
-from ...core import RecordFields, ids_from_entries, intersect_ids, pack_new, unpack_record
+from ...core import RecordFields, glob_literal_prefix, ids_from_entries, intersect_ids, pack_new, unpack_record
 from ...errors import ItemNotFoundError, StorageCorruptionError
 from ...model import (
     QuerySpec,
@@ -57,7 +57,7 @@ from ...model import (
     validate_wanted_type,
 )
 from ..maintenance import CheckReport, Usage
-from . import layout
+from . import layout, walk
 from .check import check_namespace
 from .check import usage as namespace_usage
 from .environment import DEFAULT_MAP_SIZE, DEFAULT_MAX_READERS, SharedEnvironment, StoreOptions
@@ -72,6 +72,11 @@ PURGE_IN_PASSING = 8
 #: What a candidate costs this engine on each access path, in µs, native core:
 #: measured over the 100,000 items of benches/test_planner.py (docs/benchmarks.md, "Searches and the planner").
 COSTS = index.Costs(scan=0.46, fetch=1.36, posting=0.01, time_entry=0.3)
+#: What an ordered walk pays per entry, by the order it walks (µs, as COSTS): a record
+#: in key order, or a creation-time entry and the record it names.
+_WALKS = {"key": COSTS.scan, "created_at": COSTS.time_entry + COSTS.fetch}
+#: What ordering one candidate by its header costs on top of reading it (µs).
+SORT_COST = 0.5
 #: A namespace with more content types than this is sized by its store's records.
 NAMESPACE_TYPES_COUNTED = 64
 
@@ -496,13 +501,49 @@ class LmdbEngine:
         compiled = index.compile_query(query)
         if compiled.spec.limit == 0:
             return
-        if compiled.spec.order is not None:  # every match by its header, ordered; the results decoded
-            ordered = ordering.pick(compiled, self._matches(ordering.every_match(compiled)).items(), self._key_name)
+        if compiled.spec.order is not None:
+            ordered = self._ordered(compiled)
             for start in range(0, len(ordered), index.SEARCH_CHUNK):
                 yield ordered[start : start + index.SEARCH_CHUNK]
             return
         plan, read = self._reader(compiled.spec)
         yield from index.search_chunks(compiled, read, plan.repeats, self._key_name)
+
+    def _ordered(self, compiled: index.CompiledQuery) -> list[StorageResult[Any]]:
+        """The results of an ordered query: its order walked from the position until the
+        limit is reached, where the plan says that reads less than sorting every match
+        by its header (:func:`unistore.ordering.pick`, the results alone decoded)."""
+        spec = compiled.spec
+        assert spec.order is not None
+        shared, prefix = self._opened()
+        plan = shared.read(functools.partial(_plan, spec, prefix))
+        if plan.walk is None:
+            return ordering.pick(compiled, self._matches(ordering.every_match(compiled)).items(), self._key_name)
+        descending = spec.order.descending
+        position = compiled.after
+        if plan.walk == "key":
+            after = None if position is None else position[0]
+            groups = walk.by_key(shared.read, prefix, plan.literal, descending, after)
+        else:
+            low, high = spec.created_after, spec.created_before
+            if position is not None:  # from the position's instant on (its group included)
+                if descending:
+                    high = position[0] if high is None else min(high, position[0])
+                else:
+                    low = position[0] if low is None else max(low, position[0])
+            groups = walk.by_creation(shared.read, prefix, self._by_id, low, high, descending)
+        every = ordering.every_match(compiled)
+        wanted = spec.limit
+        results: list[StorageResult[Any]] = []
+        for group in groups:
+            self.candidates_examined += len(group)
+            matched = [hit for hits in index.matching_chunks(every, _whole(group), self._key_name) for hit in hits]
+            if matched:
+                rest = None if wanted is None else wanted - len(results)
+                results += ordering.pick(_limited(compiled, rest), matched, self._key_name)
+                if wanted is not None and len(results) >= wanted:
+                    break
+        return results
 
     def _reader(self, spec: QuerySpec) -> tuple[index.Plan, Callable[[Any], index.Chunk]]:
         """The plan of ``spec`` now, and the reader of its chunks: each chunk read in
@@ -659,6 +700,15 @@ class LmdbEngine:
         return shared.read(lambda txn, dbs: namespace_usage(txn, dbs, prefix, now_micros()))
 
 
+def _whole(group: _Candidates) -> Callable[[Any], index.Chunk]:
+    """A chunk reader whose one chunk is ``group``."""
+    return lambda _: (group, None)
+
+
+def _limited(compiled: index.CompiledQuery, limit: int | None) -> index.CompiledQuery:
+    return dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=limit))
+
+
 class _Opened(NamedTuple):
     """An engine's open environment and its namespace's prefix there, taken together."""
 
@@ -671,7 +721,23 @@ def _record_key(prefix: bytes, key_bytes: bytes) -> bytes:
 
 
 def _plan(spec: QuerySpec, prefix: bytes, txn: Any, dbs: Databases) -> index.Plan:
-    return index.plan(spec, _Sizes(txn, dbs, prefix), COSTS)
+    """The planner's plan for ``spec``; for an ordered query with a limit, whether to walk
+    its order instead (:attr:`unistore.index.Plan.walk`): the walk reads ``limit`` matches'
+    worth of its range at the density the plan's candidates have in it, against every
+    candidate of the plan read and sorted."""
+    sizes = _Sizes(txn, dbs, prefix)
+    plan = index.plan(spec, sizes, COSTS)
+    order = spec.order
+    if order is None or spec.limit is None or order.field not in _WALKS:
+        return plan
+    literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
+    # The walk's range: the keys that start with the literal, as the plan counted them, or all.
+    span = plan.candidates if order.field == "key" and plan.path == index.KEYS else sizes.keys(b"", None)
+    density = min(max(plan.candidates, 1.0) / max(span, 1), 1.0)
+    walked = spec.limit / density * _WALKS[order.field]
+    if walked < plan.cost + plan.candidates * SORT_COST:
+        return dataclasses.replace(plan, walk=order.field, literal=literal if order.field == "key" else b"")
+    return plan
 
 
 _Candidates = list[tuple[bytes, bytes]]

@@ -1,0 +1,126 @@
+"""Ordered walks of an LMDB namespace (providers/lmdb/walk.py): the planner's choice between
+walking an order and sorting the matches, and the stored orders that differ from the
+order a query names (long keys kept by digest, instants kept by id)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import UTC
+from unistore import StorageItem, StorageMetadata, StorageQuery
+from unistore.providers import LmdbStorageProvider
+from unistore.providers.lmdb.layout import KEPT_KEY_BYTES, SHORT_KEY
+
+AT = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def provider(tmp_path: Path) -> Any:
+    provider = LmdbStorageProvider(tmp_path / "store", durability="none")
+    yield provider
+    await provider.cleanup()
+
+
+async def walk(provider: LmdbStorageProvider, query: StorageQuery, size: int) -> list[str]:
+    """Every page of ``query``, ``size`` a page, concatenated."""
+    keys, cursor = [], None
+    for _ in range(1000):
+        page = await provider.page(query, size, cursor)
+        keys += [result.item.metadata.key for result in page.results]
+        if page.next is None:
+            return keys
+        cursor = page.next
+    raise AssertionError("the walk does not end")
+
+
+async def test_the_planner_walks_an_order_where_matches_are_dense(provider: LmdbStorageProvider) -> None:
+    await provider.save_many({f"k{n:05}": n for n in range(4000)}, "t")
+    await provider.save_many({f"k{n:05}": n for n in range(0, 4000, 2)}, "t", tags={"half": "yes"})
+    await provider.save_many({f"k{n:05}": n for n in range(1, 4000, 100)}, "t", tags={"rare": "yes"})
+    newest: dict[str, Any] = {"order_by": "-created_at", "limit": 21}
+    # A 1% tag: its posting list is read and its 40 matches sorted; a 50% tag: the time index is walked.
+    assert (await provider.explain(StorageQuery(tags={"rare": "yes"}, **newest))).walk is None
+    assert (await provider.explain(StorageQuery(tags={"half": "yes"}, **newest))).walk == "created_at"
+    by_key = await provider.explain(StorageQuery(pattern="k01*", order_by="key", limit=21))
+    assert (by_key.path, by_key.walk, by_key.literal) == ("keys", "key", b"k01")
+    assert (await provider.explain(StorageQuery(order_by="key"))).walk is None  # no limit: every match
+    assert (await provider.explain(StorageQuery(order_by="updated_at", limit=5))).walk is None
+    # Either way, the same results.
+    rare = list(range(1, 4000, 100))
+    found = [r.item.data async for r in provider.search(StorageQuery(tags={"rare": "yes"}, **newest))]
+    assert found == sorted(rare, reverse=True)[:21]
+    half = [r.item.data async for r in provider.search(StorageQuery(tags={"half": "yes"}, **newest))]
+    assert half == list(range(3998, 3998 - 42, -2))
+    assert await walk(provider, StorageQuery(pattern="k01*", order_by="-key"), 7) == [
+        f"k{n:05}" for n in range(1999, 999, -1)
+    ]
+
+
+async def test_keys_stored_by_digest_come_in_key_order(provider: LmdbStorageProvider) -> None:
+    stem = "x" * KEPT_KEY_BYTES
+    keys = [
+        stem + "a" * 40,  # long: stored as the stem and a digest
+        stem + "b",  # short, beside them
+        stem + "a" * (SHORT_KEY - KEPT_KEY_BYTES),  # the longest short key
+        stem + "b" * 40,
+        stem + "ab" * 30,
+        stem[:-1] + "y",  # after the stem: another group
+        stem[:-1] + "w" + "z" * 100,
+        "a",
+        "z",
+    ]
+    await provider.save_many({key: index for index, key in enumerate(keys)}, "t")
+    ascending = sorted(keys, key=str.encode)
+    for size in (1, 2, 5):
+        assert await walk(provider, StorageQuery(order_by="key"), size) == ascending
+        assert await walk(provider, StorageQuery(order_by="-key"), size) == ascending[::-1]
+        assert await walk(provider, StorageQuery(pattern=stem + "*", order_by="-key"), size) == [
+            key for key in ascending[::-1] if key.startswith(stem)
+        ]
+
+
+async def test_an_instant_s_items_come_by_key_across_pages(provider: LmdbStorageProvider) -> None:
+    def made(key: str, created: datetime) -> StorageItem[Any]:
+        metadata = StorageMetadata(uuid.uuid4(), key, "t", created, created, None, {})
+        return StorageItem(key, metadata)
+
+    # Ids are given in the order of the batch: the index keeps an instant's items by id, not by key.
+    keys = [f"k{n}" for n in (5, 3, 9, 1, 7, 2, 8)]
+    await provider.restore_many([made(key, AT) for key in keys])
+    await provider.restore_many([made("early", AT - timedelta(seconds=1)), made("late", AT + timedelta(seconds=1))])
+    ordered = ["early", *sorted(keys), "late"]
+    for size in (1, 2, 3, 4):
+        assert await walk(provider, StorageQuery(order_by="created_at"), size) == ordered
+        assert await walk(provider, StorageQuery(order_by="-created_at"), size) == ordered[::-1]
+        bounded = StorageQuery(order_by="-created_at", created_after=AT, created_before=AT)
+        assert await walk(provider, bounded, size) == sorted(keys, reverse=True)
+    assert (await provider.explain(StorageQuery(order_by="created_at", limit=2))).walk == "created_at"
+
+
+async def test_walks_that_find_nothing(provider: LmdbStorageProvider) -> None:
+    for order_by in ("key", "-key", "created_at", "-created_at"):  # an empty store: nothing to start at
+        assert await walk(provider, StorageQuery(order_by=order_by), 2) == []
+    await provider.save_many({"b": 1, "c": 2}, "t")
+    # Before every key, descending, and after every key, ascending: the walk starts nowhere.
+    assert await walk(provider, StorageQuery(pattern="a*", order_by="-key"), 2) == []
+    assert await walk(provider, StorageQuery(pattern="d*", order_by="key"), 2) == []
+
+
+async def test_a_walk_from_a_position_no_key_is_left_beyond(provider: LmdbStorageProvider) -> None:
+    # The walk starts past the last key (ascending) or before the first (descending): the
+    # keys beyond the cursor, itself included, went meanwhile; the others are behind it.
+    keys = [f"a{n}" for n in range(10)] + ["b", "c", "d"]
+    for order_by, gone in (("key", ["c", "d"]), ("-key", ["a0", "a1"])):
+        await provider.save_many(dict.fromkeys(keys, 1), "t")
+        first = await provider.page(StorageQuery(order_by=order_by), 12)
+        assert first.next is not None
+        await provider.delete_many(gone)
+        assert (await provider.explain(StorageQuery(order_by=order_by, limit=13))).walk == "key"
+        last = await provider.page(StorageQuery(order_by=order_by), 12, first.next)
+        assert (last.results, last.next) == ([], None)
+        await provider.delete_many(keys)
