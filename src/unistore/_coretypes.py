@@ -64,6 +64,13 @@ class Header(NamedTuple):
 
 
 _HEADER = struct.Struct(HEADER_FORMAT)
+_HEADER_CODES = re.findall(r"\d*[a-zA-Z]", HEADER_FORMAT[1:])
+#: Where each field of :class:`Header` starts in a record, by name: for a reader that
+#: takes one field without unpacking the whole header.
+HEADER_OFFSETS = {
+    name: struct.calcsize(HEADER_FORMAT[0] + "".join(_HEADER_CODES[:number]))
+    for number, name in enumerate(Header._fields)
+}
 
 
 def read_header(record: bytes) -> Header:

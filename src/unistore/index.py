@@ -303,14 +303,16 @@ def _within(budget: float, each: float) -> int:
     return math.floor(budget / each) + 1
 
 
-def plan(spec: QuerySpec, sizes: Sizes, costs: Costs) -> Plan:
+def plan(spec: QuerySpec, sizes: Sizes, costs: Costs, ceiling: float = math.inf) -> Plan:
     """The cheapest way to read the candidates of ``spec``.
 
     The whole keyspace bounds every plan. A query's posting lists are walked
     from the smallest; each other one is read and ANDed with it only when the
     fetches it saves (assuming it is independent of the rest) cost more than
     reading it. A key-prefix or time range is counted only up to what the best
-    plan so far costs, so sizing never costs more than that plan.
+    plan so far costs, or ``ceiling`` (µs: what the caller can do otherwise, as an
+    ordered walk) if that is less, so sizing never costs more than the plan it might
+    replace; a range counted to the ceiling costs more than it.
     """
     scan, fetch = costs.scan, costs.fetch
     everything = sizes.keys(b"", None)
@@ -330,7 +332,7 @@ def plan(spec: QuerySpec, sizes: Sizes, costs: Costs) -> Plan:
             best = Plan(POSTINGS, tuple(chosen), candidates=candidates, cost=cost)
     literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
     if literal:
-        count = sizes.keys(literal, _within(best.cost, scan))
+        count = sizes.keys(literal, _within(min(best.cost, ceiling), scan))
         if count * scan <= best.cost:  # at equal cost, the narrower range
             best = Plan(KEYS, literal=literal, candidates=count, cost=count * scan)
     for kind, path, low, high in (
@@ -340,7 +342,7 @@ def plan(spec: QuerySpec, sizes: Sizes, costs: Costs) -> Plan:
         if low is None and high is None:
             continue
         each = costs.time_entry + fetch
-        count = sizes.times(kind, low, high, _within(best.cost, each))
+        count = sizes.times(kind, low, high, _within(min(best.cost, ceiling), each))
         if count * each < best.cost:
             best = Plan(path, low=low, high=high, candidates=count, cost=count * each)
     return best

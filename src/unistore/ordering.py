@@ -25,12 +25,13 @@ import dataclasses
 import hashlib
 import heapq
 import operator
+import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
 
-from ._coretypes import HEADER_SIZE, Header, read_header
+from ._coretypes import HEADER_OFFSETS, HEADER_SIZE
 from .errors import ValidationError
 from .index import CompiledQuery, compile_query, select
 from .model import (
@@ -102,23 +103,26 @@ def every_match(compiled: CompiledQuery) -> CompiledQuery:
     return dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, order=None, limit=None), after=None)
 
 
-def record_position(order: Order) -> Callable[[bytes], Position]:
-    """:func:`sort_key` read from an encoded record (its header, key and content type):
-    no payload is decoded to order candidates."""
+_TIME = struct.Struct("<q")
+_NAME_LENGTHS = struct.Struct("<II")  # the key's length, then the content type's
+_TIME_OFFSETS = {"created_at": HEADER_OFFSETS["created"], "updated_at": HEADER_OFFSETS["updated"]}
+_NAME_LENGTHS_OFFSET = HEADER_OFFSETS["key_length"]
 
-    def names(record: bytes, header: Header) -> tuple[bytes, bytes]:
-        key_end = HEADER_SIZE + header.key_length
-        return bytes(record[HEADER_SIZE:key_end]), bytes(record[key_end : key_end + header.type_length])
+
+def record_position(order: Order) -> Callable[[bytes], Position]:
+    """:func:`sort_key` read from an encoded record (its header's time, then its key and
+    content type): no payload is decoded to order candidates."""
+
+    def names(record: bytes) -> tuple[bytes, bytes]:
+        key_length, type_length = _NAME_LENGTHS.unpack_from(record, _NAME_LENGTHS_OFFSET)
+        key_end = HEADER_SIZE + key_length
+        return bytes(record[HEADER_SIZE:key_end]), bytes(record[key_end : key_end + type_length])
 
     if order.field == "key":
-        return lambda record: names(record, read_header(record))
-    moment = operator.attrgetter("created" if order.field == "created_at" else "updated")
-
-    def position(record: bytes) -> Position:
-        header = read_header(record)
-        return (moment(header), *names(record, header))
-
-    return position
+        return names
+    offset = _TIME_OFFSETS[order.field]
+    moment = _TIME.unpack_from
+    return lambda record: (moment(record, offset)[0], *names(record))
 
 
 def pick(

@@ -124,3 +124,11 @@ async def test_a_walk_from_a_position_no_key_is_left_beyond(provider: LmdbStorag
         last = await provider.page(StorageQuery(order_by=order_by), 12, first.next)
         assert (last.results, last.next) == ([], None)
         await provider.delete_many(keys)
+
+
+async def test_a_walk_that_ends_on_a_chunk_s_edge(provider: LmdbStorageProvider) -> None:
+    keys = [f"k{n:03}" for n in range(256)]  # a search chunk's worth exactly
+    await provider.save_many(dict.fromkeys(keys, 1), "t")
+    assert (await provider.explain(StorageQuery(order_by="key", limit=301))).walk == "key"
+    page = await provider.page(StorageQuery(order_by="key"), 300)
+    assert ([r.item.metadata.key for r in page.results], page.next) == (keys, None)

@@ -535,14 +535,18 @@ class LmdbEngine:
         every = ordering.every_match(compiled)
         wanted = spec.limit
         results: list[StorageResult[Any]] = []
-        for group in groups:
-            self.candidates_examined += len(group)
-            matched = [hit for hits in index.matching_chunks(every, _whole(group), self._key_name) for hit in hits]
-            if matched:
-                rest = None if wanted is None else wanted - len(results)
-                results += ordering.pick(_limited(compiled, rest), matched, self._key_name)
-                if wanted is not None and len(results) >= wanted:
-                    break
+        for batch in _batches(groups):  # headers matched a chunk's worth at a time, in one core call
+            candidates = [candidate for group in batch for candidate in group]
+            self.candidates_examined += len(candidates)
+            chunks = index.matching_chunks(every, _whole(candidates), self._key_name)
+            matched = {key for hits in chunks for key, _ in hits}
+            for group in batch:
+                hits = [candidate for candidate in group if candidate[0] in matched]
+                if hits:
+                    rest = None if wanted is None else wanted - len(results)
+                    results += ordering.pick(_limited(compiled, rest), hits, self._key_name)
+                    if wanted is not None and len(results) >= wanted:
+                        return results
         return results
 
     def _reader(self, spec: QuerySpec) -> tuple[index.Plan, Callable[[Any], index.Chunk]]:
@@ -700,6 +704,20 @@ class LmdbEngine:
         return shared.read(lambda txn, dbs: namespace_usage(txn, dbs, prefix, now_micros()))
 
 
+def _batches(groups: Iterable[_Candidates]) -> Iterator[list[_Candidates]]:
+    """Groups of a walk, gathered until they hold a search chunk's worth of candidates."""
+    batch: list[_Candidates] = []
+    size = 0
+    for group in groups:
+        batch.append(group)
+        size += len(group)
+        if size >= index.SEARCH_CHUNK:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def _whole(group: _Candidates) -> Callable[[Any], index.Chunk]:
     """A chunk reader whose one chunk is ``group``."""
     return lambda _: (group, None)
@@ -723,20 +741,22 @@ def _record_key(prefix: bytes, key_bytes: bytes) -> bytes:
 def _plan(spec: QuerySpec, prefix: bytes, txn: Any, dbs: Databases) -> index.Plan:
     """The planner's plan for ``spec``; for an ordered query with a limit, whether to walk
     its order instead (:attr:`unistore.index.Plan.walk`): the walk reads ``limit`` matches'
-    worth of its range at the density the plan's candidates have in it, against every
+    worth of entries at the density the query's posting lists give, against every
     candidate of the plan read and sorted."""
     sizes = _Sizes(txn, dbs, prefix)
-    plan = index.plan(spec, sizes, COSTS)
     order = spec.order
     if order is None or spec.limit is None or order.field not in _WALKS:
-        return plan
-    literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None else b""
-    # The walk's range: the keys that start with the literal, as the plan counted them, or all.
-    span = plan.candidates if order.field == "key" and plan.path == index.KEYS else sizes.keys(b"", None)
-    density = min(max(plan.candidates, 1.0) / max(span, 1), 1.0)
-    walked = spec.limit / density * _WALKS[order.field]
+        return index.plan(spec, sizes, COSTS)
+    # The walk meets matches at the density the query's posting lists have (as independent).
+    everything = max(sizes.keys(b"", None), 1)
+    density = 1.0
+    for kind, term in index.query_postings(spec):
+        density *= min(sizes.posting(kind, term) / everything, 1.0)
+    walked = spec.limit / max(density, 1 / everything) * _WALKS[order.field]
+    plan = index.plan(spec, sizes, COSTS, ceiling=walked)  # (no range is counted past the walk)
     if walked < plan.cost + plan.candidates * SORT_COST:
-        return dataclasses.replace(plan, walk=order.field, literal=literal if order.field == "key" else b"")
+        literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None and order.field == "key" else b""
+        return dataclasses.replace(plan, walk=order.field, literal=literal)
     return plan
 
 
