@@ -21,6 +21,7 @@ plan's candidates, fetch by id or key, and its write transaction.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import math
 import struct
@@ -86,6 +87,10 @@ class CompiledQuery:
     spec: QuerySpec
     matcher: QueryMatcher
     after: tuple[Any, ...] | None = None
+
+    def limited(self, limit: int | None) -> CompiledQuery:
+        """The same query with another ``limit`` (None: none)."""
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, limit=limit))
 
 
 def compile_query(query: StorageQuery | CompiledQuery) -> CompiledQuery:

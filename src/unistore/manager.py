@@ -19,10 +19,9 @@ search whose results carry a relevance ``score`` and ``highlights`` for a text.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -273,20 +272,28 @@ class UnifiedStorageManager(CleanupOnExit):
             StorageConnectionError: the provider's backend cannot be reached (a
                 :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
-        label = _label(getattr(query, "content_type", None))
-        return await self._measured("delete_matching", label, self._delete_matching(query))
+        return await self._summed("delete_matching", query, compile_query)
 
-    async def _delete_matching(self, query: StorageQuery) -> int:
-        compiled = compile_query(query)
-        limit = compiled.spec.limit
-        deleted = 0
-        for provider in self._providers_of(query):
-            if limit is not None:  # a limit counts over every provider, as in search
-                if deleted == limit:
+    async def _summed(
+        self, operation: str, query: StorageQuery, prepare: Callable[[StorageQuery], CompiledQuery]
+    ) -> int:
+        """The sum of the providers' ``operation`` (``delete_matching``, ``count``) over
+        the providers of ``query``, one after another, measured as ``operation``: the query
+        is ``prepare``d once, and its ``limit`` counts over all of them (each is given what
+        the ones before it left)."""
+
+        async def summed() -> int:
+            compiled = prepare(query)
+            limit = compiled.spec.limit
+            total = 0
+            for provider in self._providers_of(query):
+                if total == limit:
                     break
-                compiled = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=limit - deleted))
-            deleted += await provider.delete_matching(compiled)
-        return deleted
+                asked = compiled if limit is None else compiled.limited(limit - total)
+                total += await getattr(provider, operation)(asked)
+            return total
+
+        return await self._measured(operation, _label(getattr(query, "content_type", None)), summed())
 
     def search(self, query: StorageQuery) -> AsyncGenerator[StorageResult[Any], None]:
         """Results from the provider of ``query.content_type``, or from every
@@ -347,7 +354,7 @@ class UnifiedStorageManager(CleanupOnExit):
             else:  # every match is ranked; the limit applies to the ranked
                 if compiled.spec.order is not None:
                     raise ValidationError("query.order_by: a retrieval with text orders its results by score")
-                everything = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+                everything = compiled.limited(None)
                 async for result in self._fan_out(everything, providers):
                     ranking.add(result.item)
                 for ranked in ranking.best(compiled.spec.limit):
@@ -419,20 +426,7 @@ class UnifiedStorageManager(CleanupOnExit):
             StorageConnectionError: the provider's backend cannot be reached (a
                 :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
-        label = _label(getattr(query, "content_type", None))
-        return await self._measured("count", label, self._count(query))
-
-    async def _count(self, query: StorageQuery) -> int:
-        compiled = ordering.unordered(query)
-        limit = compiled.spec.limit
-        counted = 0
-        for provider in self._providers_of(query):
-            if counted == limit:
-                break
-            if limit is not None:  # a limit counts over every provider, as in search
-                compiled = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=limit - counted))
-            counted += await provider.count(compiled)
-        return counted
+        return await self._summed("count", query, ordering.unordered)
 
     async def cleanup(self) -> None:
         """Clean up each distinct provider once. Every provider is tried; the

@@ -100,7 +100,7 @@ def unordered(query: StorageQuery | CompiledQuery) -> CompiledQuery:
 def every_match(compiled: CompiledQuery) -> CompiledQuery:
     """What a provider that orders its matches itself (:func:`pick`) reads first:
     every match, in no order, without the limit."""
-    return dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, order=None, limit=None), after=None)
+    return unordered(compiled).limited(None)
 
 
 _TIME = struct.Struct("<q")

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from ..codec import prepare_save
 from ..errors import ItemNotFoundError, ValidationError
-from ..model import ORDER_FIELDS
+from ..model import ORDER_FIELDS, validate_order
 from ..urls import open_existing, open_lasting
 from .options import query_of, tags_option
 from .render import dumps, encode, item_json, shown
@@ -100,9 +100,13 @@ async def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
         raise ValidationError(f"--page-size must be 1 or more, got {args.page_size}")
     if args.after is not None and args.page_size is None:
         raise ValidationError("--after names a page: give --page-size too")
-    if not isinstance(args.order_by, str) or args.order_by.removeprefix("-") not in ORDER_FIELDS:
+    try:
+        validate_order(args.order_by)
+    except ValidationError:  # (said in the command's words)
         fields = ", ".join(ORDER_FIELDS)
-        raise ValidationError(f"--order-by must be {fields}, with a leading - for descending; got {args.order_by!r}")
+        raise ValidationError(
+            f"--order-by must be {fields}, with a leading - for descending; got {args.order_by!r}"
+        ) from None
     query = query_of(args, args.limit)
     query.order_by = args.order_by
     async with await open_existing(args.store) as provider:

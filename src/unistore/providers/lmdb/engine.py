@@ -478,9 +478,7 @@ class LmdbEngine:
         Raises:
             ValidationError: a bad query field.
         """
-        spec = index.compile_query(query).spec
-        shared, prefix = self._opened()
-        return shared.read(functools.partial(_plan, spec, prefix))
+        return self._planned(index.compile_query(query).spec)
 
     def _source(self, plan: index.Plan, prefix: bytes) -> _Source:
         """The chunk reader of a plan's path in the namespace of ``prefix``."""
@@ -506,8 +504,8 @@ class LmdbEngine:
             for start in range(0, len(ordered), index.SEARCH_CHUNK):
                 yield ordered[start : start + index.SEARCH_CHUNK]
             return
-        plan, read = self._reader(compiled.spec)
-        yield from index.search_chunks(compiled, read, plan.repeats, self._key_name)
+        plan = self._planned(compiled.spec)
+        yield from index.search_chunks(compiled, self._reader(plan), plan.repeats, self._key_name)
 
     def _ordered(self, compiled: index.CompiledQuery) -> list[StorageResult[Any]]:
         """The results of an ordered query: its order walked from the position until the
@@ -516,9 +514,10 @@ class LmdbEngine:
         spec = compiled.spec
         assert spec.order is not None
         shared, prefix = self._opened()
-        plan = shared.read(functools.partial(_plan, spec, prefix))
-        if plan.walk is None:
-            return ordering.pick(compiled, self._matches(ordering.every_match(compiled)).items(), self._key_name)
+        plan = self._planned(spec)
+        every = ordering.every_match(compiled)
+        if plan.walk is None:  # (the plan's path reads every match: it is planned once)
+            return ordering.pick(compiled, self._matches(every, plan=plan).items(), self._key_name)
         descending = spec.order.descending
         position = compiled.after
         if plan.walk == "key":
@@ -532,7 +531,6 @@ class LmdbEngine:
                 else:
                     low = position[0] if low is None else max(low, position[0])
             groups = walk.by_creation(shared.read, prefix, self._by_id, low, high, descending)
-        every = ordering.every_match(compiled)
         wanted = spec.limit
         results: list[StorageResult[Any]] = []
         for batch in _batches(groups):  # headers matched a chunk's worth at a time, in one core call
@@ -544,16 +542,19 @@ class LmdbEngine:
                 hits = [candidate for candidate in group if candidate[0] in matched]
                 if hits:
                     rest = None if wanted is None else wanted - len(results)
-                    results += ordering.pick(_limited(compiled, rest), hits, self._key_name)
+                    results += ordering.pick(compiled.limited(rest), hits, self._key_name)
                     if wanted is not None and len(results) >= wanted:
                         return results
         return results
 
-    def _reader(self, spec: QuerySpec) -> tuple[index.Plan, Callable[[Any], index.Chunk]]:
-        """The plan of ``spec`` now, and the reader of its chunks: each chunk read in
-        one short transaction."""
+    def _planned(self, spec: QuerySpec) -> index.Plan:
+        """The plan of ``spec`` now."""
         shared, prefix = self._opened()
-        plan = shared.read(functools.partial(_plan, spec, prefix))
+        return shared.read(functools.partial(_plan, spec, prefix))
+
+    def _reader(self, plan: index.Plan) -> Callable[[Any], index.Chunk]:
+        """The reader of the chunks of ``plan``'s path: each chunk read in one short transaction."""
+        shared, prefix = self._opened()
         source = self._source(plan, prefix)
 
         def read(position: bytes | None) -> index.Chunk:
@@ -561,7 +562,7 @@ class LmdbEngine:
             self.candidates_examined += len(candidates)
             return candidates, position
 
-        return plan, read
+        return read
 
     def count(self, query: StorageQuery | index.CompiledQuery) -> int:
         """How many live items ``query`` matches (up to its ``limit``), by their record
@@ -572,15 +573,18 @@ class LmdbEngine:
         """
         compiled = ordering.unordered(query)
         limit = compiled.spec.limit
-        unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+        unlimited = compiled.limited(None)
         found = len(self._matches(unlimited, limit))
         return found if limit is None else min(found, limit)
 
-    def _matches(self, compiled: index.CompiledQuery, most: int | None = None) -> dict[bytes, bytes]:
+    def _matches(
+        self, compiled: index.CompiledQuery, most: int | None = None, plan: index.Plan | None = None
+    ) -> dict[bytes, bytes]:
         """The ``(record key, record)`` of each item ``compiled`` matches by its header, each
         once (a path that may meet an item twice, moved by a save meanwhile, keeps the
-        first), read no further than ``most`` items (None: all)."""
-        _, read = self._reader(compiled.spec)
+        first), read no further than ``most`` items (None: all), on ``plan``'s path (None:
+        the plan of ``compiled`` now)."""
+        read = self._reader(plan if plan is not None else self._planned(compiled.spec))
         found: dict[bytes, bytes] = {}
         for chunk in index.matching_chunks(compiled, read, self._key_name):
             for key, record in chunk:
@@ -723,10 +727,6 @@ def _whole(group: _Candidates) -> Callable[[Any], index.Chunk]:
     return lambda _: (group, None)
 
 
-def _limited(compiled: index.CompiledQuery, limit: int | None) -> index.CompiledQuery:
-    return dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=limit))
-
-
 class _Opened(NamedTuple):
     """An engine's open environment and its namespace's prefix there, taken together."""
 
@@ -864,20 +864,25 @@ class EngineWrites:
 
 class _Sizes:
     """The sizes of one namespace's candidate sources, for the planner (:class:`unistore.index.Sizes`),
-    read in the transaction ``txn``."""
+    read in the transaction ``txn``; each posting list's and the namespace's read once."""
 
     def __init__(self, txn: Any, dbs: Databases, prefix: bytes) -> None:
         self._txn = txn
         self._dbs = dbs
         self._prefix = prefix
+        self._postings: dict[tuple[int, bytes], int] = {}
 
     def posting(self, kind: int, term: bytes) -> int:
-        return _posting_size(self._txn, self._dbs[layout.database_of(kind)], layout.posting_key(self._prefix, term))
+        size = self._postings.get((kind, term))
+        if size is None:
+            db = self._dbs[layout.database_of(kind)]
+            size = self._postings[kind, term] = _posting_size(self._txn, db, layout.posting_key(self._prefix, term))
+        return size
 
     def keys(self, literal: bytes, most: int | None) -> int:
         prefix = self._prefix
         if not literal:
-            return self._namespace_size()
+            return self._namespace_size
         start = prefix + layout.scan_prefix(literal)
         cursor = self._txn.cursor(db=self._dbs.records)
         if not cursor.set_range(start):
@@ -889,6 +894,7 @@ class _Sizes:
             count += 1
         return count
 
+    @functools.cached_property
     def _namespace_size(self) -> int:
         """The namespace's items: the sum of its content types' posting lists, read
         in bulk; where it has more types than is worth counting, the store's records."""

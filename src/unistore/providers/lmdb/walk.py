@@ -89,13 +89,12 @@ def by_key(
     """The namespace's records whose stored keys start with ``literal`` (all: empty), in
     key order (``descending``: the other way), from the group of the key ``after`` (its
     UTF-8; None: from the first); each group as ``(record key, record)`` candidates."""
-    low = prefix + layout.scan_prefix(literal)
-    high = low + _ABOVE
+    bound = prefix + layout.scan_prefix(literal)  # what every stored key walked starts with
+    low, high = bound, bound + _ABOVE
     if after is not None:
         kept = prefix + layout.stored_key(after)[:KEPT_KEY_BYTES]
         low, high = (max(low, kept), high) if not descending else (low, min(high, kept + _ABOVE))
     start = high if descending else low
-    bound = prefix + layout.scan_prefix(literal)
 
     def chunk(resume: bytes | None) -> _Chunk:
         def action(txn: Any, dbs: Databases) -> _Chunk:

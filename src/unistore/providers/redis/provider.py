@@ -448,7 +448,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         holds the record that matched."""
         compiled = index.compile_query(query)
         limit = compiled.spec.limit
-        unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+        unlimited = compiled.limited(None)
         if limit is None:  # every shard at once
             return sum(
                 await asyncio.gather(*(self._delete_matching_in(shard, unlimited, None) for shard in self._shards))
@@ -584,7 +584,7 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def count(self, query: StorageQuery | index.CompiledQuery) -> int:
         compiled = ordering.unordered(query)
         limit = compiled.spec.limit
-        unlimited = dataclasses.replace(compiled, spec=dataclasses.replace(compiled.spec, limit=None))
+        unlimited = compiled.limited(None)
         shards = await asyncio.gather(*(self._matches_in(shard, unlimited, limit) for shard in self._shards))
         found = sum(map(len, shards))
         return found if limit is None else min(found, limit)
