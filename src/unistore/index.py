@@ -38,7 +38,7 @@ from .model import QuerySpec, StorageQuery, StorageResult, now_micros, validate_
 # -- index entries ------------------------------------------------------------------
 
 #: What a term indexes: the kinds of entries a record has.
-TAG, CONTENT_TYPE, CREATED, EXPIRES = range(4)
+TAG, CONTENT_TYPE, CREATED, EXPIRES, UPDATED = range(5)
 #: The kinds that are posting lists (a term and the items that have it); the
 #: others are time orders (a time and the item).
 POSTING_KINDS = (TAG, CONTENT_TYPE)
@@ -61,7 +61,7 @@ def postings(fields: RecordFields) -> list[tuple[int, bytes]]:
 
 def times(fields: RecordFields) -> list[tuple[int, int]]:
     """The time orders a record is in, as (kind, microseconds)."""
-    entries = [(CREATED, fields.created)]
+    entries = [(CREATED, fields.created), (UPDATED, fields.updated)]
     if fields.expires is not None:
         entries.append((EXPIRES, fields.expires))
     return entries
@@ -488,6 +488,7 @@ __all__ = [
     "POSTINGS",
     "POSTING_KINDS",
     "TAG",
+    "UPDATED",
     "Chunk",
     "CompiledQuery",
     "Costs",

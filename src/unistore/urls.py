@@ -22,7 +22,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 from .errors import StorageError, StoreNotFoundError, ValidationError
 from .providers.base import StorageProvider
 from .providers.lmdb import LmdbStorageProvider
-from .providers.lmdb.provider import store_namespaces
+from .providers.lmdb.provider import existing_store, store_namespaces
 from .providers.maintenance import Namespace
 from .providers.memory import MemoryStorageProvider
 from .redaction import redact
@@ -92,6 +92,22 @@ def lmdb_path(url: SplitResult) -> str:
         "url: lmdb URLs take an absolute path, lmdb:///path/to/store, or one relative to the "
         f"current directory, lmdb://./path/to/store; got {redact(url.geturl())!r}"
     )
+
+
+def upgrade_store(url: str) -> None:
+    """Bring the LMDB store ``url`` names to this release's format, in place (what its first
+    open for writing does; see :mod:`unistore.providers.lmdb.upgrade`); nothing if it is.
+
+    Raises:
+        ValidationError: not an lmdb URL (no other store has a format to upgrade), or a bad one.
+        StoreNotFoundError: there is no store there.
+    """
+    parts, params, _ = _opening(url, create=False)
+    if parts.scheme != "lmdb":
+        raise ValidationError(f"upgrade: only LMDB stores have a format to upgrade; {redact(url)!r} is not one")
+    params.pop("namespace", None)  # (the whole store is upgraded)
+    with existing_store(lmdb_path(parts), upgrade=True, **_lmdb_options(params)):
+        pass
 
 
 def _lmdb_options(params: dict[str, str]) -> dict[str, Any]:
@@ -312,5 +328,6 @@ __all__ = [
     "open_existing",
     "open_lasting",
     "open_provider",
+    "upgrade_store",
     "with_namespace",
 ]

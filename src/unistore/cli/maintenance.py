@@ -5,6 +5,7 @@ the provider contract's maintenance methods and nothing else."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TextIO
@@ -14,7 +15,7 @@ from ..metrics import MetricsManager, StorageMonitor
 from ..providers.base import StorageProvider
 from ..providers.maintenance import Usage, merge
 from ..redaction import redact
-from ..urls import missing_parent, namespace_of, namespace_urls, open_existing
+from ..urls import missing_parent, namespace_of, namespace_urls, open_existing, upgrade_store
 from .render import columns, progress_bar
 
 #: The gauge ``stats`` sets to the live items of a content type (``storage_size`` holds their bytes).
@@ -48,7 +49,7 @@ async def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(
                     f"{name!r}: {report.records} records, {report.ids} ids, {report.tag_entries} tag entries, "
                     f"{report.type_entries} type entries, {report.created_entries} created entries, "
-                    f"{report.expires_entries} expiry entries\n"
+                    f"{report.updated_entries} updated entries, {report.expires_entries} expiry entries\n"
                 )
                 for problem in report.problems:
                     out.write(f"{name!r}: problem: {problem}\n")
@@ -150,4 +151,20 @@ async def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-__all__ = ["ITEMS_GAUGE", "cmd_backup", "cmd_check", "cmd_namespaces", "cmd_purge", "cmd_rm_namespace", "cmd_stats"]
+async def cmd_upgrade(args: argparse.Namespace, out: TextIO) -> int:
+    """``upgrade``: bring an LMDB store of the previous format to this release's, in place."""
+    await asyncio.to_thread(upgrade_store, args.store)
+    out.write(f"{redact(args.store)} is in this release's format\n")
+    return 0
+
+
+__all__ = [
+    "ITEMS_GAUGE",
+    "cmd_backup",
+    "cmd_check",
+    "cmd_namespaces",
+    "cmd_purge",
+    "cmd_rm_namespace",
+    "cmd_stats",
+    "cmd_upgrade",
+]

@@ -67,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     check = command("check", "verify records and indexes of every namespace (or the one the URL names)")
     check.add_argument("--repair", action="store_true", help="drop undecodable records, put every index right")
     command("purge", "remove expired items from every namespace (or the one the URL names)")
+    command("upgrade", "bring an LMDB store of the previous format to this release's, in place")
     backup = command("backup", "a hot, consistent copy of an LMDB store into a new directory")
     backup.add_argument("dest", metavar="DEST", help="directory for the copy (must not hold a store)")
     backup.add_argument("--compact", action="store_true", help="leave out free pages: a copy as small as its data")
@@ -119,6 +120,7 @@ _ASYNC_VERBS: dict[str, Callable[[argparse.Namespace, TextIO], Coroutine[Any, An
     "check": maintenance.cmd_check,
     "purge": maintenance.cmd_purge,
     "backup": maintenance.cmd_backup,
+    "upgrade": maintenance.cmd_upgrade,
     "migrate": migrate.cmd_migrate,
 }
 #: The verbs that run their own event loops (the bench, the demo), by name.

@@ -28,6 +28,7 @@ class CheckReport:
     type_entries: int = 0
     created_entries: int = 0
     expires_entries: int = 0
+    updated_entries: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property

@@ -187,15 +187,15 @@ def make_raw_store(store: Path, entries: dict[bytes | None, dict[bytes, bytes]])
 
 def test_a_format_1_store_is_refused_with_a_clear_error(store: Path) -> None:
     make_raw_store(store, {b"default/records": {b"k": b"record"}, b"default/meta": {b"namespace": b"default"}})
-    with pytest.raises(StorageError, match="format version 1, and this version reads format 2 only"):
+    with pytest.raises(StorageError, match="format version 1, and this version reads format 3 only"):
         LmdbEngine(store)
     assert str(store) not in SharedEnvironment._registry
 
 
 def test_a_store_of_a_later_format_is_refused(store: Path) -> None:
     LmdbEngine(store).close()
-    make_raw_store(store, {b"meta": {b"format": (3).to_bytes(4, "big")}})
-    with pytest.raises(StorageError, match="the store is in format version 3; this version of unistore reads 2"):
+    make_raw_store(store, {b"meta": {b"format": (4).to_bytes(4, "big")}})
+    with pytest.raises(StorageError, match="the store is in format version 4; this version of unistore reads 3"):
         LmdbEngine(store)
 
 

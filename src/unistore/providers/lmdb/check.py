@@ -27,6 +27,7 @@ _INDEXES = (
     (layout.DB_TYPES, "types", "type_entries"),
     (layout.DB_CREATED, "created", "created_entries"),
     (layout.DB_EXPIRES, "expires", "expires_entries"),
+    (layout.DB_UPDATED, "updated", "updated_entries"),
 )
 
 

@@ -62,6 +62,7 @@ from .check import check_namespace
 from .check import usage as namespace_usage
 from .environment import DEFAULT_MAP_SIZE, DEFAULT_MAX_READERS, SharedEnvironment, StoreOptions
 from .layout import SHORT_KEY, Databases, stored_key
+from .upgrade import upgrade
 
 R = TypeVar("R")
 
@@ -132,7 +133,7 @@ class LmdbEngine:
         return f"LmdbEngine({self.path!r}, namespace={self.namespace!r}, durability={self.durability!r})"
 
     def _open(self) -> _Opened:
-        shared = SharedEnvironment.acquire(self._options, layout.open_databases)
+        shared = SharedEnvironment.acquire(self._options, functools.partial(layout.open_databases, upgrade=upgrade))
         try:
             name = self._namespace_bytes
             prefix = shared.read(lambda txn, dbs: layout.find_namespace(txn, dbs.meta, name))
@@ -276,6 +277,7 @@ class LmdbEngine:
                 entries = [
                     (layout.DB_IDS, layout.id_key(prefix, head.sid), b""),
                     (layout.DB_CREATED, layout.time_key(prefix, head.created, head.sid), b""),
+                    (layout.DB_UPDATED, layout.time_key(prefix, head.updated, head.sid), b""),
                 ]
                 if head.flags & FLAG_EXPIRES:
                     entries.append((layout.DB_EXPIRES, layout.time_key(prefix, head.expires, head.sid), b""))

@@ -1,4 +1,4 @@
-"""The on-disk layout of an LMDB store, format version 2: database names and key encodings.
+"""The on-disk layout of an LMDB store, format version 3: database names and key encodings.
 
 A store is one LMDB environment holding one fixed set of named databases,
 shared by every namespace. Each namespace is numbered once (four bytes,
@@ -17,6 +17,7 @@ tags       prefix + tag term (u32 length, key, value)         item ids, dupsort 
 types      prefix + content type                              item ids, dupsort + dupfixed
 created    prefix + created µs (8 bytes, order-kept) + id     empty
 expires    prefix + expires µs (8 bytes, order-kept) + id     empty
+updated    prefix + updated µs (8 bytes, order-kept) + id     empty
 meta       ``format``, ``next_namespace``,                     u32, u32,
            ``ns=`` + name (or its digest), ``ns#`` + number   number + name, name
 =========  =================================================  ==================================
@@ -43,7 +44,9 @@ from ... import index
 from ...core import RecordFields
 from ...errors import StorageCorruptionError, StorageError, StoreNotFoundError
 
-STORE_FORMAT_VERSION = 2
+STORE_FORMAT_VERSION = 3
+#: The format this release upgrades in place (:mod:`.upgrade`): format 3 adds ``updated``.
+PREVIOUS_FORMAT_VERSION = 2
 
 #: The named databases, in the order of :class:`Databases`, and whether each is a posting list.
 DATABASES = (
@@ -53,6 +56,7 @@ DATABASES = (
     ("types", True),
     ("created", False),
     ("expires", False),
+    ("updated", False),
     ("meta", False),
 )
 
@@ -91,11 +95,12 @@ class Databases(NamedTuple):
     types: Any
     created: Any
     expires: Any
+    updated: Any
     meta: Any
 
 
 #: Each database's position in :class:`Databases`: how an index entry names its database.
-DB_RECORDS, DB_IDS, DB_TAGS, DB_TYPES, DB_CREATED, DB_EXPIRES, DB_META = range(len(DATABASES))
+DB_RECORDS, DB_IDS, DB_TAGS, DB_TYPES, DB_CREATED, DB_EXPIRES, DB_UPDATED, DB_META = range(len(DATABASES))
 
 
 # -- key encodings ----------------------------------------------------------------
@@ -125,12 +130,12 @@ def posting_key(prefix: bytes, term: bytes) -> bytes:
 
 
 def time_key(prefix: bytes, micros: int, sid: int) -> bytes:
-    """The ``created``/``expires`` database key of one item."""
+    """The ``created``/``expires``/``updated`` database key of one item."""
     return prefix + _TIME_ID.pack(micros + TIME_BIAS, sid)
 
 
 def time_of(entry: bytes) -> tuple[int, int]:
-    """The (µs, item id) of a ``created``/``expires`` key."""
+    """The (µs, item id) of a ``created``/``expires``/``updated`` key."""
     micros, sid = _TIME_ID.unpack_from(entry, PREFIX_SIZE)
     return micros - TIME_BIAS, sid
 
@@ -141,7 +146,13 @@ def id_key(prefix: bytes, sid: int) -> bytes:
 
 
 #: Where each kind of index entry (:mod:`unistore.index`) lives: its database's number in :class:`Databases`.
-_DATABASE_OF = {index.TAG: DB_TAGS, index.CONTENT_TYPE: DB_TYPES, index.CREATED: DB_CREATED, index.EXPIRES: DB_EXPIRES}
+_DATABASE_OF = {
+    index.TAG: DB_TAGS,
+    index.CONTENT_TYPE: DB_TYPES,
+    index.CREATED: DB_CREATED,
+    index.EXPIRES: DB_EXPIRES,
+    index.UPDATED: DB_UPDATED,
+}
 
 
 def database_of(kind: int) -> int:
@@ -256,16 +267,19 @@ def _unknown_store(names: set[bytes]) -> StorageError:
     return StorageError("the LMDB environment holds data that is not a unistore store")
 
 
-def open_databases(env: Any, create: bool = True) -> Databases:
+def open_databases(env: Any, create: bool = True, upgrade: Callable[[Any, Databases], None] | None = None) -> Databases:
     """Open (creating them in a new store, if ``create``) the store's databases.
 
     In a write transaction, even for a store that exists: py-lmdb ends a read
     transaction by resetting it, which closes the handles opened in it. (The
-    caller's thread waits for LMDB's write lock without the GIL.)
+    caller's thread waits for LMDB's write lock without the GIL.) A store of
+    :data:`PREVIOUS_FORMAT_VERSION` is brought to this format by ``upgrade``
+    (:func:`.upgrade.upgrade`), given the open databases.
 
     Raises:
         StoreNotFoundError: not ``create``, and the environment holds no store yet.
-        StorageError: the store is of another format version, or not a unistore store.
+        StorageError: the store is of another format version (of the previous one,
+            without ``upgrade``), or not a unistore store.
     """
     with env.begin(write=True) as txn:
         found = {bytes(name) for name in txn.cursor().iternext(values=False)}
@@ -273,18 +287,28 @@ def open_databases(env: Any, create: bool = True) -> Databases:
             raise StoreNotFoundError("the LMDB environment holds no unistore store yet")
         if found and b"meta" not in found:
             raise _unknown_store(found)
+        meta = env.open_db(b"meta", txn=txn)
+        version = txn.get(_META_FORMAT, db=meta)
+        if version is None and not found:
+            version = _U32.pack(STORE_FORMAT_VERSION)
+            txn.put(_META_FORMAT, version, db=meta)
+        number = _U32.unpack(version)[0] if version is not None and len(version) == 4 else None
+        if number == PREVIOUS_FORMAT_VERSION and upgrade is None:
+            raise StorageError(
+                f"the store is in format version {number}, which this version of unistore upgrades in place "
+                f"to format {STORE_FORMAT_VERSION} when it opens the store for writing: open it once with "
+                "LmdbStorageProvider, or run `unistore --store lmdb:///PATH upgrade`"
+            )
+        if number not in (STORE_FORMAT_VERSION, PREVIOUS_FORMAT_VERSION):
+            raise StorageError(
+                f"the store is in format version {number}; this version of unistore reads {STORE_FORMAT_VERSION}"
+            )
         databases = Databases(
             *(env.open_db(name.encode(), txn=txn, dupsort=posting, dupfixed=posting) for name, posting in DATABASES)
         )
-        version = txn.get(_META_FORMAT, db=databases.meta)
-        if version is None and not found:
-            version = _U32.pack(STORE_FORMAT_VERSION)
-            txn.put(_META_FORMAT, version, db=databases.meta)
-    number = _U32.unpack(version)[0] if version is not None and len(version) == 4 else None
-    if number != STORE_FORMAT_VERSION:
-        raise StorageError(
-            f"the store is in format version {number}; this version of unistore reads {STORE_FORMAT_VERSION}"
-        )
+    if number == PREVIOUS_FORMAT_VERSION:
+        assert upgrade is not None
+        upgrade(env, databases)
     return databases
 
 
@@ -299,9 +323,11 @@ __all__ = [
     "DB_RECORDS",
     "DB_TAGS",
     "DB_TYPES",
+    "DB_UPDATED",
     "KEPT_KEY_BYTES",
     "LONG_KEY",
     "PREFIX_SIZE",
+    "PREVIOUS_FORMAT_VERSION",
     "SHORT_KEY",
     "STORE_FORMAT_VERSION",
     "TIME_BIAS",

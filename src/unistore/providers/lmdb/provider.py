@@ -26,6 +26,7 @@ from . import layout
 from .backup import backup
 from .engine import LmdbEngine
 from .environment import DEFAULT_MAP_SIZE, DEFAULT_MAX_READERS, SharedEnvironment, StoreOptions
+from .upgrade import upgrade as upgrade_store
 
 
 class LmdbStorageProvider(StorageProvider[Any]):
@@ -200,16 +201,21 @@ def existing_store(
     durability: str = "sync",
     map_size: int = DEFAULT_MAP_SIZE,
     max_readers: int = DEFAULT_MAX_READERS,
+    upgrade: bool = False,
 ) -> Iterator[SharedEnvironment]:
     """``with existing_store(path) as shared:`` the open environment of the store at
-    ``path``, which must exist (nothing is created), released on leaving.
+    ``path``, which must exist (nothing is created), released on leaving. A store of
+    the previous format is refused, or with ``upgrade`` upgraded in place (see
+    :mod:`.upgrade`).
 
     Raises:
         ValidationError: ``path`` or an option is not usable.
         StoreNotFoundError: there is no unistore store at ``path``.
+        StorageError: the store is of the previous format (and not ``upgrade``), or of none this reads.
     """
     options = StoreOptions.checked(path, durability, map_size, max_readers)  # (a bad option opens nothing)
-    shared = SharedEnvironment.acquire(options, functools.partial(layout.open_databases, create=False), create=False)
+    opener = functools.partial(layout.open_databases, create=False, upgrade=upgrade_store if upgrade else None)
+    shared = SharedEnvironment.acquire(options, opener, create=False)
     try:
         yield shared
     finally:

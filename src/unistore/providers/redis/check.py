@@ -104,6 +104,8 @@ def _entries(prefix: bytes, member: bytes, fields: RecordFields) -> dict[str, se
     for kind, term in index.postings(fields):
         entries["tags" if kind == index.TAG else "types"].add((layout.posting_key(prefix, kind, term), member))
     for kind, micros in index.times(fields):
+        if kind == index.UPDATED:  # (no updated order on Redis yet)
+            continue
         # As a sorted set keeps it: a score is a double, which rounds times past 2**53 µs (year 2255).
         entries["created" if kind == index.CREATED else "expires"].add((member, int(float(micros))))
     return entries
