@@ -108,8 +108,8 @@ def test_a_record_is_indexed_under_its_tags_type_and_times() -> None:
         (index.TAG, b"\0\0\0\x01b"),
         (index.CONTENT_TYPE, b"doc"),
     ]
-    assert index.times(fields) == [(index.CREATED, 10), (index.EXPIRES, 30)]
-    assert index.times(fields._replace(expires=None)) == [(index.CREATED, 10)]
+    assert index.times(fields) == [(index.CREATED, 10), (index.UPDATED, 20), (index.EXPIRES, 30)]
+    assert index.times(fields._replace(expires=None)) == [(index.CREATED, 10), (index.UPDATED, 20)]
     assert index.tag_term(b"ab", b"c") != index.tag_term(b"a", b"bc")  # no two tags share a term
 
 

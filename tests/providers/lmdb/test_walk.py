@@ -49,7 +49,7 @@ async def test_the_planner_walks_an_order_where_matches_are_dense(provider: Lmdb
     by_key = await provider.explain(StorageQuery(pattern="k01*", order_by="key", limit=21))
     assert (by_key.path, by_key.walk, by_key.literal) == ("keys", "key", b"k01")
     assert (await provider.explain(StorageQuery(order_by="key"))).walk is None  # no limit: every match
-    assert (await provider.explain(StorageQuery(order_by="updated_at", limit=5))).walk is None
+    assert (await provider.explain(StorageQuery(order_by="updated_at", limit=5))).walk == "updated_at"
     # Either way, the same results.
     rare = list(range(1, 4000, 100))
     found = [r.item.data async for r in provider.search(StorageQuery(tags={"rare": "yes"}, **newest))]
@@ -95,15 +95,43 @@ async def test_an_instant_s_items_come_by_key_across_pages(provider: LmdbStorage
     await provider.restore_many([made("early", AT - timedelta(seconds=1)), made("late", AT + timedelta(seconds=1))])
     ordered = ["early", *sorted(keys), "late"]
     for size in (1, 2, 3, 4):
-        assert await walk(provider, StorageQuery(order_by="created_at"), size) == ordered
-        assert await walk(provider, StorageQuery(order_by="-created_at"), size) == ordered[::-1]
+        for field in ("created_at", "updated_at"):  # (restored with the two times equal)
+            assert await walk(provider, StorageQuery(order_by=field), size) == ordered
+            assert await walk(provider, StorageQuery(order_by="-" + field), size) == ordered[::-1]
         bounded = StorageQuery(order_by="-created_at", created_after=AT, created_before=AT)
         assert await walk(provider, bounded, size) == sorted(keys, reverse=True)
-    assert (await provider.explain(StorageQuery(order_by="created_at", limit=2))).walk == "created_at"
+        bounded = StorageQuery(order_by="updated_at", created_after=AT, created_before=AT)
+        assert await walk(provider, bounded, size) == sorted(keys)
+    for field in ("created_at", "updated_at"):
+        assert (await provider.explain(StorageQuery(order_by=field, limit=2))).walk == field
+
+
+async def test_a_walk_by_update_time_follows_saves(provider: LmdbStorageProvider) -> None:
+    await provider.save_many({f"k{n:03}": n for n in range(300)}, "t")
+    for key in ("k150", "k007", "k299"):  # saved again, one after another: the newest updates
+        await provider.save(key, "again", "t")
+    query = StorageQuery(order_by="-updated_at", limit=4)
+    assert (await provider.explain(query)).walk == "updated_at"
+    found = [r.item.metadata.key async for r in provider.search(query)]
+    assert found == ["k299", "k007", "k150", "k298"]
+    assert (await provider.check()).updated_entries == 300
+    assert await walk(provider, StorageQuery(order_by="updated_at"), 7) == [
+        *(f"k{n:03}" for n in range(300) if n not in (7, 150, 299)),
+        "k150",
+        "k007",
+        "k299",
+    ]
 
 
 async def test_walks_that_find_nothing(provider: LmdbStorageProvider) -> None:
-    for order_by in ("key", "-key", "created_at", "-created_at"):  # an empty store: nothing to start at
+    for order_by in (
+        "key",
+        "-key",
+        "created_at",
+        "-created_at",
+        "updated_at",
+        "-updated_at",
+    ):  # an empty store: nothing to start at
         assert await walk(provider, StorageQuery(order_by=order_by), 2) == []
     await provider.save_many({"b": 1, "c": 2}, "t")
     # Before every key, descending, and after every key, ascending: the walk starts nowhere.

@@ -74,8 +74,8 @@ PURGE_IN_PASSING = 8
 #: measured over the 100,000 items of benches/test_planner.py (docs/benchmarks.md, "Searches and the planner").
 COSTS = index.Costs(scan=0.46, fetch=1.36, posting=0.01, time_entry=0.3)
 #: What an ordered walk pays per entry, by the order it walks (µs, as COSTS): a record
-#: in key order, or a creation-time entry and the record it names.
-_WALKS = {"key": COSTS.scan, "created_at": COSTS.time_entry + COSTS.fetch}
+#: in key order, or a time index's entry and the record it names.
+_WALKS = {"key": COSTS.scan, "created_at": COSTS.time_entry + COSTS.fetch, "updated_at": COSTS.time_entry + COSTS.fetch}
 #: What ordering one candidate by its header costs on top of reading it (µs).
 SORT_COST = 0.5
 #: A namespace with more content types than this is sized by its store's records.
@@ -525,14 +525,15 @@ class LmdbEngine:
         if plan.walk == "key":
             after = None if position is None else position[0]
             groups = walk.by_key(shared.read, prefix, plan.literal, descending, after)
-        else:
-            low, high = spec.created_after, spec.created_before
+        else:  # a time index: the query bounds creation times only
+            field = plan.walk.removesuffix("_at")
+            low, high = (spec.created_after, spec.created_before) if field == "created" else (None, None)
             if position is not None:  # from the position's instant on (its group included)
                 if descending:
                     high = position[0] if high is None else min(high, position[0])
                 else:
                     low = position[0] if low is None else max(low, position[0])
-            groups = walk.by_creation(shared.read, prefix, self._by_id, low, high, descending)
+            groups = walk.by_time(shared.read, prefix, self._by_id, field, low, high, descending)
         wanted = spec.limit
         results: list[StorageResult[Any]] = []
         for batch in _batches(groups):  # headers matched a chunk's worth at a time, in one core call

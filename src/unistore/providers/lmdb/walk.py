@@ -1,17 +1,17 @@
 """Ordered walks of one LMDB namespace: its records in key order, or its items by
-creation time, from a position, either way, in groups whose members the order decides
-among themselves.
+creation or update time, from a position, either way, in groups whose members the order
+decides among themselves.
 
-A search ordered by ``key`` or ``created_at`` can walk the namespace's records (kept in
-the order of their stored keys) or its ``created`` index (kept by time, then item id)
-instead of reading every match and sorting them (:func:`unistore.ordering.pick`): it
+A search ordered by ``key``, ``created_at`` or ``updated_at`` can walk the namespace's
+records (kept in the order of their stored keys) or its ``created`` or ``updated`` index
+(kept by time, then item id) instead of reading every match and sorting them (:func:`unistore.ordering.pick`): it
 reads from the page's position until it has the page, so a page costs what it reads.
 
 Two stored orders differ from the order a query names, and the walk hands them over in
 *groups* that the caller sorts by the records themselves:
 
-- items created in the same microsecond are kept by id, not by key: a group is every
-  entry of one instant;
+- items created (or updated) in the same microsecond are kept by id, not by key: a group
+  is every entry of one instant;
 - keys too long to store whole keep their first ``KEPT_KEY_BYTES`` bytes and a digest
   (see :mod:`.layout`), so keys that share those bytes are not kept in key order among
   themselves: a group is every record whose stored key starts with the same
@@ -23,6 +23,7 @@ Each chunk of entries is read in one short read transaction, as a search's are.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -112,30 +113,33 @@ def by_key(
     return _groups(chunk)
 
 
-def by_creation(
+def by_time(
     reader: Reader,
     prefix: bytes,
     by_id: Callable[[Any, Databases, list[bytes]], list[tuple[bytes, bytes]]],
+    field: str,
     low: int | None,
     high: int | None,
     descending: bool,
 ) -> Iterator[list[tuple[bytes, bytes]]]:
-    """The namespace's items created from ``low`` to ``high`` (µs, inclusive; None:
-    unbounded) by creation time (``descending``: newest first); a group is the items of
-    one instant, as ``(record key, record)`` candidates (``by_id`` reads the records of
-    a chunk's item ids in its transaction)."""
+    """The namespace's items whose ``field`` (``"created"`` or ``"updated"``: the time index
+    of that name and the header field) is from ``low`` to ``high`` (µs, inclusive; None:
+    unbounded), by that time (``descending``: newest first); a group is the items of one
+    instant, as ``(record key, record)`` candidates (``by_id`` reads the records of a
+    chunk's item ids in its transaction)."""
+    time_of = operator.attrgetter(field)
     first = layout.time_key(prefix, low if low is not None else -layout.TIME_BIAS, 0)
     last = layout.time_key(prefix, high, 2**64 - 1) if high is not None else prefix + b"\xff" * 16
     start = last if descending else first
 
     def chunk(resume: bytes | None) -> _Chunk:
         def action(txn: Any, dbs: Databases) -> _Chunk:
-            cursor = txn.cursor(db=dbs.created)
+            cursor = txn.cursor(db=getattr(dbs, field))
             entries = list(itertools.islice(_entries(cursor, start, descending, resume), index.SEARCH_CHUNK))
             inside = [entry for entry, _ in entries if first <= entry <= last]
             # by_id gives the records in the order of the ids it is given: the walk's.
             found = [
-                (read_header(record).created, (bytes(key), record))
+                (time_of(read_header(record)), (bytes(key), record))
                 for key, record in by_id(txn, dbs, [entry[-8:] for entry in inside])
             ]
             done = len(entries) < index.SEARCH_CHUNK or len(inside) < len(entries)
@@ -146,4 +150,4 @@ def by_creation(
     return _groups(chunk)
 
 
-__all__ = ["Reader", "by_creation", "by_key"]
+__all__ = ["Reader", "by_key", "by_time"]
