@@ -78,6 +78,9 @@ COSTS = index.Costs(scan=0.46, fetch=1.36, posting=0.01, time_entry=0.3)
 _WALKS = {"key": COSTS.scan, "created_at": COSTS.time_entry + COSTS.fetch, "updated_at": COSTS.time_entry + COSTS.fetch}
 #: What ordering one candidate by its header costs on top of reading it (µs).
 SORT_COST = 0.5
+#: A count from posting lists reads at most this many expired entries not yet purged
+#: (each checked against the lists); past it, the count reads the records' headers.
+EXPIRED_COUNTED = 1000
 #: A namespace with more content types than this is sized by its store's records.
 NAMESPACE_TYPES_COUNTED = 64
 
@@ -575,10 +578,46 @@ class LmdbEngine:
             ValidationError: a bad query field.
         """
         compiled = ordering.unordered(query)
-        limit = compiled.spec.limit
-        unlimited = compiled.limited(None)
-        found = len(self._matches(unlimited, limit))
+        spec = compiled.spec
+        limit = spec.limit
+        found = self._indexed_count(spec) if _postings_only(spec) else None
+        if found is None:
+            found = len(self._matches(compiled.limited(None), limit))
         return found if limit is None else min(found, limit)
+
+    def _indexed_count(self, spec: QuerySpec) -> int | None:
+        """The count of a query of tags and content type alone, from its posting lists:
+        the ids they share, less those the expiry index says have expired (not purged
+        yet); None when more than :data:`EXPIRED_COUNTED` have, for the records to say.
+        The index is trusted: a record damaged on disk is counted until ``check
+        --repair`` removes it (a search skips it)."""
+        shared, prefix = self._opened()
+        terms = [
+            (layout.database_of(kind), layout.posting_key(prefix, term)) for kind, term in index.query_postings(spec)
+        ]
+        first, last = _time_bounds(prefix, None, now_micros())
+
+        def action(txn: Any, dbs: Databases) -> int | None:
+            cursor = txn.cursor(db=dbs.expires)
+            expired = []
+            if cursor.set_range(first):
+                for entry in cursor.iternext(values=False):
+                    if entry > last or len(expired) > EXPIRED_COUNTED:
+                        break
+                    expired.append(entry[-8:])
+            if len(expired) > EXPIRED_COUNTED:
+                return None
+            cursors = [(txn.cursor(db=dbs[db]), key) for db, key in terms]
+            if len(terms) == 1:
+                [(cursor, key)] = cursors
+                shared_ids = int(cursor.count()) if cursor.set_key(key) else 0
+            else:
+                shared_ids = len(_ids_in_all(txn, dbs, terms)) // 8
+            gone = sum(1 for sid in expired if all(cursor.set_key_dup(key, sid) for cursor, key in cursors))
+            return shared_ids - gone
+
+        found: int | None = shared.read(action)
+        return found
 
     def _matches(
         self, compiled: index.CompiledQuery, most: int | None = None, plan: index.Plan | None = None
@@ -774,6 +813,16 @@ def _read_ids(txn: Any, db: Any, key: bytes) -> bytes:
     return ids_from_entries(entries, len(key))
 
 
+def _ids_in_all(txn: Any, dbs: Databases, terms: list[tuple[int, bytes]]) -> bytes:
+    """The ids in every posting list of ``terms`` (database number, key), back to back,
+    ascending: the first read in bulk and ANDed with the others (the smallest first is cheapest)."""
+    (db, key), *others = terms
+    ids = _read_ids(txn, dbs[db], key)
+    for db, key in others:
+        ids = intersect_ids(ids, _read_ids(txn, dbs[db], key))
+    return ids
+
+
 class _PostingSource:
     """Candidates from a plan's posting lists: the first (the smallest) read in bulk
     on the first chunk and ANDed there with the others; later chunks walk those
@@ -787,17 +836,19 @@ class _PostingSource:
 
     def __call__(self, txn: Any, dbs: Databases, after: bytes | None) -> _Batch:
         if self._ids is None:
-            (db, key), *others = self._terms
-            ids = _read_ids(txn, dbs[db], key)
-            for db, key in others:
-                ids = intersect_ids(ids, _read_ids(txn, dbs[db], key))
-            self._ids = ids
+            self._ids = _ids_in_all(txn, dbs, self._terms)
         chunk = self._ids[self._offset : self._offset + 8 * index.SEARCH_CHUNK]
         self._offset += len(chunk)
         sids = [chunk[i : i + 8] for i in range(0, len(chunk), 8)]
         # Items deleted since the first chunk read their ids are skipped, not damage.
         candidates = self._engine._by_id(txn, dbs, sids, deleted_ok=self._offset > len(chunk))
         return candidates, sids[-1] if self._offset < len(self._ids) else None
+
+
+def _postings_only(spec: QuerySpec) -> bool:
+    """Whether every criterion of ``spec`` is a posting list's (tags, content type), and there is one."""
+    bounds = (spec.created_after, spec.created_before, spec.expires_after, spec.expires_before)
+    return spec.pattern is None and bool(spec.tags or spec.content_type is not None) and bounds == (None,) * 4
 
 
 def _posting_size(txn: Any, db: Any, key: bytes) -> int:
