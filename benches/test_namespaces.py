@@ -195,11 +195,13 @@ def test_save_none_manager_fresh_store(
 @pytest.mark.benchmark(group="save-none-vs-raw")
 def test_save_none_raw_lmdb_index_entries(benchmark: Any, workdir: Path, batch: int, record: dict[str, Any]) -> None:
     """The floor the layout sets: raw py-lmdb writing what one save must write in one
-    transaction (the record, its id, its content-type posting, its created entry,
-    after reading the key's old record), no unistore code."""
+    transaction (the record, its id, its content-type posting, its created and updated
+    entries, after reading the key's old record), no unistore code."""
     env = lmdb.open(str(workdir / "raw-entries"), max_dbs=8, map_size=1 << 30, sync=False, metasync=False)
     with env.begin(write=True) as txn:
-        records, ids, created = (env.open_db(name, txn=txn) for name in (b"records", b"ids", b"created"))
+        records, ids, created, updated = (
+            env.open_db(name, txn=txn) for name in (b"records", b"ids", b"created", b"updated")
+        )
         types = env.open_db(b"types", txn=txn, dupsort=True, dupfixed=True)
     prefix = b"\x00\x00\x00\x01"
 
@@ -212,7 +214,9 @@ def test_save_none_raw_lmdb_index_entries(benchmark: Any, workdir: Path, batch: 
                 txn.put(key, msgpack.packb(record), db=records)
                 txn.put(prefix + sid, key[4:], db=ids)
                 txn.put(prefix + b"user", sid, db=types)
-                txn.put(prefix + time.time_ns().to_bytes(8, "big") + sid, b"", db=created)
+                now = time.time_ns().to_bytes(8, "big")
+                txn.put(prefix + now + sid, b"", db=created)
+                txn.put(prefix + now + sid, b"", db=updated)
 
     benchmark.extra_info["batch"] = batch
     benchmark.pedantic(saves, rounds=SAVE_ROUNDS, iterations=1, warmup_rounds=1)
