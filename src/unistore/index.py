@@ -269,8 +269,11 @@ class Plan:
         candidates: how many candidates the planner expects.
         cost: what it expects them to cost, in µs.
         walk: for an ordered query, the order a backend walks from the page's
-            position instead (``"key"``, ``"created_at"``), reading until it has
-            the page; None: the path's candidates are read and sorted.
+            position instead (``"key"``, ``"created_at"``, ``"updated_at"``),
+            reading until it has the page; None: the path's candidates are read
+            and sorted.
+        sifted: the walk passes over the entries whose items are not in every
+            posting list of the query (read first), without reading their records.
     """
 
     path: str
@@ -281,6 +284,7 @@ class Plan:
     candidates: float = 0.0
     cost: float = 0.0
     walk: str | None = None
+    sifted: bool = False
 
     @property
     def repeats(self) -> bool:

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -78,6 +79,8 @@ COSTS = index.Costs(scan=0.46, fetch=1.36, posting=0.01, time_entry=0.3)
 _WALKS = {"key": COSTS.scan, "created_at": COSTS.time_entry + COSTS.fetch, "updated_at": COSTS.time_entry + COSTS.fetch}
 #: What ordering one candidate by its header costs on top of reading it (µs).
 SORT_COST = 0.5
+#: What an id of a posting list costs a sifted walk (read and kept in a set, µs).
+SIFT_ID_COST = 0.1
 #: A count from posting lists reads at most this many expired entries not yet purged
 #: (each checked against the lists); past it, the count reads the records' headers.
 EXPIRED_COUNTED = 1000
@@ -536,10 +539,18 @@ class LmdbEngine:
                     high = position[0] if high is None else min(high, position[0])
                 else:
                     low = position[0] if low is None else max(low, position[0])
-            groups = walk.by_time(shared.read, prefix, self._by_id, field, low, high, descending)
+            keep = None
+            if plan.sifted:  # the ids of every posting list of the query, in one read
+                terms = [
+                    (layout.database_of(kind), layout.posting_key(prefix, term))
+                    for kind, term in index.query_postings(spec)
+                ]
+                ids = shared.read(lambda txn, dbs: _ids_in_all(txn, dbs, terms))
+                keep = {ids[at : at + 8] for at in range(0, len(ids), 8)}
+            groups = walk.by_time(shared.read, prefix, self._by_id, field, low, high, descending, keep)
         wanted = spec.limit
         results: list[StorageResult[Any]] = []
-        for batch in _batches(groups):  # headers matched a chunk's worth at a time, in one core call
+        for batch in _batches(groups, wanted):  # headers matched a batch at a time, in one core call
             candidates = [candidate for group in batch for candidate in group]
             self.candidates_examined += len(candidates)
             chunks = index.matching_chunks(every, _whole(candidates), self._key_name)
@@ -750,14 +761,17 @@ class LmdbEngine:
         return shared.read(lambda txn, dbs: namespace_usage(txn, dbs, prefix, now_micros()))
 
 
-def _batches(groups: Iterable[_Candidates]) -> Iterator[list[_Candidates]]:
-    """Groups of a walk, gathered until they hold a search chunk's worth of candidates."""
+def _batches(groups: Iterable[_Candidates], wanted: int | None) -> Iterator[list[_Candidates]]:
+    """Groups of a walk, gathered until they hold a search chunk's worth of candidates, or
+    the ``wanted`` results' worth if fewer (a sifted walk's candidates are few and far
+    between: a batch waits for no more than it may need)."""
+    most = index.SEARCH_CHUNK if wanted is None else min(index.SEARCH_CHUNK, wanted)
     batch: list[_Candidates] = []
     size = 0
     for group in groups:
         batch.append(group)
         size += len(group)
-        if size >= index.SEARCH_CHUNK:
+        if size >= most:
             yield batch
             batch, size = [], 0
     if batch:
@@ -784,7 +798,9 @@ def _plan(spec: QuerySpec, prefix: bytes, txn: Any, dbs: Databases) -> index.Pla
     """The planner's plan for ``spec``; for an ordered query with a limit, whether to walk
     its order instead (:attr:`unistore.index.Plan.walk`): the walk reads ``limit`` matches'
     worth of entries at the density the query's posting lists give, against every
-    candidate of the plan read and sorted."""
+    candidate of the plan read and sorted. A walk of a time index may read the query's
+    posting lists first and pass over the entries of items not in them without reading
+    their records (:attr:`~unistore.index.Plan.sifted`), where that costs less."""
     sizes = _Sizes(txn, dbs, prefix)
     order = spec.order
     if order is None or spec.limit is None or order.field not in _WALKS:
@@ -792,13 +808,18 @@ def _plan(spec: QuerySpec, prefix: bytes, txn: Any, dbs: Databases) -> index.Pla
     # The walk meets matches at the density the query's posting lists have (as independent).
     everything = max(sizes.keys(b"", None), 1)
     density = 1.0
-    for kind, term in index.query_postings(spec):
-        density *= min(sizes.posting(kind, term) / everything, 1.0)
-    walked = spec.limit / max(density, 1 / everything) * _WALKS[order.field]
-    plan = index.plan(spec, sizes, COSTS, ceiling=walked)  # (no range is counted past the walk)
-    if walked < plan.cost + plan.candidates * SORT_COST:
+    postings = [sizes.posting(kind, term) for kind, term in index.query_postings(spec)]
+    for size in postings:
+        density *= min(size / everything, 1.0)
+    entries = spec.limit / max(density, 1 / everything)
+    walked = entries * _WALKS[order.field]
+    sifted = math.inf
+    if postings and order.field != "key":  # (records in key order hold no ids to sift by)
+        sifted = sum(postings) * SIFT_ID_COST + entries * COSTS.time_entry + spec.limit * COSTS.fetch
+    plan = index.plan(spec, sizes, COSTS, ceiling=min(walked, sifted))  # (no range is counted past the walk)
+    if min(walked, sifted) < plan.cost + plan.candidates * SORT_COST:
         literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None and order.field == "key" else b""
-        return dataclasses.replace(plan, walk=order.field, literal=literal)
+        return dataclasses.replace(plan, walk=order.field, literal=literal, sifted=sifted < walked)
     return plan
 
 

@@ -121,12 +121,14 @@ def by_time(
     low: int | None,
     high: int | None,
     descending: bool,
+    keep: set[bytes] | None = None,
 ) -> Iterator[list[tuple[bytes, bytes]]]:
     """The namespace's items whose ``field`` (``"created"`` or ``"updated"``: the time index
     of that name and the header field) is from ``low`` to ``high`` (µs, inclusive; None:
     unbounded), by that time (``descending``: newest first); a group is the items of one
     instant, as ``(record key, record)`` candidates (``by_id`` reads the records of a
-    chunk's item ids in its transaction)."""
+    chunk's item ids in its transaction). With ``keep``, only the items whose ids (8
+    bytes) it holds: the others' records are not read."""
     time_of = operator.attrgetter(field)
     first = layout.time_key(prefix, low if low is not None else -layout.TIME_BIAS, 0)
     last = layout.time_key(prefix, high, 2**64 - 1) if high is not None else prefix + b"\xff" * 16
@@ -137,11 +139,11 @@ def by_time(
             cursor = txn.cursor(db=getattr(dbs, field))
             entries = list(itertools.islice(_entries(cursor, start, descending, resume), index.SEARCH_CHUNK))
             inside = [entry for entry, _ in entries if first <= entry <= last]
+            sids = [entry[-8:] for entry in inside]
+            if keep is not None:
+                sids = [sid for sid in sids if sid in keep]
             # by_id gives the records in the order of the ids it is given: the walk's.
-            found = [
-                (time_of(read_header(record)), (bytes(key), record))
-                for key, record in by_id(txn, dbs, [entry[-8:] for entry in inside])
-            ]
+            found = [(time_of(read_header(record)), (bytes(key), record)) for key, record in by_id(txn, dbs, sids)]
             done = len(entries) < index.SEARCH_CHUNK or len(inside) < len(entries)
             return found, None if done else bytes(entries[-1][0])
 
