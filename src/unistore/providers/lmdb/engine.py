@@ -549,8 +549,11 @@ class LmdbEngine:
                 keep = {ids[at : at + 8] for at in range(0, len(ids), 8)}
             groups = walk.by_time(shared.read, prefix, self._by_id, field, low, high, descending, keep)
         wanted = spec.limit
+        assert wanted is not None  # (a walk is planned for a query with a limit only)
         results: list[StorageResult[Any]] = []
-        for batch in _batches(groups, wanted):  # headers matched a batch at a time, in one core call
+        # Headers are matched a batch at a time, in one core call; a batch waits for the
+        # candidates still wanted, and one more (a walk from a position meets its item again).
+        for batch in _batches(groups, lambda: wanted + 1 - len(results)):
             candidates = [candidate for group in batch for candidate in group]
             self.candidates_examined += len(candidates)
             chunks = index.matching_chunks(every, _whole(candidates), self._key_name)
@@ -558,9 +561,8 @@ class LmdbEngine:
             for group in batch:
                 hits = [candidate for candidate in group if candidate[0] in matched]
                 if hits:
-                    rest = None if wanted is None else wanted - len(results)
-                    results += ordering.pick(compiled.limited(rest), hits, self._key_name)
-                    if wanted is not None and len(results) >= wanted:
+                    results.extend(ordering.pick(compiled.limited(wanted - len(results)), hits, self._key_name))
+                    if len(results) >= wanted:
                         return results
         return results
 
@@ -610,7 +612,7 @@ class LmdbEngine:
 
         def action(txn: Any, dbs: Databases) -> int | None:
             cursor = txn.cursor(db=dbs.expires)
-            expired = []
+            expired: list[bytes] = []
             if cursor.set_range(first):
                 for entry in cursor.iternext(values=False):
                     if entry > last or len(expired) > EXPIRED_COUNTED:
@@ -761,19 +763,18 @@ class LmdbEngine:
         return shared.read(lambda txn, dbs: namespace_usage(txn, dbs, prefix, now_micros()))
 
 
-def _batches(groups: Iterable[_Candidates], wanted: int | None) -> Iterator[list[_Candidates]]:
+def _batches(groups: Iterable[_Candidates], needed: Callable[[], int]) -> Iterator[list[_Candidates]]:
     """Groups of a walk, gathered until they hold a search chunk's worth of candidates, or
-    the ``wanted`` results' worth if fewer (a sifted walk's candidates are few and far
-    between: a batch waits for no more than it may need)."""
-    most = index.SEARCH_CHUNK if wanted is None else min(index.SEARCH_CHUNK, wanted)
+    what ``needed()`` says is still needed if less (asked before each batch: a sifted
+    walk's candidates are few and far between, and a batch waits for no more)."""
     batch: list[_Candidates] = []
-    size = 0
+    size, most = 0, min(index.SEARCH_CHUNK, needed())
     for group in groups:
         batch.append(group)
         size += len(group)
         if size >= most:
             yield batch
-            batch, size = [], 0
+            batch, size, most = [], 0, min(index.SEARCH_CHUNK, needed())
     if batch:
         yield batch
 
