@@ -1,9 +1,10 @@
 r"""The reference Redis glob: an independent reading of Redis's rules, for the model.
 
 ``pattern`` in a query is a Redis glob, byte for byte what ``SCAN MATCH`` accepts
-(Redis's ``stringmatchlen`` in ``util.c``). This module translates a pattern into
-a Python regular expression, as :func:`fnmatch.translate` does for shell globs,
-and shares no code with unistore's core, so the model can hold the core to it.
+(Redis's ``stringmatchlen`` in ``util.c``). This module reads a pattern into its
+elements (a star, or the set of bytes one position may hold) and matches them by
+the textbook two-pointer method, and shares no code with unistore's core, so the
+model can hold the core to it.
 tests/package/test_testing_kit.py holds it against a real redis-server.
 
 Redis's rules, as its C code applies them to the UTF-8 bytes of pattern and key:
@@ -20,8 +21,9 @@ Redis's rules, as its C code applies them to the UTF-8 bytes of pattern and key:
   1000 stars before its last element matches nothing.
 - The empty key matches only the empty pattern (unistore's keys are never empty).
 
-It is a test oracle, not a fast matcher: a pattern of many stars that fails to
-match a long key can take Python's regex engine very long.
+It is a test oracle, not a fast matcher, but never a slow one: a match costs at
+most the pattern's elements times the key's bytes, whatever the stars (a regular
+expression with many lazy stars can backtrack for minutes on a key it fails).
 
 Examples:
     >>> glob_matches("user:?", "user:1"), glob_matches("user:?", "user:é")
@@ -32,7 +34,6 @@ Examples:
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -76,24 +77,23 @@ def _read_class(pattern: bytes, start: int) -> _Class:
     return _Class(chosen, at + 1)
 
 
-def _one_byte(members: frozenset[int]) -> str:
-    """A regex for one byte of ``members`` (bytes read as latin-1 characters)."""
-    if not members:
-        return "(?!)"
-    return "[" + "".join(re.escape(chr(byte)) for byte in sorted(members)) + "]"
+#: ``?``: any one byte. (A star is None; every other element is the set of bytes one position holds.)
+_ANY_BYTE = frozenset(range(256))
+#: What the key's bytes past the pattern's last element meet: nothing matches them.
+_PAST_THE_END: frozenset[int] = frozenset()
 
 
-class _Translation(NamedTuple):
-    regex: re.Pattern[str]
+class _Glob(NamedTuple):
+    elements: tuple[frozenset[int] | None, ...]
     #: Whether Redis's matcher gives up before the last element (too many nested stars).
     too_deep: bool
 
 
 @lru_cache(maxsize=4096)
-def _translate(pattern: str) -> _Translation:
+def _read(pattern: str) -> _Glob:
     raw = pattern.encode()
     size = len(raw)
-    parts: list[str] = []
+    elements: list[frozenset[int] | None] = []
     stars = 0  # star runs met so far
     at = 0
     while at < size:
@@ -101,34 +101,49 @@ def _translate(pattern: str) -> _Translation:
         if byte == _STAR:
             while at < size and raw[at] == _STAR:
                 at += 1
-            parts.append(".*?")  # lazy: a long run of stars that matches is found without backtracking
+            elements.append(None)
             stars += at < size  # Redis recurses for a star run with more pattern after it
             continue
         if byte == _QUESTION:
-            parts.append(".")
+            elements.append(_ANY_BYTE)
         elif byte == _OPEN:
             element = _read_class(raw, at + 1)
-            parts.append(_one_byte(element.members))
+            elements.append(element.members)
             at = element.end
             continue
         else:
             if byte == _BACKSLASH and size - at >= 2:
                 at += 1
-            parts.append(re.escape(chr(raw[at])))
+            elements.append(frozenset((raw[at],)))
         at += 1
-    return _Translation(re.compile("".join(parts), re.DOTALL), stars > MAX_NESTED_STARS)
+    return _Glob(tuple(elements), stars > MAX_NESTED_STARS)
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """The regex that matches what the Redis glob ``pattern`` matches, over a key's
-    UTF-8 bytes read as latin-1 (one character a byte): ``regex.fullmatch(key.encode().decode("latin-1"))``.
-    Ignores Redis's nesting limit (see :func:`glob_matches`)."""
-    return _translate(pattern).regex
+def _fits(elements: tuple[frozenset[int] | None, ...], data: bytes) -> bool:
+    """Whether ``data`` is what ``elements`` spell (None: a star), ignoring Redis's nesting
+    limit: one pass over ``data`` that, on a mismatch, lets the last star seen take one
+    more byte and goes on from there."""
+    at = here = 0
+    star, star_from = -1, 0  # the last star seen, and where the bytes it took end
+    while here < len(data):
+        element = elements[at] if at < len(elements) else _PAST_THE_END
+        if element is None:
+            star, star_from = at, here
+            at += 1
+        elif data[here] in element:
+            at += 1
+            here += 1
+        elif star >= 0:
+            star_from += 1
+            at, here = star + 1, star_from
+        else:
+            return False
+    return all(element is None for element in elements[at:])
 
 
 def glob_matches(pattern: str, key: str) -> bool:
     """Whether Redis's ``SCAN MATCH pattern`` would return the key ``key``."""
     if not key:
         return not pattern
-    translation = _translate(pattern)
-    return not translation.too_deep and translation.regex.fullmatch(key.encode().decode("latin-1")) is not None
+    glob = _read(pattern)
+    return not glob.too_deep and _fits(glob.elements, key.encode())
