@@ -404,7 +404,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         (each batch declares its own members' only: the script's work follows the batch)."""
         connection = await self._connection()
         prefix = shard.prefix
-        _, created, expires, heads = layout.shard_keys(prefix)
+        orders = list(layout.shard_keys(prefix)[1:])  # (see scripts.DELETE: KEYS)
         typed = [] if content_type is None else [layout.posting_key(prefix, index.CONTENT_TYPE, content_type)]
         removed = 0
         for start in range(0, len(members), DELETE_BATCH):
@@ -412,7 +412,7 @@ class RedisStorageProvider(StorageProvider[Any]):
             known = set(typed)
             if postings is not None:
                 known.update(key for keys in postings[start : start + DELETE_BATCH] for key in keys)
-            keys = [created, expires, heads, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
+            keys = [*orders, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
             keys += [layout.record_key(prefix, member) for member in batch]
             args: list[Any] = [self._strict, prefix, now_micros(), content_type or b"", len(batch)]
             for position, member in enumerate(batch):
@@ -482,14 +482,15 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def _purge_shard(self, shard: Shard) -> int:
         connection = await self._connection()
         prefix = shard.prefix
-        _, created, expires, heads = layout.shard_keys(prefix)
+        orders = list(layout.shard_keys(prefix)[1:])  # (see scripts.PURGE: KEYS)
+        expires = layout.time_key(prefix, index.EXPIRES)
         total = 0
         while True:
             now = now_micros()
             due = await connection.call(shard.slot, "ZRANGEBYSCORE", expires, "-inf", now, "LIMIT", 0, PURGE_BATCH)
             if not due:
                 return total
-            keys = [created, expires, heads, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
+            keys = [*orders, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
             keys += [layout.record_key(prefix, member) for member in due]
             [count] = await self._script(
                 connection,
