@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import struct
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -353,6 +353,33 @@ def plan(spec: QuerySpec, sizes: Sizes, costs: Costs, ceiling: float = math.inf)
     return best
 
 
+def plan_ordered(
+    spec: QuerySpec, sizes: Sizes, costs: Costs, items: int, walks: Mapping[str, float], sort_cost: float
+) -> Plan:
+    """The plan of ``spec``; for an ordered query with a limit, whether to walk its order
+    instead (:attr:`Plan.walk`), from the page's position until it has the limit.
+
+    The walk meets matches at the density the query's posting lists give (taken as
+    independent) among ``items`` items, each entry walked costing ``walks[field]`` µs (an
+    order the backend cannot walk is not in ``walks``); it is weighed against every
+    candidate of :func:`plan`'s path read and ordered by its header, at ``sort_cost`` µs
+    each on top. No range is sized past what the walk would cost (:func:`plan`'s ``ceiling``).
+    """
+    order = spec.order
+    if order is None or spec.limit is None or order.field not in walks:
+        return plan(spec, sizes, costs)
+    everything = max(items, 1)
+    density = 1.0
+    for kind, term in query_postings(spec):
+        density *= min(sizes.posting(kind, term) / everything, 1.0)
+    walked = spec.limit / max(density, 1 / everything) * walks[order.field]
+    best = plan(spec, sizes, costs, ceiling=walked)
+    if walked < best.cost + best.candidates * sort_cost:
+        literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None and order.field == "key" else b""
+        return dataclasses.replace(best, walk=order.field, literal=literal)
+    return best
+
+
 # -- the search loop -----------------------------------------------------------------
 
 #: Candidates a backend reads per chunk of a search (per read transaction, round trip or
@@ -498,6 +525,7 @@ __all__ = [
     "matching_chunks",
     "matching_chunks_async",
     "plan",
+    "plan_ordered",
     "postings",
     "query_postings",
     "search_chunks",

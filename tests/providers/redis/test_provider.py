@@ -191,6 +191,8 @@ async def test_a_server_that_goes_away_and_comes_back(tmp_path: Path, redis_star
             assert caught.value.__cause__ is not None
         with pytest.raises(StorageConnectionError):
             [r async for r in provider.search(StorageQuery())]
+        with pytest.raises(StorageConnectionError):
+            await provider.page(StorageQuery(), 5)  # (each shard's ordered stream fails: the page says so)
         process, _ = redis_starter(tmp_path, port)
         assert (await provider.load("before")).data == 1  # the same provider, reconnected
         await provider.save("after", 3, "t")

@@ -1,5 +1,6 @@
 """The Lua scripts that write a namespace shard: each one atomic, each with every key it
-reads or writes declared in its KEYS.
+reads or writes declared in its KEYS; and the one that reads a time order from a position
+(:data:`WALK`, read-only).
 
 Declared keys are what let Redis Cluster move a shard while it is written: a script whose
 keys are all declared is routed, redirected (``ASK``) and held back (``TRYAGAIN``, while a
@@ -423,4 +424,46 @@ return answer(token_key, #doomed)
 """,
 )
 
-__all__ = ["DELETE", "PURGE", "RESTORE", "SAVE", "TOKEN_TTL_MS", "Script"]
+#: KEYS: a time order (created or updated). ARGV: the position's score (µs, ``-inf`` or
+#: ``+inf``), its member ('': none, the whole score is at the position), '1' to start
+#: strictly past the position (else at it), '1' to walk down, how many entries. Answers
+#: the entries from the position on, as ZRANGE WITHSCORES does, in ascending order (down:
+#: those before the position, the last of them nearest it). A sorted set keeps the members
+#: of one score in byte order, and ZRANGE by score cannot start inside a score: the rank
+#: is found by ZCOUNT and a binary search of that score's members, so a page in a run of
+#: items saved in the same microsecond costs what a page costs elsewhere. Members are
+#: compared byte by byte: Lua's ``<`` follows the server's collation locale.
+WALK = Script(
+    "walk",
+    r"""#!lua flags=no-writes
+local function below(a, b)  -- whether a comes before b, byte by byte
+  local n = math.min(#a, #b)
+  local i = 1
+  while i <= n and string.byte(a, i) == string.byte(b, i) do i = i + 1 end
+  if i > n then return #a < #b end
+  return string.byte(a, i) < string.byte(b, i)
+end
+
+local key, score, member = KEYS[1], ARGV[1], ARGV[2]
+local strict, down, n = ARGV[3] == '1', ARGV[4] == '1', tonumber(ARGV[5])
+local first = redis.call('ZCOUNT', key, '-inf', '(' .. score)  -- the rank of the score's first entry
+local last = redis.call('ZCOUNT', key, '-inf', score)  -- past its last
+local start = first  -- the rank where the entries past the position begin (down: end)
+if down then start = last end
+if member ~= '' then  -- the first of the score's members past it (or at it)
+  local past = strict ~= down
+  local low, high = first, last
+  while low < high do
+    local middle = math.floor((low + high) / 2)
+    local at = redis.call('ZRANGE', key, middle, middle)[1]
+    if below(at, member) or (past and at == member) then low = middle + 1 else high = middle end
+  end
+  start = low
+end
+if not down then return redis.call('ZRANGE', key, start, start + n - 1, 'WITHSCORES') end
+if start == 0 then return {} end
+return redis.call('ZRANGE', key, math.max(start - n, 0), start - 1, 'WITHSCORES')
+""",
+)
+
+__all__ = ["DELETE", "PURGE", "RESTORE", "SAVE", "TOKEN_TTL_MS", "WALK", "Script"]
