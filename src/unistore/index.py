@@ -271,6 +271,8 @@ class Plan:
         walk: for an ordered query, the order a backend walks from the page's
             position instead (``"key"``, ``"created_at"``), reading until it has
             the page; None: the path's candidates are read and sorted.
+        density: for a walk, the share of the entries it walks that the planner expects
+            to match (what a backend sizes the walk's reads by).
     """
 
     path: str
@@ -281,6 +283,7 @@ class Plan:
     candidates: float = 0.0
     cost: float = 0.0
     walk: str | None = None
+    density: float = 1.0
 
     @property
     def repeats(self) -> bool:
@@ -376,7 +379,7 @@ def plan_ordered(
     best = plan(spec, sizes, costs, ceiling=walked)
     if walked < best.cost + best.candidates * sort_cost:
         literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None and order.field == "key" else b""
-        return dataclasses.replace(best, walk=order.field, literal=literal)
+        return dataclasses.replace(best, walk=order.field, literal=literal, density=max(density, 1 / everything))
     return best
 
 

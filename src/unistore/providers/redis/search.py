@@ -45,9 +45,12 @@ SCAN_COUNT = 1000
 WALKS = dict.fromkeys(("key", "created_at", "updated_at"), COSTS.time_entry + COSTS.fetch)
 #: What ordering one candidate by its header costs on top of reading it (µs).
 SORT_COST = 0.5
-#: Entries the first chunk of a walk reads at least (twice the limit when that is more);
-#: each chunk after reads twice as many as the one before, up to index.SEARCH_CHUNK.
+#: Entries the first chunk of a walk reads at least; it reads what should hold the limit,
+#: and the page's position (met again: the walk starts at it), at the plan's density and
+#: half again (the matches of a chunk vary). Each chunk after reads twice as many as the one
+#: before, up to index.SEARCH_CHUNK: a page rarely reads a second chunk, or much past itself.
 WALK_CHUNK = 16
+WALK_MARGIN = 1.5
 
 
 class Shard:
@@ -248,12 +251,11 @@ async def reader(
 class _Walk(ABC):
     """A chunk reader (``read(position)``, as :mod:`unistore.index`'s loop calls it) of one
     of a shard's orders: entries by range, each chunk's records by MGET, routed to the
-    node that serves the shard now. Chunks grow from twice the limit (at least
-    :data:`WALK_CHUNK`) to :data:`index.SEARCH_CHUNK`: a page reads little past itself."""
+    node that serves the shard now, ``first`` entries in the first chunk (see :data:`WALK_CHUNK`)."""
 
-    def __init__(self, connection: Connection, shard: Shard, order: bytes, descending: bool, limit: int) -> None:
+    def __init__(self, connection: Connection, shard: Shard, order: bytes, descending: bool, first: int) -> None:
         self._connection, self._shard, self._order, self._descending = connection, shard, order, descending
-        self._size = min(max(WALK_CHUNK, 2 * limit), index.SEARCH_CHUNK)
+        self._size = first
 
     async def __call__(self, position: Any) -> index.Chunk:
         size = self._size
@@ -286,9 +288,9 @@ class KeyWalk(_Walk):
         literal: bytes,
         descending: bool,
         start: bytes | None,
-        limit: int,
+        first: int,
     ) -> None:
-        super().__init__(connection, shard, shard.prefix + KEY_ORDER, descending, limit)
+        super().__init__(connection, shard, shard.prefix + KEY_ORDER, descending, first)
         # From ``low`` (included) to ``high`` (excluded): a key is UTF-8, which holds no
         # 0xFF byte, so every key that starts with ``literal`` sorts before literal + 0xFF.
         low, high = literal, literal + b"\xff"
@@ -324,9 +326,9 @@ class TimeWalk(_Walk):
         start: tuple[Any, ...] | None,
         bound: int | None,
         stop: int | None,
-        limit: int,
+        first: int,
     ) -> None:
-        super().__init__(connection, shard, time_key(shard.prefix, kind), descending, limit)
+        super().__init__(connection, shard, time_key(shard.prefix, kind), descending, first)
         unbounded = "+inf" if descending else "-inf"
         if start is not None:
             self._first: tuple[Any, bytes, bytes] = (start[0], start[1], b"0")
@@ -361,14 +363,16 @@ def walker(connection: Connection, shard: Shard, compiled: index.CompiledQuery, 
     assert order is not None
     assert spec.limit is not None
     position, descending = compiled.after, order.descending
+    wanted = spec.limit + (position is not None)
+    first = min(max(WALK_CHUNK, math.ceil(wanted / plan.density * WALK_MARGIN)), index.SEARCH_CHUNK)
     if plan.walk == "key":
         start = None if position is None else position[0]
-        return KeyWalk(connection, shard, plan.literal, descending, start, spec.limit)
+        return KeyWalk(connection, shard, plan.literal, descending, start, first)
     if plan.walk == "created_at":
         low, high = spec.created_after, spec.created_before
         bound, stop = (high, low) if descending else (low, high)
-        return TimeWalk(connection, shard, index.CREATED, descending, position, bound, stop, spec.limit)
-    return TimeWalk(connection, shard, index.UPDATED, descending, position, None, None, spec.limit)
+        return TimeWalk(connection, shard, index.CREATED, descending, position, bound, stop, first)
+    return TimeWalk(connection, shard, index.UPDATED, descending, position, None, None, first)
 
 
 @contextlib.asynccontextmanager
@@ -446,6 +450,7 @@ __all__ = [
     "SORT_COST",
     "WALKS",
     "WALK_CHUNK",
+    "WALK_MARGIN",
     "KeyWalk",
     "PostingReader",
     "ScanReader",
