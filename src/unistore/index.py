@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import struct
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -274,6 +274,8 @@ class Plan:
             and sorted.
         sifted: the walk passes over the entries whose items are not in every
             posting list of the query (read first), without reading their records.
+        density: for a walk, the share of the entries it walks that the planner expects
+            to match (what a backend sizes the walk's reads by).
     """
 
     path: str
@@ -285,6 +287,7 @@ class Plan:
     cost: float = 0.0
     walk: str | None = None
     sifted: bool = False
+    density: float = 1.0
 
     @property
     def repeats(self) -> bool:
@@ -354,6 +357,49 @@ def plan(spec: QuerySpec, sizes: Sizes, costs: Costs, ceiling: float = math.inf)
         count = sizes.times(kind, low, high, _within(min(best.cost, ceiling), each))
         if count * each < best.cost:
             best = Plan(path, low=low, high=high, candidates=count, cost=count * each)
+    return best
+
+
+def plan_ordered(
+    spec: QuerySpec,
+    sizes: Sizes,
+    costs: Costs,
+    items: Callable[[], int],
+    walks: Mapping[str, float],
+    sort_cost: float,
+    sift_cost: float | None = None,
+) -> Plan:
+    """The plan of ``spec``; for an ordered query with a limit, whether to walk its order
+    instead (:attr:`Plan.walk`), from the page's position until it has the limit.
+
+    The walk meets matches at the density the query's posting lists give (taken as
+    independent) among ``items()`` items, each entry walked costing ``walks[field]`` µs (an
+    order the backend cannot walk is not in ``walks``); it is weighed against every
+    candidate of :func:`plan`'s path read and ordered by its header, at ``sort_cost`` µs
+    each on top. No range is sized past what the walk would cost (:func:`plan`'s ``ceiling``).
+
+    A backend that can sift a time walk (:attr:`Plan.sifted`) gives ``sift_cost``, what
+    each id of the query's posting lists costs it; a sifted walk then costs those ids,
+    a time entry per entry walked and a fetch per result, and is chosen where that is less.
+    """
+    order = spec.order
+    if order is None or spec.limit is None or order.field not in walks:
+        return plan(spec, sizes, costs)
+    everything = max(items(), 1)
+    density = 1.0
+    postings = [sizes.posting(kind, term) for kind, term in query_postings(spec)]
+    for size in postings:
+        density *= min(size / everything, 1.0)
+    density = max(density, 1 / everything)
+    entries = spec.limit / density
+    walked = entries * walks[order.field]
+    sifted = math.inf
+    if sift_cost is not None and postings and order.field != "key":  # (a key order holds no ids to sift by)
+        sifted = sum(postings) * sift_cost + entries * costs.time_entry + spec.limit * costs.fetch
+    best = plan(spec, sizes, costs, ceiling=min(walked, sifted))
+    if min(walked, sifted) < best.cost + best.candidates * sort_cost:
+        literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None and order.field == "key" else b""
+        return dataclasses.replace(best, walk=order.field, literal=literal, density=density, sifted=sifted < walked)
     return best
 
 
@@ -502,6 +548,7 @@ __all__ = [
     "matching_chunks",
     "matching_chunks_async",
     "plan",
+    "plan_ordered",
     "postings",
     "query_postings",
     "search_chunks",

@@ -23,7 +23,7 @@ class CheckReport:
     """What an integrity check of a namespace found: entry counts, and one line per problem."""
 
     records: int = 0
-    ids: int = 0  # LMDB's id index (Redis indexes items by key: none)
+    ids: int = 0  # LMDB: its id index; Redis: its key order (items are reached by key)
     tag_entries: int = 0
     type_entries: int = 0
     created_entries: int = 0

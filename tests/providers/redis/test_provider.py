@@ -191,6 +191,8 @@ async def test_a_server_that_goes_away_and_comes_back(tmp_path: Path, redis_star
             assert caught.value.__cause__ is not None
         with pytest.raises(StorageConnectionError):
             [r async for r in provider.search(StorageQuery())]
+        with pytest.raises(StorageConnectionError):
+            await provider.page(StorageQuery(), 5)  # (each shard's ordered stream fails: the page says so)
         process, _ = redis_starter(tmp_path, port)
         assert (await provider.load("before")).data == 1  # the same provider, reconnected
         await provider.save("after", 3, "t")
@@ -375,7 +377,8 @@ async def test_check_counts_a_healthy_namespace_and_tolerates_what_redis_expired
     report = await provider.check()
     assert report.ok, report.problems
     assert (report.records, report.tag_entries, report.type_entries) == (24, 24, 24)
-    assert (report.created_entries, report.expires_entries, report.ids) == (24, 5, 0)
+    assert (report.created_entries, report.expires_entries, report.updated_entries) == (24, 5, 24)
+    assert report.ids == 24  # the key order's entries
     # Redis expires five records: their entries are stale, not damage.
     await asyncio.sleep((soon - datetime.now(UTC)).total_seconds() + 0.05)
     assert (await provider.check()).ok

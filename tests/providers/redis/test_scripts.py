@@ -107,8 +107,8 @@ async def test_each_delete_batch_declares_only_its_own_items_keys(tmp_path: Any,
                 for entry in admin.slowlog_get(100_000)
                 if entry["command"].startswith(b"EVALSHA")
             ]
-        # 4 of the shard's own, then per item its record, content type and two tags, at most
-        assert keys and max(keys) <= 4 + 200 * 4, max(keys)
+        # 6 of the shard's own, then per item its record, content type and two tags, at most
+        assert keys and max(keys) <= 6 + 200 * 4, max(keys)
     finally:
         await provider.cleanup()
         process.kill()

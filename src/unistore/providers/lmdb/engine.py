@@ -18,11 +18,9 @@ its gate, the writer, the check, backups.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -43,7 +41,7 @@ from ...codec import (
     prepare_restore,
     prepare_save,
 )
-from ...core import RecordFields, glob_literal_prefix, ids_from_entries, intersect_ids, pack_new, unpack_record
+from ...core import RecordFields, ids_from_entries, intersect_ids, pack_new, unpack_record
 from ...errors import ItemNotFoundError, StorageCorruptionError
 from ...model import (
     QuerySpec,
@@ -796,32 +794,14 @@ def _record_key(prefix: bytes, key_bytes: bytes) -> bytes:
 
 
 def _plan(spec: QuerySpec, prefix: bytes, txn: Any, dbs: Databases) -> index.Plan:
-    """The planner's plan for ``spec``; for an ordered query with a limit, whether to walk
-    its order instead (:attr:`unistore.index.Plan.walk`): the walk reads ``limit`` matches'
-    worth of entries at the density the query's posting lists give, against every
-    candidate of the plan read and sorted. A walk of a time index may read the query's
-    posting lists first and pass over the entries of items not in them without reading
-    their records (:attr:`~unistore.index.Plan.sifted`), where that costs less."""
+    """The planner's plan for ``spec`` (:func:`unistore.index.plan_ordered`): for an ordered
+    query with a limit, whether to walk its order instead, and whether a time walk reads
+    the query's posting lists first to pass over the entries of other items without
+    reading their records (:attr:`~unistore.index.Plan.sifted`)."""
     sizes = _Sizes(txn, dbs, prefix)
-    order = spec.order
-    if order is None or spec.limit is None or order.field not in _WALKS:
-        return index.plan(spec, sizes, COSTS)
-    # The walk meets matches at the density the query's posting lists have (as independent).
-    everything = max(sizes.keys(b"", None), 1)
-    density = 1.0
-    postings = [sizes.posting(kind, term) for kind, term in index.query_postings(spec)]
-    for size in postings:
-        density *= min(size / everything, 1.0)
-    entries = spec.limit / max(density, 1 / everything)
-    walked = entries * _WALKS[order.field]
-    sifted = math.inf
-    if postings and order.field != "key":  # (records in key order hold no ids to sift by)
-        sifted = sum(postings) * SIFT_ID_COST + entries * COSTS.time_entry + spec.limit * COSTS.fetch
-    plan = index.plan(spec, sizes, COSTS, ceiling=min(walked, sifted))  # (no range is counted past the walk)
-    if min(walked, sifted) < plan.cost + plan.candidates * SORT_COST:
-        literal = glob_literal_prefix(spec.pattern) if spec.pattern is not None and order.field == "key" else b""
-        return dataclasses.replace(plan, walk=order.field, literal=literal, sifted=sifted < walked)
-    return plan
+    return index.plan_ordered(
+        spec, sizes, COSTS, functools.partial(sizes.keys, b"", None), _WALKS, SORT_COST, SIFT_ID_COST
+    )
 
 
 _Candidates = list[tuple[bytes, bytes]]

@@ -45,7 +45,16 @@ BATCH = 500
 PAGE = 1000
 
 _POSTING_PARTS = ((layout.TAG, "tag_entries", "tags"), (layout.CONTENT_TYPE, "type_entries", "types"))
-_TIME_PARTS = ((layout.CREATED, "created_entries", "created"), (layout.EXPIRES, "expires_entries", "expires"))
+#: The sorted sets: (part, the report's counter, name). The key order's entries are counted as
+#: ``ids`` (Redis reaches an item by its key: the key order is what stands for LMDB's id index).
+_TIME_PARTS = (
+    (layout.CREATED, "created_entries", "created"),
+    (layout.EXPIRES, "expires_entries", "expires"),
+    (layout.UPDATED, "updated_entries", "updated"),
+    (layout.KEY_ORDER, "ids", "keys"),
+)
+_TIME_NAMES = {index.CREATED: "created", index.EXPIRES: "expires", index.UPDATED: "updated"}
+_COUNTERS = ("records", "tag_entries", "type_entries", *(counter for _, counter, _ in _TIME_PARTS))
 #: The maxmemory policies that never drop a key by themselves.
 KEEPING_POLICIES = frozenset({"noeviction"})
 
@@ -104,10 +113,9 @@ def _entries(prefix: bytes, member: bytes, fields: RecordFields) -> dict[str, se
     for kind, term in index.postings(fields):
         entries["tags" if kind == index.TAG else "types"].add((layout.posting_key(prefix, kind, term), member))
     for kind, micros in index.times(fields):
-        if kind == index.UPDATED:  # (no updated order on Redis yet)
-            continue
         # As a sorted set keeps it: a score is a double, which rounds times past 2**53 µs (year 2255).
-        entries["created" if kind == index.CREATED else "expires"].add((member, int(float(micros))))
+        entries[_TIME_NAMES[kind]].add((member, int(float(micros))))
+    entries["keys"].add((member, 0))
     return entries
 
 
@@ -251,7 +259,7 @@ async def check_shard(
     problems to ``report``; with ``repair``, fix what it finds (confirmed first: see the module)."""
     pinned = shard.pinned(connection)
     found = await _on_its_node(pinned, lambda: _read(pinned, shard.prefix, now, shards))
-    for counter in ("records", "tag_entries", "type_entries", "created_entries", "expires_entries"):
+    for counter in _COUNTERS:
         setattr(report, counter, getattr(report, counter) + getattr(found.report, counter))
     report.problems += found.report.problems
     if repair:
@@ -266,7 +274,7 @@ async def _confirm(connection: Connection, shard: Shard, found: _Shard) -> None:
     members = sorted(
         {*found.damaged, *found.drop_heads}
         | {member for name in ("tags", "types") for _, member in found.stray[name]}
-        | {member for name in ("created", "expires") for member, _ in found.stray[name]}
+        | {member for _, _, name in _TIME_PARTS for member, _ in found.stray[name]}
     )
     for start in range(0, len(members), BATCH):
         batch = members[start : start + BATCH]

@@ -15,6 +15,8 @@ prefix + ``r:`` + key  the item's record (the codec's bytes)        expires by P
 prefix + ``t:`` + term  a tag's posting set (term: the index layer's)  item keys
 prefix + ``c:`` + type  a content type's posting set                item keys
 prefix + ``created``   every item by creation time                  item keys, score µs
+prefix + ``updated``   every item by the time it was last saved     item keys, score µs
+prefix + ``keys``      every item by key (all of score 0)           item keys, in byte order
 prefix + ``expires``   the items that expire, by expiry time         item keys, score µs
 prefix + ``heads``     the head (all but payload) of each record    item key -> head
                        that expires, so purging knows its entries
@@ -51,6 +53,8 @@ TAG = b"t:"
 CONTENT_TYPE = b"c:"
 CREATED = b"created"
 EXPIRES = b"expires"
+UPDATED = b"updated"
+KEY_ORDER = b"keys"
 HEADS = b"heads"
 MARKER = b"shards"
 TOKEN = b"done:"
@@ -58,7 +62,7 @@ TOKEN = b"done:"
 PROBE = b"probe"
 
 _POSTING_PART = {index.TAG: TAG, index.CONTENT_TYPE: CONTENT_TYPE}
-_TIME_PART = {index.CREATED: CREATED, index.EXPIRES: EXPIRES}
+_TIME_PART = {index.CREATED: CREATED, index.EXPIRES: EXPIRES, index.UPDATED: UPDATED}
 
 
 def escape_namespace(name: bytes) -> bytes:
@@ -134,9 +138,10 @@ def key_slot(key: bytes) -> int:
     return slot(key)
 
 
-def shard_keys(prefix: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """The shard's marker, creation order, expiry order and heads hash."""
-    return prefix + MARKER, prefix + CREATED, prefix + EXPIRES, prefix + HEADS
+def shard_keys(prefix: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+    """The shard's marker, creation order, expiry order, heads hash, key order and updated
+    order (the keys every write script declares first, in this order)."""
+    return prefix + MARKER, prefix + CREATED, prefix + EXPIRES, prefix + HEADS, prefix + KEY_ORDER, prefix + UPDATED
 
 
 def record_key(prefix: bytes, key: bytes) -> bytes:
@@ -150,7 +155,7 @@ def posting_key(prefix: bytes, kind: int, term: bytes) -> bytes:
 
 
 def time_key(prefix: bytes, kind: int) -> bytes:
-    """The Redis key of a time order (:data:`unistore.index.CREATED` or ``EXPIRES``)."""
+    """The Redis key of a time order (:data:`unistore.index.CREATED`, ``EXPIRES`` or ``UPDATED``)."""
     return prefix + _TIME_PART[kind]
 
 
@@ -165,12 +170,14 @@ __all__ = [
     "CREATED",
     "EXPIRES",
     "HEADS",
+    "KEY_ORDER",
     "MARKER",
     "PROBE",
     "RECORD",
     "SLOTS",
     "TAG",
     "TOKEN",
+    "UPDATED",
     "escape_namespace",
     "key_slot",
     "markers",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import os
 import zlib
@@ -57,7 +56,7 @@ from ..maintenance import CheckReport, Namespace, Usage, merge
 from . import layout, scripts
 from .check import KEEPING_POLICIES, check_shard, drop_shard, eviction, namespace_exists, namespaces, shard_usage
 from .connection import Connection
-from .search import COSTS, Shard, reader, scattered
+from .search import COSTS, Shard, ahead, planned, reader, scattered, walker
 from .settings import MAX_CONNECTIONS, SOCKET_TIMEOUT, provider_settings, url_settings
 
 _logger = logging.getLogger(__name__)
@@ -404,7 +403,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         (each batch declares its own members' only: the script's work follows the batch)."""
         connection = await self._connection()
         prefix = shard.prefix
-        _, created, expires, heads = layout.shard_keys(prefix)
+        orders = list(layout.shard_keys(prefix)[1:])  # (see scripts.DELETE: KEYS)
         typed = [] if content_type is None else [layout.posting_key(prefix, index.CONTENT_TYPE, content_type)]
         removed = 0
         for start in range(0, len(members), DELETE_BATCH):
@@ -412,7 +411,7 @@ class RedisStorageProvider(StorageProvider[Any]):
             known = set(typed)
             if postings is not None:
                 known.update(key for keys in postings[start : start + DELETE_BATCH] for key in keys)
-            keys = [created, expires, heads, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
+            keys = [*orders, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
             keys += [layout.record_key(prefix, member) for member in batch]
             args: list[Any] = [self._strict, prefix, now_micros(), content_type or b"", len(batch)]
             for position, member in enumerate(batch):
@@ -482,14 +481,15 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def _purge_shard(self, shard: Shard) -> int:
         connection = await self._connection()
         prefix = shard.prefix
-        _, created, expires, heads = layout.shard_keys(prefix)
+        orders = list(layout.shard_keys(prefix)[1:])  # (see scripts.PURGE: KEYS)
+        expires = layout.time_key(prefix, index.EXPIRES)
         total = 0
         while True:
             now = now_micros()
             due = await connection.call(shard.slot, "ZRANGEBYSCORE", expires, "-inf", now, "LIMIT", 0, PURGE_BATCH)
             if not due:
                 return total
-            keys = [created, expires, heads, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
+            keys = [*orders, prefix + layout.TOKEN + os.urandom(8).hex().encode()]
             keys += [layout.record_key(prefix, member) for member in due]
             [count] = await self._script(
                 connection,
@@ -548,21 +548,18 @@ class RedisStorageProvider(StorageProvider[Any]):
         if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < self.shards:
             raise ValidationError(f"shard must be an int from 0 to {self.shards - 1}, got {shard!r}")
         spec = index.compile_query(query).spec
-        connection = await self._connection()
-        read = await reader(connection, self._shards[shard], spec, COSTS)
-        return read.plan
+        return await planned(await self._connection(), self._shards[shard], spec)
 
     async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
         compiled = index.compile_query(query)
         remaining = compiled.spec.limit
         if remaining == 0:
             return
-        if compiled.spec.order is not None:  # every match of every shard by its header, ordered
-            every = ordering.every_match(compiled)
-            shards = await asyncio.gather(*(self._matches_in(shard, every, None) for shard in self._shards))
-            matches = itertools.chain.from_iterable(found.items() for found in shards)
-            for result in ordering.pick(compiled, matches, _key_name):
-                yield result
+        order = compiled.spec.order
+        if order is not None:  # each shard's stream in the order, merged
+            async with ahead([self._ordered_in(compiled, shard) for shard in self._shards]) as streams:
+                async for result in ordering.merge(streams, order, remaining):  # (it holds nothing but them)
+                    yield result
             return
         async with scattered([self._search_shard(compiled, shard) for shard in self._shards]) as chunks:
             async for chunk in chunks:
@@ -572,6 +569,32 @@ class RedisStorageProvider(StorageProvider[Any]):
                     remaining -= min(len(chunk), remaining)
                     if remaining == 0:
                         return
+
+    async def _ordered_in(
+        self, compiled: index.CompiledQuery, shard: Shard
+    ) -> AsyncGenerator[StorageResult[Any], None]:
+        """One shard's results of an ordered query, in its order, from its position on: its
+        order walked until the limit is reached, where the plan says that reads less than
+        ordering every match by its header (:func:`unistore.ordering.pick`)."""
+        connection = await self._connection()
+        plan = await planned(connection, shard, compiled.spec)
+        every = ordering.every_match(compiled)
+        if plan.walk is None:  # (read on the plan's path: it is planned once)
+            found = await self._matches_in(shard, every, None, plan)
+            for result in ordering.pick(compiled, found.items(), _key_name):
+                yield result
+            return
+        wanted = compiled.spec.limit
+        assert wanted is not None  # (a walk is planned for a query with a limit only)
+        given = 0
+        read = walker(connection, shard, compiled, plan)
+        async with contextlib.aclosing(index.matching_chunks_async(every, read, _key_name)) as chunks:
+            async for hits in chunks:  # a chunk's matches, in the walk's order: ordered by their headers
+                for result in ordering.pick(compiled.limited(wanted - given), hits, _key_name):
+                    yield result
+                    given += 1
+                if given == wanted:
+                    return
 
     async def _search_shard(self, compiled: index.CompiledQuery, shard: Shard) -> AsyncGenerator[list[Any], None]:
         """One shard's results, a chunk at a time (each shard stops at the query's limit;
@@ -589,12 +612,14 @@ class RedisStorageProvider(StorageProvider[Any]):
         found = sum(map(len, shards))
         return found if limit is None else min(found, limit)
 
-    async def _matches_in(self, shard: Shard, compiled: index.CompiledQuery, most: int | None) -> dict[bytes, bytes]:
+    async def _matches_in(
+        self, shard: Shard, compiled: index.CompiledQuery, most: int | None, plan: index.Plan | None = None
+    ) -> dict[bytes, bytes]:
         """The ``(key, record)`` of each item of one shard that ``compiled`` matches by its
         header, each key once (a SCAN may meet a key twice: the first is kept), read no
-        further than ``most`` items (None: all)."""
+        further than ``most`` items (None: all), on ``plan``'s path (None: the plan now)."""
         found: dict[bytes, bytes] = {}
-        async with contextlib.aclosing(self._matching(compiled, shard)) as chunks:
+        async with contextlib.aclosing(self._matching(compiled, shard, plan)) as chunks:
             async for chunk in chunks:
                 for key, record in chunk:
                     found.setdefault(key, record)
@@ -603,9 +628,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         return found
 
     async def _matching(
-        self, compiled: index.CompiledQuery, shard: Shard
+        self, compiled: index.CompiledQuery, shard: Shard, plan: index.Plan | None = None
     ) -> AsyncGenerator[list[tuple[bytes, bytes]], None]:
-        read = await reader(await self._connection(), shard, compiled.spec, COSTS)
+        read = await reader(await self._connection(), shard, compiled.spec, COSTS, plan)
         async with contextlib.aclosing(index.matching_chunks_async(compiled, read, name=_key_name)) as chunks:
             async for chunk in chunks:
                 yield chunk

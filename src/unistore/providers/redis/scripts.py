@@ -1,5 +1,6 @@
 """The Lua scripts that write a namespace shard: each one atomic, each with every key it
-reads or writes declared in its KEYS.
+reads or writes declared in its KEYS; and the one that reads a time order from a position
+(:data:`WALK`, read-only).
 
 Declared keys are what let Redis Cluster move a shard while it is written: a script whose
 keys are all declared is routed, redirected (``ASK``) and held back (``TRYAGAIN``, while a
@@ -188,8 +189,8 @@ end
 
 # What SAVE and RESTORE share: writing records whole, one batch of a shard at a time.
 _WRITE = r"""
--- KEYS: the shard's marker, created order, expiry order and heads hash; then per item its
--- record key and the posting sets of its new record; then any other key to declare.
+-- KEYS: the shard's marker, created order, expiry order, heads hash, key order and updated
+-- order; then per item its record key and the posting sets of its new record; then any other key to declare.
 -- ARGV: the cluster flag, the shard prefix, now (µs), the shard count, '1' if the
 -- namespace's count was just checked, the number of items; then per item its key, new
 -- record and how many posting sets follow its record key in KEYS.
@@ -198,6 +199,7 @@ _WRITE = r"""
 -- (id, UUID, creation time) it kept of a replaced record, or '' when none.
 local function write(keep)
   local marker_key, created_key, expires_key, heads_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local keys_key, updated_key = KEYS[5], KEYS[6]
   local prefix, now, shards, checked, n = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], tonumber(ARGV[6])
   local marker = redis.call('GET', marker_key)
   if marker and marker ~= shards then return {'SHARDS', marker} end
@@ -207,8 +209,10 @@ local function write(keep)
   expect(created_key, 'zset')
   expect(expires_key, 'zset')
   expect(heads_key, 'hash')
+  expect(keys_key, 'zset')
+  expect(updated_key, 'zset')
   local declared, missing, items, seen = nil, {}, {}, {}
-  local k, a = 5, 7
+  local k, a = 7, 7
   for i = 1, n do
     local record_key, member, record, count = KEYS[k], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
     if seen[record_key] then return redis.error_reply('a batch names one key twice') end
@@ -238,11 +242,11 @@ local function write(keep)
       head = string.sub(record, 1, payload_start - 1)
     end
     items[i] = {record_key = record_key, member = member, record = record, patch = patch, before = before,
-                created = int64(record, 33), expires = expires, head = head,
+                created = int64(record, 33), updated = int64(record, 41), expires = expires, head = head,
                 new_postings = new_postings, old_postings = old_postings}
   end
   if #missing > 0 then return need(missing) end
-  local adds, removes, created, expiring, unexpiring, heads, unheads = {}, {}, {}, {}, {}, {}, {}
+  local adds, removes, ordered, expiring, unexpiring, heads, unheads = {}, {}, {}, {}, {}, {}, {}
   local reply = {'OK'}
   for i, item in ipairs(items) do
     local member, before = item.member, item.before
@@ -256,7 +260,9 @@ local function write(keep)
       for key in pairs(is) do if not was[key] then push(adds, key, member) end end
       for key in pairs(was) do if not is[key] then push(removes, key, member) end end
     end
-    push2(created, created_key, item.created, member)
+    push2(ordered, created_key, item.created, member)
+    push2(ordered, updated_key, item.updated, member)
+    push2(ordered, keys_key, 0, member)  -- (one score: the set keeps its members in byte order)
     if item.expires then
       push2(expiring, expires_key, item.expires, member)
       push2(heads, heads_key, member, item.head)
@@ -272,7 +278,7 @@ local function write(keep)
   if not marker then redis.call('SET', marker_key, shards) end
   apply('SADD', adds)
   apply('SREM', removes)
-  apply('ZADD', created)
+  apply('ZADD', ordered)
   apply('ZADD', expiring)
   apply('ZREM', unexpiring)
   apply('HSET', heads)
@@ -284,20 +290,21 @@ end
 # What DELETE and PURGE share: removing items whole.
 _REMOVE = r"""
 -- Removes the items of `doomed` ({record_key, member, record, fields}) with every index
--- entry they have, each key written once: `rescored` (expiry order entries to set first)
--- and `stray` (expiry order members to drop) come along in the same writes.
-local function remove(prefix, doomed, created_key, expires_key, heads_key, rescored, stray)
-  local removes, uncreated, unexpiring, unheads, records = {}, {}, {}, {}, {}
+-- entry they have, each key written once: `orders` are the sorted sets every item is in
+-- (created, key and updated orders); `rescored` (expiry order entries to set first) and
+-- `stray` (expiry order members to drop) come along in the same writes.
+local function remove(prefix, doomed, orders, expires_key, heads_key, rescored, stray)
+  local removes, unordered, unexpiring, unheads, records = {}, {}, {}, {}, {}
   for _, member in ipairs(stray) do push(unexpiring, expires_key, member) end
   for _, d in ipairs(doomed) do
     for _, key in ipairs(postings(prefix, d.fields)) do push(removes, key, d.member) end
-    push(uncreated, created_key, d.member)
+    for _, key in ipairs(orders) do push(unordered, key, d.member) end
     push(unexpiring, expires_key, d.member)
     push(unheads, heads_key, d.member)
     if d.record then records[#records + 1] = d.record_key end
   end
   apply('SREM', removes)
-  apply('ZREM', uncreated)
+  apply('ZREM', unordered)
   apply('ZADD', rescored)
   apply('ZREM', unexpiring)
   apply('HDEL', unheads)
@@ -306,20 +313,25 @@ end
 """
 
 
-# How DELETE and PURGE begin: KEYS[1..4] are the shard's created order, expiry order, heads
-# hash and the run's token key; a run sent again answers what its first run did.
+# How DELETE and PURGE begin: KEYS[1..6] are the shard's created order, expiry order, heads
+# hash, key order, updated order and the run's token key; a run sent again answers what its
+# first run did.
 _COUNTED = (
     "#!lua flags=allow-oom\n"
     + _RECORD
     + _TOKENS
     + _REMOVE
     + r"""
-local created_key, expires_key, heads_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local created_key, expires_key, heads_key, keys_key, updated_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local token_key = KEYS[6]
+local orders = {created_key, keys_key, updated_key}
 local earlier = answered(token_key)
 if earlier then return earlier end
 expect(created_key, 'zset')
 expect(expires_key, 'zset')
 expect(heads_key, 'hash')
+expect(keys_key, 'zset')
+expect(updated_key, 'zset')
 """
 )
 
@@ -345,7 +357,8 @@ SAVE = Script("save", "#!lua\n" + _RECORD + _WRITE + "return write(true)\n")
 #: id, UUID and times are the item's own), replacing what is there, atomically.
 RESTORE = Script("restore", "#!lua\n" + _RECORD + _WRITE + "return write(false)\n")
 
-#: KEYS: the shard's created order, expiry order, heads hash and this run's token key;
+#: KEYS: the shard's created order, expiry order, heads hash, key order, updated order and
+#: this run's token key;
 #: the record keys of the items; then any other key to declare. ARGV: the cluster flag, the
 #: shard prefix, now (µs), the content type that must match (empty: any), the number of items; then per
 #: item its key and the stamp (record bytes 9 to 56: ids and times) it must still hold
@@ -359,7 +372,7 @@ DELETE = Script(
 local prefix, now, wanted, n = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local declared, missing, doomed, seen, removed = STRICT and declared_set(), {}, {}, {}, 0
 for i = 1, n do  -- every record read and checked before the first write
-  local record_key, member, stamp = KEYS[4 + i], ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local record_key, member, stamp = KEYS[6 + i], ARGV[4 + 2 * i], ARGV[5 + 2 * i]
   if not seen[record_key] then
     seen[record_key] = true
     local old, f = held(heads_key, record_key, member)
@@ -375,7 +388,7 @@ for i = 1, n do  -- every record read and checked before the first write
   end
 end
 if #missing > 0 then return need(missing) end
-remove(prefix, doomed, created_key, expires_key, heads_key, {}, {})
+remove(prefix, doomed, orders, expires_key, heads_key, {}, {})
 return answer(token_key, removed)
 """,
 )
@@ -393,7 +406,7 @@ PURGE = Script(
 local prefix, now, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local declared, missing, doomed, rescored, stray = STRICT and declared_set(), {}, {}, {}, {}
 for i = 1, n do
-  local record_key, member = KEYS[4 + i], ARGV[4 + i]
+  local record_key, member = KEYS[6 + i], ARGV[4 + i]
   local record, f = held(heads_key, record_key, member)
   if f == nil then
     stray[#stray + 1] = member  -- an entry with nothing behind it
@@ -406,9 +419,51 @@ for i = 1, n do
   end
 end
 if #missing > 0 then return need(missing) end
-remove(prefix, doomed, created_key, expires_key, heads_key, rescored, stray)
+remove(prefix, doomed, orders, expires_key, heads_key, rescored, stray)
 return answer(token_key, #doomed)
 """,
 )
 
-__all__ = ["DELETE", "PURGE", "RESTORE", "SAVE", "TOKEN_TTL_MS", "Script"]
+#: KEYS: a time order (created or updated). ARGV: the position's score (µs, ``-inf`` or
+#: ``+inf``), its member ('': none, the whole score is at the position), '1' to start
+#: strictly past the position (else at it), '1' to walk down, how many entries. Answers
+#: the entries from the position on, as ZRANGE WITHSCORES does, in ascending order (down:
+#: those before the position, the last of them nearest it). A sorted set keeps the members
+#: of one score in byte order, and ZRANGE by score cannot start inside a score: the rank
+#: is found by ZCOUNT and a binary search of that score's members, so a page in a run of
+#: items saved in the same microsecond costs what a page costs elsewhere. Members are
+#: compared byte by byte: Lua's ``<`` follows the server's collation locale.
+WALK = Script(
+    "walk",
+    r"""#!lua flags=no-writes
+local function below(a, b)  -- whether a comes before b, byte by byte
+  local n = math.min(#a, #b)
+  local i = 1
+  while i <= n and string.byte(a, i) == string.byte(b, i) do i = i + 1 end
+  if i > n then return #a < #b end
+  return string.byte(a, i) < string.byte(b, i)
+end
+
+local key, score, member = KEYS[1], ARGV[1], ARGV[2]
+local strict, down, n = ARGV[3] == '1', ARGV[4] == '1', tonumber(ARGV[5])
+local first = redis.call('ZCOUNT', key, '-inf', '(' .. score)  -- the rank of the score's first entry
+local last = redis.call('ZCOUNT', key, '-inf', score)  -- past its last
+local start = first  -- the rank where the entries past the position begin (down: end)
+if down then start = last end
+if member ~= '' then  -- the first of the score's members past it (or at it)
+  local past = strict ~= down
+  local low, high = first, last
+  while low < high do
+    local middle = math.floor((low + high) / 2)
+    local at = redis.call('ZRANGE', key, middle, middle)[1]
+    if below(at, member) or (past and at == member) then low = middle + 1 else high = middle end
+  end
+  start = low
+end
+if not down then return redis.call('ZRANGE', key, start, start + n - 1, 'WITHSCORES') end
+if start == 0 then return {} end
+return redis.call('ZRANGE', key, math.max(start - n, 0), start - 1, 'WITHSCORES')
+""",
+)
+
+__all__ = ["DELETE", "PURGE", "RESTORE", "SAVE", "TOKEN_TTL_MS", "WALK", "Script"]

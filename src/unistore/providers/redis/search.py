@@ -1,5 +1,5 @@
 """How a search reads a namespace shard: the sizes its planner weighs, the readers of each
-access path, and the scatter that reads every shard at once.
+access path, the walks of its orders, and the scatter that reads every shard at once.
 
 Each reader walks one shard on the node that serves it (:class:`~.connection.Pinned`):
 a SCAN or SSCAN cursor, or a position in a sorted set, means something only there. When
@@ -7,6 +7,15 @@ that node stops serving the shard (a failover, a finished migration) the walk st
 on the new owner and the search loop drops what it meets twice, so a search either yields
 every match once or fails with :class:`~unistore.StorageConnectionError`; it never ends
 early without saying so.
+
+An ordered search with a limit (a page) may instead walk one of the shard's orders (by
+key, creation or update time) from the page's position (:class:`KeyWalk`,
+:class:`TimeWalk`), a chunk at a time, each chunk's records fetched with MGET and matched
+by their headers, until it has the page: where the planner finds that cheaper than
+reading every candidate of a posting set and ordering them by their headers
+(:func:`planned`). A walk's chunk starts strictly after the last entry of the one before,
+by value, not by a cursor: it reads the same on whichever node serves the shard, so its
+commands are simply routed to the owner of the moment, and no command reads a whole set.
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 from ... import index
+from . import scripts
 from .connection import Connection, NodeChanged, Pinned
-from .layout import PROBE, posting_key, record_key, scan_pattern, time_key
+from .layout import KEY_ORDER, PROBE, posting_key, record_key, scan_pattern, time_key
 
 _T = TypeVar("_T")
 
@@ -30,6 +40,17 @@ _T = TypeVar("_T")
 COSTS = index.Costs(scan=0.5, fetch=9.0, posting=1.0, time_entry=1.0)
 #: Keys a SCAN visits per call.
 SCAN_COUNT = 1000
+#: What an ordered walk pays per entry, by the order it walks (µs, as COSTS): an entry of
+#: the key, creation or update order read, and the record it names fetched.
+WALKS = dict.fromkeys(("key", "created_at", "updated_at"), COSTS.time_entry + COSTS.fetch)
+#: What ordering one candidate by its header costs on top of reading it (µs).
+SORT_COST = 0.5
+#: Entries the first chunk of a walk reads at least; it reads what should hold the limit,
+#: and the page's position (met again: the walk starts at it), at the plan's density and
+#: half again (the matches of a chunk vary). Each chunk after reads twice as many as the one
+#: before, up to index.SEARCH_CHUNK: a page rarely reads a second chunk, or much past itself.
+WALK_CHUNK = 16
+WALK_MARGIN = 1.5
 
 
 class Shard:
@@ -48,10 +69,12 @@ class Shard:
 class Sizes:
     """The sizes of a shard's candidate sources, read in one round trip (:class:`index.Sizes`)."""
 
-    def __init__(self, postings: dict[tuple[int, bytes], int], keys: int, times: dict[int, int]) -> None:
+    def __init__(self, postings: dict[tuple[int, bytes], int], keys: int, times: dict[int, int], items: int) -> None:
         self._postings = postings
         self._keys = keys
         self._times = times
+        #: How many items the shard holds (read for an ordered query, or one without a pattern; else 0).
+        self.items = items
 
     @classmethod
     async def read(cls, pinned: Pinned, prefix: bytes, spec: Any) -> Sizes:
@@ -66,11 +89,12 @@ class Sizes:
             if low is not None or high is not None
         ]
         everything = spec.pattern is None  # a SCAN then yields every record of the shard
+        counted = everything or spec.order is not None  # (an ordered walk's planning needs the count)
         commands: list[tuple[Any, ...]] = [("SCARD", posting_key(prefix, kind, term)) for kind, term in terms]
         commands += [
             ("ZCOUNT", time_key(prefix, kind), _score(low, "-inf"), _score(high, "+inf")) for kind, low, high in bounds
         ]
-        if everything:
+        if counted:
             commands.append(("ZCARD", time_key(prefix, index.CREATED)))  # every item has its creation time
         commands.append(("DBSIZE",))
         while True:
@@ -80,14 +104,16 @@ class Sizes:
             except NodeChanged as moved:
                 await pinned.restart(moved)
         keyspace = replies.pop()
+        items = int(replies.pop()) if counted else 0
         # What a SCAN costs, counted in keys visited (the planner's unit): every key of
         # the database, and, when no pattern narrows what it yields, each of the shard's
         # records fetched, at what a fetch costs in visits. (A pattern is taken to yield few.)
-        fetched = replies.pop() * COSTS.fetch / COSTS.scan if everything else 0
+        fetched = items * COSTS.fetch / COSTS.scan if everything else 0
         return cls(
             dict(zip(terms, replies, strict=False)),
             int(keyspace) + math.ceil(fetched),
             {kind: int(count) for (kind, _, _), count in zip(bounds, replies[len(terms) :], strict=True)},
+            items,
         )
 
     def posting(self, kind: int, term: bytes) -> int:
@@ -108,6 +134,7 @@ def _score(micros: int | None, unbounded: str) -> str:
 
 
 _RESTART = object()  # a reader's position: its walk starts again (on the shard's owner now)
+_EMPTY = object()  # what a stream that ends at once gives first (see ahead)
 
 
 class _Reader(ABC):
@@ -191,11 +218,22 @@ class TimeReader(_Reader):
         return records, (str(int(last)), at_last + (skip if str(int(last)) == low else 0))
 
 
-async def reader(connection: Connection, shard: Shard, spec: Any, costs: index.Costs) -> _Reader:
-    """The chunk reader of the cheapest plan for ``spec`` in ``shard`` (planned on the node
-    that serves the shard, and read there)."""
+async def planned(connection: Connection, shard: Shard, spec: Any) -> index.Plan:
+    """The cheapest plan for ``spec`` in ``shard``, planned on the node that serves it; for
+    an ordered query with a limit, whether to walk its order instead (:attr:`index.Plan.walk`,
+    :func:`unistore.index.plan_ordered`)."""
+    sizes = await Sizes.read(shard.pinned(connection), shard.prefix, spec)
+    return index.plan_ordered(spec, sizes, COSTS, lambda: sizes.items, WALKS, SORT_COST)
+
+
+async def reader(
+    connection: Connection, shard: Shard, spec: Any, costs: index.Costs, plan: index.Plan | None = None
+) -> _Reader:
+    """The chunk reader of ``plan``'s path in ``shard`` (None: the cheapest plan for ``spec``,
+    planned on the node that serves the shard), read on the node that serves it."""
     pinned = shard.pinned(connection)
-    plan = index.plan(spec, await Sizes.read(pinned, shard.prefix, spec), costs)
+    if plan is None:
+        plan = index.plan(spec, await Sizes.read(pinned, shard.prefix, spec), costs)
     prefix = shard.prefix
     read: _Reader
     if plan.path == index.POSTINGS:
@@ -208,6 +246,159 @@ async def reader(connection: Connection, shard: Shard, spec: Any, costs: index.C
         read = TimeReader(pinned, prefix, time_key(prefix, kind), plan.low, plan.high)
     read.plan = plan
     return read
+
+
+class _Walk(ABC):
+    """A chunk reader (``read(position)``, as :mod:`unistore.index`'s loop calls it) of one
+    of a shard's orders: entries by range, each chunk's records by MGET, routed to the
+    node that serves the shard now, ``first`` entries in the first chunk (see :data:`WALK_CHUNK`)."""
+
+    def __init__(self, connection: Connection, shard: Shard, order: bytes, descending: bool, first: int) -> None:
+        self._connection, self._shard, self._order, self._descending = connection, shard, order, descending
+        self._size = first
+
+    async def __call__(self, position: Any) -> index.Chunk:
+        size = self._size
+        self._size = min(2 * size, index.SEARCH_CHUNK)
+        members, position = await self._entries(position, size)
+        if not members:
+            return [], None
+        prefix = self._shard.prefix
+        records = await self._connection.call(
+            self._shard.slot, "MGET", *(record_key(prefix, member) for member in members)
+        )
+        found = [(member, record) for member, record in zip(members, records, strict=True) if record is not None]
+        return found, position
+
+    @abstractmethod
+    async def _entries(self, position: Any, size: int) -> tuple[list[bytes], Any]:
+        """Up to ``size`` members from ``position`` (None: the first) in the walk's order,
+        and where the next chunk starts (None: the walk is over)."""
+
+
+class KeyWalk(_Walk):
+    """Walks a shard's key order (``ZRANGE BYLEX``) over the keys that start with ``literal``,
+    from the key ``start`` on (included: another provider's item under that key may be the
+    page's position; the search drops what is not past it)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        shard: Shard,
+        literal: bytes,
+        descending: bool,
+        start: bytes | None,
+        first: int,
+    ) -> None:
+        super().__init__(connection, shard, shard.prefix + KEY_ORDER, descending, first)
+        # From ``low`` (included) to ``high`` (excluded): a key is UTF-8, which holds no
+        # 0xFF byte, so every key that starts with ``literal`` sorts before literal + 0xFF.
+        low, high = literal, literal + b"\xff"
+        if start is not None:
+            if descending:
+                high = min(high, start + b"\x00")  # (a key up to ``start``: before start + 0x00)
+            else:
+                low = max(low, start)
+        self._first = (low, high)
+
+    async def _entries(self, position: tuple[bytes, bytes] | None, size: int) -> tuple[list[bytes], Any]:
+        low, high = position or self._first
+        bounds = (b"(" + high, b"[" + low, "BYLEX", "REV") if self._descending else (b"[" + low, b"(" + high, "BYLEX")
+        members = await self._connection.call(self._shard.slot, "ZRANGE", self._order, *bounds, "LIMIT", 0, size)
+        if len(members) < size:  # the order's end, or the literal's
+            return members, None
+        return members, (low, members[-1]) if self._descending else (members[-1] + b"\x00", high)
+
+
+class TimeWalk(_Walk):
+    """Walks a shard's creation or update order by (time, key) with :data:`scripts.WALK`,
+    from ``start`` (a page's position: its time and key, the entry included, as in
+    :class:`KeyWalk`) or else from ``bound`` (the query's creation bound the walk begins
+    at, its whole µs included), to ``stop`` (the bound it ends at), each chunk strictly
+    after the last entry of the chunk before."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        shard: Shard,
+        kind: int,
+        descending: bool,
+        start: tuple[Any, ...] | None,
+        bound: int | None,
+        stop: int | None,
+        first: int,
+    ) -> None:
+        super().__init__(connection, shard, time_key(shard.prefix, kind), descending, first)
+        unbounded = "+inf" if descending else "-inf"
+        if start is not None:
+            self._first: tuple[Any, bytes, bytes] = (start[0], start[1], b"0")
+        else:
+            self._first = (_score(bound, unbounded), b"", b"0")
+        self._stop = stop
+
+    async def _entries(self, position: tuple[Any, bytes, bytes] | None, size: int) -> tuple[list[bytes], Any]:
+        score, member, strict = position or self._first
+        down = self._descending
+        reply = await self._connection.script(
+            self._shard.slot, scripts.WALK, [self._order], [score, member, strict, b"1" if down else b"0", size]
+        )
+        entries = list(zip(reply[::2], reply[1::2], strict=True))
+        if down:
+            entries.reverse()
+        stop = self._stop
+        inside = [
+            entry for entry in entries if stop is None or (float(entry[1]) >= stop if down else float(entry[1]) <= stop)
+        ]
+        if len(inside) < size:  # the order's end, or the bound's
+            return [member for member, _ in inside], None
+        last_member, last_score = inside[-1]
+        return [member for member, _ in inside], (last_score, last_member, b"1")
+
+
+def walker(connection: Connection, shard: Shard, compiled: index.CompiledQuery, plan: index.Plan) -> _Walk:
+    """The walk of ``plan`` (one with :attr:`~unistore.index.Plan.walk`) in ``shard``, from
+    the query's position on."""
+    spec = compiled.spec
+    order = spec.order
+    assert order is not None
+    assert spec.limit is not None
+    position, descending = compiled.after, order.descending
+    wanted = spec.limit + (position is not None)
+    first = min(max(WALK_CHUNK, math.ceil(wanted / plan.density * WALK_MARGIN)), index.SEARCH_CHUNK)
+    if plan.walk == "key":
+        start = None if position is None else position[0]
+        return KeyWalk(connection, shard, plan.literal, descending, start, first)
+    if plan.walk == "created_at":
+        low, high = spec.created_after, spec.created_before
+        bound, stop = (high, low) if descending else (low, high)
+        return TimeWalk(connection, shard, index.CREATED, descending, position, bound, stop, first)
+    return TimeWalk(connection, shard, index.UPDATED, descending, position, None, None, first)
+
+
+@contextlib.asynccontextmanager
+async def ahead(streams: list[AsyncGenerator[_T, None]]) -> AsyncIterator[list[AsyncIterator[_T]]]:
+    """``streams``, each with its first element read already, all at once (a merge of
+    ordered streams then begins with one round of reads, not one after another). On
+    leaving, every stream is closed."""
+    resumed: list[AsyncGenerator[_T, None]] = []
+    try:
+        firsts = await asyncio.gather(*(anext(stream, _EMPTY) for stream in streams), return_exceptions=True)
+        for first in firsts:  # (every read has ended: none is left running)
+            if isinstance(first, BaseException):
+                raise first
+        resumed = [_resumed(first, stream) for first, stream in zip(firsts, streams, strict=True)]
+        yield list(resumed)
+    finally:
+        for stream in [*resumed, *streams]:
+            await stream.aclose()
+
+
+async def _resumed(first: Any, stream: AsyncGenerator[_T, None]) -> AsyncGenerator[_T, None]:
+    if first is _EMPTY:
+        return
+    yield first
+    async for following in stream:
+        yield following
 
 
 @contextlib.asynccontextmanager
@@ -256,11 +447,20 @@ async def scattered(streams: list[AsyncGenerator[_T, None]]) -> AsyncIterator[As
 __all__ = [
     "COSTS",
     "SCAN_COUNT",
+    "SORT_COST",
+    "WALKS",
+    "WALK_CHUNK",
+    "WALK_MARGIN",
+    "KeyWalk",
     "PostingReader",
     "ScanReader",
     "Shard",
     "Sizes",
     "TimeReader",
+    "TimeWalk",
+    "ahead",
+    "planned",
     "reader",
     "scattered",
+    "walker",
 ]
