@@ -948,3 +948,30 @@ def test_a_path_the_file_system_cannot_encode_is_refused(tmp_path: Path) -> None
     with pytest.raises(ValidationError, match="is not usable: 'utf-8' codec can't encode"):
         LmdbEngine(f"{tmp_path}/a\ud800b")
     assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+def test_a_save_over_an_item_moves_only_the_entries_that_changed(engine: Any) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    engine.save("k", 1, "doc", expires_at=later, tags={"a": "1", "b": "2"})
+    engine.save("other", 2, "doc", tags={"a": "1"})
+    engine.save("k", 3, "note", tags={"b": "2", "c": "3"})  # a tag gone, one new, another type, no expiry
+    report = engine.check()
+    assert report.ok, report.problems
+    assert (report.tag_entries, report.type_entries, report.expires_entries, report.updated_entries) == (3, 2, 0, 2)
+    assert [r.item.metadata.key for r in engine.search(StorageQuery(tags={"a": "1"}))] == ["other"]
+    assert [r.item.metadata.key for r in engine.search(StorageQuery(tags={"c": "3"}))] == ["k"]
+    assert [r.item.metadata.key for r in engine.search(StorageQuery(content_type="doc"))] == ["other"]
+    newest = engine.search(StorageQuery(order_by="-updated_at", limit=1))
+    assert [r.item.metadata.key for r in newest] == ["k"]
+
+
+def test_a_save_puts_back_an_entry_of_its_item_that_damage_took(engine: Any) -> None:
+    engine.save("k", 1, "doc", tags={"a": "1"})
+    shared = engine.shared
+    with shared.env.begin(write=True) as txn:  # the item's created entry and its tag posting go
+        cursor = txn.cursor(db=shared.dbs.created)
+        assert cursor.first() and cursor.delete()
+        assert txn.delete(layout.posting_key(engine._prefix, b"\0\0\0\x01a1"), db=shared.dbs.tags)
+    assert not engine.check().ok
+    engine.save("k", 2, "doc", tags={"a": "1"})
+    assert engine.check().ok

@@ -175,9 +175,20 @@ class LmdbEngine:
 
     # -- writes --------------------------------------------------------------
 
-    def _index(self, txn: Any, dbs: Databases, fields: Any) -> None:
-        for db, key, value in layout.index_entries(self._prefix, fields):
-            txn.put(key, value, db=dbs[db])
+    def _index(self, txn: Any, dbs: Databases, fields: Any, old: Any = None) -> None:
+        """Write every index entry of ``fields``, and remove those of ``old`` (the record it
+        replaces; None: none) that it does not have. Every entry is written, those it had
+        too included: a save puts right what damage took from its own entries."""
+        entries = layout.index_entries(self._prefix, fields)
+        if old is not None:
+            kept = set(entries)
+            for entry in layout.index_entries(self._prefix, old):
+                if entry not in kept:
+                    db, key, value = entry
+                    txn.delete(key, value, db=dbs[db])
+        put = txn.put
+        for db, key, value in entries:
+            put(key, value, db=dbs[db])
 
     def _unindex(self, txn: Any, dbs: Databases, fields: Any) -> None:
         for db, key, value in layout.index_entries(self._prefix, fields):
@@ -219,11 +230,9 @@ class LmdbEngine:
         record_key = self._record_key(prepared.key_bytes)
         raw = txn.get(record_key, db=dbs.records)
         old = None if raw is None else self._replaced(txn, dbs, record_key, raw, prepared.key)
-        if old is not None:
-            self._unindex(txn, dbs, old)
         fields, record, item = prepared.build(old, now, functools.partial(layout.next_id, txn, dbs.ids, self._prefix))
         txn.put(record_key, record, db=dbs.records)
-        self._index(txn, dbs, fields)
+        self._index(txn, dbs, fields, old)
         return item
 
     def _delete_in(self, txn: Any, dbs: Databases, key: str, key_bytes: bytes, content_type: str | None) -> bool:

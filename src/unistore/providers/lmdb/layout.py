@@ -164,10 +164,14 @@ def index_entries(prefix: bytes, fields: RecordFields) -> list[tuple[int, bytes,
     """Every index entry of a record, as (database number in :class:`Databases`, key, value):
     what a save writes, a delete removes and a check expects. The terms are the
     index layer's; this adds the ``ids`` entry and the encoding of each."""
-    sid = _ID.pack(fields.sid)
+    number = fields.sid
+    sid = _ID.pack(number)
     entries = [(DB_IDS, prefix + sid, stored_key(fields.key))]
-    entries += [(_DATABASE_OF[kind], posting_key(prefix, term), sid) for kind, term in index.postings(fields)]
-    entries += [(_DATABASE_OF[kind], time_key(prefix, micros, fields.sid), b"") for kind, micros in index.times(fields)]
+    entries += [(_DATABASE_OF[kind], _index_key(prefix, term), sid) for kind, term in index.postings(fields)]
+    pack = _TIME_ID.pack
+    entries += [
+        (_DATABASE_OF[kind], prefix + pack(micros + TIME_BIAS, number), b"") for kind, micros in index.times(fields)
+    ]
     return entries
 
 
