@@ -79,4 +79,3 @@ async def test_a_count_from_the_lists_trusts_the_index(provider: LmdbStorageProv
     assert (await provider.count(query), await live(provider, query)) == (2, 1)
     await provider.check(repair=True)
     assert (await provider.count(query), await live(provider, query)) == (1, 1)
-
