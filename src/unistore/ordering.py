@@ -120,9 +120,15 @@ def record_position(order: Order) -> Callable[[bytes], Position]:
 
     if order.field == "key":
         return names
-    offset = _TIME_OFFSETS[order.field]
+    moment = record_time(order.field)
+    return lambda record: (moment(record), *names(record))
+
+
+def record_time(field: str) -> Callable[[bytes], int]:
+    """The reader of an encoded record's ``"created_at"`` or ``"updated_at"`` (µs), from its header."""
+    offset = _TIME_OFFSETS[field]
     moment = _TIME.unpack_from
-    return lambda record: (moment(record, offset)[0], *names(record))
+    return lambda record: int(moment(record, offset)[0])
 
 
 def pick(
@@ -319,6 +325,7 @@ __all__ = [
     "page_request",
     "pick",
     "record_position",
+    "record_time",
     "result_key",
     "sort_key",
     "unordered",

@@ -19,6 +19,7 @@ import pytest
 
 from helpers import UTC
 from unistore import StorageError, StorageQuery
+from unistore._coretypes import HEADER_OFFSETS
 from unistore.cli import main
 from unistore.providers import LmdbStorageProvider
 from unistore.providers.lmdb import upgrade as upgrading
@@ -84,7 +85,7 @@ async def test_a_format_2_store_is_upgraded_by_its_first_open_for_writing(
     provider = LmdbStorageProvider(old_store, namespace="a")
     try:
         messages = [record.getMessage() for record in caplog.records]
-        assert messages[0] == f"upgrading the store {str(old_store)!r} from format 2 to format 3 in place"
+        assert messages[0] == f"starting the in-place upgrade of the store {str(old_store)!r} from format 2 to format 3"
         assert messages[-1].startswith(f"upgraded the store {str(old_store)!r} to format 3: 62 records indexed")
         found = [r.item.metadata.key async for r in provider.search(StorageQuery(order_by="-updated_at"))]
         long_key = "L" * 600  # saved last, after every restored item
@@ -214,3 +215,47 @@ def test_a_store_written_between_two_steps_is_indexed_again_whole(tmp_path: Path
     assert format_of(store) == (3, None, 5_000)
     with existing_store(store) as shared:
         assert shared.read(lambda txn, dbs: txn.stat(dbs.updated)["entries"]) == 5_000
+
+
+def test_a_record_saved_again_behind_the_upgrade_by_the_previous_release_is_indexed(tmp_path: Path) -> None:
+    # A writer of the previous release saving between two steps: it rewrites a record the
+    # upgrade has passed (its header's update time changes) and writes no updated entry,
+    # leaving the counts equal. The last step finds the record's entry missing.
+    store = tmp_path / "store"
+    asyncio.run(_big_old_store(store, 5_000))
+    env = _raw(store)
+    dbs = open_databases(env, upgrade=lambda env, dbs: None)
+    offset = HEADER_OFFSETS["updated"]
+    with env.begin(write=True) as txn:
+        _, last = upgrading._index(txn, dbs, None, 1000)
+        txn.put(b"upgrade", last, db=dbs.meta)
+        cursor = txn.cursor(db=dbs.records)
+        assert cursor.first()
+        record = bytearray(cursor.value())
+        later = int.from_bytes(record[offset : offset + 8], "little") + 1_000_000
+        record[offset : offset + 8] = later.to_bytes(8, "little")
+        assert cursor.put(cursor.key(), bytes(record))
+    upgrading.upgrade(env, dbs)
+    env.close()
+    assert format_of(store) == (3, None, 5_000)
+    provider = LmdbStorageProvider(store, durability="none")
+    try:
+        assert asyncio.run(provider.check()).ok
+    finally:
+        asyncio.run(provider.cleanup())
+
+
+def test_the_upgrade_s_last_log_counts_every_record_however_many_opens_it_took(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "store"
+    asyncio.run(_big_old_store(store, 5_000))
+    env = _raw(store)
+    dbs = open_databases(env, upgrade=lambda env, dbs: None)
+    with env.begin(write=True) as txn:  # an open that did two steps, then failed (a full map)
+        _, last = upgrading._index(txn, dbs, None, 3000)
+        txn.put(b"upgrade", last, db=dbs.meta)
+    caplog.set_level(logging.WARNING, "unistore.providers.lmdb.upgrade")
+    upgrading.upgrade(env, dbs)
+    env.close()
+    assert "to format 3: 5000 records indexed by update time" in caplog.records[-1].getMessage()

@@ -18,7 +18,7 @@ from helpers import UTC
 from unistore import StorageItem, StorageMetadata, StorageQuery
 from unistore.model import datetime_to_micros
 from unistore.providers import RedisStorageProvider
-from unistore.providers.redis import layout
+from unistore.providers.redis import layout, search
 
 pytestmark = pytest.mark.redis
 
@@ -271,3 +271,62 @@ async def _client(provider: RedisStorageProvider) -> Any:
 async def _members(provider: RedisStorageProvider, client: Any, shard: int) -> list[bytes]:
     prefix = layout.shard_prefix(provider.namespace.encode(), shard, provider.shards)
     return list(await client.zrange(prefix + layout.CREATED, 0, -1))
+
+
+async def test_an_item_saved_between_a_walk_s_entries_and_its_records_loses_no_other(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = make()
+    names = [f"a{n:02}" for n in range(10)] + ["b00"] + [f"a{n:02}" for n in range(10, 15)]
+    names += [f"b{n:02}" for n in range(1, 10)]
+    moments = [AT + timedelta(seconds=n) for n in range(len(names))]
+    await provider.restore_many([item(name, at, at) for name, at in zip(names, moments, strict=True)])
+    original = search.TimeWalk._entries
+    saved: list[bool] = []
+
+    async def racing(self: Any, position: Any, size: int) -> Any:
+        got = await original(self, position, size)
+        if not saved and b"b00" in [entry if isinstance(entry, bytes) else entry[0] for entry in got[0]]:
+            saved.append(True)  # another writer, between the entries read and their records
+            await provider.save("b00", {"key": "b00", "again": True}, "t")
+        return got
+
+    monkeypatch.setattr(search.TimeWalk, "_entries", racing)
+    keys = await paged(provider, StorageQuery(pattern="b*", order_by="updated_at"), 1)
+    assert saved
+    assert [key for key in keys if key != "b00"] == [
+        f"b{n:02}" for n in range(1, 10)
+    ]  # each unchanged one, once, in order
+
+
+async def test_times_a_score_cannot_hold_exactly_are_paged_in_order(make: Make) -> None:
+    # Past 2**53 µs (the year 2255) a score rounds: items a few µs apart share one. The
+    # provider orders them by their records, not by a walk of their scores.
+    far = datetime(9000, 1, 1, tzinfo=UTC)
+    provider = make()
+    items = [
+        item(f"k{n:02}", far + timedelta(microseconds=(n * 7) % 40), far + timedelta(microseconds=(n * 11) % 40))
+        for n in range(40)
+    ]
+    await provider.restore_many(items)
+    for order_by in ("created_at", "-created_at", "updated_at", "-updated_at"):
+        assert (await provider.explain(StorageQuery(order_by=order_by, limit=3))).walk is None
+        for size in (1, 3):
+            assert await paged(provider, StorageQuery(order_by=order_by), size) == expected(
+                items, order_by, lambda _: True
+            ), (order_by, size)
+    assert (await provider.explain(StorageQuery(order_by="key", limit=3))).walk == "key"  # (no score in a key order)
+
+
+async def test_a_namespace_lacking_an_order_s_entries_is_not_walked_by_it(make: Make) -> None:
+    provider = make()
+    await provider.restore_many([item(f"k{n:02}", AT + timedelta(seconds=n), AT) for n in range(30)])
+    client = await _client(provider)
+    for shard in range(provider.shards):  # as a namespace written by 0.1 has them: no key or update order
+        prefix = layout.shard_prefix(provider.namespace.encode(), shard, provider.shards)
+        await client.delete(prefix + layout.KEY_ORDER, prefix + layout.UPDATED)
+    await client.aclose()
+    for order_by in ("key", "-updated_at"):
+        assert (await provider.explain(StorageQuery(order_by=order_by, limit=3))).walk is None
+        assert len(await paged(provider, StorageQuery(order_by=order_by), 7)) == 30
+    assert (await provider.explain(StorageQuery(order_by="created_at", limit=3))).walk == "created_at"

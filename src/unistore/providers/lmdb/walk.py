@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import itertools
 import operator
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ... import index
-from ..._coretypes import read_header
+from ..._coretypes import HEADER_SIZE, read_header
 from . import layout
 from .layout import KEPT_KEY_BYTES, LONG_KEY, PREFIX_SIZE, Databases
 
+_ID = struct.Struct(">Q")  # an item id as the indexes hold it (see .layout)
 #: Past every stored key that starts with a given run of bytes (a stored key is at most
 #: LONG_KEY bytes): where a descending walk of that run starts.
 _ABOVE = b"\xff" * (LONG_KEY + 1)
@@ -139,11 +141,21 @@ def by_time(
             cursor = txn.cursor(db=getattr(dbs, field))
             entries = list(itertools.islice(_entries(cursor, start, descending, resume), index.SEARCH_CHUNK))
             inside = [entry for entry, _ in entries if first <= entry <= last]
-            sids = [entry[-8:] for entry in inside]
+            placed = [layout.time_of(entry) for entry in inside]  # (µs, item id), in the walk's order
             if keep is not None:
-                sids = [sid for sid in sids if sid in keep]
-            # by_id gives the records in the order of the ids it is given: the walk's.
-            found = [(time_of(read_header(record)), (bytes(key), record)) for key, record in by_id(txn, dbs, sids)]
+                placed = [(micros, sid) for micros, sid in placed if _ID.pack(sid) in keep]
+            # Each entry gives its item's record if the record says the same time: an entry
+            # left stale by damage, with its id given again since, is passed over.
+            # A record too damaged to say its time and id comes first: the search reports it.
+            records: dict[int, tuple[int, tuple[bytes, bytes]]] = {}
+            found: list[tuple[Any, tuple[bytes, bytes]]] = []
+            for key, record in by_id(txn, dbs, [_ID.pack(sid) for sid in dict.fromkeys(sid for _, sid in placed)]):
+                if len(record) < HEADER_SIZE:
+                    found.append((None, (bytes(key), record)))
+                else:
+                    head = read_header(record)
+                    records[head.sid] = (time_of(head), (bytes(key), record))
+            found += [records[sid] for micros, sid in placed if records.get(sid, (None,))[0] == micros]
             done = len(entries) < index.SEARCH_CHUNK or len(inside) < len(entries)
             return found, None if done else bytes(entries[-1][0])
 

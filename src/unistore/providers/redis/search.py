@@ -27,10 +27,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
-from ... import index
+from ... import index, ordering
+from ..._coretypes import HEADER_SIZE
 from . import scripts
 from .connection import Connection, NodeChanged, Pinned
-from .layout import KEY_ORDER, PROBE, posting_key, record_key, scan_pattern, time_key
+from .layout import CREATED, KEY_ORDER, PROBE, UPDATED, posting_key, record_key, scan_pattern, time_key
 
 _T = TypeVar("_T")
 
@@ -69,12 +70,18 @@ class Shard:
 class Sizes:
     """The sizes of a shard's candidate sources, read in one round trip (:class:`index.Sizes`)."""
 
-    def __init__(self, postings: dict[tuple[int, bytes], int], keys: int, times: dict[int, int], items: int) -> None:
+    def __init__(
+        self, postings: dict[tuple[int, bytes], int], keys: int, times: dict[int, int], items: int, walkable: bool
+    ) -> None:
         self._postings = postings
         self._keys = keys
         self._times = times
         #: How many items the shard holds (read for an ordered query, or one without a pattern; else 0).
         self.items = items
+        #: Whether the order an ordered query names may be walked: it holds every item (a
+        #: namespace written before the key and update orders lacks them until check --repair),
+        #: and, for a time order, only scores that hold their µs exactly (within ±2**53).
+        self.walkable = walkable
 
     @classmethod
     async def read(cls, pinned: Pinned, prefix: bytes, spec: Any) -> Sizes:
@@ -96,6 +103,8 @@ class Sizes:
         ]
         if counted:
             commands.append(("ZCARD", time_key(prefix, index.CREATED)))  # every item has its creation time
+        walked = _walked_checks(prefix, spec.order)
+        commands += walked
         commands.append(("DBSIZE",))
         while True:
             try:
@@ -104,7 +113,9 @@ class Sizes:
             except NodeChanged as moved:
                 await pinned.restart(moved)
         keyspace = replies.pop()
+        checks = [int(replies.pop()) for _ in walked][::-1]
         items = int(replies.pop()) if counted else 0
+        walkable = _walkable(spec.order, checks, items)
         # What a SCAN costs, counted in keys visited (the planner's unit): every key of
         # the database, and, when no pattern narrows what it yields, each of the shard's
         # records fetched, at what a fetch costs in visits. (A pattern is taken to yield few.)
@@ -114,6 +125,7 @@ class Sizes:
             int(keyspace) + math.ceil(fetched),
             {kind: int(count) for (kind, _, _), count in zip(bounds, replies[len(terms) :], strict=True)},
             items,
+            walkable,
         )
 
     def posting(self, kind: int, term: bytes) -> int:
@@ -127,6 +139,34 @@ class Sizes:
     def times(self, kind: int, low: int | None, high: int | None, most: int) -> int:
         """How many items the time order ``kind`` holds between the bounds."""
         return int(self._times[kind])
+
+
+#: Past this many µs either way a score (a double) no longer holds a time exactly (the year 2255).
+EXACT = 2**53
+#: The order each ordered query walks, by its field: the sorted set's part of the shard's keys.
+_ORDERS = {"key": KEY_ORDER, "created_at": CREATED, "updated_at": UPDATED}
+
+
+def _walked_checks(prefix: bytes, order: Any) -> list[tuple[Any, ...]]:
+    """The commands that tell whether the order ``order`` names may be walked (see
+    :attr:`Sizes.walkable`): its size (the creation order holds every item by definition),
+    and, for a time order, how many scores lie past :data:`EXACT` either way."""
+    if order is None:
+        return []
+    key = prefix + _ORDERS[order.field]
+    commands: list[tuple[Any, ...]] = [] if order.field == "created_at" else [("ZCARD", key)]
+    if order.field != "key":
+        commands += [("ZCOUNT", key, "-inf", f"({-EXACT}"), ("ZCOUNT", key, f"({EXACT}", "+inf")]
+    return commands
+
+
+def _walkable(order: Any, checks: list[int], items: int) -> bool:
+    """What :func:`_walked_checks`' replies say (see :attr:`Sizes.walkable`)."""
+    if order is None:
+        return False
+    if order.field != "created_at" and checks.pop(0) != items:
+        return False
+    return not any(checks)
 
 
 def _score(micros: int | None, unbounded: str) -> str:
@@ -223,7 +263,7 @@ async def planned(connection: Connection, shard: Shard, spec: Any) -> index.Plan
     an ordered query with a limit, whether to walk its order instead (:attr:`index.Plan.walk`,
     :func:`unistore.index.plan_ordered`)."""
     sizes = await Sizes.read(shard.pinned(connection), shard.prefix, spec)
-    return index.plan_ordered(spec, sizes, COSTS, lambda: sizes.items, WALKS, SORT_COST)
+    return index.plan_ordered(spec, sizes, COSTS, lambda: sizes.items, WALKS if sizes.walkable else {}, SORT_COST)
 
 
 async def reader(
@@ -260,20 +300,30 @@ class _Walk(ABC):
     async def __call__(self, position: Any) -> index.Chunk:
         size = self._size
         self._size = min(2 * size, index.SEARCH_CHUNK)
-        members, position = await self._entries(position, size)
-        if not members:
+        entries, position = await self._entries(position, size)
+        if not entries:
             return [], None
         prefix = self._shard.prefix
         records = await self._connection.call(
-            self._shard.slot, "MGET", *(record_key(prefix, member) for member in members)
+            self._shard.slot, "MGET", *(record_key(prefix, member) for member, _ in entries)
         )
-        found = [(member, record) for member, record in zip(members, records, strict=True) if record is not None]
+        # A record saved again between the two reads is no longer where its entry was: it
+        # is passed over here (its new entry places it), as a change during a walk may be.
+        found = [
+            (member, record)
+            for (member, score), record in zip(entries, records, strict=True)
+            if record is not None and self._agrees(score, record)
+        ]
         return found, position
 
     @abstractmethod
-    async def _entries(self, position: Any, size: int) -> tuple[list[bytes], Any]:
-        """Up to ``size`` members from ``position`` (None: the first) in the walk's order,
-        and where the next chunk starts (None: the walk is over)."""
+    async def _entries(self, position: Any, size: int) -> tuple[list[tuple[bytes, Any]], Any]:
+        """Up to ``size`` entries (member, score) from ``position`` (None: the first) in the
+        walk's order, and where the next chunk starts (None: the walk is over)."""
+
+    def _agrees(self, score: Any, record: bytes) -> bool:
+        """Whether ``record`` is still at the entry of score ``score`` (a key order: always)."""
+        return True
 
 
 class KeyWalk(_Walk):
@@ -301,13 +351,14 @@ class KeyWalk(_Walk):
                 low = max(low, start)
         self._first = (low, high)
 
-    async def _entries(self, position: tuple[bytes, bytes] | None, size: int) -> tuple[list[bytes], Any]:
+    async def _entries(self, position: tuple[bytes, bytes] | None, size: int) -> tuple[list[tuple[bytes, Any]], Any]:
         low, high = position or self._first
         bounds = (b"(" + high, b"[" + low, "BYLEX", "REV") if self._descending else (b"[" + low, b"(" + high, "BYLEX")
         members = await self._connection.call(self._shard.slot, "ZRANGE", self._order, *bounds, "LIMIT", 0, size)
+        entries = [(member, None) for member in members]
         if len(members) < size:  # the order's end, or the literal's
-            return members, None
-        return members, (low, members[-1]) if self._descending else (members[-1] + b"\x00", high)
+            return entries, None
+        return entries, (low, members[-1]) if self._descending else (members[-1] + b"\x00", high)
 
 
 class TimeWalk(_Walk):
@@ -329,6 +380,7 @@ class TimeWalk(_Walk):
         first: int,
     ) -> None:
         super().__init__(connection, shard, time_key(shard.prefix, kind), descending, first)
+        self._time = ordering.record_time("created_at" if kind == index.CREATED else "updated_at")
         unbounded = "+inf" if descending else "-inf"
         if start is not None:
             self._first: tuple[Any, bytes, bytes] = (start[0], start[1], b"0")
@@ -336,7 +388,9 @@ class TimeWalk(_Walk):
             self._first = (_score(bound, unbounded), b"", b"0")
         self._stop = stop
 
-    async def _entries(self, position: tuple[Any, bytes, bytes] | None, size: int) -> tuple[list[bytes], Any]:
+    async def _entries(
+        self, position: tuple[Any, bytes, bytes] | None, size: int
+    ) -> tuple[list[tuple[bytes, Any]], Any]:
         score, member, strict = position or self._first
         down = self._descending
         reply = await self._connection.script(
@@ -350,9 +404,13 @@ class TimeWalk(_Walk):
             entry for entry in entries if stop is None or (float(entry[1]) >= stop if down else float(entry[1]) <= stop)
         ]
         if len(inside) < size:  # the order's end, or the bound's
-            return [member for member, _ in inside], None
+            return inside, None
         last_member, last_score = inside[-1]
-        return [member for member, _ in inside], (last_score, last_member, b"1")
+        return inside, (last_score, last_member, b"1")
+
+    def _agrees(self, score: Any, record: bytes) -> bool:
+        # (A record too short for a header is damage, which the search reports.)
+        return len(record) < HEADER_SIZE or self._time(record) == int(float(score))
 
 
 def walker(connection: Connection, shard: Shard, compiled: index.CompiledQuery, plan: index.Plan) -> _Walk:
