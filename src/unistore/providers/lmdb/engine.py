@@ -498,7 +498,7 @@ class LmdbEngine:
     def _source(self, plan: index.Plan, prefix: bytes) -> _Source:
         """The chunk reader of a plan's path in the namespace of ``prefix``."""
         if plan.path == index.POSTINGS:
-            terms = [(layout.database_of(kind), layout.posting_key(prefix, term)) for kind, term in plan.terms]
+            terms = _posting_keys(prefix, plan.terms)
             return _PostingSource(self, terms)
         if plan.path == index.KEYS:
             return functools.partial(self._from_prefix, prefix + layout.scan_prefix(plan.literal))
@@ -548,10 +548,7 @@ class LmdbEngine:
                     low = position[0] if low is None else max(low, position[0])
             keep = None
             if plan.sifted:  # the ids of every posting list of the query, in one read
-                terms = [
-                    (layout.database_of(kind), layout.posting_key(prefix, term))
-                    for kind, term in index.query_postings(spec)
-                ]
+                terms = _posting_keys(prefix, index.query_postings(spec))
                 ids = shared.read(lambda txn, dbs: _ids_in_all(txn, dbs, terms))
                 keep = {ids[at : at + 8] for at in range(0, len(ids), 8)}
             groups = walk.by_time(shared.read, prefix, self._by_id, field, low, high, descending, keep)
@@ -612,9 +609,7 @@ class LmdbEngine:
         The index is trusted: a record damaged on disk is counted until ``check
         --repair`` removes it (a search skips it)."""
         shared, prefix = self._opened()
-        terms = [
-            (layout.database_of(kind), layout.posting_key(prefix, term)) for kind, term in index.query_postings(spec)
-        ]
+        terms = _posting_keys(prefix, index.query_postings(spec))
         first, last = _time_bounds(prefix, None, now_micros())
 
         def action(txn: Any, dbs: Databases) -> int | None:
@@ -822,6 +817,11 @@ def _read_ids(txn: Any, db: Any, key: bytes) -> bytes:
     """A whole posting list in one bulk read (MDB_GET_MULTIPLE), as ids back to back."""
     entries = txn.cursor(db=db).getmulti([key], dupdata=True, dupfixed_bytes=8, keyfixed=True)
     return ids_from_entries(entries, len(key))
+
+
+def _posting_keys(prefix: bytes, terms: Iterable[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The (database number, key) of each posting-list term (kind, term) in the namespace of ``prefix``."""
+    return [(layout.database_of(kind), layout.posting_key(prefix, term)) for kind, term in terms]
 
 
 def _ids_in_all(txn: Any, dbs: Databases, terms: list[tuple[int, bytes]]) -> bytes:
