@@ -142,6 +142,17 @@ def _cluster_state(port: int) -> str:
     return reply.stdout
 
 
+def _start_cluster_node(node: Path, *options: str) -> tuple[subprocess.Popen[bytes], int]:
+    """:func:`start_redis` on a free pair of ports, again on another pair if another process
+    took one of them between the check and the bind (the suites run side by side in CI)."""
+    for _ in range(4):
+        try:
+            return start_redis(node, _free_cluster_port(), *options)
+        except pytest.fail.Exception:
+            (node / "nodes.conf").unlink(missing_ok=True)
+    return start_redis(node, _free_cluster_port(), *options)
+
+
 def start_cluster(
     workdir: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000, options: tuple[str, ...] = ()
 ) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
@@ -155,9 +166,8 @@ def start_cluster(
         for number in range(masters * (1 + replicas)):
             node = workdir / f"node{number}"
             node.mkdir()
-            process, port = start_redis(
+            process, port = _start_cluster_node(
                 node,
-                _free_cluster_port(),
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
