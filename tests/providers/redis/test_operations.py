@@ -230,7 +230,7 @@ async def test_deleting_many_items_never_holds_the_server_for_long(server: Calla
     # must be a small share of the whole (the slow log records every command; measured as a
     # share, so a machine busy with other work slows both sides alike), and another client's
     # PING is answered between them.
-    items = int(os.environ.get("UNISTORE_BATCH_ITEMS", "200000"))
+    items = int(os.environ.get("UNISTORE_BATCH_ITEMS", "100000"))  # (500 scripts of 200 keys)
     port = server("--slowlog-log-slower-than", "0", "--slowlog-max-len", "1000000")
     provider = _provider(port, socket_timeout=1)
     try:
