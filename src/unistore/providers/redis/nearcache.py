@@ -23,10 +23,29 @@ What keeps the cache true (:class:`NearCache`):
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
+import logging
 from dataclasses import dataclass
+from typing import Any
+
+from hiredis import pack_command
+from redis.exceptions import RedisError
 
 from ..._coretypes import FLAG_EXPIRES, HEADER_SIZE, read_header
+from .connection import Settings
+from .topology import Address
+
+_logger = logging.getLogger(__name__)
+
+#: Seconds between two heartbeats on a tracking connection.
+HEARTBEAT = 0.5
+#: Seconds without a word from the tracking connection after which it is taken for lost
+#: (its entries dropped and bypassed until it is back): a hit is served only within it.
+LEASE = 2.0
+#: Seconds between two attempts to bring a lost tracking connection back.
+RETRY = 0.2
 
 #: What an entry costs beyond its key and record (the dict slot, the tuple, the ints), in bytes.
 ENTRY_OVERHEAD = 200
@@ -158,4 +177,92 @@ class NearCache:
         return True
 
 
-__all__ = ["ENTRY_OVERHEAD", "Fill", "NearCache"]
+class Tracker:
+    """The tracking connection to one node, kept: ``CLIENT TRACKING ON BCAST PREFIX`` for
+    the record keys of ``prefixes``; a reader task that hands every invalidation to the
+    cache; a heartbeat that takes the connection for lost when the node stops answering.
+    While it is not up, the cache serves and keeps nothing (:meth:`NearCache.down`)."""
+
+    def __init__(self, settings: Settings, address: Address, prefixes: list[bytes], cache: NearCache) -> None:
+        self._settings, self._address, self._prefixes, self.cache = settings, address, prefixes, cache
+        self._heard = 0.0
+        self._task: asyncio.Task[None] | None = None
+        #: The tracking connection's CLIENT ID while it is up (for logs and tests).
+        self.client_id: int | None = None
+
+    def start(self) -> None:
+        """Begin keeping the connection (in the background: the cache is bypassed until it is up)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._keep())
+
+    def fresh(self) -> bool:
+        """Whether the node was heard from within :data:`LEASE` (checked on every hit)."""
+        return self.cache.up and asyncio.get_running_loop().time() - self._heard <= LEASE
+
+    async def close(self) -> None:
+        """Stop keeping the connection, and close it; the cache is emptied."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.cache.down()
+
+    async def _keep(self) -> None:
+        while True:
+            try:
+                await self._track()
+            except (RedisError, OSError, AttributeError) as exc:  # (redis-py: a read cut by a disconnect)
+                _logger.warning("near cache: tracking on %s:%d lost (%s); bypassed until back", *self._address, exc)
+            await asyncio.sleep(RETRY)
+
+    async def _track(self) -> None:
+        """One tracking connection's life: opened, registered, read until it fails."""
+        connection = self._settings.make(self._address)
+        beating: asyncio.Task[None] | None = None
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+            parser: Any = connection._parser
+            if hasattr(parser, "set_invalidation_push_handler"):  # (redis-py 5.1 on; before it, pushes are lists)
+                parser.set_invalidation_push_handler(_as_is)
+            await connection.send_command("CLIENT", "ID")
+            self.client_id = int(await connection.read_response())
+            prefixes = [part for prefix in self._prefixes for part in (b"PREFIX", prefix)]
+            await connection.send_command("CLIENT", "TRACKING", "ON", "BCAST", *prefixes)
+            await connection.read_response()
+            loop = asyncio.get_running_loop()
+            self._heard = loop.time()
+            self.cache.reopen()
+            beating = loop.create_task(self._beat(connection))
+            while True:
+                frame = await connection.read_response(push_request=True)
+                self._heard = loop.time()
+                if isinstance(frame, list) and frame and frame[0] == b"invalidate":
+                    self.cache.invalidate(frame[1])
+        finally:
+            self.cache.down()
+            self.client_id = None
+            if beating is not None:
+                beating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beating
+            await connection.disconnect()
+
+    async def _beat(self, connection: Any) -> None:
+        """PING every :data:`HEARTBEAT`; past :data:`LEASE` without a word, drop the
+        connection (the reader then fails, and the connection is made again)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            if loop.time() - self._heard > LEASE:
+                self.cache.down()
+                await connection.disconnect()
+                return
+            await connection.send_packed_command(pack_command(("PING",)), check_health=False)
+
+
+async def _as_is(response: Any) -> Any:
+    return response
+
+
+__all__ = ["ENTRY_OVERHEAD", "HEARTBEAT", "LEASE", "Fill", "NearCache", "Tracker"]

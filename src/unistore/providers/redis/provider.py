@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import os
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +56,7 @@ from ..maintenance import CheckReport, Namespace, Usage, merge
 from . import layout, scripts
 from .check import KEEPING_POLICIES, check_shard, drop_shard, eviction, namespace_exists, namespaces, shard_usage
 from .connection import Connection
+from .nearcache import NearCache, Tracker
 from .search import COSTS, Shard, ahead, planned, reader, scattered, walker
 from .settings import MAX_CONNECTIONS, SOCKET_TIMEOUT, provider_settings, url_settings
 
@@ -116,6 +117,10 @@ class RedisStorageProvider(StorageProvider[Any]):
         self._closers: dict[Connection, AsyncGenerator[None, None]] = {}
         #: The closes cleanup() has begun and that have not ended (any cleanup of their loop waits for them).
         self._closing: set[asyncio.Task[None]] = set()
+        #: The near cache's bounds (items 0: none; see .nearcache), and its trackers, one per
+        #: event loop and process (a forked child starts its own, empty).
+        self.near_cache, self.near_cache_bytes = checked.near_cache, checked.near_cache_bytes
+        self._trackers: dict[tuple[asyncio.AbstractEventLoop, int], Tracker] = {}
 
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> RedisStorageProvider:
@@ -281,6 +286,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         next chunk) fails with a StorageError saying the provider was closed. (Connections
         made in another event loop or process cannot be closed from here: they are dropped.)"""
         loop = asyncio.get_running_loop()
+        tracker = self._trackers.pop((loop, os.getpid()), None)
+        if tracker is not None:
+            await tracker.close()
         connection = self._connections.pop((loop, os.getpid()), None)
         if connection is not None:
             closing = loop.create_task(self._closers.pop(connection).aclose())
@@ -312,7 +320,8 @@ class RedisStorageProvider(StorageProvider[Any]):
         if stale or connection.counted != connection.failures:  # the first write, one after a failure, or in a while
             await self._record_count(connection)
             args[4] = b"1"
-        reply = await self._script(connection, shard, script, keys, args)
+        with self._changing(prefix, [save.key_bytes for save in saves]):
+            reply = await self._script(connection, shard, script, keys, args)
         return [
             record[:8] + patch + record[40:] if patch else record for record, patch in zip(records, reply, strict=True)
         ]
@@ -417,7 +426,8 @@ class RedisStorageProvider(StorageProvider[Any]):
             for position, member in enumerate(batch):
                 args += [member, b"" if stamps is None else stamps[start + position]]
             args.append(scripts.TOKEN_TTL_MS)
-            [count] = await self._script(connection, shard, scripts.DELETE, keys + sorted(known), args)
+            with self._changing(prefix, batch):
+                [count] = await self._script(connection, shard, scripts.DELETE, keys + sorted(known), args)
             removed += int(count)
         return removed
 
@@ -504,12 +514,54 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     # -- reads ---------------------------------------------------------------------------
 
+    def _tracker(self) -> Tracker | None:
+        """The near cache's tracker of this event loop and process, started at its first
+        use; None when there is no near cache (or on a cluster, which it does not serve yet)."""
+        if not self.near_cache or self._settings.cluster:
+            return None
+        key = (asyncio.get_running_loop(), os.getpid())
+        tracker = self._trackers.get(key)
+        if tracker is None:
+            prefixes = [shard.prefix + layout.RECORD for shard in self._shards]
+            cache = NearCache(self.near_cache, self.near_cache_bytes)
+            tracker = self._trackers[key] = Tracker(self._settings, self._settings.nodes[0], prefixes, cache)
+            tracker.start()
+        return tracker
+
+    @contextlib.contextmanager
+    def _changing(self, prefix: bytes, members: list[bytes]) -> Iterator[None]:
+        """Around a write of ``members`` of the shard of ``prefix``: their near-cache entries
+        dropped before it and after it (this process sees its own writes at once, before
+        Redis's invalidation arrives), and their fills in flight keep nothing."""
+        tracker = self._trackers.get((asyncio.get_running_loop(), os.getpid()))
+        if tracker is None:
+            yield
+            return
+        keys = [layout.record_key(prefix, member) for member in members]
+        tracker.cache.invalidate(keys)
+        try:
+            yield
+        finally:
+            tracker.cache.invalidate(keys)
+
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         key_bytes = validate_key(key)
         shard = self._shard(key_bytes)
         connection = await self._connection()
-        record: Any = await connection.call(shard.slot, "GET", layout.record_key(shard.prefix, key_bytes))
-        return load_item(record, key, content_type, now_micros())
+        record_key = layout.record_key(shard.prefix, key_bytes)
+        tracker = self._tracker()
+        if tracker is None:
+            record: Any = await connection.call(shard.slot, "GET", record_key)
+            return load_item(record, key, content_type, now_micros())
+        now = now_micros()
+        record = tracker.cache.get(record_key, now) if tracker.fresh() else None
+        if record is None:
+            fill = tracker.cache.begin(record_key)
+            try:
+                record = await connection.call(shard.slot, "GET", record_key)
+            finally:
+                tracker.cache.end(fill, record)
+        return load_item(record, key, content_type, now)
 
     async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
         checked = validate_keys(keys)

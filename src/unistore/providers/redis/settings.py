@@ -44,7 +44,11 @@ CONNECTION_SETTINGS = frozenset(
     }
 )
 #: The provider's own settings.
-PROVIDER_SETTINGS = frozenset({"namespace", "shards", "max_connections", "allow_eviction", "socket_timeout"})
+PROVIDER_SETTINGS = frozenset(
+    {"namespace", "shards", "max_connections", "allow_eviction", "socket_timeout", "near_cache", "near_cache_bytes"}
+)
+#: The near cache's byte bound when none is given (see .nearcache).
+NEAR_CACHE_BYTES = 64 << 20
 #: How a URL writes a yes or a no.
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -60,6 +64,9 @@ class ProviderSettings:
     allow_eviction: bool
     nodes: list[tuple[str, int]] | None
     connection: Settings
+    #: The near cache's bounds: items (0: no near cache) and bytes.
+    near_cache: int = 0
+    near_cache_bytes: int = NEAR_CACHE_BYTES
 
 
 def provider_settings(given: dict[str, Any]) -> ProviderSettings:
@@ -77,6 +84,8 @@ def provider_settings(given: dict[str, Any]) -> ProviderSettings:
     max_connections = merged.pop("max_connections", MAX_CONNECTIONS)
     allow_eviction = merged.pop("allow_eviction", False)
     socket_timeout = merged.pop("socket_timeout", SOCKET_TIMEOUT)
+    near_cache = merged.pop("near_cache", 0)
+    near_cache_bytes = merged.pop("near_cache_bytes", NEAR_CACHE_BYTES)
     unknown = sorted(set(merged) - CONNECTION_SETTINGS)
     if unknown:
         raise ValidationError(f"unknown Redis settings: {', '.join(map(repr, unknown))}")
@@ -87,6 +96,10 @@ def provider_settings(given: dict[str, Any]) -> ProviderSettings:
         raise ValidationError(f"max_connections must be a positive int, got {max_connections!r}")
     if not isinstance(allow_eviction, bool):
         raise ValidationError(f"allow_eviction must be True or False, got {allow_eviction!r}")
+    if isinstance(near_cache, bool) or not isinstance(near_cache, int) or near_cache < 0:
+        raise ValidationError(f"near_cache must be an int of items, 0 or more (0: none), got {near_cache!r}")
+    if isinstance(near_cache_bytes, bool) or not isinstance(near_cache_bytes, int) or near_cache_bytes < 1:
+        raise ValidationError(f"near_cache_bytes must be a positive int, got {near_cache_bytes!r}")
     merged.setdefault("socket_connect_timeout", SOCKET_CONNECT_TIMEOUT)
     for name, value in (
         ("socket_timeout", socket_timeout),
@@ -96,7 +109,9 @@ def provider_settings(given: dict[str, Any]) -> ProviderSettings:
             raise ValidationError(f"{name} must be a positive number of seconds or None, got {value!r}")
     nodes = None if nodes is None else _cluster_nodes(nodes, merged)
     connection = _connection_settings(url, nodes, merged, max_connections, socket_timeout)
-    return ProviderSettings(namespace, namespace_bytes, shards, allow_eviction, nodes, connection)
+    return ProviderSettings(
+        namespace, namespace_bytes, shards, allow_eviction, nodes, connection, near_cache, near_cache_bytes
+    )
 
 
 def url_settings(url: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -119,8 +134,9 @@ def url_settings(url: str, settings: dict[str, Any]) -> dict[str, Any]:
     for name in ("socket_timeout", "socket_connect_timeout"):
         if name in query:
             settings[name] = _number(name, query.pop(name), float)
-    if "max_connections" in query:
-        settings["max_connections"] = _number("max_connections", query.pop("max_connections"), int)
+    for name in ("max_connections", "near_cache", "near_cache_bytes"):
+        if name in query:
+            settings[name] = _number(name, query.pop(name), int)
     if "allow_eviction" in query:
         text = query.pop("allow_eviction")
         if text.lower() not in _BOOLEANS:

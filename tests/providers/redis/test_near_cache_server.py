@@ -1,0 +1,151 @@
+"""The near cache against a real server: own writes, another process's writes, a lost
+tracking connection, expiry and bounds (providers/redis/nearcache.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from helpers import UTC
+from unistore.providers import RedisStorageProvider
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def cached(redis_port: int) -> AsyncIterator[RedisStorageProvider]:
+    provider = RedisStorageProvider(port=redis_port, namespace=uuid.uuid4().hex, near_cache=100)
+    yield provider
+    await provider.cleanup()
+
+
+async def tracking_up(provider: RedisStorageProvider) -> Any:
+    """Wait (bounded) until the provider's tracking connection is up; its tracker."""
+    await provider.load_many(["nothing"])  # (starts the tracker)
+    tracker = provider._tracker()
+    assert tracker is not None
+    for _ in range(500):
+        if tracker.fresh():
+            return tracker
+        await asyncio.sleep(0.01)
+    raise AssertionError("tracking never came up")
+
+
+async def served(provider: RedisStorageProvider, key: str) -> Any:
+    return (await provider.load(key)).data
+
+
+async def test_a_hot_load_is_served_from_memory_and_own_writes_are_seen_at_once(
+    cached: RedisStorageProvider, redis_port: int
+) -> None:
+    await cached.save("k", 1, "t")
+    tracker = await tracking_up(cached)
+    assert await served(cached, "k") == 1  # a miss: kept
+    client = aioredis.Redis(port=redis_port)
+    calls = (await client.info("commandstats")).get("cmdstat_get", {}).get("calls", 0)
+    for _ in range(20):
+        assert await served(cached, "k") == 1
+    assert (await client.info("commandstats")).get("cmdstat_get", {}).get("calls", 0) == calls  # no GET reached Redis
+    for version in range(2, 30):
+        await cached.save("k", version, "t")
+        assert await served(cached, "k") == version
+    assert tracker.cache.hits >= 20
+    await client.aclose()
+
+
+async def test_another_writer_s_save_is_seen_within_a_delivery(cached: RedisStorageProvider, redis_port: int) -> None:
+    other = RedisStorageProvider(port=redis_port, namespace=cached.namespace)
+    await cached.save("k", 0, "t")
+    await tracking_up(cached)
+    for version in range(1, 50):
+        assert await served(cached, "k") == version - 1
+        await other.save("k", version, "t")
+        deadline = time.monotonic() + 0.1
+        while await served(cached, "k") != version:
+            assert time.monotonic() < deadline, version
+            await asyncio.sleep(0.001)
+    await other.cleanup()
+
+
+async def test_a_killed_tracking_connection_serves_nothing_stale(cached: RedisStorageProvider, redis_port: int) -> None:
+    other = RedisStorageProvider(port=redis_port, namespace=cached.namespace)
+    client = aioredis.Redis(port=redis_port)
+    await cached.save("k", 0, "t")
+    tracker = await tracking_up(cached)
+    assert await served(cached, "k") == 0
+    await client.execute_command("CLIENT", "KILL", "ID", tracker.client_id)
+    await other.save("k", 1, "t")  # while tracking is down: no invalidation reaches us
+    assert await served(cached, "k") == 1
+    tracker = await tracking_up(cached)  # back: served from memory again, and true
+    assert await served(cached, "k") == 1
+    await other.save("k", 2, "t")
+    deadline = time.monotonic() + 0.1
+    while await served(cached, "k") != 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+    await other.cleanup()
+    await client.aclose()
+
+
+async def test_an_expired_item_is_never_served(cached: RedisStorageProvider) -> None:
+    await tracking_up(cached)
+    await cached.save("k", 1, "t", expires_at=datetime.now(UTC) + timedelta(milliseconds=300))
+    deadline = time.monotonic() + 0.25
+    while time.monotonic() < deadline:
+        assert await served(cached, "k") == 1
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.06)
+    with pytest.raises(KeyError):
+        await cached.load("k")
+
+
+async def test_ten_thousand_loads_keep_a_hundred_items(cached: RedisStorageProvider) -> None:
+    tracker = await tracking_up(cached)
+    await cached.save_many({f"k{n}": n for n in range(1000)}, "t")
+    for round_ in range(10):
+        for n in range(1000):
+            assert await served(cached, f"k{n}") == n
+    assert len(tracker.cache) == 100 and tracker.cache.evictions >= 9900 - 100
+
+
+async def test_a_forked_child_starts_with_an_empty_cache_of_its_own(
+    cached: RedisStorageProvider, redis_port: int
+) -> None:
+    await cached.save("k", "parent", "t")
+    await tracking_up(cached)
+    assert await served(cached, "k") == "parent"
+    other = RedisStorageProvider(port=redis_port, namespace=cached.namespace)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+
+            async def child() -> bool:
+                await other.save("k", "changed", "t")
+                return (await cached.load("k")).data == "changed"
+
+            code = 0 if asyncio.run(child()) else 3
+        finally:
+            os._exit(code)
+    for _ in range(1000):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the child hung")
+    assert os.WEXITSTATUS(status) == 0
+    deadline = time.monotonic() + 0.1
+    while await served(cached, "k") != "changed":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+    await other.cleanup()
