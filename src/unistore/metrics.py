@@ -112,6 +112,24 @@ STANDARD_METRICS: dict[str, MetricInfo] = {
         ("operation",),
         "Damaged records and index entries that searches, deletes by query and migrations passed over, by operation.",
     ),
+    "storage_near_cache_hits": MetricInfo(
+        "counter", "{load}", ("namespace",), "Loads a Redis provider served from its near cache, by namespace."
+    ),
+    "storage_near_cache_misses": MetricInfo(
+        "counter", "{load}", ("namespace",), "Loads a Redis provider with a near cache read from Redis, by namespace."
+    ),
+    "storage_near_cache_invalidations": MetricInfo(
+        "counter",
+        "{item}",
+        ("namespace",),
+        "Near-cache entries dropped because their items changed (or tracking was lost), by namespace.",
+    ),
+    "storage_near_cache_evictions": MetricInfo(
+        "counter", "{item}", ("namespace",), "Near-cache entries dropped to keep within its bounds, by namespace."
+    ),
+    "storage_near_cache_items": MetricInfo(
+        "gauge", "{item}", ("namespace",), "Items a Redis provider's near cache holds, by namespace."
+    ),
 }
 """Every metric unistore records (the manager, :class:`StorageMonitor` and the CLI's ``stats``), by
 name. Callers may record others; docs/observability.md lists these.

@@ -31,17 +31,20 @@ from helpers import ROOT
 from unistore import (
     MetricsManager,
     StorageError,
+    StorageItem,
     StorageMonitor,
     StorageQuery,
     UnifiedStorageManager,
     ValidationError,
 )
 from unistore.cli import ITEMS_GAUGE
+from unistore.codec import item_record
 from unistore.exporters import MissingExtraError
 from unistore.exporters.otel import BUCKET_BOUNDARIES, OpenTelemetryBridge
 from unistore.exporters.prometheus import MetricsCollector, exposition, register
 from unistore.metrics import DEFAULT_BUCKETS, STANDARD_METRICS, Histogram, HistogramSnapshot
 from unistore.providers import LmdbStorageProvider
+from unistore.providers.redis.nearcache import NearCache
 
 DOCS = ROOT / "docs" / "observability.md"
 
@@ -75,6 +78,16 @@ async def record_everything(metrics: MetricsManager, store: Path, monkeypatch: p
     await monitor.record_operation("note", "export", False, region="eu")
     await monitor.record_size("note", 4096)
     metrics.gauge(ITEMS_GAUGE, 2, content_type="note")  # as `unistore stats` sets it
+    # A Redis provider's near cache keeps its counts there too (its bookkeeping, without a server).
+    near = NearCache(1, 1 << 20, "shared")
+    near.reopen()
+    saved = (await provider.save("n", 1, "note")).metadata
+    record = item_record(StorageItem(1, saved))
+    for key in (b"one", b"two"):  # the second evicts the first
+        near.end(near.begin(key), record)
+    near.get(b"two", 0)
+    near.get(b"one", 0)
+    near.invalidate([b"two"])
 
 
 def parsed(text: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ serves, what a fill keeps, what an invalidation or a lost tracking connection dr
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import datetime, timedelta
 
 from helpers import UTC
@@ -19,23 +20,28 @@ def record(data: object, expires: datetime | None = None) -> bytes:
     return bytes(made)
 
 
+def fresh(items: int, max_bytes: int) -> NearCache:
+    """A cache whose counters are its own (they are process-wide, by namespace)."""
+    return NearCache(items, max_bytes, uuid.uuid4().hex)
+
+
 def filled(cache: NearCache, key: bytes, value: bytes) -> None:
     cache.end(cache.begin(key), value)
 
 
 def test_nothing_is_served_or_kept_until_tracking_is_up() -> None:
-    cache = NearCache(10, 1 << 20)
+    cache = fresh(10, 1 << 20)
     filled(cache, b"a", record(1))
     assert (cache.get(b"a", now_micros()), len(cache)) == (None, 0)
     cache.reopen()
     one = record(1)
     filled(cache, b"a", one)
     assert cache.get(b"a", now_micros()) == one
-    assert (cache.hits, cache.misses) == (1, 1)
+    assert (cache.hits.value, cache.misses.value) == (1, 1)
 
 
 def test_an_invalidation_during_a_fill_keeps_its_reply_out() -> None:
-    cache = NearCache(10, 1 << 20)
+    cache = fresh(10, 1 << 20)
     cache.reopen()
     fill = cache.begin(b"a")
     cache.invalidate([b"a"])  # another client wrote "a" while our GET was in flight
@@ -48,7 +54,7 @@ def test_an_invalidation_during_a_fill_keeps_its_reply_out() -> None:
 
 
 def test_of_two_fills_of_a_key_the_one_ending_last_keeps_nothing_if_the_other_began_after() -> None:
-    cache = NearCache(10, 1 << 20)
+    cache = fresh(10, 1 << 20)
     cache.reopen()
     older, newer = cache.begin(b"a"), cache.begin(b"a")
     cache.end(newer, record("v2"))  # the later GET answered first
@@ -58,7 +64,7 @@ def test_of_two_fills_of_a_key_the_one_ending_last_keeps_nothing_if_the_other_be
 
 
 def test_losing_tracking_empties_the_cache_and_fills_begun_before_keep_nothing() -> None:
-    cache = NearCache(10, 1 << 20)
+    cache = fresh(10, 1 << 20)
     cache.reopen()
     filled(cache, b"a", record(1))
     fill = cache.begin(b"b")
@@ -72,7 +78,7 @@ def test_losing_tracking_empties_the_cache_and_fills_begun_before_keep_nothing()
 
 
 def test_an_expired_entry_is_never_served() -> None:
-    cache = NearCache(10, 1 << 20)
+    cache = fresh(10, 1 << 20)
     cache.reopen()
     soon = datetime.now(UTC) + timedelta(milliseconds=50)
     filled(cache, b"a", record(1, soon))
@@ -83,15 +89,15 @@ def test_an_expired_entry_is_never_served() -> None:
 
 def test_the_bounds_hold_least_recently_used_first_out() -> None:
     one = record("x" * 100)
-    cache = NearCache(3, 10 * (len(one) + 1 + ENTRY_OVERHEAD))
+    cache = fresh(3, 10 * (len(one) + 1 + ENTRY_OVERHEAD))
     cache.reopen()
     for key in (b"a", b"b", b"c"):
         filled(cache, key, one)
     assert cache.get(b"a", now_micros()) is not None  # "a" is now the most recent
     filled(cache, b"d", one)
     assert [cache.get(key, now_micros()) is not None for key in (b"a", b"b", b"c", b"d")] == [True, False, True, True]
-    assert cache.evictions == 1
-    small = NearCache(100, 2 * (len(one) + 1 + ENTRY_OVERHEAD))
+    assert cache.evictions.value == 1
+    small = fresh(100, 2 * (len(one) + 1 + ENTRY_OVERHEAD))
     small.reopen()
     for key in (b"a", b"b", b"c"):
         filled(small, key, one)
@@ -101,4 +107,4 @@ def test_the_bounds_hold_least_recently_used_first_out() -> None:
     filled(small, b"short", b"\x01")  # too short for a header: left to the uncached path
     assert small.get(b"short", now_micros()) is None
     small.invalidate([b"b", b"c"])
-    assert (len(small), small.size, small.invalidations) == (0, 0, 2)
+    assert (len(small), small.size, small.invalidations.value) == (0, 0, 2)

@@ -34,6 +34,7 @@ from hiredis import pack_command
 from redis.exceptions import RedisError
 
 from ..._coretypes import FLAG_EXPIRES, HEADER_SIZE, read_header
+from ...metrics import MetricsManager
 from .connection import Settings
 from .topology import Address
 
@@ -64,7 +65,7 @@ class NearCache:
     """Records by their Redis key, least recently used first, with the fill protocol that
     keeps out a reply an invalidation overtook. Not thread-safe: one event loop's."""
 
-    def __init__(self, items: int, max_bytes: int) -> None:
+    def __init__(self, items: int, max_bytes: int, namespace: str = "default") -> None:
         self.items, self.max_bytes = items, max_bytes
         self._entries: collections.OrderedDict[bytes, tuple[bytes, int | None, int]] = collections.OrderedDict()
         self.size = 0  # bytes held, as ENTRY_OVERHEAD counts them
@@ -74,27 +75,31 @@ class NearCache:
         self._inflight: dict[bytes, list[int]] = {}
         #: Whether tracking is whole: only then are entries served and kept.
         self.up = False
-        self.hits = self.misses = self.invalidations = self.evictions = 0
+        metrics = MetricsManager.get_instance()
+        #: Loads served from memory, loads that went to Redis, entries dropped because Redis
+        #: (or this process's own write) changed them, entries dropped for room; items held.
+        self.hits = metrics.bind_counter("storage_near_cache_hits", namespace=namespace)
+        self.misses = metrics.bind_counter("storage_near_cache_misses", namespace=namespace)
+        self.invalidations = metrics.bind_counter("storage_near_cache_invalidations", namespace=namespace)
+        self.evictions = metrics.bind_counter("storage_near_cache_evictions", namespace=namespace)
+        self._held = metrics.bind_gauge("storage_near_cache_items", namespace=namespace)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: bytes, now: int) -> bytes | None:
         """The record kept under ``key`` if it is still live at ``now`` (µs), else None."""
-        if not self.up:
-            self.misses += 1
-            return None
-        entry = self._entries.get(key)
+        entry = self._entries.get(key) if self.up else None
         if entry is None:
-            self.misses += 1
+            self.misses.inc()
             return None
         record, expires, _ = entry
         if expires is not None and expires <= now:
             self._drop(key)
-            self.misses += 1
+            self.misses.inc()
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
+        self.hits.inc()
         return record
 
     def begin(self, key: bytes) -> Fill:
@@ -130,15 +135,17 @@ class NearCache:
             return
         self._seq += 1
         for key in keys:
-            self.invalidations += self._drop(key)
+            if self._drop(key):
+                self.invalidations.inc()
             mark = self._inflight.get(key)
             if mark is not None:
                 mark[1] = self._seq
 
     def clear(self) -> None:
         """Drop every entry, and make every fill in flight keep nothing."""
-        self.invalidations += len(self._entries)
+        self.invalidations.inc(len(self._entries))
         self._entries.clear()
+        self._held.set(0)
         self.size = 0
         self._epoch += 1
 
@@ -166,7 +173,8 @@ class NearCache:
         while len(self._entries) > self.items or self.size > self.max_bytes:
             _, (_, _, freed) = self._entries.popitem(last=False)
             self.size -= freed
-            self.evictions += 1
+            self.evictions.inc()
+        self._held.set(len(self._entries))
 
     def _drop(self, key: bytes) -> bool:
         """Drop ``key``'s entry; whether there was one."""
@@ -174,6 +182,7 @@ class NearCache:
         if entry is None:
             return False
         self.size -= entry[2]
+        self._held.set(len(self._entries))
         return True
 
 

@@ -523,7 +523,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         tracker = self._trackers.get(key)
         if tracker is None:
             prefixes = [shard.prefix + layout.RECORD for shard in self._shards]
-            cache = NearCache(self.near_cache, self.near_cache_bytes)
+            cache = NearCache(self.near_cache, self.near_cache_bytes, self.namespace)
             tracker = self._trackers[key] = Tracker(self._settings, self._settings.nodes[0], prefixes, cache)
             tracker.start()
         return tracker
