@@ -467,7 +467,9 @@ def property_settings(request: pytest.FixtureRequest) -> settings:
     return settings(profile, max_examples=max(profile.max_examples // share, 20))
 
 
-PROVIDERS = ["memory", "lmdb", "redis", "redis-cluster"]
+PROVIDERS = ["memory", "lmdb", "redis", "redis-near-cache", "redis-cluster"]
+#: The near cache's items in the conformance runs with one: few, so that evictions happen too.
+NEAR_CACHE_ITEMS = 16
 #: The shards a namespace is split over on the cluster: more than its masters, so one
 #: namespace spans all of them and every search scatters.
 CLUSTER_SHARDS = 4
@@ -493,6 +495,9 @@ async def provider_factory(
         elif request.param == "redis":  # one database shared by every test: a namespace each
             port = request.getfixturevalue("redis_port")
             provider = RedisStorageProvider({"host": "127.0.0.1", "port": port, "namespace": uuid.uuid4().hex})
+        elif request.param == "redis-near-cache":  # the same, loads served from a near cache where they can be
+            port = request.getfixturevalue("redis_port")
+            provider = RedisStorageProvider(port=port, namespace=uuid.uuid4().hex, near_cache=NEAR_CACHE_ITEMS)
         elif request.param == "redis-cluster":
             nodes = [f"127.0.0.1:{port}" for port in request.getfixturevalue("redis_cluster")]
             provider = RedisStorageProvider(cluster_nodes=nodes, namespace=uuid.uuid4().hex, shards=CLUSTER_SHARDS)

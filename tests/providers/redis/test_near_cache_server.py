@@ -29,8 +29,7 @@ async def cached(redis_port: int) -> AsyncIterator[RedisStorageProvider]:
 
 async def tracking_up(provider: RedisStorageProvider) -> Any:
     """Wait (bounded) until the provider's tracking connection is up; its tracker."""
-    await provider.load_many(["nothing"])  # (starts the tracker)
-    tracker = provider._tracker()
+    tracker = await provider._tracker()
     assert tracker is not None
     for _ in range(500):
         if tracker.fresh():
@@ -146,3 +145,28 @@ async def test_a_forked_child_starts_with_an_empty_cache_of_its_own(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.001)
     await other.cleanup()
+
+
+async def test_load_many_is_served_from_memory_where_it_can_be(cached: RedisStorageProvider, redis_port: int) -> None:
+    other = RedisStorageProvider(port=redis_port, namespace=cached.namespace)
+    await cached.save_many({f"k{n}": n for n in range(10)}, "t")
+    tracker = await tracking_up(cached)
+    keys = [f"k{n}" for n in range(12)]  # two missing
+    first = await cached.load_many(keys)
+    assert {key: item.data for key, item in first.items()} == {f"k{n}": n for n in range(10)}
+    client = aioredis.Redis(port=redis_port)
+    calls = (await client.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0)
+    hits = tracker.cache.hits.value
+    again = await cached.load_many(keys[:10])
+    assert {key: item.data for key, item in again.items()} == {f"k{n}": n for n in range(10)}
+    assert tracker.cache.hits.value == hits + 10
+    assert (await client.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0) == calls
+    await other.save("k3", "changed", "t")
+    deadline = time.monotonic() + 0.1
+    while (await cached.load_many(["k3"]))["k3"].data != "changed":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+    await cached.delete("k4")
+    assert "k4" not in await cached.load_many(["k4", "k5"])
+    await other.cleanup()
+    await client.aclose()

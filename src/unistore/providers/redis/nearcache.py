@@ -196,6 +196,8 @@ class Tracker:
         self._settings, self._address, self._prefixes, self.cache = settings, address, prefixes, cache
         self._heard = 0.0
         self._task: asyncio.Task[None] | None = None
+        #: Done once the first attempt to set tracking up has ended, either way.
+        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: The tracking connection's CLIENT ID while it is up (for logs and tests).
         self.client_id: int | None = None
 
@@ -242,6 +244,7 @@ class Tracker:
             loop = asyncio.get_running_loop()
             self._heard = loop.time()
             self.cache.reopen()
+            self._tried()
             beating = loop.create_task(self._beat(connection))
             while True:
                 frame = await connection.read_response(push_request=True)
@@ -249,6 +252,7 @@ class Tracker:
                 if isinstance(frame, list) and frame and frame[0] == b"invalidate":
                     self.cache.invalidate(frame[1])
         finally:
+            self._tried()
             self.cache.down()
             self.client_id = None
             if beating is not None:
@@ -256,6 +260,10 @@ class Tracker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await beating
             await connection.disconnect()
+
+    def _tried(self) -> None:
+        if not self.first.done():
+            self.first.set_result(None)
 
     async def _beat(self, connection: Any) -> None:
         """PING every :data:`HEARTBEAT`; past :data:`LEASE` without a word, drop the

@@ -514,9 +514,10 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     # -- reads ---------------------------------------------------------------------------
 
-    def _tracker(self) -> Tracker | None:
-        """The near cache's tracker of this event loop and process, started at its first
-        use; None when there is no near cache (or on a cluster, which it does not serve yet)."""
+    async def _tracker(self) -> Tracker | None:
+        """The near cache's tracker of this event loop and process, started by its first
+        load, which waits for the first attempt to set tracking up (one round trip); None
+        when there is no near cache (or on a cluster, which it does not serve yet)."""
         if not self.near_cache or self._settings.cluster:
             return None
         key = (asyncio.get_running_loop(), os.getpid())
@@ -526,6 +527,8 @@ class RedisStorageProvider(StorageProvider[Any]):
             cache = NearCache(self.near_cache, self.near_cache_bytes, self.namespace)
             tracker = self._trackers[key] = Tracker(self._settings, self._settings.nodes[0], prefixes, cache)
             tracker.start()
+        if not tracker.first.done():
+            await asyncio.shield(tracker.first)
         return tracker
 
     @contextlib.contextmanager
@@ -549,7 +552,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         shard = self._shard(key_bytes)
         connection = await self._connection()
         record_key = layout.record_key(shard.prefix, key_bytes)
-        tracker = self._tracker()
+        tracker = await self._tracker()
         if tracker is None:
             record: Any = await connection.call(shard.slot, "GET", record_key)
             return load_item(record, key, content_type, now_micros())
@@ -569,18 +572,31 @@ class RedisStorageProvider(StorageProvider[Any]):
         names = list(checked)
         encoded = list(checked.values())
         connection = await self._connection()
-        groups = self._by_shard(encoded)
-        found = await asyncio.gather(
-            *(
-                connection.call(shard.slot, "MGET", *(layout.record_key(shard.prefix, encoded[p]) for p in positions))
-                for shard, positions in groups.items()
-            )
-        )
+        record_keys = [layout.record_key(self._shard(key).prefix, key) for key in encoded]
         records: list[Any] = [None] * len(names)
-        for positions, shard_records in zip(groups.values(), found, strict=True):
-            for position, record in zip(positions, shard_records, strict=True):
-                records[position] = record
-        return live_items(names, records, wanted, now_micros())
+        now = now_micros()
+        tracker = await self._tracker()
+        cache = None if tracker is None else tracker.cache
+        if tracker is not None and tracker.fresh():
+            records = [tracker.cache.get(record_key, now) for record_key in record_keys]
+        missed = [position for position, record in enumerate(records) if record is None]
+        fills = [] if cache is None else [cache.begin(record_keys[position]) for position in missed]
+        try:
+            groups = self._by_shard(encoded[position] for position in missed)
+            found = await asyncio.gather(
+                *(
+                    connection.call(shard.slot, "MGET", *(record_keys[missed[p]] for p in positions))
+                    for shard, positions in groups.items()
+                )
+            )
+            for positions, shard_records in zip(groups.values(), found, strict=True):
+                for position, record in zip(positions, shard_records, strict=True):
+                    records[missed[position]] = record
+        finally:
+            for fill, position in zip(fills, missed, strict=True):
+                assert cache is not None
+                cache.end(fill, records[position])
+        return live_items(names, records, wanted, now)
 
     async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
         """The plan a search of ``query`` would follow now in the first shard (each shard
