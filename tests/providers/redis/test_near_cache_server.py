@@ -170,3 +170,99 @@ async def test_load_many_is_served_from_memory_where_it_can_be(cached: RedisStor
     assert "k4" not in await cached.load_many(["k4", "k5"])
     await other.cleanup()
     await client.aclose()
+
+
+@pytest.mark.watchdog(120)
+async def test_another_process_s_versions_are_seen_within_100_ms_and_never_go_back(
+    cached: RedisStorageProvider, redis_port: int
+) -> None:
+    await cached.save("k", 0, "t")
+    await tracking_up(cached)
+    assert await served(cached, "k") == 0
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer: versions 1..200, each told over the pipe once its save returned
+        os.close(read_end)
+        code = 1
+        try:
+
+            async def write() -> None:
+                writer = RedisStorageProvider(port=redis_port, namespace=cached.namespace)
+                for version in range(1, 201):
+                    await writer.save("k", version, "t")
+                    os.write(write_end, version.to_bytes(2, "big"))
+                    await asyncio.sleep(0.002)
+                await writer.cleanup()
+
+            asyncio.run(write())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    loop = asyncio.get_running_loop()
+    signals = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(signals), os.fdopen(read_end, "rb")
+    )
+    seen = 0
+    try:
+        for _ in range(200):
+            told = int.from_bytes(await asyncio.wait_for(signals.readexactly(2), 20), "big")
+            deadline = time.monotonic() + 0.1
+            while True:
+                now = await served(cached, "k")
+                assert now >= seen, (now, seen)  # never backwards
+                seen = now
+                if now >= told:
+                    break
+                assert time.monotonic() < deadline, (told, now)
+                await asyncio.sleep(0.001)
+    finally:
+        transport.close()
+        _, status = await asyncio.wait_for(asyncio.to_thread(os.waitpid, pid, 0), 20)
+    assert os.WEXITSTATUS(status) == 0 and seen == 200
+
+
+async def test_many_tasks_agree_with_the_server_once_writes_stop(cached: RedisStorageProvider, redis_port: int) -> None:
+    writer = RedisStorageProvider(port=redis_port, namespace=cached.namespace)
+    await cached.save("k", 0, "t")
+    await tracking_up(cached)
+    stop = asyncio.Event()
+
+    async def rewrite() -> None:
+        for version in range(1, 300):
+            await writer.save("k", version, "t")
+        stop.set()
+
+    async def read() -> None:
+        while not stop.is_set():
+            await served(cached, "k")
+
+    await asyncio.gather(rewrite(), *(read() for _ in range(8)))
+    deadline = time.monotonic() + 0.1
+    while await served(cached, "k") != 299:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+    assert [await served(cached, "k") for _ in range(10)] == [299] * 10
+    await writer.cleanup()
+
+
+async def test_a_restarted_server_serves_nothing_stale(redis_starter: Any, tmp_path: Any) -> None:
+    process, port = redis_starter(tmp_path)
+    cached = RedisStorageProvider(port=port, namespace="restart", near_cache=10)
+    try:
+        await cached.save("k", 1, "t")
+        await tracking_up(cached)
+        assert await served(cached, "k") == 1
+        process.kill()  # (the loop runs meanwhile, as a service's does: the restart takes a while)
+        await asyncio.to_thread(process.wait, 10)
+        process, port = await asyncio.to_thread(redis_starter, tmp_path, port)  # the same port, an empty server
+        with pytest.raises(KeyError):  # the record is gone with the server: not served from memory
+            await cached.load("k")
+        await cached.save("k", 2, "t")
+        await tracking_up(cached)
+        assert await served(cached, "k") == 2
+    finally:
+        await cached.cleanup()
+        process.kill()
+        process.wait(10)
