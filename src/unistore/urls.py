@@ -138,6 +138,7 @@ def _open_lmdb(url: SplitResult, params: dict[str, str], create: bool) -> Openin
 #: The query options of a Redis URL: the provider's and those redis-py reads from a URL.
 _REDIS_OPTIONS = frozenset(
     {"namespace", "shards", "max_connections", "allow_eviction", "socket_timeout", "socket_connect_timeout"}
+    | {"near_cache", "near_cache_bytes"}
     | {"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile"}
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from helpers import UTC
+from unistore import ValidationError, open_provider
 from unistore.providers import RedisStorageProvider
+from unistore.providers.redis import nearcache
 
 pytestmark = pytest.mark.redis
 
@@ -266,3 +269,45 @@ async def test_a_restarted_server_serves_nothing_stale(redis_starter: Any, tmp_p
         await cached.cleanup()
         process.kill()
         process.wait(10)
+
+
+async def test_a_stalled_server_s_entries_are_dropped_when_its_heartbeat_is_late(
+    redis_starter: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nearcache, "HEARTBEAT", 0.05)
+    monkeypatch.setattr(nearcache, "LEASE", 0.3)
+    process, port = redis_starter(tmp_path)
+    cached = RedisStorageProvider(port=port, namespace="stall", near_cache=10)
+    try:
+        await cached.save("k", 1, "t")
+        tracker = await tracking_up(cached)
+        assert await served(cached, "k") == 1 and len(tracker.cache) == 1
+        process.send_signal(signal.SIGSTOP)  # a server that stops answering, its socket open
+        try:
+            await asyncio.sleep(0.6)
+            assert not tracker.fresh() and len(tracker.cache) == 0
+        finally:
+            process.send_signal(signal.SIGCONT)
+        tracker = await tracking_up(cached)
+        assert await served(cached, "k") == 1
+    finally:
+        await cached.cleanup()
+        process.kill()
+        process.wait(10)
+
+
+def test_the_near_cache_settings_are_checked(redis_port: int) -> None:
+    url = f"redis://127.0.0.1:{redis_port}/0?namespace=x&near_cache=50&near_cache_bytes=4096"
+    provider = open_provider(url)
+    assert isinstance(provider, RedisStorageProvider)
+    assert (provider.near_cache, provider.near_cache_bytes) == (50, 4096)
+    assert RedisStorageProvider(port=redis_port).near_cache == 0  # off unless asked for
+    for bad in ("-1", "many", "1.5"):
+        with pytest.raises(ValidationError, match="near_cache must be"):
+            open_provider(f"redis://127.0.0.1:{redis_port}/0?near_cache={bad}")
+    for settings in ({"near_cache": True}, {"near_cache": -1}, {"near_cache": "10"}):
+        with pytest.raises(ValidationError, match="near_cache must be an int of items"):
+            RedisStorageProvider(port=redis_port, **settings)
+    for settings in ({"near_cache_bytes": 0}, {"near_cache_bytes": 1.5}, {"near_cache_bytes": False}):
+        with pytest.raises(ValidationError, match="near_cache_bytes must be a positive int"):
+            RedisStorageProvider(port=redis_port, **settings)

@@ -193,18 +193,15 @@ class Tracker:
     While it is not up, the cache serves and keeps nothing (:meth:`NearCache.down`)."""
 
     def __init__(self, settings: Settings, address: Address, prefixes: list[bytes], cache: NearCache) -> None:
+        """Begin keeping the connection, in the background (the cache is bypassed until it is up)."""
         self._settings, self._address, self._prefixes, self.cache = settings, address, prefixes, cache
         self._heard = 0.0
-        self._task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
         #: Done once the first attempt to set tracking up has ended, either way.
-        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.first: asyncio.Future[None] = loop.create_future()
         #: The tracking connection's CLIENT ID while it is up (for logs and tests).
         self.client_id: int | None = None
-
-    def start(self) -> None:
-        """Begin keeping the connection (in the background: the cache is bypassed until it is up)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._keep())
+        self._task = loop.create_task(self._keep())
 
     def fresh(self) -> bool:
         """Whether the node was heard from within :data:`LEASE` (checked on every hit)."""
@@ -212,11 +209,9 @@ class Tracker:
 
     async def close(self) -> None:
         """Stop keeping the connection, and close it; the cache is emptied."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         self.cache.down()
 
     async def _keep(self) -> None:
@@ -233,9 +228,9 @@ class Tracker:
         beating: asyncio.Task[None] | None = None
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
-            parser: Any = connection._parser
-            if hasattr(parser, "set_invalidation_push_handler"):  # (redis-py 5.1 on; before it, pushes are lists)
-                parser.set_invalidation_push_handler(_as_is)
+            # redis-py 5.1 on drops an invalidation push its parser has no handler for; before
+            # it, the push comes back from read_response as the list it is.
+            getattr(connection._parser, "set_invalidation_push_handler", _no_handler)(_as_is)
             await connection.send_command("CLIENT", "ID")
             self.client_id = int(await connection.read_response())
             prefixes = [part for prefix in self._prefixes for part in (b"PREFIX", prefix)]
@@ -280,6 +275,10 @@ class Tracker:
 
 async def _as_is(response: Any) -> Any:
     return response
+
+
+def _no_handler(handler: Any) -> None:
+    """What a parser without push handlers (redis-py before 5.1) is given in their place."""
 
 
 __all__ = ["ENTRY_OVERHEAD", "HEARTBEAT", "LEASE", "Fill", "NearCache", "Tracker"]

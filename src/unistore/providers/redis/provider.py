@@ -526,7 +526,6 @@ class RedisStorageProvider(StorageProvider[Any]):
             prefixes = [shard.prefix + layout.RECORD for shard in self._shards]
             cache = NearCache(self.near_cache, self.near_cache_bytes, self.namespace)
             tracker = self._trackers[key] = Tracker(self._settings, self._settings.nodes[0], prefixes, cache)
-            tracker.start()
         if not tracker.first.done():
             await asyncio.shield(tracker.first)
         return tracker
