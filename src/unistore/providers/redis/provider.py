@@ -592,9 +592,9 @@ class RedisStorageProvider(StorageProvider[Any]):
                 for position, record in zip(positions, shard_records, strict=True):
                     records[missed[position]] = record
         finally:
-            for fill, position in zip(fills, missed, strict=True):
-                assert cache is not None
-                cache.end(fill, records[position])
+            if cache is not None:
+                for fill, position in zip(fills, missed, strict=True):
+                    cache.end(fill, records[position])
         return live_items(names, records, wanted, now)
 
     async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
