@@ -255,10 +255,12 @@ async def test_a_restarted_server_serves_nothing_stale(redis_starter: Any, tmp_p
     cached = RedisStorageProvider(port=port, namespace="restart", near_cache=10)
     try:
         await cached.save("k", 1, "t")
-        await tracking_up(cached)
+        tracker = await tracking_up(cached)
         assert await served(cached, "k") == 1
         process.kill()  # (the loop runs meanwhile, as a service's does: the restart takes a while)
         await asyncio.to_thread(process.wait, 10)
+        await asyncio.sleep(0.5)  # the tracker tries to connect again meanwhile, in vain
+        assert not tracker.fresh()
         process, port = await asyncio.to_thread(redis_starter, tmp_path, port)  # the same port, an empty server
         with pytest.raises(KeyError):  # the record is gone with the server: not served from memory
             await cached.load("k")
@@ -311,3 +313,18 @@ def test_the_near_cache_settings_are_checked(redis_port: int) -> None:
     for settings in ({"near_cache_bytes": 0}, {"near_cache_bytes": 1.5}, {"near_cache_bytes": False}):
         with pytest.raises(ValidationError, match="near_cache_bytes must be a positive int"):
             RedisStorageProvider(port=redis_port, **settings)
+
+
+async def test_heartbeats_keep_an_idle_tracking_connection_trusted(
+    cached: RedisStorageProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nearcache, "HEARTBEAT", 0.05)
+    monkeypatch.setattr(nearcache, "LEASE", 0.3)
+    await cached.cleanup()  # (a tracker made anew, with these settings)
+    await cached.save("k", 1, "t")
+    tracker = await tracking_up(cached)
+    assert await served(cached, "k") == 1
+    await asyncio.sleep(1.0)  # no load, no write: only the heartbeats are heard
+    assert tracker.fresh() and len(tracker.cache) == 1
+    hits = tracker.cache.hits.value
+    assert await served(cached, "k") == 1 and tracker.cache.hits.value == hits + 1

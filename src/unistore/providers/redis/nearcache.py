@@ -264,13 +264,12 @@ class Tracker:
         """PING every :data:`HEARTBEAT`; past :data:`LEASE` without a word, drop the
         connection (the reader then fails, and the connection is made again)."""
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(HEARTBEAT)
-            if loop.time() - self._heard > LEASE:
-                self.cache.down()
-                await connection.disconnect()
-                return
+        await asyncio.sleep(HEARTBEAT)
+        while loop.time() - self._heard <= LEASE:
             await connection.send_packed_command(pack_command(("PING",)), check_health=False)
+            await asyncio.sleep(HEARTBEAT)
+        self.cache.down()
+        await connection.disconnect()  # (never a send after it: redis-py would connect again, untracked)
 
 
 async def _as_is(response: Any) -> Any:
