@@ -328,3 +328,14 @@ async def test_heartbeats_keep_an_idle_tracking_connection_trusted(
     assert tracker.fresh() and len(tracker.cache) == 1
     hits = tracker.cache.hits.value
     assert await served(cached, "k") == 1 and tracker.cache.hits.value == hits + 1
+
+
+async def test_a_dropped_namespace_is_gone_for_its_own_provider_at_once(cached: RedisStorageProvider) -> None:
+    await cached.save_many({f"k{n}": n for n in range(5)}, "t")
+    tracker = await tracking_up(cached)
+    assert [await served(cached, f"k{n}") for n in range(5)] == list(range(5))
+    assert len(tracker.cache) == 5
+    assert await cached.drop_namespace() == 5
+    for n in range(5):
+        with pytest.raises(KeyError):
+            await cached.load(f"k{n}")

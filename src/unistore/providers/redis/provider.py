@@ -756,8 +756,11 @@ class RedisStorageProvider(StorageProvider[Any]):
         """
         connection = await self._connection(maintenance=True)
         dropped = 0
+        tracker = self._trackers.get((asyncio.get_running_loop(), os.getpid()))
         async with connection.step():
             for shard in self._shards:
+                if tracker is not None:  # (this process sees the namespace gone at once)
+                    tracker.cache.clear()
                 dropped += await drop_shard(connection, shard)
             await connection.call(self._shards_slot, "UNLINK", self._shards_key)
         connection.counted = -1  # the next write records the shard count again
