@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import random
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -98,3 +102,79 @@ def test_near_cache_cold_load_without_it(
     reads = loads(plain, keys, COLD_BATCH)
     result = benchmark.pedantic(lambda: loop.run_until_complete(reads()), rounds=COLD_ROUNDS)
     assert result == record
+
+
+#: The Zipf workload: keys, exponent, loads a round, and the share of writes (another process's).
+ZIPF_KEYS, ZIPF_S, ZIPF_LOADS, ZIPF_WRITES = 100_000, 1.1, 20_000, 0.10
+
+
+def zipf_keys(count: int, seed: int) -> list[str]:
+    """``count`` keys drawn by a Zipf law of exponent ZIPF_S over ZIPF_KEYS keys (rank 1 the most drawn)."""
+    weights = [1 / rank**ZIPF_S for rank in range(1, ZIPF_KEYS + 1)]
+    return [f"z:{n}" for n in random.Random(seed).choices(range(ZIPF_KEYS), weights, k=count)]
+
+
+@pytest.fixture(scope="module")
+def zipf_namespace(redis_port: int, loop: asyncio.AbstractEventLoop, record: dict[str, Any]) -> Iterator[str]:
+    namespace = uuid.uuid4().hex
+    provider = RedisStorageProvider(port=redis_port, namespace=namespace)
+    for start in range(0, ZIPF_KEYS, 10_000):
+        items = {f"z:{n}": record for n in range(start, start + 10_000)}
+        loop.run_until_complete(provider.save_many(items, "user"))
+    yield namespace
+    loop.run_until_complete(provider.drop_namespace())
+    loop.run_until_complete(provider.cleanup())
+
+
+def writer(port: int, namespace: str, record: dict[str, Any]) -> int:
+    """Fork a process that saves Zipf-drawn keys, one after another, until it is sent SIGTERM."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+        async def write() -> None:
+            provider = RedisStorageProvider(port=port, namespace=namespace)
+            for key in itertools.cycle(zipf_keys(10_000, seed=2)):
+                await provider.save(key, record, "user")
+                await asyncio.sleep(0.0012)  # (about one write for nine loads of the reader)
+
+        asyncio.run(write())
+        code = 0
+    finally:
+        os._exit(code)
+
+
+@pytest.mark.parametrize("near_cache", [0, 10_000], ids=["without", "with-near-cache"])
+@pytest.mark.benchmark(group="near-cache-zipf")
+def test_near_cache_zipf_reads_with_writes_from_another_process(
+    benchmark: Any,
+    redis_port: int,
+    zipf_namespace: str,
+    record: dict[str, Any],
+    loop: asyncio.AbstractEventLoop,
+    near_cache: int,
+) -> None:
+    manager, provider = redis_manager(redis_port, zipf_namespace, near_cache=near_cache)
+    keys = zipf_keys(ZIPF_LOADS, seed=1)
+    pid = writer(redis_port, zipf_namespace, record)
+
+    async def reads() -> None:
+        for key in keys:
+            await manager.load(key, "user")
+
+    try:
+        started = time.perf_counter()
+        benchmark.pedantic(lambda: loop.run_until_complete(reads()), rounds=3, warmup_rounds=1)
+        elapsed = time.perf_counter() - started
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    hits = MetricsManager.get_instance().value("storage_near_cache_hits", namespace=zipf_namespace)
+    misses = MetricsManager.get_instance().value("storage_near_cache_misses", namespace=zipf_namespace)
+    benchmark.extra_info["batch"] = ZIPF_LOADS
+    benchmark.extra_info["loads_per_second"] = round(4 * ZIPF_LOADS / elapsed)
+    benchmark.extra_info["hit_ratio"] = round(hits / (hits + misses), 3) if near_cache else 0.0
+    loop.run_until_complete(provider.cleanup())
