@@ -30,15 +30,20 @@ async def cached(redis_port: int) -> AsyncIterator[RedisStorageProvider]:
     await provider.cleanup()
 
 
-async def tracking_up(provider: RedisStorageProvider) -> Any:
-    """Wait (bounded) until the provider's tracking connection is up; its tracker."""
-    tracker = await provider._tracker()
-    assert tracker is not None
+async def tracking_up(provider: RedisStorageProvider) -> nearcache.Tracking:
+    """Wait (bounded) until the provider's tracking connections are up; its tracking."""
+    tracking = await provider._tracking(await provider._connection())
+    assert tracking is not None
     for _ in range(500):
-        if tracker.fresh():
-            return tracker
+        if trusted(tracking):
+            return tracking
         await asyncio.sleep(0.01)
     raise AssertionError("tracking never came up")
+
+
+def trusted(tracking: nearcache.Tracking) -> bool:
+    """Whether every shard's entries may be served now."""
+    return all(tracking.cache.trusted(part) for part in range(tracking.cache.parts))
 
 
 async def served(provider: RedisStorageProvider, key: str) -> Any:
@@ -77,13 +82,19 @@ async def test_another_writer_s_save_is_seen_within_a_delivery(cached: RedisStor
     await other.cleanup()
 
 
-async def test_a_killed_tracking_connection_serves_nothing_stale(cached: RedisStorageProvider, redis_port: int) -> None:
+@pytest.mark.parametrize("how", ["ID", "TYPE normal"])
+async def test_a_killed_tracking_connection_serves_nothing_stale(
+    cached: RedisStorageProvider, redis_port: int, how: str
+) -> None:
     other = RedisStorageProvider(port=redis_port, namespace=cached.namespace)
     client = aioredis.Redis(port=redis_port)
     await cached.save("k", 0, "t")
     tracker = await tracking_up(cached)
     assert await served(cached, "k") == 0
-    await client.execute_command("CLIENT", "KILL", "ID", tracker.client_id)
+    node = tracker.tracker(0)
+    assert node is not None
+    killed = (how, node.client_id) if how == "ID" else tuple(how.split())
+    assert await client.execute_command("CLIENT", "KILL", *killed, "SKIPME", "yes") >= 1
     await other.save("k", 1, "t")  # while tracking is down: no invalidation reaches us
     assert await served(cached, "k") == 1
     tracker = await tracking_up(cached)  # back: served from memory again, and true
@@ -260,7 +271,7 @@ async def test_a_restarted_server_serves_nothing_stale(redis_starter: Any, tmp_p
         process.kill()  # (the loop runs meanwhile, as a service's does: the restart takes a while)
         await asyncio.to_thread(process.wait, 10)
         await asyncio.sleep(0.5)  # the tracker tries to connect again meanwhile, in vain
-        assert not tracker.fresh()
+        assert not trusted(tracker)
         process, port = await asyncio.to_thread(redis_starter, tmp_path, port)  # the same port, an empty server
         with pytest.raises(KeyError):  # the record is gone with the server: not served from memory
             await cached.load("k")
@@ -287,7 +298,7 @@ async def test_a_stalled_server_s_entries_are_dropped_when_its_heartbeat_is_late
         process.send_signal(signal.SIGSTOP)  # a server that stops answering, its socket open
         try:
             await asyncio.sleep(0.6)
-            assert not tracker.fresh() and len(tracker.cache) == 0
+            assert not trusted(tracker) and len(tracker.cache) == 0
         finally:
             process.send_signal(signal.SIGCONT)
         tracker = await tracking_up(cached)
@@ -325,7 +336,7 @@ async def test_heartbeats_keep_an_idle_tracking_connection_trusted(
     tracker = await tracking_up(cached)
     assert await served(cached, "k") == 1
     await asyncio.sleep(1.0)  # no load, no write: only the heartbeats are heard
-    assert tracker.fresh() and len(tracker.cache) == 1
+    assert trusted(tracker) and len(tracker.cache) == 1
     hits = tracker.cache.hits.value
     assert await served(cached, "k") == 1 and tracker.cache.hits.value == hits + 1
 

@@ -325,6 +325,27 @@ class Connection:
                 lambda: self.exchange(address, commands), self.failed
             )
 
+    async def read_on(self, address: Address, command: Command) -> Any:
+        """``command``, a read of one slot, sent once to the node ``address`` only, in a
+        step (a near-cache fill must come from the node whose invalidations it follows):
+        its reply, or None when the node gave an error reply instead (ASK, TRYAGAIN, ...:
+        the caller reads through the routed path).
+
+        Raises:
+            NodeChanged: the node no longer serves the slot (``MOVED``), or was not reached.
+        """
+        async with Step(self):
+            try:
+                [reply] = await self.exchange(address, (command,))
+            except RedisConnectionError as exc:
+                reply = exc
+        if isinstance(reply, RedisConnectionError):
+            raise NodeChanged(f"lost the connection to {address[0]}:{address[1]}") from reply
+        if isinstance(reply, MovedError):
+            self.topology.moved(reply.slot_id, (reply.host, int(reply.port)))
+            raise NodeChanged(f"{address[0]}:{address[1]} no longer serves slot {reply.slot_id}: {reply}")
+        return None if isinstance(reply, Exception) else reply
+
     async def _once(self, slot: int, command: Command) -> Any:
         """One command about ``slot``: sent once to the slot's owner, and through the retrying
         path (:meth:`_routed`) only when that first answer is a redirection or a failure time

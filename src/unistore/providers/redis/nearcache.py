@@ -2,20 +2,24 @@
 dropped the moment Redis says another client changed them.
 
 Redis tells by *server-assisted client-side caching* in broadcast mode: a connection of
-our own per node (:class:`Tracker`) asks ``CLIENT TRACKING ON BCAST PREFIX`` for the
-record keys of the namespace's shards that node serves, and the server pushes the name of
-every such key a write touches (RESP3 pushes, on that same connection: one socket to watch,
-in order with the replies to our heartbeats). Redis queues a write's invalidations before
-it answers the writer, so an entry is stale at most for one network delivery.
+our own per node that serves one of the namespace's shards (:class:`Tracker`) asks
+``CLIENT TRACKING ON BCAST PREFIX`` for the record keys of those shards, and the server
+pushes the name of every such key a write touches (RESP3 pushes, on that same connection:
+one socket to watch, in order with the replies to our heartbeats). Redis queues a write's
+invalidations before it answers the writer, so an entry is stale at most for one network
+delivery. :class:`Tracking` keeps one tracker per such node, and when a node stops serving
+a shard (a failover, a resharding: its heartbeat's probe of the shard is redirected) it
+reads the slot map again and tracks each shard where it is now.
 
 What keeps the cache true (:class:`NearCache`):
 
 - **Fill tokens.** A load that misses marks its key before its GET; an invalidation of
   that key meanwhile (or one of our own writes, or a clear) means the reply is returned
   but not kept. A late reply never replaces what a newer one put.
-- **Epochs.** Whenever tracking is not known to be whole (the connection is not up yet,
-  it was lost, a heartbeat is late, the node stopped serving a shard), the cache is
-  emptied and bypassed, and fills begun before are not kept.
+- **Epochs, by shard.** Whenever a shard's tracking is not known to be whole (its
+  connection is not up yet, it was lost, a heartbeat is late, the node stopped serving the
+  shard), that shard's entries are dropped and it is bypassed, and fills of it begun
+  before are not kept. A fill is kept only when read from the node that tracks its shard.
 - **Expiry** is checked on every hit (Redis pushes an expired key's invalidation only
   when it deletes it, possibly much later).
 - **Bounds**: at most ``items`` entries and ``max_bytes`` bytes, least recently used first out.
@@ -27,26 +31,34 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hiredis import pack_command
 from redis.exceptions import RedisError
 
 from ..._coretypes import FLAG_EXPIRES, HEADER_SIZE, read_header
 from ...metrics import MetricsManager
-from .connection import Settings
+from .connection import Connection, Settings
+from .layout import PROBE, RECORD
 from .topology import Address
 
 _logger = logging.getLogger(__name__)
 
 #: Seconds between two heartbeats on a tracking connection.
 HEARTBEAT = 0.5
-#: Seconds without a word from the tracking connection after which it is taken for lost
-#: (its entries dropped and bypassed until it is back): a hit is served only within it.
+#: Seconds without a word from a tracking connection after which it is taken for lost (its
+#: shards' entries dropped and bypassed until it is back): a hit is served only within it.
+#: (Below a cluster's node timeout, so that a stalled master's entries go before a replica
+#: can be promoted in its place.)
 LEASE = 2.0
-#: Seconds between two attempts to bring a lost tracking connection back.
+#: Seconds between two attempts to bring lost tracking back.
 RETRY = 0.2
+
+#: The tracking connections' name (CLIENT LIST shows it).
+NAME = "unistore-near-cache"
 
 #: What an entry costs beyond its key and record (the dict slot, the tuple, the ints), in bytes.
 ENTRY_OVERHEAD = 200
@@ -54,27 +66,32 @@ ENTRY_OVERHEAD = 200
 
 @dataclass(frozen=True)
 class Fill:
-    """A load's claim on a key, taken before its GET (see :meth:`NearCache.begin`)."""
+    """A load's claim on a key, taken before its read (see :meth:`NearCache.begin`)."""
 
     key: bytes
+    part: int
     seq: int
     epoch: int
 
 
 class NearCache:
     """Records by their Redis key, least recently used first, with the fill protocol that
-    keeps out a reply an invalidation overtook. Not thread-safe: one event loop's."""
+    keeps out a reply an invalidation overtook. Its entries belong to *parts* (the
+    namespace's shards, by number), each trusted while its tracking is heard from (see
+    :meth:`trust`). Not thread-safe: one event loop's."""
 
-    def __init__(self, items: int, max_bytes: int, namespace: str = "default") -> None:
-        self.items, self.max_bytes = items, max_bytes
-        self._entries: collections.OrderedDict[bytes, tuple[bytes, int | None, int]] = collections.OrderedDict()
+    def __init__(self, items: int, max_bytes: int, parts: int, namespace: str = "default") -> None:
+        self.items, self.max_bytes, self.parts = items, max_bytes, parts
+        #: record key -> (record, expires µs or None, bytes counted, part)
+        self._entries: collections.OrderedDict[bytes, tuple[bytes, int | None, int, int]] = collections.OrderedDict()
         self.size = 0  # bytes held, as ENTRY_OVERHEAD counts them
         self._seq = 0
-        self._epoch = 0
+        #: By part: bumped whenever its entries are dropped (fills begun before keep nothing),
+        #: and the loop time until which it is trusted (0: its tracking is down).
+        self._epochs = [0] * parts
+        self._until = [0.0] * parts
         #: Keys with fills in flight: how many, and the seq of their last invalidation.
         self._inflight: dict[bytes, list[int]] = {}
-        #: Whether tracking is whole: only then are entries served and kept.
-        self.up = False
         metrics = MetricsManager.get_instance()
         #: Loads served from memory, loads that went to Redis, entries dropped because Redis
         #: (or this process's own write) changed them, entries dropped for room; items held.
@@ -87,36 +104,47 @@ class NearCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes, now: int) -> bytes | None:
-        """The record kept under ``key`` if it is still live at ``now`` (µs), else None."""
-        entry = self._entries.get(key) if self.up else None
+    def trusted(self, part: int) -> bool:
+        """Whether ``part``'s entries may be served now."""
+        return time.monotonic() <= self._until[part]
+
+    def get(self, key: bytes, part: int, now: int) -> bytes | None:
+        """The record kept under ``key`` (of ``part``) if its part is trusted and the
+        record is still live at ``now`` (µs), else None."""
+        entry = self._entries.get(key) if time.monotonic() <= self._until[part] else None
         if entry is None:
             self.misses.inc()
             return None
-        record, expires, _ = entry
+        expires = entry[1]
         if expires is not None and expires <= now:
             self._drop(key)
             self.misses.inc()
             return None
         self._entries.move_to_end(key)
         self.hits.inc()
-        return record
+        return entry[0]
 
-    def begin(self, key: bytes) -> Fill:
-        """Claim ``key`` before reading it from Redis (see :meth:`end`)."""
+    def begin(self, key: bytes, part: int) -> Fill:
+        """Claim ``key`` (of ``part``) before reading it from Redis (see :meth:`end`)."""
         mark = self._inflight.get(key)
         if mark is None:
             self._inflight[key] = [1, -1]
         else:
             mark[0] += 1
-        return Fill(key, self._seq, self._epoch)
+        return Fill(key, part, self._seq, self._epochs[part])
 
     def end(self, fill: Fill, record: bytes | None) -> None:
-        """The read ``fill`` claimed is over (``record``: what it read, None: nothing or a
-        failure): keep it unless tracking was not whole, or the key changed, meanwhile."""
-        key = fill.key
+        """The read ``fill`` claimed is over (``record``: what it read from the node that
+        tracks its part; None: nothing, or a read elsewhere or failed): keep it unless the
+        part is not trusted now, or its tracking or the key changed meanwhile."""
+        key, part = fill.key, fill.part
         mark = self._inflight[key]
-        kept = self.up and fill.epoch == self._epoch and mark[1] < fill.seq and record is not None
+        kept = (
+            record is not None
+            and fill.epoch == self._epochs[part]
+            and mark[1] < fill.seq
+            and time.monotonic() <= self._until[part]
+        )
         mark[0] -= 1
         if mark[0] == 0:
             del self._inflight[key]
@@ -125,14 +153,10 @@ class NearCache:
             mark[1] = self._seq
         if kept:
             assert record is not None
-            self._put(key, record)
+            self._put(key, record, part)
 
-    def invalidate(self, keys: list[bytes] | None) -> None:
-        """Drop ``keys`` (None: everything, as Redis says after a flush), and make the
-        fills of them in flight keep nothing."""
-        if keys is None:
-            self.clear()
-            return
+    def invalidate(self, keys: list[bytes]) -> None:
+        """Drop ``keys``, and make the fills of them in flight keep nothing."""
         self._seq += 1
         for key in keys:
             if self._drop(key):
@@ -141,25 +165,39 @@ class NearCache:
             if mark is not None:
                 mark[1] = self._seq
 
-    def clear(self) -> None:
-        """Drop every entry, and make every fill in flight keep nothing."""
-        self.invalidations.inc(len(self._entries))
-        self._entries.clear()
-        self._held.set(0)
-        self.size = 0
-        self._epoch += 1
+    def clear(self, parts: Sequence[int] | None = None) -> None:
+        """Drop every entry of ``parts`` (None: of all), and make every fill of them in
+        flight keep nothing (as after a flush, or a namespace dropped)."""
+        everything = parts is None or len(parts) == len(self._epochs)
+        for part in range(len(self._epochs)) if parts is None else parts:
+            self._epochs[part] += 1
+        if everything:
+            dropped = list(self._entries)
+        else:
+            chosen = set(parts or ())
+            dropped = [key for key, entry in self._entries.items() if entry[3] in chosen]
+        for key in dropped:
+            self._drop(key)
+        self.invalidations.inc(len(dropped))
 
-    def down(self) -> None:
-        """Tracking is not whole: serve and keep nothing until :meth:`reopen`."""
-        self.up = False
-        self.clear()
+    def trust(self, parts: Sequence[int]) -> None:
+        """``parts``' tracking is whole and was heard from just now: serve them for
+        :data:`LEASE` from now. A part trusted again after it was down keeps no fill begun
+        before (its read may have run before the node tracked it)."""
+        until = time.monotonic() + LEASE
+        for part in parts:
+            if not self._until[part]:
+                self._epochs[part] += 1
+            self._until[part] = until
 
-    def reopen(self) -> None:
-        """Tracking is whole again (from now on: what was read before is not kept)."""
-        self.clear()
-        self.up = True
+    def down(self, parts: Sequence[int] | None = None) -> None:
+        """``parts``' tracking (None: all) is not whole: their entries dropped, nothing of
+        them served or kept until :meth:`trust`."""
+        for part in range(len(self._until)) if parts is None else parts:
+            self._until[part] = 0.0
+        self.clear(parts)
 
-    def _put(self, key: bytes, record: bytes) -> None:
+    def _put(self, key: bytes, record: bytes, part: int) -> None:
         if len(record) < HEADER_SIZE:  # (damage: left to the uncached path to report)
             return
         head = read_header(record)
@@ -168,10 +206,10 @@ class NearCache:
         if cost > self.max_bytes:
             return
         self._drop(key)
-        self._entries[key] = (record, expires, cost)
+        self._entries[key] = (record, expires, cost, part)
         self.size += cost
         while len(self._entries) > self.items or self.size > self.max_bytes:
-            _, (_, _, freed) = self._entries.popitem(last=False)
+            _, (_, _, freed, _) = self._entries.popitem(last=False)
             self.size -= freed
             self.evictions.inc()
         self._held.set(len(self._entries))
@@ -187,89 +225,210 @@ class NearCache:
 
 
 class Tracker:
-    """The tracking connection to one node, kept: ``CLIENT TRACKING ON BCAST PREFIX`` for
-    the record keys of ``prefixes``; a reader task that hands every invalidation to the
-    cache; a heartbeat that takes the connection for lost when the node stops answering.
-    While it is not up, the cache serves and keeps nothing (:meth:`NearCache.down`)."""
+    """The tracking connection to one node, for one life: opened, ``CLIENT TRACKING ON
+    BCAST PREFIX`` for the record keys of its shards, each shard's probe answered by the
+    node (it serves them), then read until it fails. A reader hands every invalidation to
+    the cache; a heartbeat probes the shards every :data:`HEARTBEAT` (a redirection: the
+    node stopped serving one) and takes the connection for lost past :data:`LEASE` without
+    a word. Its shards are trusted only while it is up (:meth:`NearCache.trust`)."""
 
-    def __init__(self, settings: Settings, address: Address, prefixes: list[bytes], cache: NearCache) -> None:
-        """Begin keeping the connection, in the background (the cache is bypassed until it is up)."""
-        self._settings, self._address, self._prefixes, self.cache = settings, address, prefixes, cache
-        self._heard = 0.0
-        loop = asyncio.get_running_loop()
-        #: Done once the first attempt to set tracking up has ended, either way.
-        self.first: asyncio.Future[None] = loop.create_future()
+    def __init__(
+        self, settings: Settings, address: Address, shards: Sequence[tuple[int, bytes]], cache: NearCache
+    ) -> None:
+        """Begin, in the background: ``shards`` are (number, key prefix) of the shards
+        ``address`` serves."""
+        self.address, self.cache = address, cache
+        self.parts = tuple(number for number, _ in shards)
+        self._prefixes = [prefix + RECORD for _, prefix in shards]
+        self._probes = [pack_command(cast(tuple[Any, ...], (b"EXISTS", prefix + PROBE))) for _, prefix in shards]
+        self._settings = settings
         #: The tracking connection's CLIENT ID while it is up (for logs and tests).
         self.client_id: int | None = None
-        self._task = loop.create_task(self._keep())
-
-    def fresh(self) -> bool:
-        """Whether the node was heard from within :data:`LEASE` (checked on every hit)."""
-        return self.cache.up and asyncio.get_running_loop().time() - self._heard <= LEASE
+        #: Done once the connection is up, or its life over.
+        self.up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task = asyncio.get_running_loop().create_task(self._track())
 
     async def close(self) -> None:
-        """Stop keeping the connection, and close it; the cache is emptied."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self.cache.down()
-
-    async def _keep(self) -> None:
-        while True:
-            try:
-                await self._track()
-            except (RedisError, OSError, AttributeError) as exc:  # (redis-py: a read cut by a disconnect)
-                _logger.warning("near cache: tracking on %s:%d lost (%s); bypassed until back", *self._address, exc)
-            await asyncio.sleep(RETRY)
+        """End its life now (its shards are dropped)."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # (how it ended was logged)
+            await self.task
 
     async def _track(self) -> None:
-        """One tracking connection's life: opened, registered, read until it fails."""
-        connection = self._settings.make(self._address)
+        connection = self._settings.make(self.address)
         beating: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
         try:
-            await connection.connect()  # type: ignore[no-untyped-call]
-            # redis-py 5.1 on drops an invalidation push its parser has no handler for; before
-            # it, the push comes back from read_response as the list it is.
-            getattr(connection._parser, "set_invalidation_push_handler", _no_handler)(_as_is)
-            await connection.send_command("CLIENT", "ID")
-            self.client_id = int(await connection.read_response())
-            prefixes = [part for prefix in self._prefixes for part in (b"PREFIX", prefix)]
-            await connection.send_command("CLIENT", "TRACKING", "ON", "BCAST", *prefixes)
-            await connection.read_response()
-            loop = asyncio.get_running_loop()
-            self._heard = loop.time()
-            self.cache.reopen()
-            self._tried()
-            beating = loop.create_task(self._beat(connection))
+            client_id = await asyncio.wait_for(self._register(connection), LEASE)
+            # the node's answers to the shards' probes (a redirection raises: it does not
+            # serve one), with the pushes that come between them
+            probes = b"".join(self._probes)
+            await connection.send_packed_command(probes, check_health=False)
+            unanswered = len(self._probes)
             while True:
                 frame = await connection.read_response(push_request=True)
-                self._heard = loop.time()
                 if isinstance(frame, list) and frame and frame[0] == b"invalidate":
-                    self.cache.invalidate(frame[1])
+                    if frame[1] is None:  # a flush (of any database: Redis does not say which)
+                        self.cache.clear(self.parts)
+                    else:
+                        self.cache.invalidate(frame[1])
+                elif unanswered:
+                    unanswered -= 1
+                    if not unanswered:  # every write to the shards from here on is pushed to us
+                        self.client_id = client_id
+                        self.up.set_result(None)
+                        beating = loop.create_task(self._beat(connection, probes))
+                if not unanswered:
+                    self.cache.trust(self.parts)
         finally:
-            self._tried()
-            self.cache.down()
+            self.cache.down(self.parts)
             self.client_id = None
+            if not self.up.done():
+                self.up.set_result(None)
             if beating is not None:
                 beating.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beating
             await connection.disconnect()
 
+    async def _register(self, connection: Any) -> int:
+        """Connect and ask for the shards' invalidations; the connection's CLIENT ID."""
+        await connection.connect()
+        # redis-py 5.1 on drops an invalidation push its parser has no handler for; before
+        # it, the push comes back from read_response as the list it is.
+        getattr(connection._parser, "set_invalidation_push_handler", _no_handler)(_as_is)
+        await connection.send_command("CLIENT", "SETNAME", NAME)  # (found in CLIENT LIST by it)
+        await connection.read_response()
+        await connection.send_command("CLIENT", "ID")
+        client_id = int(await connection.read_response())
+        prefixes = [part for prefix in self._prefixes for part in (b"PREFIX", prefix)]
+        await connection.send_command("CLIENT", "TRACKING", "ON", "BCAST", *prefixes)
+        await connection.read_response()  # (its OK comes before any push)
+        return client_id
+
+    async def _beat(self, connection: Any, probes: bytes) -> None:
+        """Probe the shards every :data:`HEARTBEAT`; once they are no longer trusted (past
+        :data:`LEASE` without a word), drop the connection (the reader then fails)."""
+        await asyncio.sleep(HEARTBEAT)
+        while self.cache.trusted(self.parts[0]):
+            await connection.send_packed_command(probes, check_health=False)
+            await asyncio.sleep(HEARTBEAT)
+        self.cache.down(self.parts)
+        await connection.disconnect()  # (never a send after it: redis-py would connect again, untracked)
+
+
+class Tracking:
+    """A provider's near cache in one event loop of one process, and its trackers: one
+    per node that serves one of the namespace's shards (by the slot map of
+    ``connection``, which it reads again whenever one ends or a load is redirected)."""
+
+    def __init__(self, connection: Connection, shards: Sequence[tuple[int, bytes, int]], cache: NearCache) -> None:
+        """Begin, in the background: ``shards`` are (number, key prefix, slot)."""
+        self.cache = cache
+        self._shards = list(shards)
+        #: The node tracking each shard (by number; None: none yet).
+        self._nodes: list[Address | None] = [None] * len(self._shards)
+        self._trackers: dict[Address, Tracker] = {}
+        self._changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        #: The provider's connection of this loop, whose slot map it follows.
+        self.connection = connection
+        #: Done once the first attempt to set tracking up has ended, either way.
+        self.first: asyncio.Future[None] = loop.create_future()
+        self._lost = False  # whether its loss was logged (once, until tracking is back)
+        self._task = loop.create_task(self._keep())
+
+    def node(self, part: int) -> Address | None:
+        """The node that tracks ``part``, where its fills must be read (None: none)."""
+        return self._nodes[part]
+
+    def moved(self, part: int) -> None:
+        """A read of ``part`` was redirected: its node serves it no more. Its tracker's
+        life ends, and its shards are bypassed until tracked where they are now."""
+        self.cache.down([part])
+        tracker = self.tracker(part)
+        if tracker is not None:
+            tracker.task.cancel()
+        self._changed.set()
+
+    def tracker(self, part: int) -> Tracker | None:
+        """The tracker of ``part`` now (for tests and logs)."""
+        address = self._nodes[part]
+        return None if address is None else self._trackers.get(address)
+
+    async def close(self) -> None:
+        """Stop tracking and close every tracking connection; the cache is emptied."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for tracker in self._trackers.values():
+            await tracker.close()
+        self._trackers.clear()
+        self.cache.down()
+
+    async def _keep(self) -> None:
+        try:
+            while True:
+                self._changed.clear()
+                try:
+                    await self.connection.refresh()  # (a cluster's slot map; one server has none)
+                except (RedisError, OSError) as exc:
+                    self._log(f"the slot map could not be read ({exc})")
+                else:
+                    await self._assign()
+                    self._tried()
+                    await self._until_changed()
+                self._tried()
+                await asyncio.sleep(RETRY)
+        finally:
+            self._tried()
+
+    async def _until_changed(self) -> None:
+        """Wait until a tracker's life ends or a load is redirected."""
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait(
+                [changed, *(t.task for t in self._trackers.values())], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            changed.cancel()
+        for tracker in self._trackers.values():
+            if tracker.task.done() and not tracker.task.cancelled():
+                error = tracker.task.exception()
+                self._log(
+                    f"tracking on {tracker.address[0]}:{tracker.address[1]} lost ({type(error).__name__}: {error})"
+                )
+
     def _tried(self) -> None:
         if not self.first.done():
             self.first.set_result(None)
 
-    async def _beat(self, connection: Any) -> None:
-        """PING every :data:`HEARTBEAT`; past :data:`LEASE` without a word, drop the
-        connection (the reader then fails, and the connection is made again)."""
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(HEARTBEAT)
-        while loop.time() - self._heard <= LEASE:
-            await connection.send_packed_command(pack_command(("PING",)), check_health=False)
-            await asyncio.sleep(HEARTBEAT)
-        self.cache.down()
-        await connection.disconnect()  # (never a send after it: redis-py would connect again, untracked)
+    async def _assign(self) -> None:
+        """A tracker for every node that serves a shard now; those whose node serves other
+        shards than before, or whose life ended, replaced."""
+        owner = self.connection.topology.owner
+        wanted: dict[Address, list[tuple[int, bytes]]] = {}
+        for number, prefix, slot in self._shards:
+            wanted.setdefault(owner(slot), []).append((number, prefix))
+        for address, tracker in list(self._trackers.items()):
+            shards = wanted.get(address)
+            if tracker.task.done() or shards is None or tracker.parts != tuple(number for number, _ in shards):
+                del self._trackers[address]
+                await tracker.close()
+        for address, shards in wanted.items():
+            if address not in self._trackers:
+                self._trackers[address] = Tracker(self.connection.settings, address, shards, self.cache)
+        for address, shards in wanted.items():
+            for number, _ in shards:
+                self._nodes[number] = address
+        await asyncio.wait([tracker.up for tracker in self._trackers.values()], timeout=LEASE)
+        if all(tracker.client_id is not None for tracker in self._trackers.values()):
+            self._lost = False
+
+    def _log(self, what: str) -> None:
+        if not self._lost:
+            self._lost = True
+            _logger.warning("near cache: %s; its shards bypassed until tracking is back", what)
 
 
 async def _as_is(response: Any) -> Any:
@@ -280,4 +439,4 @@ def _no_handler(handler: Any) -> None:
     """What a parser without push handlers (redis-py before 5.1) is given in their place."""
 
 
-__all__ = ["ENTRY_OVERHEAD", "HEARTBEAT", "LEASE", "Fill", "NearCache", "Tracker"]
+__all__ = ["ENTRY_OVERHEAD", "HEARTBEAT", "LEASE", "NAME", "Fill", "NearCache", "Tracker", "Tracking"]

@@ -55,8 +55,8 @@ from ..base import StorageProvider
 from ..maintenance import CheckReport, Namespace, Usage, merge
 from . import layout, scripts
 from .check import KEEPING_POLICIES, check_shard, drop_shard, eviction, namespace_exists, namespaces, shard_usage
-from .connection import Connection
-from .nearcache import NearCache, Tracker
+from .connection import Connection, NodeChanged
+from .nearcache import NearCache, Tracking
 from .search import COSTS, Shard, ahead, planned, reader, scattered, walker
 from .settings import MAX_CONNECTIONS, SOCKET_TIMEOUT, provider_settings, url_settings
 
@@ -120,7 +120,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         #: The near cache's bounds (items 0: none; see .nearcache), and its trackers, one per
         #: event loop and process (a forked child starts its own, empty).
         self.near_cache, self.near_cache_bytes = checked.near_cache, checked.near_cache_bytes
-        self._trackers: dict[tuple[asyncio.AbstractEventLoop, int], Tracker] = {}
+        self._trackings: dict[tuple[asyncio.AbstractEventLoop, int], Tracking] = {}
 
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> RedisStorageProvider:
@@ -286,9 +286,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         next chunk) fails with a StorageError saying the provider was closed. (Connections
         made in another event loop or process cannot be closed from here: they are dropped.)"""
         loop = asyncio.get_running_loop()
-        tracker = self._trackers.pop((loop, os.getpid()), None)
-        if tracker is not None:
-            await tracker.close()
+        tracking = self._trackings.pop((loop, os.getpid()), None)
+        if tracking is not None:
+            await tracking.close()
         connection = self._connections.pop((loop, os.getpid()), None)
         if connection is not None:
             closing = loop.create_task(self._closers.pop(connection).aclose())
@@ -514,55 +514,56 @@ class RedisStorageProvider(StorageProvider[Any]):
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def _tracker(self) -> Tracker | None:
-        """The near cache's tracker of this event loop and process, started by its first
-        load, which waits for the first attempt to set tracking up (one round trip); None
-        when there is no near cache (or on a cluster, which it does not serve yet)."""
-        if not self.near_cache or self._settings.cluster:
+    async def _tracking(self, connection: Connection) -> Tracking | None:
+        """The near cache of this event loop and process (None: the provider has none),
+        started by its first load, which waits for the first attempt to set tracking up (a
+        round trip or two); started again when ``connection`` replaced the one it used."""
+        if not self.near_cache:
             return None
         key = (asyncio.get_running_loop(), os.getpid())
-        tracker = self._trackers.get(key)
-        if tracker is None:
-            prefixes = [shard.prefix + layout.RECORD for shard in self._shards]
-            cache = NearCache(self.near_cache, self.near_cache_bytes, self.namespace)
-            tracker = self._trackers[key] = Tracker(self._settings, self._settings.nodes[0], prefixes, cache)
-        if not tracker.first.done():
-            await asyncio.shield(tracker.first)
-        return tracker
+        tracking = self._trackings.get(key)
+        replaced = None
+        if tracking is not None and tracking.connection is not connection:
+            replaced, tracking = tracking, None
+        if tracking is None:
+            cache = NearCache(self.near_cache, self.near_cache_bytes, len(self._shards), self.namespace)
+            shards = [(shard.number, shard.prefix, shard.slot) for shard in self._shards]
+            tracking = self._trackings[key] = Tracking(connection, shards, cache)
+        if replaced is not None:
+            await replaced.close()
+        if not tracking.first.done():
+            await asyncio.shield(tracking.first)
+        return tracking
 
     @contextlib.contextmanager
     def _changing(self, prefix: bytes, members: list[bytes]) -> Iterator[None]:
         """Around a write of ``members`` of the shard of ``prefix``: their near-cache entries
         dropped before it and after it (this process sees its own writes at once, before
         Redis's invalidation arrives), and their fills in flight keep nothing."""
-        tracker = self._trackers.get((asyncio.get_running_loop(), os.getpid()))
-        if tracker is None:
+        tracking = self._trackings.get((asyncio.get_running_loop(), os.getpid()))
+        if tracking is None:
             yield
             return
         keys = [layout.record_key(prefix, member) for member in members]
-        tracker.cache.invalidate(keys)
+        tracking.cache.invalidate(keys)
         try:
             yield
         finally:
-            tracker.cache.invalidate(keys)
+            tracking.cache.invalidate(keys)
 
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         key_bytes = validate_key(key)
         shard = self._shard(key_bytes)
         connection = await self._connection()
         record_key = layout.record_key(shard.prefix, key_bytes)
-        tracker = await self._tracker()
-        if tracker is None:
+        tracking = await self._tracking(connection)
+        if tracking is None:
             record: Any = await connection.call(shard.slot, "GET", record_key)
             return load_item(record, key, content_type, now_micros())
         now = now_micros()
-        record = tracker.cache.get(record_key, now) if tracker.fresh() else None
+        record = tracking.cache.get(record_key, shard.number, now)
         if record is None:
-            fill = tracker.cache.begin(record_key)
-            try:
-                record = await connection.call(shard.slot, "GET", record_key)
-            finally:
-                tracker.cache.end(fill, record)
+            [record] = await self._records(connection, tracking, shard, [record_key])
         return load_item(record, key, content_type, now)
 
     async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
@@ -571,31 +572,58 @@ class RedisStorageProvider(StorageProvider[Any]):
         names = list(checked)
         encoded = list(checked.values())
         connection = await self._connection()
-        record_keys = [layout.record_key(self._shard(key).prefix, key) for key in encoded]
-        records: list[Any] = [None] * len(names)
+        tracking = await self._tracking(connection)
         now = now_micros()
-        tracker = await self._tracker()
-        cache = None if tracker is None else tracker.cache
-        if tracker is not None and tracker.fresh():
-            records = [tracker.cache.get(record_key, now) for record_key in record_keys]
+        records: list[Any] = [None] * len(names)
+        if tracking is not None:
+            for position, key_bytes in enumerate(encoded):
+                shard = self._shard(key_bytes)
+                records[position] = tracking.cache.get(layout.record_key(shard.prefix, key_bytes), shard.number, now)
         missed = [position for position, record in enumerate(records) if record is None]
-        fills = [] if cache is None else [cache.begin(record_keys[position]) for position in missed]
-        try:
-            groups = self._by_shard(encoded[position] for position in missed)
-            found = await asyncio.gather(
-                *(
-                    connection.call(shard.slot, "MGET", *(record_keys[missed[p]] for p in positions))
-                    for shard, positions in groups.items()
+        groups = self._by_shard(encoded[position] for position in missed)
+        found = await asyncio.gather(
+            *(
+                self._records(
+                    connection,
+                    tracking,
+                    shard,
+                    [layout.record_key(shard.prefix, encoded[missed[p]]) for p in positions],
                 )
+                for shard, positions in groups.items()
             )
-            for positions, shard_records in zip(groups.values(), found, strict=True):
-                for position, record in zip(positions, shard_records, strict=True):
-                    records[missed[position]] = record
-        finally:
-            if cache is not None:
-                for fill, position in zip(fills, missed, strict=True):
-                    cache.end(fill, records[position])
+        )
+        for positions, shard_records in zip(groups.values(), found, strict=True):
+            for position, record in zip(positions, shard_records, strict=True):
+                records[missed[position]] = record
         return live_items(names, records, wanted, now)
+
+    async def _records(
+        self, connection: Connection, tracking: Tracking | None, shard: Shard, record_keys: list[bytes]
+    ) -> list[Any]:
+        """The records under ``record_keys`` (of ``shard``), in one MGET. With a near cache,
+        read from the node that tracks the shard and kept unless something changed them
+        meanwhile (see :class:`.nearcache.NearCache`); read where the shard is now, and not
+        kept, when that node does not answer for the shard (it is then tracked anew)."""
+        if tracking is None:
+            return list(await connection.call(shard.slot, "MGET", *record_keys))
+        cache = tracking.cache
+        fills = [cache.begin(record_key, shard.number) for record_key in record_keys]
+        records: list[Any] | None = None
+        try:
+            node = tracking.node(shard.number)
+            if node is not None:
+                try:
+                    reply = await connection.read_on(node, ("MGET", *record_keys))
+                except NodeChanged:
+                    tracking.moved(shard.number)
+                else:
+                    if reply is not None:
+                        records = reply
+                        return records
+            return list(await connection.call(shard.slot, "MGET", *record_keys))
+        finally:
+            for position, fill in enumerate(fills):
+                cache.end(fill, None if records is None else records[position])
 
     async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
         """The plan a search of ``query`` would follow now in the first shard (each shard
@@ -756,11 +784,11 @@ class RedisStorageProvider(StorageProvider[Any]):
         """
         connection = await self._connection(maintenance=True)
         dropped = 0
-        tracker = self._trackers.get((asyncio.get_running_loop(), os.getpid()))
+        tracking = self._trackings.get((asyncio.get_running_loop(), os.getpid()))
         async with connection.step():
             for shard in self._shards:
-                if tracker is not None:  # (this process sees the namespace gone at once)
-                    tracker.cache.clear()
+                if tracking is not None:  # (this process sees the namespace gone at once)
+                    tracking.cache.clear()
                 dropped += await drop_shard(connection, shard)
             await connection.call(self._shards_slot, "UNLINK", self._shards_key)
         connection.counted = -1  # the next write records the shard count again
