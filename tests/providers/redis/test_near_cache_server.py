@@ -350,3 +350,50 @@ async def test_a_dropped_namespace_is_gone_for_its_own_provider_at_once(cached: 
     for n in range(5):
         with pytest.raises(KeyError):
             await cached.load(f"k{n}")
+
+
+async def test_a_flush_drops_every_entry_at_once(redis_starter: Any, tmp_path: Any) -> None:
+    process, port = redis_starter(tmp_path)
+    cached = RedisStorageProvider(port=port, namespace="flushed", near_cache=10)
+    try:
+        await cached.save_many({"a": 1, "b": 2}, "t")
+        tracking = await tracking_up(cached)
+        assert [await served(cached, key) for key in "ab"] == [1, 2] and len(tracking.cache) == 2
+        async with aioredis.Redis(port=port) as client:
+            await client.flushall()
+        deadline = time.monotonic() + 0.1
+        while len(tracking.cache):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        for key in "ab":
+            with pytest.raises(KeyError):
+                await cached.load(key)
+    finally:
+        await cached.cleanup()
+        process.kill()
+        process.wait(10)
+
+
+async def test_a_server_that_refuses_tracking_is_read_without_the_cache_and_asked_ever_less_often(
+    redis_starter: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    process, port = redis_starter(tmp_path)
+    async with aioredis.Redis(port=port) as admin:
+        await admin.execute_command("ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-client|tracking")
+    cached = RedisStorageProvider(port=port, namespace="refused", near_cache=10, username="app", password="secret")
+    try:
+        await cached.save("k", 1, "t")
+        assert [await served(cached, "k") for _ in range(3)] == [1, 1, 1]  # every load from Redis
+        tracking = await cached._tracking(await cached._connection())
+        assert tracking is not None and len(tracking.cache) == 0 and tracking.cache.hits.value == 0
+        async with aioredis.Redis(port=port) as admin:
+            before = (await admin.info("stats"))["total_connections_received"]
+            await asyncio.sleep(3)
+            tries = (await admin.info("stats"))["total_connections_received"] - before
+        assert 1 <= tries <= 5, tries  # (at a fixed 0.2 s: 15)
+        warnings = [r for r in caplog.records if r.name.endswith("nearcache") and r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "no permissions to run the 'client|tracking' command" in warnings[0].getMessage()
+    finally:
+        await cached.cleanup()
+        process.kill()
+        process.wait(10)

@@ -54,8 +54,9 @@ HEARTBEAT = 0.5
 #: (Below a cluster's node timeout, so that a stalled master's entries go before a replica
 #: can be promoted in its place.)
 LEASE = 2.0
-#: Seconds between two attempts to bring lost tracking back.
-RETRY = 0.2
+#: Seconds before the first attempt to bring lost tracking back, doubled by each that
+#: fails, up to RETRY_MOST.
+RETRY, RETRY_MOST = 0.2, 5.0
 
 #: The tracking connections' name (CLIENT LIST shows it).
 NAME = "unistore-near-cache"
@@ -250,9 +251,7 @@ class Tracker:
 
     async def close(self) -> None:
         """End its life now (its shards are dropped)."""
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):  # (how it ended was logged)
-            await self.task
+        await _end(self.task)
 
     async def _track(self) -> None:
         connection = self._settings.make(self.address)
@@ -308,11 +307,13 @@ class Tracker:
 
     async def _beat(self, connection: Any, probes: bytes) -> None:
         """Probe the shards every :data:`HEARTBEAT`; once they are no longer trusted (past
-        :data:`LEASE` without a word), drop the connection (the reader then fails)."""
-        await asyncio.sleep(HEARTBEAT)
-        while self.cache.trusted(self.parts[0]):
-            await connection.send_packed_command(probes, check_health=False)
+        :data:`LEASE` without a word, or a probe could not be sent), drop the connection
+        (the reader then fails)."""
+        with contextlib.suppress(RedisError, OSError):  # (a send that fails: the connection is lost)
             await asyncio.sleep(HEARTBEAT)
+            while self.cache.trusted(self.parts[0]):
+                await connection.send_packed_command(probes, check_health=False)
+                await asyncio.sleep(HEARTBEAT)
         self.cache.down(self.parts)
         await connection.disconnect()  # (never a send after it: redis-py would connect again, untracked)
 
@@ -358,15 +359,14 @@ class Tracking:
 
     async def close(self) -> None:
         """Stop tracking and close every tracking connection; the cache is emptied."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await _end(self._task)
         for tracker in self._trackers.values():
             await tracker.close()
         self._trackers.clear()
         self.cache.down()
 
     async def _keep(self) -> None:
+        pause = RETRY
         try:
             while True:
                 self._changed.clear()
@@ -375,11 +375,15 @@ class Tracking:
                 except (RedisError, OSError) as exc:
                     self._log(f"the slot map could not be read ({exc})")
                 else:
-                    await self._assign()
+                    if await self._assign():
+                        pause = RETRY
                     self._tried()
                     await self._until_changed()
                 self._tried()
-                await asyncio.sleep(RETRY)
+                # (longer each time it fails again: a node that refuses tracking is not asked
+                # five times a second)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, RETRY_MOST)
         finally:
             self._tried()
 
@@ -395,17 +399,15 @@ class Tracking:
         for tracker in self._trackers.values():
             if tracker.task.done() and not tracker.task.cancelled():
                 error = tracker.task.exception()
-                self._log(
-                    f"tracking on {tracker.address[0]}:{tracker.address[1]} lost ({type(error).__name__}: {error})"
-                )
+                self._log(f"no tracking on {tracker.address[0]}:{tracker.address[1]} ({type(error).__name__}: {error})")
 
     def _tried(self) -> None:
         if not self.first.done():
             self.first.set_result(None)
 
-    async def _assign(self) -> None:
+    async def _assign(self) -> bool:
         """A tracker for every node that serves a shard now; those whose node serves other
-        shards than before, or whose life ended, replaced."""
+        shards than before, or whose life ended, replaced. Whether all came up."""
         owner = self.connection.topology.owner
         wanted: dict[Address, list[tuple[int, bytes]]] = {}
         for number, prefix, slot in self._shards:
@@ -422,13 +424,25 @@ class Tracking:
             for number, _ in shards:
                 self._nodes[number] = address
         await asyncio.wait([tracker.up for tracker in self._trackers.values()], timeout=LEASE)
-        if all(tracker.client_id is not None for tracker in self._trackers.values()):
+        whole = all(tracker.client_id is not None for tracker in self._trackers.values())
+        if whole:
             self._lost = False
+        return whole
 
     def _log(self, what: str) -> None:
         if not self._lost:
             self._lost = True
             _logger.warning("near cache: %s; its shards bypassed until tracking is back", what)
+
+
+async def _end(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it has ended (on Python 3.10 and 3.11, ``wait_for`` may swallow
+    a cancellation that comes as what it waits for completes): a close never hangs on it."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled():
+        task.exception()  # (how it ended was logged: retrieved, not reported again)
 
 
 async def _as_is(response: Any) -> Any:
