@@ -25,7 +25,15 @@ from unistore.providers import LmdbStorageProvider, MemoryStorageProvider, Redis
 #: count), on a cluster ~60 ms, through the manager ~25 ms (measured on the 2-core CI
 #: machine), so those runs take fewer, and ``scripts/long`` (run by ``scripts/test`` too,
 #: without coverage) sets UNISTORE_LEAK_CYCLES=500 for all of them.
-CI_CYCLES = {"memory": 500, "lmdb": 300, "redis": 60, "redis-cluster": 20, "manager": 40}
+CI_CYCLES = {
+    "memory": 500,
+    "lmdb": 300,
+    "redis": 60,
+    "redis-near-cache": 40,
+    "redis-cluster": 20,
+    "redis-cluster-near-cache": 10,
+    "manager": 40,
+}
 FULL = os.environ.get("UNISTORE_LEAK_CYCLES")
 
 
@@ -61,25 +69,29 @@ def _usage(ports: list[int]) -> tuple[int, int, int, list[int]]:
 
 
 @pytest.mark.watchdog(300)
-@pytest.mark.parametrize("kind", ["memory", "lmdb", "redis", "redis-cluster", "manager"])
+@pytest.mark.parametrize("kind", list(CI_CYCLES))
 async def test_cleanup_gives_back_everything_it_took(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     ports: list[int] = []
-    if kind in ("redis", "manager"):
+    if kind in ("redis", "redis-near-cache", "manager"):
         ports.append(request.getfixturevalue("redis_port"))
-    if kind == "redis-cluster":
+    if kind.startswith("redis-cluster"):
         ports.extend(request.getfixturevalue("redis_cluster"))
     namespace = uuid.uuid4().hex
 
-    def redis_provider() -> RedisStorageProvider:
-        return RedisStorageProvider({"host": "127.0.0.1", "port": ports[0], "namespace": namespace})
+    def redis_provider(**settings: Any) -> RedisStorageProvider:
+        return RedisStorageProvider({"host": "127.0.0.1", "port": ports[0], "namespace": namespace, **settings})
+
+    def cluster_provider(**settings: Any) -> RedisStorageProvider:
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        return RedisStorageProvider(cluster_nodes=nodes, namespace=namespace, shards=2, **settings)
 
     makers: dict[str, Callable[[], Any]] = {
         "memory": lambda: MemoryStorageProvider(namespace=namespace),
         "lmdb": lambda: LmdbStorageProvider(tmp_path / "store", namespace=namespace, durability="none"),
         "redis": redis_provider,
-        "redis-cluster": lambda: RedisStorageProvider(
-            cluster_nodes=[f"127.0.0.1:{port}" for port in ports], namespace=namespace, shards=2
-        ),
+        "redis-near-cache": lambda: redis_provider(near_cache=10),  # (its tracking connections too)
+        "redis-cluster": cluster_provider,
+        "redis-cluster-near-cache": lambda: cluster_provider(near_cache=10),
     }
 
     async def cycle(number: int) -> None:
@@ -99,6 +111,7 @@ async def test_cleanup_gives_back_everything_it_took(kind: str, tmp_path: Path, 
         provider = makers[kind]()
         await provider.save_many({"k": number, "j": number}, "t", tags={"t": "1"})
         assert (await provider.load("k")).data == number
+        assert (await provider.load_many(["k"]))["k"].data == number  # (a hit, with a near cache)
         assert len([r async for r in provider.search(StorageQuery(pattern="*", limit=1))]) == 1
         assert await provider.delete("j") is True
         await provider.cleanup()
