@@ -454,7 +454,7 @@ def twin(request: pytest.FixtureRequest) -> ModuleType:
 
 #: What share of the profile's examples a property test runs on a provider whose every
 #: call is several round trips to several servers (the suite must fit CI's budget).
-NETWORK_SHARE = {"redis-cluster": 4}
+NETWORK_SHARE = {"redis-cluster": 4, "redis-near-cache": 2, "redis-cluster-near-cache": 4}
 
 
 @pytest.fixture
@@ -467,7 +467,10 @@ def property_settings(request: pytest.FixtureRequest) -> settings:
     return settings(profile, max_examples=max(profile.max_examples // share, 20))
 
 
-PROVIDERS = ["memory", "lmdb", "redis", "redis-near-cache", "redis-cluster"]
+#: The kinds of provider every test of ``provider_factory`` runs on. It makes two more for the
+#: tests that ask for them by name (the conformance suite): "redis-near-cache" and
+#: "redis-cluster-near-cache", a Redis provider with a near cache on one server and on the cluster.
+PROVIDERS = ["memory", "lmdb", "redis", "redis-cluster"]
 #: The near cache's items in the conformance runs with one: few, so that evictions happen too.
 NEAR_CACHE_ITEMS = 16
 #: The shards a namespace is split over on the cluster: more than its masters, so one
@@ -498,9 +501,12 @@ async def provider_factory(
         elif request.param == "redis-near-cache":  # the same, loads served from a near cache where they can be
             port = request.getfixturevalue("redis_port")
             provider = RedisStorageProvider(port=port, namespace=uuid.uuid4().hex, near_cache=NEAR_CACHE_ITEMS)
-        elif request.param == "redis-cluster":
+        elif request.param in ("redis-cluster", "redis-cluster-near-cache"):
             nodes = [f"127.0.0.1:{port}" for port in request.getfixturevalue("redis_cluster")]
-            provider = RedisStorageProvider(cluster_nodes=nodes, namespace=uuid.uuid4().hex, shards=CLUSTER_SHARDS)
+            near = NEAR_CACHE_ITEMS if request.param == "redis-cluster-near-cache" else 0
+            provider = RedisStorageProvider(
+                cluster_nodes=nodes, namespace=uuid.uuid4().hex, shards=CLUSTER_SHARDS, near_cache=near
+            )
         else:
             provider = MemoryStorageProvider(namespace=f"ns{number}")
         made.append(provider)

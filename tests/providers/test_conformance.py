@@ -39,3 +39,9 @@ class TestProviders(ProviderConformance):
         if isinstance(provider, LmdbStorageProvider):
             report = await provider.check()
             assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("provider_factory", ["redis-near-cache", "redis-cluster-near-cache"], indirect=True)
+class TestNearCache(TestProviders):
+    """Every test of the kit on a Redis provider with a near cache (one server, the
+    cluster): loads served from memory where they can be change no observable result."""

@@ -302,7 +302,7 @@ PROVIDER_CALLS: dict[str, Callable[[st.DataObject], tuple[tuple[Any, ...], dict[
 
 #: The share of the profile's examples each provider runs: a fresh store per example costs
 #: an LMDB environment or a Redis namespace (CI's budget: issue 12).
-PROVIDER_SHARE = {"memory": 1, "lmdb": 8, "redis": 4, "redis-near-cache": 4, "redis-cluster": 8}
+PROVIDER_SHARE = {"memory": 1, "lmdb": 8, "redis": 4, "redis-cluster": 8}
 
 
 def test_every_provider_refuses_junk_cleanly(
