@@ -79,14 +79,14 @@ async def record_everything(metrics: MetricsManager, store: Path, monkeypatch: p
     await monitor.record_size("note", 4096)
     metrics.gauge(ITEMS_GAUGE, 2, content_type="note")  # as `unistore stats` sets it
     # A Redis provider's near cache keeps its counts there too (its bookkeeping, without a server).
-    near = NearCache(1, 1 << 20, "shared")
-    near.reopen()
+    near = NearCache(1, 1 << 20, 1, "shared")
+    near.trust([0])
     saved = (await provider.save("n", 1, "note")).metadata
     record = item_record(StorageItem(1, saved))
     for key in (b"one", b"two"):  # the second evicts the first
-        near.end(near.begin(key), record)
-    near.get(b"two", 0)
-    near.get(b"one", 0)
+        near.end(near.begin(key, 0), record)
+    near.get(b"two", 0, 0)
+    near.get(b"one", 0, 0)
     near.invalidate([b"two"])
 
 
