@@ -4,6 +4,8 @@ tracking connection, expiry and bounds (providers/redis/nearcache.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
 import os
 import signal
 import time
@@ -16,9 +18,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from helpers import UTC
-from unistore import ValidationError, open_provider
+from unistore import StorageError, ValidationError, open_provider
 from unistore.providers import RedisStorageProvider
-from unistore.providers.redis import nearcache
+from unistore.providers.redis import layout, nearcache
 
 pytestmark = pytest.mark.redis
 
@@ -397,3 +399,151 @@ async def test_a_server_that_refuses_tracking_is_read_without_the_cache_and_aske
         await cached.cleanup()
         process.kill()
         process.wait(10)
+
+
+# -- found by a hostile review -------------------------------------------------------------
+
+
+async def tracking_clients(port: int) -> int:
+    """How many of the server's clients are near-cache tracking connections."""
+    async with aioredis.Redis(port=port) as client:
+        return sum(entry["name"] == nearcache.NAME for entry in await client.client_list())
+
+
+@pytest.mark.watchdog(60)
+async def test_a_load_in_flight_when_cleanup_runs_ends(redis_port: int) -> None:
+    provider = RedisStorageProvider(port=redis_port, namespace=uuid.uuid4().hex, near_cache=10)
+    await provider.save("k", 1, "t")  # the connection is up, the near cache not yet started
+    load = asyncio.ensure_future(provider.load("k"))
+    await asyncio.sleep(0)  # the load has started the near cache and waits for its first attempt
+    await provider.cleanup()  # (a service shutting down while a request is served)
+    done, _ = await asyncio.wait([load], timeout=10)
+    assert done, "the load never returned after cleanup()"
+    await provider.cleanup()
+
+
+@pytest.mark.watchdog(60)
+async def test_a_cancelled_cleanup_leaves_no_tracking_connection(redis_port: int) -> None:
+    before = await tracking_clients(redis_port)
+    provider = RedisStorageProvider(port=redis_port, namespace=uuid.uuid4().hex, near_cache=10)
+    await provider.save("k", 1, "t")
+    await tracking_up(provider)
+    cleanup = asyncio.ensure_future(provider.cleanup())
+    await asyncio.sleep(0)  # it has begun...
+    cleanup.cancel()  # ...and is cancelled (a shutdown with a deadline)
+    with contextlib.suppress(asyncio.CancelledError):
+        await cleanup
+    await provider.cleanup()
+    deadline = time.monotonic() + 5
+    while await tracking_clients(redis_port) != before:
+        assert time.monotonic() < deadline, "a tracking connection outlived cleanup()"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.watchdog(60)
+async def test_a_cleanup_during_first_loads_leaves_no_tracking_behind(redis_port: int) -> None:
+    before = await tracking_clients(redis_port)
+    provider = RedisStorageProvider(port=redis_port, namespace=uuid.uuid4().hex, near_cache=10)
+    first = asyncio.ensure_future(provider.load("k"))  # two requests at once...
+    await asyncio.sleep(0)
+    closing: list[asyncio.Future[None]] = []
+    [connection] = provider._connections.values()
+    assert connection.ready is not None  # ...and a shutdown as soon as the connection is checked
+    connection.ready.add_done_callback(lambda _: closing.append(asyncio.ensure_future(provider.cleanup())))
+    second = asyncio.ensure_future(provider.load("k"))
+    await asyncio.wait([first, second], timeout=10)
+    assert first.done() and second.done()
+    for load in (first, second):
+        assert isinstance(load.exception(), (KeyError, StorageError))
+    await closing[0]
+    await asyncio.sleep(0.5)
+    assert provider._trackings == {} and await tracking_clients(redis_port) == before
+
+
+def test_a_provider_used_by_one_event_loop_after_another_keeps_no_closed_loop_s_cache(redis_port: int) -> None:
+    provider = RedisStorageProvider(port=redis_port, namespace=uuid.uuid4().hex, near_cache=100)
+    asyncio.run(provider.save_many({f"k{n}": n for n in range(5)}, "t"))
+
+    async def job() -> None:
+        assert (await provider.load("k1")).data == 1
+
+    for _ in range(20):  # (asyncio.run per job: a sync wrapper's way)
+        asyncio.run(job())
+    assert len(provider._trackings) == 0 and len(provider._connections) == 0
+
+
+def _save_from_another_process(port: int, namespace: str, saved: Any) -> None:
+    async def write() -> None:
+        other = RedisStorageProvider(port=port, namespace=namespace)
+        await other.save("k", 2, "t")
+        await other.cleanup()
+
+    asyncio.run(write())
+    saved.set()  # the save has returned
+
+
+@pytest.mark.watchdog(60)
+async def test_a_task_busy_with_hits_sees_another_process_s_save_soon(redis_port: int) -> None:
+    # A hit never gave the event loop a turn: the push lay unread while a task served hits,
+    # and the old version was served until the lease ran out (2 s).
+    namespace = uuid.uuid4().hex
+    cached = RedisStorageProvider(port=redis_port, namespace=namespace, near_cache=10)
+    await cached.save("k", 1, "t")
+    await tracking_up(cached)
+    assert await served(cached, "k") == 1  # kept
+    context = multiprocessing.get_context("spawn")
+    saved = context.Event()
+    writer = context.Process(target=_save_from_another_process, args=(redis_port, namespace, saved))
+    writer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not saved.is_set():  # a task busy serving loads of a hot key (no other await)
+            assert time.monotonic() < deadline, "the writer never saved"
+            await cached.load("k")
+        heard = time.monotonic()  # this process knows the save returned
+        while await served(cached, "k") != 2:
+            assert time.monotonic() - heard < 0.1, "the old version is still served"
+    finally:
+        await asyncio.to_thread(writer.join, 30)
+        await cached.cleanup()
+
+
+async def test_an_idle_connection_closed_by_the_server_keeps_the_cache(redis_starter: Any, tmp_path: Any) -> None:
+    # A miss read on a pool connection the server had closed (its `timeout`) was taken for
+    # the node serving the shard no more: every entry dropped, tracking made again.
+    process, port = redis_starter(tmp_path, None, "--timeout", "1")
+    cached = RedisStorageProvider(port=port, namespace="idle", near_cache=100)
+    try:
+        await cached.save_many({"a": 1, "b": 2}, "t")
+        tracking = await tracking_up(cached)
+        tracker = tracking.tracker(0)
+        assert await served(cached, "a") == 1 and len(tracking.cache) == 1
+        await asyncio.sleep(2.5)  # idle: the server closes the pool's connections (the tracker's heartbeats)
+        assert tracking.tracker(0) is tracker and len(tracking.cache) == 1
+        assert await served(cached, "b") == 2  # a miss, read on a connection the server closed (not kept)
+        assert await served(cached, "b") == 2  # (read on a new one: kept)
+        assert len(tracking.cache) == 2 and tracking.tracker(0) is tracker
+    finally:
+        await cached.cleanup()
+        process.kill()
+        process.wait(10)
+
+
+async def test_a_damaged_record_is_reported_alike_with_and_without_the_near_cache(redis_port: int) -> None:
+    namespace = uuid.uuid4().hex
+    plain = RedisStorageProvider(port=redis_port, namespace=namespace)
+    cached = RedisStorageProvider(port=redis_port, namespace=namespace, near_cache=10)
+    await plain.save("k", 1, "t")
+    async with aioredis.Redis(port=redis_port) as client:
+        key = layout.record_key(plain._shard(b"k").prefix, b"k")
+        await client.delete(key)
+        await client.hset(key, "x", "y")  # the record replaced by a hash
+    await tracking_up(cached)
+    try:
+        for provider in (plain, cached):
+            with pytest.raises(StorageError, match="WRONGTYPE") as caught:
+                await provider.load("k")
+            assert not isinstance(caught.value, KeyError)
+    finally:
+        await plain.cleanup()
+        await cached.cleanup()

@@ -60,6 +60,8 @@ from .retry import ServerBusy, Unsettled, backoff, policy, retries, transient, t
 from .scripts import Script
 from .topology import Address, Topology
 
+#: What :meth:`Connection.read_on` gives for a read its node did not answer.
+NO_ANSWER: Any = object()
 #: Redirections one attempt follows before it waits and tries again.
 HOPS = 5
 #: A command and its arguments.
@@ -328,23 +330,22 @@ class Connection:
     async def read_on(self, address: Address, command: Command) -> Any:
         """``command``, a read of one slot, sent once to the node ``address`` only, in a
         step (a near-cache fill must come from the node whose invalidations it follows):
-        its reply, or None when the node gave an error reply instead (ASK, TRYAGAIN, ...:
-        the caller reads through the routed path).
+        its reply; or :data:`NO_ANSWER` when the node gave an error reply instead (ASK,
+        TRYAGAIN, WRONGTYPE, ...) or the connection failed (an idle one the server closed):
+        the caller reads through the routed path, which retries and reports.
 
         Raises:
-            NodeChanged: the node no longer serves the slot (``MOVED``), or was not reached.
+            NodeChanged: the node no longer serves the slot (``MOVED``).
         """
         async with Step(self):
             try:
                 [reply] = await self.exchange(address, (command,))
-            except RedisConnectionError as exc:
-                reply = exc
-        if isinstance(reply, RedisConnectionError):
-            raise NodeChanged(f"lost the connection to {address[0]}:{address[1]}") from reply
+            except RedisConnectionError:
+                return NO_ANSWER
         if isinstance(reply, MovedError):
             self.topology.moved(reply.slot_id, (reply.host, int(reply.port)))
             raise NodeChanged(f"{address[0]}:{address[1]} no longer serves slot {reply.slot_id}: {reply}")
-        return None if isinstance(reply, Exception) else reply
+        return NO_ANSWER if isinstance(reply, Exception) else reply
 
     async def _once(self, slot: int, command: Command) -> Any:
         """One command about ``slot``: sent once to the slot's owner, and through the retrying
@@ -532,4 +533,4 @@ class Pinned:
         self.node = None
 
 
-__all__ = ["HOPS", "Connection", "NodeChanged", "NodePool", "Pinned", "Settings"]
+__all__ = ["HOPS", "NO_ANSWER", "Connection", "NodeChanged", "NodePool", "Pinned", "Settings"]

@@ -58,6 +58,11 @@ LEASE = 2.0
 #: fails, up to RETRY_MOST.
 RETRY, RETRY_MOST = 0.2, 5.0
 
+#: Seconds of loads served from memory after which a load gives the event loop a turn
+#: (:meth:`NearCache.let_pushes_in`): how late an invalidation may be read while a task is
+#: busy with hits.
+TURN = 0.001
+
 #: The tracking connections' name (CLIENT LIST shows it).
 NAME = "unistore-near-cache"
 
@@ -96,6 +101,9 @@ class NearCache:
         metrics = MetricsManager.get_instance()
         #: Loads served from memory, loads that went to Redis, entries dropped because Redis
         #: (or this process's own write) changed them, entries dropped for room; items held.
+        #: The time (monotonic) from which a load gives the event loop a turn first (see
+        #: :meth:`let_pushes_in`).
+        self.due = 0.0
         self.hits = metrics.bind_counter("storage_near_cache_hits", namespace=namespace)
         self.misses = metrics.bind_counter("storage_near_cache_misses", namespace=namespace)
         self.invalidations = metrics.bind_counter("storage_near_cache_invalidations", namespace=namespace)
@@ -104,6 +112,16 @@ class NearCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    async def let_pushes_in(self) -> None:
+        """Give the event loop two turns, so that an invalidation the server has pushed is
+        read (the first turn reads the socket, the second runs the tracking's reader) before
+        a load looks here. Loads call it once every :data:`TURN` at most: a task that serves
+        hits without awaiting anything else would otherwise keep the reader from running,
+        and serve what another client changed until the lease ran out."""
+        self.due = time.monotonic() + TURN
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
     def trusted(self, part: int) -> bool:
         """Whether ``part``'s entries may be served now."""
@@ -360,6 +378,7 @@ class Tracking:
     async def close(self) -> None:
         """Stop tracking and close every tracking connection; the cache is emptied."""
         await _end(self._task)
+        self._tried()  # (a load waiting for the first attempt goes on, and finds the provider closed)
         for tracker in self._trackers.values():
             await tracker.close()
         self._trackers.clear()
@@ -453,4 +472,4 @@ def _no_handler(handler: Any) -> None:
     """What a parser without push handlers (redis-py before 5.1) is given in their place."""
 
 
-__all__ = ["ENTRY_OVERHEAD", "HEARTBEAT", "LEASE", "NAME", "Fill", "NearCache", "Tracker", "Tracking"]
+__all__ = ["ENTRY_OVERHEAD", "HEARTBEAT", "LEASE", "NAME", "TURN", "Fill", "NearCache", "Tracker", "Tracking"]

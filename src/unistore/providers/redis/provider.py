@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -55,7 +56,7 @@ from ..base import StorageProvider
 from ..maintenance import CheckReport, Namespace, Usage, merge
 from . import layout, scripts
 from .check import KEEPING_POLICIES, check_shard, drop_shard, eviction, namespace_exists, namespaces, shard_usage
-from .connection import Connection, NodeChanged
+from .connection import NO_ANSWER, Connection, NodeChanged
 from .nearcache import NearCache, Tracking
 from .search import COSTS, Shard, ahead, planned, reader, scattered, walker
 from .settings import MAX_CONNECTIONS, SOCKET_TIMEOUT, provider_settings, url_settings
@@ -195,6 +196,10 @@ class RedisStorageProvider(StorageProvider[Any]):
             if self._connections.get(key) is connection:
                 del self._connections[key]
             self._closers.pop(connection, None)
+            tracking = self._trackings.get(key)
+            if tracking is not None and tracking.connection is connection:  # (its near cache, with it)
+                del self._trackings[key]
+                await tracking.close()
             await connection.close()
 
     async def _first_check(self, connection: Connection) -> _Checked:
@@ -286,9 +291,6 @@ class RedisStorageProvider(StorageProvider[Any]):
         next chunk) fails with a StorageError saying the provider was closed. (Connections
         made in another event loop or process cannot be closed from here: they are dropped.)"""
         loop = asyncio.get_running_loop()
-        tracking = self._trackings.pop((loop, os.getpid()), None)
-        if tracking is not None:
-            await tracking.close()
         connection = self._connections.pop((loop, os.getpid()), None)
         if connection is not None:
             closing = loop.create_task(self._closers.pop(connection).aclose())
@@ -518,7 +520,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         """The near cache of this event loop and process (None: the provider has none),
         started by its first load, which waits for the first attempt to set tracking up (a
         round trip or two); started again when ``connection`` replaced the one it used."""
-        if not self.near_cache:
+        if not self.near_cache or connection.closed:  # (closed: the load fails, saying so)
             return None
         key = (asyncio.get_running_loop(), os.getpid())
         tracking = self._trackings.get(key)
@@ -560,10 +562,13 @@ class RedisStorageProvider(StorageProvider[Any]):
         if tracking is None:
             record: Any = await connection.call(shard.slot, "GET", record_key)
             return load_item(record, key, content_type, now_micros())
+        cache = tracking.cache
+        if time.monotonic() >= cache.due:
+            await cache.let_pushes_in()
         now = now_micros()
-        record = tracking.cache.get(record_key, shard.number, now)
+        record = cache.get(record_key, shard.number, now)
         if record is None:
-            [record] = await self._records(connection, tracking, shard, [record_key])
+            [record] = await self._records(connection, tracking, shard, [record_key], "GET")
         return load_item(record, key, content_type, now)
 
     async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
@@ -573,12 +578,17 @@ class RedisStorageProvider(StorageProvider[Any]):
         encoded = list(checked.values())
         connection = await self._connection()
         tracking = await self._tracking(connection)
-        now = now_micros()
         records: list[Any] = [None] * len(names)
         if tracking is not None:
+            cache = tracking.cache
+            if time.monotonic() >= cache.due:
+                await cache.let_pushes_in()
+            now = now_micros()
             for position, key_bytes in enumerate(encoded):
                 shard = self._shard(key_bytes)
-                records[position] = tracking.cache.get(layout.record_key(shard.prefix, key_bytes), shard.number, now)
+                records[position] = cache.get(layout.record_key(shard.prefix, key_bytes), shard.number, now)
+        else:
+            now = now_micros()
         missed = [position for position, record in enumerate(records) if record is None]
         groups = self._by_shard(encoded[position] for position in missed)
         found = await asyncio.gather(
@@ -588,6 +598,7 @@ class RedisStorageProvider(StorageProvider[Any]):
                     tracking,
                     shard,
                     [layout.record_key(shard.prefix, encoded[missed[p]]) for p in positions],
+                    "MGET",
                 )
                 for shard, positions in groups.items()
             )
@@ -598,14 +609,17 @@ class RedisStorageProvider(StorageProvider[Any]):
         return live_items(names, records, wanted, now)
 
     async def _records(
-        self, connection: Connection, tracking: Tracking | None, shard: Shard, record_keys: list[bytes]
+        self, connection: Connection, tracking: Tracking | None, shard: Shard, record_keys: list[bytes], read: str
     ) -> list[Any]:
-        """The records under ``record_keys`` (of ``shard``), in one MGET. With a near cache,
-        read from the node that tracks the shard and kept unless something changed them
-        meanwhile (see :class:`.nearcache.NearCache`); read where the shard is now, and not
-        kept, when that node does not answer for the shard (it is then tracked anew)."""
+        """The records under ``record_keys`` (of ``shard``), by ``read``: ``GET`` of one
+        (which reports a key of another type, as a load does) or ``MGET``. With a near
+        cache, read from the node that tracks the shard and kept unless something changed
+        them meanwhile (see :class:`.nearcache.NearCache`); read where the shard is now,
+        and not kept, when that node does not answer for the shard (a MOVED has it
+        tracked anew)."""
+        command = (read, *record_keys)
         if tracking is None:
-            return list(await connection.call(shard.slot, "MGET", *record_keys))
+            return _replies(read, await connection.call(shard.slot, *command))
         cache = tracking.cache
         fills = [cache.begin(record_key, shard.number) for record_key in record_keys]
         records: list[Any] | None = None
@@ -613,14 +627,14 @@ class RedisStorageProvider(StorageProvider[Any]):
             node = tracking.node(shard.number)
             if node is not None:
                 try:
-                    reply = await connection.read_on(node, ("MGET", *record_keys))
+                    reply = await connection.read_on(node, command)
                 except NodeChanged:
                     tracking.moved(shard.number)
                 else:
-                    if reply is not None:
-                        records = reply
+                    if reply is not NO_ANSWER:
+                        records = _replies(read, reply)
                         return records
-            return list(await connection.call(shard.slot, "MGET", *record_keys))
+            return _replies(read, await connection.call(shard.slot, *command))
         finally:
             for position, fill in enumerate(fills):
                 cache.end(fill, None if records is None else records[position])
@@ -845,6 +859,11 @@ class _Checked:
 
     evicting: list[tuple[str, str]]
     damaged: StorageCorruptionError | None
+
+
+def _replies(read: str, reply: Any) -> list[Any]:
+    """A read's replies as a list: the one of a ``GET``, those of an ``MGET``."""
+    return [reply] if read == "GET" else list(reply)
 
 
 def _failed(task: asyncio.Task[Any] | None) -> bool:
