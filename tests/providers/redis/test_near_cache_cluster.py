@@ -260,3 +260,34 @@ async def test_a_lost_tracking_connection_a_resharding_and_a_failover_while_anot
     finally:
         stop.set()
         await cached.cleanup()
+
+
+@pytest.mark.watchdog(120)
+async def test_a_cluster_entirely_down_serves_nothing_from_memory(
+    cluster_starter: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = cluster_starter(replicas=0)
+    nodes = [f"127.0.0.1:{port}" for port in cluster.ports]
+    cached = RedisStorageProvider(
+        cluster_nodes=nodes, namespace=uuid.uuid4().hex, shards=SHARDS, near_cache=100, socket_timeout=1
+    )
+    try:
+        await cached.save_many(dict.fromkeys(KEYS, 0), "t")
+        tracking = await tracked(cached)
+        assert [(await cached.load(key)).data for key in KEYS] == [0] * len(KEYS)
+        assert len(tracking.cache) == len(KEYS)
+        for port in cluster.ports:
+            cluster.kill(port)
+        deadline = time.monotonic() + 10
+        while len(tracking.cache):
+            assert time.monotonic() < deadline, "the cache outlived its cluster"
+            await asyncio.sleep(0.05)
+        hits = tracking.cache.hits.value
+        await asyncio.sleep(1)  # (tracking tries again meanwhile: the slot map cannot be read)
+        with pytest.raises(StorageError):
+            await cached.load(KEYS[0])
+        assert tracking.cache.hits.value == hits
+        warnings = [r.getMessage() for r in caplog.records if r.name.endswith("nearcache")]
+        assert len(warnings) == 1 and "bypassed until tracking is back" in warnings[0]  # (said once)
+    finally:
+        await cached.cleanup()

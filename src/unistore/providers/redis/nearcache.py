@@ -345,8 +345,9 @@ class Tracking:
         """Begin, in the background: ``shards`` are (number, key prefix, slot)."""
         self.cache = cache
         self._shards = list(shards)
-        #: The node tracking each shard (by number; None: none yet).
-        self._nodes: list[Address | None] = [None] * len(self._shards)
+        #: The node tracking each shard, by number (until tracking is first set up: the one
+        #: serving it, its entries not trusted yet).
+        self._nodes = [connection.topology.owner(slot) for _, _, slot in self._shards]
         self._trackers: dict[Address, Tracker] = {}
         self._changed = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -357,23 +358,21 @@ class Tracking:
         self._lost = False  # whether its loss was logged (once, until tracking is back)
         self._task = loop.create_task(self._keep())
 
-    def node(self, part: int) -> Address | None:
-        """The node that tracks ``part``, where its fills must be read (None: none)."""
+    def node(self, part: int) -> Address:
+        """The node that tracks ``part``, where its fills must be read."""
         return self._nodes[part]
 
     def moved(self, part: int) -> None:
         """A read of ``part`` was redirected: its node serves it no more. Its tracker's
         life ends, and its shards are bypassed until tracked where they are now."""
         self.cache.down([part])
-        tracker = self.tracker(part)
-        if tracker is not None:
-            tracker.task.cancel()
+        with contextlib.suppress(KeyError):  # (none while the trackers are being replaced: no matter)
+            self._trackers[self._nodes[part]].task.cancel()
         self._changed.set()
 
     def tracker(self, part: int) -> Tracker | None:
-        """The tracker of ``part`` now (for tests and logs)."""
-        address = self._nodes[part]
-        return None if address is None else self._trackers.get(address)
+        """The tracker of ``part`` now (for tests and logs; None while they are replaced)."""
+        return self._trackers.get(self._nodes[part])
 
     async def close(self) -> None:
         """Stop tracking and close every tracking connection; the cache is emptied."""

@@ -519,20 +519,15 @@ class RedisStorageProvider(StorageProvider[Any]):
     async def _tracking(self, connection: Connection) -> Tracking | None:
         """The near cache of this event loop and process (None: the provider has none),
         started by its first load, which waits for the first attempt to set tracking up (a
-        round trip or two); started again when ``connection`` replaced the one it used."""
+        round trip or two)."""
         if not self.near_cache or connection.closed:  # (closed: the load fails, saying so)
             return None
         key = (asyncio.get_running_loop(), os.getpid())
-        tracking = self._trackings.get(key)
-        replaced = None
-        if tracking is not None and tracking.connection is not connection:
-            replaced, tracking = tracking, None
+        tracking = self._trackings.get(key)  # (closed with its connection, by the connection's closer)
         if tracking is None:
             cache = NearCache(self.near_cache, self.near_cache_bytes, len(self._shards), self.namespace)
             shards = [(shard.number, shard.prefix, shard.slot) for shard in self._shards]
             tracking = self._trackings[key] = Tracking(connection, shards, cache)
-        if replaced is not None:
-            await replaced.close()
         if not tracking.first.done():
             await asyncio.shield(tracking.first)
         return tracking
@@ -624,16 +619,14 @@ class RedisStorageProvider(StorageProvider[Any]):
         fills = [cache.begin(record_key, shard.number) for record_key in record_keys]
         records: list[Any] | None = None
         try:
-            node = tracking.node(shard.number)
-            if node is not None:
-                try:
-                    reply = await connection.read_on(node, command)
-                except NodeChanged:
-                    tracking.moved(shard.number)
-                else:
-                    if reply is not NO_ANSWER:
-                        records = _replies(read, reply)
-                        return records
+            try:
+                reply = await connection.read_on(tracking.node(shard.number), command)
+            except NodeChanged:
+                tracking.moved(shard.number)
+            else:
+                if reply is not NO_ANSWER:
+                    records = _replies(read, reply)
+                    return records
             return _replies(read, await connection.call(shard.slot, *command))
         finally:
             for position, fill in enumerate(fills):
