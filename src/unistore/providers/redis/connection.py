@@ -206,6 +206,9 @@ class Connection:
     #: ``failures`` when the provider last recorded its shard count (-1: never), and when (loop time).
     counted: int = -1
     counted_at: float = 0.0
+    #: The provider's near cache on this connection (its ``nearcache.Tracking``), if it has one:
+    #: closed with it.
+    near: Any = None
     _pools: dict[Address, NodePool] = field(default_factory=dict)
     _deadlines: Deadlines | None = field(init=False)
 

@@ -33,8 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from hiredis import pack_command
 from redis.exceptions import RedisError
@@ -70,8 +69,7 @@ NAME = "unistore-near-cache"
 ENTRY_OVERHEAD = 200
 
 
-@dataclass(frozen=True)
-class Fill:
+class Fill(NamedTuple):
     """A load's claim on a key, taken before its read (see :meth:`NearCache.begin`)."""
 
     key: bytes
@@ -156,14 +154,11 @@ class NearCache:
         """The read ``fill`` claimed is over (``record``: what it read from the node that
         tracks its part; None: nothing, or a read elsewhere or failed): keep it unless the
         part is not trusted now, or its tracking or the key changed meanwhile."""
-        key, part = fill.key, fill.part
+        key, part, seq, epoch = fill
         mark = self._inflight[key]
-        kept = (
-            record is not None
-            and fill.epoch == self._epochs[part]
-            and mark[1] < fill.seq
-            and time.monotonic() <= self._until[part]
-        )
+        clock = time.monotonic()
+        self.due = clock + TURN  # (the read awaited the network: the event loop has had its turns)
+        kept = record is not None and epoch == self._epochs[part] and mark[1] < seq and clock <= self._until[part]
         mark[0] -= 1
         if mark[0] == 0:
             del self._inflight[key]

@@ -118,10 +118,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         self._closers: dict[Connection, AsyncGenerator[None, None]] = {}
         #: The closes cleanup() has begun and that have not ended (any cleanup of their loop waits for them).
         self._closing: set[asyncio.Task[None]] = set()
-        #: The near cache's bounds (items 0: none; see .nearcache), and its trackers, one per
-        #: event loop and process (a forked child starts its own, empty).
+        #: The near cache's bounds (items 0: none; see .nearcache). It lives on the connection
+        #: of each event loop and process (a forked child starts its own, empty).
         self.near_cache, self.near_cache_bytes = checked.near_cache, checked.near_cache_bytes
-        self._trackings: dict[tuple[asyncio.AbstractEventLoop, int], Tracking] = {}
 
     @classmethod
     def from_url(cls, url: str, **settings: Any) -> RedisStorageProvider:
@@ -196,9 +195,8 @@ class RedisStorageProvider(StorageProvider[Any]):
             if self._connections.get(key) is connection:
                 del self._connections[key]
             self._closers.pop(connection, None)
-            tracking = self._trackings.get(key)
-            if tracking is not None and tracking.connection is connection:  # (its near cache, with it)
-                del self._trackings[key]
+            tracking, connection.near = connection.near, None
+            if tracking is not None:  # (its near cache, with it)
                 await tracking.close()
             await connection.close()
 
@@ -322,7 +320,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         if stale or connection.counted != connection.failures:  # the first write, one after a failure, or in a while
             await self._record_count(connection)
             args[4] = b"1"
-        with self._changing(prefix, [save.key_bytes for save in saves]):
+        with self._changing(connection, prefix, [save.key_bytes for save in saves]):
             reply = await self._script(connection, shard, script, keys, args)
         return [
             record[:8] + patch + record[40:] if patch else record for record, patch in zip(records, reply, strict=True)
@@ -428,7 +426,7 @@ class RedisStorageProvider(StorageProvider[Any]):
             for position, member in enumerate(batch):
                 args += [member, b"" if stamps is None else stamps[start + position]]
             args.append(scripts.TOKEN_TTL_MS)
-            with self._changing(prefix, batch):
+            with self._changing(connection, prefix, batch):
                 [count] = await self._script(connection, shard, scripts.DELETE, keys + sorted(known), args)
             removed += int(count)
         return removed
@@ -522,22 +520,21 @@ class RedisStorageProvider(StorageProvider[Any]):
         round trip or two)."""
         if not self.near_cache or connection.closed:  # (closed: the load fails, saying so)
             return None
-        key = (asyncio.get_running_loop(), os.getpid())
-        tracking = self._trackings.get(key)  # (closed with its connection, by the connection's closer)
+        tracking: Tracking | None = connection.near  # (closed with its connection, by the connection's closer)
         if tracking is None:
             cache = NearCache(self.near_cache, self.near_cache_bytes, len(self._shards), self.namespace)
             shards = [(shard.number, shard.prefix, shard.slot) for shard in self._shards]
-            tracking = self._trackings[key] = Tracking(connection, shards, cache)
+            tracking = connection.near = Tracking(connection, shards, cache)
         if not tracking.first.done():
             await asyncio.shield(tracking.first)
         return tracking
 
     @contextlib.contextmanager
-    def _changing(self, prefix: bytes, members: list[bytes]) -> Iterator[None]:
+    def _changing(self, connection: Connection, prefix: bytes, members: list[bytes]) -> Iterator[None]:
         """Around a write of ``members`` of the shard of ``prefix``: their near-cache entries
         dropped before it and after it (this process sees its own writes at once, before
         Redis's invalidation arrives), and their fills in flight keep nothing."""
-        tracking = self._trackings.get((asyncio.get_running_loop(), os.getpid()))
+        tracking: Tracking | None = connection.near
         if tracking is None:
             yield
             return
@@ -553,7 +550,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         shard = self._shard(key_bytes)
         connection = await self._connection()
         record_key = layout.record_key(shard.prefix, key_bytes)
-        tracking = await self._tracking(connection)
+        tracking: Tracking | None = connection.near
+        if tracking is None or not tracking.first.done():
+            tracking = await self._tracking(connection) if self.near_cache else None
         if tracking is None:
             record: Any = await connection.call(shard.slot, "GET", record_key)
             return load_item(record, key, content_type, now_micros())
@@ -572,7 +571,9 @@ class RedisStorageProvider(StorageProvider[Any]):
         names = list(checked)
         encoded = list(checked.values())
         connection = await self._connection()
-        tracking = await self._tracking(connection)
+        tracking: Tracking | None = connection.near
+        if tracking is None or not tracking.first.done():
+            tracking = await self._tracking(connection) if self.near_cache else None
         records: list[Any] = [None] * len(names)
         if tracking is not None:
             cache = tracking.cache
@@ -791,7 +792,7 @@ class RedisStorageProvider(StorageProvider[Any]):
         """
         connection = await self._connection(maintenance=True)
         dropped = 0
-        tracking = self._trackings.get((asyncio.get_running_loop(), os.getpid()))
+        tracking: Tracking | None = connection.near
         async with connection.step():
             for shard in self._shards:
                 if tracking is not None:  # (this process sees the namespace gone at once)
