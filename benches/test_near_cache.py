@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import os
 import random
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -101,6 +102,44 @@ def test_near_cache_cold_load_without_it(
     reads = loads(plain, keys, COLD_BATCH)
     result = benchmark.pedantic(lambda: loop.run_until_complete(reads()), rounds=COLD_ROUNDS)
     assert result == record
+
+
+@pytest.mark.benchmark(group="near-cache-interleaved")
+def test_near_cache_interleaved_ratios(
+    benchmark: Any, near: Any, batch: int, manager: UnifiedStorageManager, loop: asyncio.AbstractEventLoop
+) -> None:
+    """The two ratios above, measured so that machine noise falls on both sides alike:
+    PAIRS pairs of rounds, each of the near cache's loads right after one of its anchor's
+    (hot: BATCH loads of one item, against the LMDB manager's; cold: COLD_BATCH misses,
+    against as many loads without the near cache); ``extra_info`` holds each median ratio
+    and its 10th and 90th percentiles."""
+    pairs = int(os.environ.get("UNISTORE_BENCH_PAIRS", "40"))
+    cached, plain = near
+    cold = itertools.count(COLD_KEYS // 2)  # (past the 2 x 10,000 keys the cold benchmarks above load)
+
+    async def timed(manager_: UnifiedStorageManager, keys: Iterator[str], count: int) -> float:
+        started = time.perf_counter()
+        for _ in range(count):
+            await manager_.load(next(keys), "user")
+        return time.perf_counter() - started
+
+    async def measure() -> dict[str, list[float]]:
+        hot = itertools.repeat("user:1")
+        await timed(cached, hot, 10)
+        misses = (f"cold:{next(cold)}" for _ in itertools.count())
+        return {
+            "hot_vs_lmdb_manager": sorted(
+                [await timed(cached, hot, batch) / await timed(manager, hot, batch) for _ in range(pairs)]
+            ),
+            "cold_vs_without": sorted(
+                [await timed(cached, misses, COLD_BATCH) / await timed(plain, misses, COLD_BATCH) for _ in range(pairs)]
+            ),
+        }
+
+    ratios = benchmark.pedantic(lambda: loop.run_until_complete(measure()), rounds=1, iterations=1)
+    for name, found in ratios.items():
+        tenth, ninetieth = found[int(0.1 * len(found))], found[min(int(0.9 * len(found)), len(found) - 1)]
+        benchmark.extra_info[name] = [round(statistics.median(found), 3), round(tenth, 3), round(ninetieth, 3)]
 
 
 #: The Zipf workload: keys, exponent, loads a round (a write told after every ninth), rounds.
