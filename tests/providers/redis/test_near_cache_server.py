@@ -460,6 +460,15 @@ async def test_a_cleanup_during_first_loads_leaves_no_tracking_behind(redis_port
     assert provider._connections == {} and await tracking_clients(redis_port) == before
 
 
+async def test_a_connection_closed_by_cleanup_gets_no_near_cache(redis_port: int) -> None:
+    # (what a load that had its connection before a cleanup closed it finds: none, so no
+    # tracking outlives the cleanup; the load fails saying the provider was closed)
+    provider = RedisStorageProvider(port=redis_port, namespace=uuid.uuid4().hex, near_cache=10)
+    connection = await provider._connection()
+    await provider.cleanup()
+    assert await provider._tracking(connection) is None and connection.near is None
+
+
 def test_a_provider_used_by_one_event_loop_after_another_keeps_no_closed_loop_s_cache(redis_port: int) -> None:
     provider = RedisStorageProvider(port=redis_port, namespace=uuid.uuid4().hex, near_cache=100)
     asyncio.run(provider.save_many({f"k{n}": n for n in range(5)}, "t"))

@@ -515,10 +515,10 @@ class RedisStorageProvider(StorageProvider[Any]):
     # -- reads ---------------------------------------------------------------------------
 
     async def _tracking(self, connection: Connection) -> Tracking | None:
-        """The near cache of this event loop and process (None: the provider has none),
-        started by its first load, which waits for the first attempt to set tracking up (a
-        round trip or two)."""
-        if not self.near_cache or connection.closed:  # (closed: the load fails, saying so)
+        """The near cache of this event loop and process (the provider has one), started by
+        its first load, which waits for the first attempt to set tracking up (a round trip or
+        two); None on a connection a cleanup closed (the load then fails, saying so)."""
+        if connection.closed:
             return None
         tracking: Tracking | None = connection.near  # (closed with its connection, by the connection's closer)
         if tracking is None:
