@@ -291,3 +291,39 @@ async def test_a_cluster_entirely_down_serves_nothing_from_memory(
         assert len(warnings) == 1 and "bypassed until tracking is back" in warnings[0]  # (said once)
     finally:
         await cached.cleanup()
+
+
+@pytest.mark.watchdog(120)
+async def test_a_load_redirected_from_the_node_tracking_its_shard_drops_the_shard_and_tracks_it_anew(
+    cluster_starter: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Heartbeats far apart: the load, not the heartbeat, is the first to hear of the move.
+    monkeypatch.setattr(nearcache, "HEARTBEAT", 60.0)
+    monkeypatch.setattr(nearcache, "LEASE", 120.0)
+    cluster = cluster_starter(replicas=0)
+    nodes = [f"127.0.0.1:{port}" for port in cluster.ports]
+    namespace = uuid.uuid4().hex
+    cached = RedisStorageProvider(cluster_nodes=nodes, namespace=namespace, shards=SHARDS, near_cache=100)
+    try:
+        await cached.save_many(dict.fromkeys(KEYS, 0), "t")
+        tracking = await tracked(cached)
+        shard = cached._shard(b"k0")
+        before = tracking.node(shard.number)
+        assert (await cached.load("k0")).data == 0
+        source, target = await asyncio.to_thread(cluster.open_migration, shard.slot, [])
+        await asyncio.to_thread(cluster.close_migration, shard.slot, source, target)  # (its keys moved)
+        assert (await cached.load("k0")).data == 0  # read where it lives now, through the redirection
+        deadline = time.monotonic() + 10
+        while tracking.node(shard.number) == before or not tracking.cache.trusted(shard.number):
+            assert time.monotonic() < deadline, "the shard was not tracked where it moved"
+            await asyncio.sleep(0.01)
+        assert tracking.node(shard.number)[1] == target
+        other = RedisStorageProvider(cluster_nodes=nodes, namespace=namespace, shards=SHARDS)
+        await other.save("k0", 1, "t")
+        deadline = time.monotonic() + 0.1
+        while (await cached.load("k0")).data != 1:  # its new node's writes reach the cache
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        await other.cleanup()
+    finally:
+        await cached.cleanup()
