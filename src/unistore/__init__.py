@@ -35,6 +35,7 @@ from .manager import UnifiedStorageManager
 from .metrics import MetricsManager, StorageMonitor
 from .model import StorageItem, StorageMetadata, StoragePage, StorageQuery, StorageResult
 from .providers.base import StorageProvider
+from .syncmanager import SyncStorageManager
 from .urls import open_provider
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -56,6 +57,7 @@ __all__ = [
     "StorageQuery",
     "StorageResult",
     "StoreNotFoundError",
+    "SyncStorageManager",
     "UnifiedStorageManager",
     "ValidationError",
     "open_provider",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -106,11 +106,11 @@ async def _close(results: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-class UnifiedStorageManager(CleanupOnExit):
-    """One front for many providers, chosen by content type.
-
-    Through the manager, a content type is part of an item's identity: ``load``
-    and ``delete`` under type X never see an item stored under type Y.
+class Routing:
+    """What both managers are made of (:class:`UnifiedStorageManager`, and the
+    synchronous :class:`~unistore.syncmanager.SyncStorageManager`): the registry of
+    providers by content type, the lookup that refuses an unknown one, and the metrics
+    every operation is accounted to.
 
     Args:
         metrics: where operations are measured; the process-wide registry by default.
@@ -158,6 +158,63 @@ class UnifiedStorageManager(CleanupOnExit):
             instruments = self._instruments[operation, label] = _Instruments(self._metrics, operation, label)
         return instruments
 
+    def _distinct_providers(self) -> list[StorageProvider[Any]]:
+        return list({id(provider): provider for provider in self._providers.values()}.values())
+
+    def _providers_of(self, query: StorageQuery) -> list[StorageProvider[Any]]:
+        """The provider of ``query.content_type``, or every distinct one when it is None."""
+        if query.content_type is not None:
+            return [self._lookup(query.content_type)]
+        return self._distinct_providers()
+
+    def _retrieval(
+        self, query: StorageQuery, text: str | None, min_score: float
+    ) -> tuple[CompiledQuery, list[StorageProvider[Any]], Ranking | None, int | None]:
+        """What a search (``text`` None) or a retrieval reads: the query compiled once for
+        every provider, the providers, the ranking of the results (None: none), and how
+        many results are given (with a ranking, every match is read and ranked, and the
+        limit applies to the ranked)."""
+        compiled = compile_query(query)
+        providers = self._providers_of(query)
+        ranking = Ranking.of(text, min_score)
+        if ranking is None:
+            return compiled, providers, None, compiled.spec.limit
+        if compiled.spec.order is not None:
+            raise ValidationError("query.order_by: a retrieval with text orders its results by score")
+        return compiled.limited(None), providers, ranking, compiled.spec.limit
+
+    def _summing(self, operation: str, query: StorageQuery) -> tuple[CompiledQuery, list[StorageProvider[Any]]]:
+        """What a summed ``operation`` (``delete_matching``, ``count``) runs: the query,
+        prepared once (a count's order plays no part), and the providers it runs on one
+        after another (each given what the ones before it left of the limit: :func:`rest`)."""
+        prepare = ordering.unordered if operation == "count" else compile_query
+        return prepare(query), self._providers_of(query)
+
+    def _cleanup_failed(self, provider: StorageProvider[Any], exc: Exception) -> None:
+        _logger.error(
+            "storage cleanup of %r failed: %s", provider, exc, extra={"operation": "cleanup", "error": repr(exc)}
+        )
+
+
+def rest(compiled: CompiledQuery, total: int) -> CompiledQuery | None:
+    """What the next provider of a summed operation is asked once ``total`` were counted
+    by those before it (None: the query's limit is reached)."""
+    limit = compiled.spec.limit
+    if limit is None:
+        return compiled
+    return compiled.limited(limit - total) if total < limit else None
+
+
+class UnifiedStorageManager(Routing, CleanupOnExit):
+    """One front for many providers, chosen by content type.
+
+    Through the manager, a content type is part of an item's identity: ``load``
+    and ``delete`` under type X never see an item stored under type Y.
+
+    Args:
+        metrics: where operations are measured; the process-wide registry by default.
+    """
+
     async def _measured(self, operation: str, content_type: str, call: Awaitable[R]) -> R:
         """Await ``call``, the provider's part of ``operation``, and account for it."""
         instruments = self._instruments.get((operation, content_type)) or self._instruments_of(operation, content_type)
@@ -169,9 +226,6 @@ class UnifiedStorageManager(CleanupOnExit):
             raise
         instruments.finish(started, None)
         return result
-
-    def _distinct_providers(self) -> list[StorageProvider[Any]]:
-        return list({id(provider): provider for provider in self._providers.values()}.values())
 
     async def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
@@ -212,12 +266,6 @@ class UnifiedStorageManager(CleanupOnExit):
         """
         provider = self._provider(content_type, "delete")
         return await self._measured("delete", content_type, provider.delete(key, content_type=content_type))
-
-    def _providers_of(self, query: StorageQuery) -> list[StorageProvider[Any]]:
-        """The provider of ``query.content_type``, or every distinct one when it is None."""
-        if query.content_type is not None:
-            return [self._lookup(query.content_type)]
-        return self._distinct_providers()
 
     async def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
@@ -272,24 +320,19 @@ class UnifiedStorageManager(CleanupOnExit):
             StorageConnectionError: the provider's backend cannot be reached (a
                 :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
-        return await self._summed("delete_matching", query, compile_query)
+        return await self._summed("delete_matching", query)
 
-    async def _summed(
-        self, operation: str, query: StorageQuery, prepare: Callable[[StorageQuery], CompiledQuery]
-    ) -> int:
-        """The sum of the providers' ``operation`` (``delete_matching``, ``count``) over
-        the providers of ``query``, one after another, measured as ``operation``: the query
-        is ``prepare``d once, and its ``limit`` counts over all of them (each is given what
-        the ones before it left)."""
+    async def _summed(self, operation: str, query: StorageQuery) -> int:
+        """The sum of the providers' ``operation`` over the providers of ``query`` (see
+        :meth:`Routing._summing`), measured as ``operation``."""
 
         async def summed() -> int:
-            compiled = prepare(query)
-            limit = compiled.spec.limit
+            compiled, providers = self._summing(operation, query)
             total = 0
-            for provider in self._providers_of(query):
-                if total == limit:
+            for provider in providers:
+                asked = rest(compiled, total)
+                if asked is None:
                     break
-                asked = compiled if limit is None else compiled.limited(limit - total)
                 total += await getattr(provider, operation)(asked)
             return total
 
@@ -344,20 +387,15 @@ class UnifiedStorageManager(CleanupOnExit):
         instruments = self._instruments_of(operation, _label(getattr(query, "content_type", None)))
         started = _perf_counter()
         try:
-            compiled = compile_query(query)  # once, for every provider
-            providers = self._providers_of(query)
-            ranking = Ranking.of(text, min_score)
+            compiled, providers, ranking, limit = self._retrieval(query, text, min_score)
             if ranking is None:
                 async with contextlib.aclosing(self._fan_out(compiled, providers)) as results:
                     async for result in results:  # (a caller that stops early closes each provider's search)
                         yield result
-            else:  # every match is ranked; the limit applies to the ranked
-                if compiled.spec.order is not None:
-                    raise ValidationError("query.order_by: a retrieval with text orders its results by score")
-                everything = compiled.limited(None)
-                async for result in self._fan_out(everything, providers):
+            else:
+                async for result in self._fan_out(compiled, providers):
                     ranking.add(result.item)
-                for ranked in ranking.best(compiled.spec.limit):
+                for ranked in ranking.best(limit):
                     yield ranked
         except BaseException as exc:
             instruments.finish(started, exc)
@@ -426,7 +464,7 @@ class UnifiedStorageManager(CleanupOnExit):
             StorageConnectionError: the provider's backend cannot be reached (a
                 :class:`~unistore.errors.StorageError`, as every failure of the backend is).
         """
-        return await self._summed("count", query, ordering.unordered)
+        return await self._summed("count", query)
 
     async def cleanup(self) -> None:
         """Clean up each distinct provider once. Every provider is tried; the
@@ -436,15 +474,10 @@ class UnifiedStorageManager(CleanupOnExit):
             try:
                 await provider.cleanup()
             except Exception as exc:
-                _logger.error(
-                    "storage cleanup of %r failed: %s",
-                    provider,
-                    exc,
-                    extra={"operation": "cleanup", "error": repr(exc)},
-                )
+                self._cleanup_failed(provider, exc)
                 failures.append(exc)
         if failures:
             raise failures[0]
 
 
-__all__ = ["UnifiedStorageManager"]
+__all__ = ["CALLER_MISTAKES", "Routing", "UnifiedStorageManager", "rest"]

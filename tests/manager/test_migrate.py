@@ -565,7 +565,7 @@ def _damage_stored(provider: StorageProvider[Any], key: str, redis_port: int) ->
             assert raw.exists(redis_layout.record_key(prefix, key.encode()))
             raw.set(redis_layout.record_key(prefix, key.encode()), b"garbage")
     else:
-        assert isinstance(provider, MemoryStorageProvider) and key in provider._records
+        assert isinstance(provider, MemoryStorageProvider) and key in provider.engine._records
         provider._records[key] = b"garbage"
 
 

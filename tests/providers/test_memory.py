@@ -18,4 +18,4 @@ async def test_purge_removes_only_expired_records_and_changes_no_answer() -> Non
     assert await provider.purge_expired() == 1
     assert await provider.purge_expired() == 0
     assert sorted([r.item.metadata.key async for r in provider.search(StorageQuery())]) == before == ["later", "never"]
-    assert sorted(provider._records) == ["later", "never"]
+    assert sorted(provider.engine._records) == ["later", "never"]

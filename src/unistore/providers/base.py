@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .. import ordering
 from ..errors import StorageError
@@ -42,6 +42,39 @@ T = TypeVar("T")
 
 
 _C = TypeVar("_C", bound="CleanupOnExit")
+
+
+class SyncEngine(Protocol):
+    """A provider's operations, synchronous: what an embedded provider (LMDB, memory)
+    runs underneath its async methods, and what :class:`~unistore.SyncStorageManager`
+    calls inline (no event loop, no thread) when a provider offers one
+    (:meth:`StorageProvider.synchronous`). The same arguments, results and errors as
+    the provider's methods of the same names; ``search`` yields, ``close`` is the
+    provider's ``cleanup``."""
+
+    def save(
+        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> StorageItem[Any]: ...
+
+    def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]: ...
+
+    def delete(self, key: str, *, content_type: str | None = None) -> bool: ...
+
+    def save_many(
+        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> list[StorageItem[Any]]: ...
+
+    def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]: ...
+
+    def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int: ...
+
+    def delete_matching(self, query: StorageQuery | CompiledQuery) -> int: ...
+
+    def count(self, query: StorageQuery | CompiledQuery) -> int: ...
+
+    def search(self, query: StorageQuery | CompiledQuery) -> Iterator[StorageResult[Any]]: ...
+
+    def close(self) -> None: ...
 
 
 class CleanupOnExit(ABC):
@@ -123,6 +156,12 @@ class StorageProvider(CleanupOnExit, Generic[T]):
             ValidationError: a bad query field.
         """
         return sum([1 async for _ in self.search(ordering.unordered(query))])
+
+    def synchronous(self) -> SyncEngine | None:
+        """The provider's synchronous engine, which :class:`~unistore.SyncStorageManager`
+        calls inline; None (this default) when it has none: the sync manager then runs
+        the provider's coroutines on an event loop of its own, in a thread."""
+        return None
 
     @abstractmethod
     async def save_many(

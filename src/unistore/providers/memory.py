@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -45,8 +45,9 @@ from .base import StorageProvider
 from .maintenance import CheckReport, Namespace, Usage, tally
 
 
-class MemoryStorageProvider(StorageProvider[Any]):
-    """Items in a dict of encoded records; gone when the process ends.
+class MemoryEngine:
+    """Items in a dict of encoded records; gone when the process ends: the memory
+    provider's operations, synchronous (:class:`MemoryStorageProvider` is their async face).
 
     Args:
         namespace: a label for the keyspace (each instance is its own keyspace).
@@ -62,21 +63,21 @@ class MemoryStorageProvider(StorageProvider[Any]):
         self._sids = itertools.count(1)
 
     def __repr__(self) -> str:
-        return f"MemoryStorageProvider(namespace={self.namespace!r})"
+        return f"MemoryEngine(namespace={self.namespace!r})"
 
-    async def save(
+    def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
         [item] = self._save_all([prepare_save(key, data, content_type, expires_at, tags)])
         return item
 
-    async def save_many(
+    def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> list[StorageItem[Any]]:
         batch = prepare_many(items, content_type, expires_at, tags)
         return self._save_all([batch.save(index) for index in range(len(batch.keys))])
 
-    async def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
+    def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
         return len(self._save_all(prepare_restore(items)))
 
     def _save_all(self, prepared: list[PreparedSave]) -> list[StorageItem[Any]]:
@@ -100,19 +101,19 @@ class MemoryStorageProvider(StorageProvider[Any]):
         except StorageCorruptionError:
             return None
 
-    async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
+    def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         validate_key(key)
         return load_item(self._records.get(key), key, content_type, now_micros())
 
-    async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
+    def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
         checked = validate_keys(keys)
         return live_items(checked, map(self._records.get, checked), validate_wanted_type(content_type), now_micros())
 
-    async def delete(self, key: str, *, content_type: str | None = None) -> bool:
+    def delete(self, key: str, *, content_type: str | None = None) -> bool:
         validate_key(key)
         return self._delete_all([key], content_type) == 1
 
-    async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+    def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
         checked = validate_keys(keys)
         validate_wanted_type(content_type)
         return self._delete_all(checked, content_type)
@@ -144,7 +145,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
 
         return read
 
-    async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
+    def search(self, query: StorageQuery | index.CompiledQuery) -> Iterator[StorageResult[Any]]:
         compiled = index.compile_query(query)
         if compiled.spec.order is not None:  # every match by its header, ordered; the results decoded
             matches = index.matching_chunks(ordering.every_match(compiled), self._reader())
@@ -155,18 +156,18 @@ class MemoryStorageProvider(StorageProvider[Any]):
             for result in chunk:
                 yield result
 
-    async def count(self, query: StorageQuery | index.CompiledQuery) -> int:
+    def count(self, query: StorageQuery | index.CompiledQuery) -> int:
         compiled = ordering.unordered(query)
         return sum(len(chunk) for chunk in index.matching_chunks(compiled, self._reader()))
 
-    async def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> int:
+    def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> int:
         compiled = index.compile_query(query)
         matched = [key for chunk in index.matching_chunks(compiled, self._reader()) for key, _ in chunk]
         for key in matched:
             del self._records[key]
         return len(matched)
 
-    async def purge_expired(self) -> int:
+    def purge_expired(self) -> int:
         """Drop expired records (readers never see them anyway); returns how many."""
         now = now_micros()
         expired = [key for key, record in self._records.items() if self._has_expired(key, record, now)]
@@ -181,7 +182,7 @@ class MemoryStorageProvider(StorageProvider[Any]):
         except StorageCorruptionError:  # not known to be expired; a load names the damage
             return False
 
-    async def check(self, repair: bool = False) -> CheckReport:
+    def check(self, repair: bool = False) -> CheckReport:
         """Count the records and name each that does not decode; with ``repair``, drop those."""
         report = CheckReport(records=len(self._records))
         for key, record in list(self._records.items()):
@@ -193,29 +194,25 @@ class MemoryStorageProvider(StorageProvider[Any]):
                     del self._records[key]
         return report
 
-    async def usage(self) -> dict[str, Usage]:
+    def usage(self) -> dict[str, Usage]:
         return tally(self._records.values(), now_micros())
 
-    async def namespaces(self) -> list[Namespace]:
+    def namespaces(self) -> list[Namespace]:
         """This provider's own namespace: a memory store is one provider."""
         return [Namespace(self.namespace)]
 
-    async def namespace_exists(self) -> bool:
-        """True: a memory namespace lives as long as its provider."""
-        return True
-
-    async def drop_namespace(self) -> int:
+    def drop_namespace(self) -> int:
         """Drop every record (the provider is its namespace); how many there were."""
         count = len(self._records)
         self._records.clear()
         return count
 
-    async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
+    def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
         """Every record is read (the ``keys`` path over all keys): there is no index."""
         index.compile_query(query)  # (a bad query is refused as a search would refuse it)
         return index.Plan(index.KEYS, candidates=len(self._records))
 
-    async def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
+    def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
         """Refused: a memory store lives and dies with its process.
 
         Raises:
@@ -226,6 +223,103 @@ class MemoryStorageProvider(StorageProvider[Any]):
             "(copy it into a persistent store with unistore.migrate.copy)",
             {"provider": type(self).__name__},
         )
+
+    def close(self) -> None:
+        """Nothing to release: the records are the store, and stay."""
+
+
+class MemoryStorageProvider(StorageProvider[Any]):
+    """Items in a dict of encoded records; gone when the process ends.
+
+    Args:
+        namespace: a label for the keyspace (each instance is its own keyspace).
+
+    The synchronous :class:`MemoryEngine` underneath is :attr:`engine`.
+
+    Raises:
+        ValidationError: ``namespace`` is not a non-empty str.
+    """
+
+    def __init__(self, *, namespace: str = "default") -> None:
+        #: The synchronous engine: the same operations, for callers that are not async.
+        self.engine = MemoryEngine(namespace=namespace)
+        self.namespace = namespace
+
+    def __repr__(self) -> str:
+        return f"MemoryStorageProvider(namespace={self.namespace!r})"
+
+    def synchronous(self) -> MemoryEngine:
+        return self.engine
+
+    async def save(
+        self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> StorageItem[Any]:
+        return self.engine.save(key, data, content_type, expires_at, tags)
+
+    async def save_many(
+        self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
+    ) -> list[StorageItem[Any]]:
+        return self.engine.save_many(items, content_type, expires_at, tags)
+
+    async def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
+        return self.engine.restore_many(items)
+
+    async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
+        return self.engine.load(key, content_type=content_type)
+
+    async def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
+        return self.engine.load_many(keys, content_type=content_type)
+
+    async def delete(self, key: str, *, content_type: str | None = None) -> bool:
+        return self.engine.delete(key, content_type=content_type)
+
+    async def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+        return self.engine.delete_many(keys, content_type=content_type)
+
+    async def search(self, query: StorageQuery | index.CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
+        for result in self.engine.search(query):
+            yield result
+
+    async def count(self, query: StorageQuery | index.CompiledQuery) -> int:
+        return self.engine.count(query)
+
+    async def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> int:
+        return self.engine.delete_matching(query)
+
+    async def purge_expired(self) -> int:
+        """Drop expired records (readers never see them anyway); returns how many."""
+        return self.engine.purge_expired()
+
+    async def check(self, repair: bool = False) -> CheckReport:
+        """Count the records and name each that does not decode; with ``repair``, drop those."""
+        return self.engine.check(repair)
+
+    async def usage(self) -> dict[str, Usage]:
+        return self.engine.usage()
+
+    async def namespaces(self) -> list[Namespace]:
+        """This provider's own namespace: a memory store is one provider."""
+        return self.engine.namespaces()
+
+    async def namespace_exists(self) -> bool:
+        """True: a memory namespace lives as long as its provider."""
+        return True
+
+    async def drop_namespace(self) -> int:
+        """Drop every record (the provider is its namespace); how many there were."""
+        return self.engine.drop_namespace()
+
+    async def explain(self, query: StorageQuery | index.CompiledQuery) -> index.Plan:
+        """Every record is read (the ``keys`` path over all keys): there is no index."""
+        return self.engine.explain(query)
+
+    async def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
+        """Refused: a memory store lives and dies with its process.
+
+        Raises:
+            StorageError: always.
+        """
+        self.engine.backup(dest, compact=compact)
 
     async def cleanup(self) -> None:
         """Nothing to release: the records are the store, and stay."""

@@ -82,6 +82,9 @@ class LmdbStorageProvider(StorageProvider[Any]):
         engine = self.engine
         return f"LmdbStorageProvider({engine.path!r}, namespace={engine.namespace!r})"
 
+    def synchronous(self) -> LmdbEngine:
+        return self.engine
+
     def _write(self, op: Callable[..., Any]) -> asyncio.Future[Any]:
         """A future of ``op``'s outcome: the group-commit writer's, or at once when
         there is nothing to sync (a plain function, not a coroutine: one frame less
