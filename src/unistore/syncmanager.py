@@ -207,41 +207,41 @@ class SyncStorageManager(Routing):
     def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
-        """See :meth:`UnifiedStorageManager.save <unistore.manager.UnifiedStorageManager.save>`."""
+        """As :meth:`UnifiedStorageManager.save <unistore.manager.UnifiedStorageManager.save>`."""
         engine = self._routed("save", content_type)
         return self._measured("save", content_type, lambda: engine.save(key, data, content_type, expires_at, tags))
 
     def load(self, key: str, content_type: str) -> StorageItem[Any]:
-        """See :meth:`UnifiedStorageManager.load <unistore.manager.UnifiedStorageManager.load>`."""
+        """As :meth:`UnifiedStorageManager.load <unistore.manager.UnifiedStorageManager.load>`."""
         engine = self._routed("load", content_type)
         return self._measured("load", content_type, lambda: engine.load(key, content_type=content_type))
 
     def delete(self, key: str, content_type: str) -> bool:
-        """See :meth:`UnifiedStorageManager.delete <unistore.manager.UnifiedStorageManager.delete>`."""
+        """As :meth:`UnifiedStorageManager.delete <unistore.manager.UnifiedStorageManager.delete>`."""
         engine = self._routed("delete", content_type)
         return self._measured("delete", content_type, lambda: engine.delete(key, content_type=content_type))
 
     def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> list[StorageItem[Any]]:
-        """See :meth:`UnifiedStorageManager.save_many <unistore.manager.UnifiedStorageManager.save_many>`."""
+        """As :meth:`UnifiedStorageManager.save_many <unistore.manager.UnifiedStorageManager.save_many>`."""
         engine = self._routed("save_many", content_type)
         return self._measured(
             "save_many", content_type, lambda: engine.save_many(items, content_type, expires_at, tags)
         )
 
     def load_many(self, keys: Iterable[str], content_type: str) -> dict[str, StorageItem[Any]]:
-        """See :meth:`UnifiedStorageManager.load_many <unistore.manager.UnifiedStorageManager.load_many>`."""
+        """As :meth:`UnifiedStorageManager.load_many <unistore.manager.UnifiedStorageManager.load_many>`."""
         engine = self._routed("load_many", content_type)
         return self._measured("load_many", content_type, lambda: engine.load_many(keys, content_type=content_type))
 
     def delete_many(self, keys: Iterable[str], content_type: str) -> int:
-        """See :meth:`UnifiedStorageManager.delete_many <unistore.manager.UnifiedStorageManager.delete_many>`."""
+        """As :meth:`UnifiedStorageManager.delete_many <unistore.manager.UnifiedStorageManager.delete_many>`."""
         engine = self._routed("delete_many", content_type)
         return self._measured("delete_many", content_type, lambda: engine.delete_many(keys, content_type=content_type))
 
     def delete_matching(self, query: StorageQuery) -> int:
-        """See :meth:`UnifiedStorageManager.delete_matching <unistore.manager.UnifiedStorageManager.delete_matching>`."""
+        """As :meth:`~unistore.manager.UnifiedStorageManager.delete_matching`."""
         _outside_a_loop("delete_matching")
         return self._measured(
             "delete_matching",
@@ -250,7 +250,7 @@ class SyncStorageManager(Routing):
         )
 
     def count(self, query: StorageQuery) -> int:
-        """See :meth:`UnifiedStorageManager.count <unistore.manager.UnifiedStorageManager.count>`."""
+        """As :meth:`UnifiedStorageManager.count <unistore.manager.UnifiedStorageManager.count>`."""
         _outside_a_loop("count")
         return self._measured(
             "count", _label(getattr(query, "content_type", None)), lambda: self._summed("count", query)
@@ -267,14 +267,14 @@ class SyncStorageManager(Routing):
         return total
 
     def search(self, query: StorageQuery) -> Iterator[StorageResult[Any]]:
-        """See :meth:`UnifiedStorageManager.search <unistore.manager.UnifiedStorageManager.search>`;
+        """As :meth:`UnifiedStorageManager.search <unistore.manager.UnifiedStorageManager.search>`;
         an iterator (closing it, or leaving a ``for`` early, ends the providers' searches)."""
         return self._search(query, "search", None, 0.0)
 
     def retrieve(
         self, query: StorageQuery, text: str | None = None, *, min_score: float = 0.0
     ) -> Iterator[StorageResult[Any]]:
-        """See :meth:`UnifiedStorageManager.retrieve <unistore.manager.UnifiedStorageManager.retrieve>`."""
+        """As :meth:`UnifiedStorageManager.retrieve <unistore.manager.UnifiedStorageManager.retrieve>`."""
         return self._search(query, "retrieve", text, min_score)
 
     def _search(
@@ -315,7 +315,7 @@ class SyncStorageManager(Routing):
                     close()
 
     def page(self, query: StorageQuery, size: int, cursor: str | None = None) -> StoragePage[Any]:
-        """See :meth:`UnifiedStorageManager.page <unistore.manager.UnifiedStorageManager.page>`."""
+        """As :meth:`UnifiedStorageManager.page <unistore.manager.UnifiedStorageManager.page>`."""
         _outside_a_loop("page")
 
         def page() -> StoragePage[Any]:
