@@ -8,6 +8,7 @@ on the cluster), and checks each store's own integrity where the kit asks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from helpers import Factory
 from unistore import StorageProvider
 from unistore.providers import LmdbStorageProvider
 from unistore.testing import ProviderConformance
+from unistore.testing.sync import ThroughSyncManager
 
 
 class TestProviders(ProviderConformance):
@@ -45,3 +47,27 @@ class TestProviders(ProviderConformance):
 class TestNearCache(TestProviders):
     """Every test of the kit on a Redis provider with a near cache (one server, the
     cluster): loads served from memory where they can be change no observable result."""
+
+
+@pytest.mark.parametrize("provider_factory", ["memory", "lmdb", "redis"], indirect=True)
+class TestThroughSyncManager(ProviderConformance):
+    """Every test of the kit through a SyncStorageManager (:class:`ThroughSyncManager`):
+    inline on memory and LMDB, on the manager's loop thread on Redis. A quarter of the
+    profile's examples: each call hops to a worker thread, and the paths under the manager
+    are the ones the first class runs in full."""
+
+    @pytest.fixture
+    def make_provider(self, provider_factory: Factory) -> Iterator[Factory]:
+        made: list[ThroughSyncManager] = []
+
+        def make() -> ThroughSyncManager:
+            made.append(ThroughSyncManager(provider_factory()))
+            return made[-1]
+
+        yield make
+        for provider in made:  # (its loop thread; provider_factory closes the provider)
+            provider.manager.close()
+
+    @pytest.fixture
+    def conformance_settings(self) -> settings:
+        return settings(settings(), max_examples=max(settings().max_examples // 4, 20))
