@@ -47,7 +47,8 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Storage
 
 
 def threads() -> set[str]:
-    return {thread.name for thread in threading.enumerate()}
+    """The threads running, less the pools of event loops' default executors (other tests')."""
+    return {thread.name for thread in threading.enumerate() if not thread.name.startswith("asyncio_")}
 
 
 def test_every_operation_without_await(make: Callable[[], StorageProvider[Any]]) -> None:
@@ -193,3 +194,20 @@ def test_a_failing_close_tries_every_provider_and_raises_the_first(tmp_path: Pat
     with pytest.raises(StorageError, match="close failed"):
         manager.close()
     assert closed.engine._now is None  # (the LMDB store was released all the same)
+
+
+def test_a_provider_whose_operation_is_overridden_runs_its_override(tmp_path: Path) -> None:
+    class Audited(LmdbStorageProvider):
+        saved: list[str] = []
+
+        async def save(self, key: str, *args: Any, **kwargs: Any) -> Any:
+            self.saved.append(key)
+            return await super().save(key, *args, **kwargs)
+
+    plain = LmdbStorageProvider(tmp_path / "plain", durability="none")
+    audited = Audited(tmp_path / "audited", durability="none")
+    assert plain.synchronous() is plain.engine and audited.synchronous() is None
+    with SyncStorageManager(metrics=MetricsManager()) as manager:
+        manager.register_provider("a", audited)
+        manager.save("k", 1, "a")  # (on the loop thread: the override runs)
+        assert Audited.saved == ["k"] and manager.load("k", "a").data == 1

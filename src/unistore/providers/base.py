@@ -44,6 +44,22 @@ T = TypeVar("T")
 _C = TypeVar("_C", bound="CleanupOnExit")
 
 
+#: The operations a synchronous engine answers in its provider's place (``cleanup`` is its ``close``).
+_ENGINE_OPERATIONS = (
+    "save",
+    "load",
+    "delete",
+    "save_many",
+    "load_many",
+    "delete_many",
+    "delete_matching",
+    "count",
+    "search",
+    "page",
+    "cleanup",
+)
+
+
 class SyncEngine(Protocol):
     """A provider's operations, synchronous: what an embedded provider (LMDB, memory)
     runs underneath its async methods, and what :class:`~unistore.SyncStorageManager`
@@ -162,6 +178,15 @@ class StorageProvider(CleanupOnExit, Generic[T]):
         calls inline; None (this default) when it has none: the sync manager then runs
         the provider's coroutines on an event loop of its own, in a thread."""
         return None
+
+    def _engine_of(self, engine: SyncEngine, base: type) -> SyncEngine | None:
+        """``engine`` (the synchronous engine under ``base``'s async methods), unless this
+        provider's class overrides one of them: the engine would then skip what the
+        override does, so the provider is run as async code (None)."""
+        kind = type(self)
+        if any(getattr(kind, name) is not getattr(base, name) for name in _ENGINE_OPERATIONS):
+            return None
+        return engine
 
     @abstractmethod
     async def save_many(

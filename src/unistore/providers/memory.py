@@ -41,7 +41,7 @@ from ..model import (
     validate_name,
     validate_wanted_type,
 )
-from .base import StorageProvider
+from .base import StorageProvider, SyncEngine
 from .maintenance import CheckReport, Namespace, Usage, tally
 
 
@@ -248,8 +248,9 @@ class MemoryStorageProvider(StorageProvider[Any]):
     def __repr__(self) -> str:
         return f"MemoryStorageProvider(namespace={self.namespace!r})"
 
-    def synchronous(self) -> MemoryEngine:
-        return self.engine
+    def synchronous(self) -> SyncEngine | None:
+        """The engine (:attr:`engine`), unless a subclass overrides an operation."""
+        return self._engine_of(self.engine, MemoryStorageProvider)
 
     async def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None

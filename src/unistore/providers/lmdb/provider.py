@@ -20,7 +20,7 @@ from typing import Any
 from ...errors import StoreNotFoundError
 from ...index import CompiledQuery, Plan
 from ...model import StorageItem, StorageQuery, StorageResult, Tags, validate_name
-from ..base import StorageProvider
+from ..base import StorageProvider, SyncEngine
 from ..maintenance import CheckReport, Namespace, Usage
 from . import layout
 from .backup import backup
@@ -82,8 +82,9 @@ class LmdbStorageProvider(StorageProvider[Any]):
         engine = self.engine
         return f"LmdbStorageProvider({engine.path!r}, namespace={engine.namespace!r})"
 
-    def synchronous(self) -> LmdbEngine:
-        return self.engine
+    def synchronous(self) -> SyncEngine | None:
+        """The engine (:attr:`engine`), unless a subclass overrides an operation."""
+        return self._engine_of(self.engine, LmdbStorageProvider)
 
     def _write(self, op: Callable[..., Any]) -> asyncio.Future[Any]:
         """A future of ``op``'s outcome: the group-commit writer's, or at once when
