@@ -197,11 +197,11 @@ def test_a_failing_close_tries_every_provider_and_raises_the_first(tmp_path: Pat
 
 
 def test_a_provider_whose_operation_is_overridden_runs_its_override(tmp_path: Path) -> None:
-    class Audited(LmdbStorageProvider):
-        saved: list[str] = []
+    saved: list[str] = []
 
+    class Audited(LmdbStorageProvider):
         async def save(self, key: str, *args: Any, **kwargs: Any) -> Any:
-            self.saved.append(key)
+            saved.append(key)
             return await super().save(key, *args, **kwargs)
 
     plain = LmdbStorageProvider(tmp_path / "plain", durability="none")
@@ -210,4 +210,4 @@ def test_a_provider_whose_operation_is_overridden_runs_its_override(tmp_path: Pa
     with SyncStorageManager(metrics=MetricsManager()) as manager:
         manager.register_provider("a", audited)
         manager.save("k", 1, "a")  # (on the loop thread: the override runs)
-        assert Audited.saved == ["k"] and manager.load("k", "a").data == 1
+        assert saved == ["k"] and manager.load("k", "a").data == 1
