@@ -39,12 +39,20 @@ R = TypeVar("R")
 
 
 class LoopThread:
-    """An event loop running in a daemon thread of its own, for one process."""
+    """An event loop running in a daemon thread of its own, for one process.
 
-    def __init__(self, name: str) -> None:
+    Args:
+        name: the thread's name.
+        owner: who runs on it, for the error of a call made from the loop itself.
+    """
+
+    def __init__(self, name: str, owner: str = "SyncStorageManager") -> None:
         self.pid = os.getpid()
-        #: Calls of this process submitted and not yet returned (guarded by its owner's lock).
+        self.owner = owner
+        #: Calls submitted and not yet returned (what :meth:`stop` waits for), and whether it has begun.
         self.busy = 0
+        self.stopping = False
+        self._idle = threading.Condition()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
@@ -57,21 +65,41 @@ class LoopThread:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
+    def refuse_its_own_thread(self, what: str) -> None:
+        """Refuse ``what`` (a call) made on the loop's own thread: it would wait for itself.
+
+        Raises:
+            StorageError: it was.
+        """
+        if threading.current_thread() is self.thread:
+            raise StorageError(
+                f"{self.owner}{what} was called from its own event loop (by code its provider runs?), "
+                "where it would wait for itself; call it from another thread"
+            )
+
     def run(self, make: Callable[[], Coroutine[Any, Any, R]]) -> R:
         """Run the coroutine ``make()`` on the loop and wait for its outcome.
 
         Raises:
-            StorageError: called from the loop's own thread (it would wait for itself).
+            StorageError: called from the loop's own thread.
         """
-        if threading.current_thread() is self.thread:
-            raise StorageError(
-                "a synchronous call was made from its own event loop (by code its provider runs?), "
-                "where it would wait for itself; make it from another thread"
-            )
-        return asyncio.run_coroutine_threadsafe(make(), self.loop).result()
+        self.refuse_its_own_thread("")
+        with self._idle:
+            if self.stopping:
+                raise StorageError(f"{self.owner} was closed as this call began; it reopens on the next")
+            self.busy += 1
+        try:
+            return asyncio.run_coroutine_threadsafe(make(), self.loop).result()
+        finally:
+            with self._idle:
+                self.busy -= 1
+                self._idle.notify_all()
 
     def stop(self) -> None:
-        """End the loop and its thread."""
+        """Wait for the calls in flight, then end the loop and its thread."""
+        with self._idle:
+            self.stopping = True
+            self._idle.wait_for(lambda: not self.busy)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
 

@@ -220,9 +220,14 @@ def test_closing_releases_the_thread_and_refuses_later_calls() -> None:
     storage.close()  # never started: nothing to release
     with pytest.raises(StorageError, match="this ContentStorage is closed"):
         storage.save({"a": 1})
-    used = ContentStorage(MemoryStorageProvider())
+    inline = ContentStorage(MemoryStorageProvider())
+    before = threading.active_count()
+    inline.load(inline.save({"a": 1}))
+    assert inline.manager._runner is None and threading.active_count() == before  # no thread hop
+    inline.close()
+    used = ContentStorage(Reentrant())  # (its save overridden: run on the manager's loop thread)
     used.save({"a": 1})
-    runner = used._runner
+    runner = used.manager._runner
     assert runner is not None and runner.thread.is_alive()
     used.close()
     used.close()  # twice: nothing more
@@ -240,12 +245,9 @@ def test_a_forked_child_gets_a_loop_of_its_own(tmp_path: Path) -> None:
         signal.alarm(30)
         status = 1
         try:
-            child = ContentStorage(storage.provider)  # never started before the fork: closing it releases nothing
             if headline(storage, parents) == "parent":
                 status = 0 if storage.save(Content("child", "b", datetime.now(timezone.utc), id=UUID(int=7))) else 1
             storage.close()
-            child._runner = storage._runner
-            child.close()
         finally:
             os._exit(status)
     _, status = os.waitpid(pid, 0)

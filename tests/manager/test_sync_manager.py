@@ -5,6 +5,8 @@ close), refused from a coroutine, safe from many threads."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import uuid
 from collections.abc import Callable
@@ -211,3 +213,48 @@ def test_a_provider_whose_operation_is_overridden_runs_its_override(tmp_path: Pa
         manager.register_provider("a", audited)
         manager.save("k", 1, "a")  # (on the loop thread: the override runs)
         assert saved == ["k"] and manager.load("k", "a").data == 1
+
+
+@pytest.mark.watchdog(60)
+def test_a_forked_child_runs_on_a_loop_thread_of_its_own(redis_port: int) -> None:
+    manager = SyncStorageManager(metrics=MetricsManager())
+    manager.register_provider("r", RedisStorageProvider(port=redis_port, namespace=uuid.uuid4().hex))
+    manager.save("k", "parent", "r")
+    parents = manager._runner
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's loop thread is not here
+        signal.alarm(30)
+        status = 1
+        try:
+            if manager.load("k", "r").data == "parent":
+                manager.save("k", "child", "r")
+                status = 0 if manager._runner is not parents else 2
+            manager.close()
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert manager.load("k", "r").data == "child" and manager._runner is parents
+    manager.delete("k", "r")
+    manager.close()
+
+
+@pytest.mark.watchdog(60)
+def test_close_waits_for_a_call_in_flight_on_the_loop_thread() -> None:
+    started = threading.Event()
+
+    class Slow(MemoryStorageProvider):
+        async def save(self, *args: Any, **kwargs: Any) -> Any:
+            started.set()
+            await asyncio.sleep(0.3)
+            return await super().save(*args, **kwargs)
+
+    manager = SyncStorageManager(metrics=MetricsManager())
+    manager.register_provider("s", Slow())
+    with ThreadPoolExecutor(1) as pool:
+        saving = pool.submit(manager.save, "k", 1, "s")
+        assert started.wait(5)
+        manager.close()
+        assert saving.result(5).metadata.key == "k"  # (it used to wait forever on a stopped loop)
+    assert manager.load("k", "s").data == 1
+    manager.close()

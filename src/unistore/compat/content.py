@@ -5,26 +5,27 @@ The framework's ``content/storage.py`` declares a synchronous interface::
     save(content) -> UUID        load(content_id: UUID) -> content        delete(content_id: UUID) -> None
 
 :class:`ContentStorage` gives its call sites a unistore provider (LMDB, Redis,
-memory, or any other) without changing them. Providers are async, so the
-adapter runs its provider on an event loop of its own, in a thread it owns:
-its methods block their caller until the provider is done, from any thread,
-even one inside a running event loop (which then waits, as it would on any
-blocking call: new async code should use the provider itself).
+memory, or any other) without changing them. It runs on a
+:class:`~unistore.SyncStorageManager` of its own: an LMDB or memory provider is
+called inline (no thread hop), any other on the manager's loop thread. Its methods
+block their caller until the provider is done, from any thread, even one inside a
+running event loop (which then waits, as it would on any blocking call, while the
+call runs in a thread of its own: new async code should use the provider itself).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 from uuid import UUID, uuid4
 
 from ..errors import ItemNotFoundError, StorageError, ValidationError
 from ..model import validate_name
 from ..providers.base import StorageProvider
+from ..syncmanager import SyncStorageManager
 from ..urls import open_provider
 
 C = TypeVar("C")
@@ -40,40 +41,6 @@ def content_id_of(content: object) -> UUID:
     replaces it; otherwise a new random UUID."""
     own = getattr(content, "id", None)
     return own if isinstance(own, UUID) else uuid4()
-
-
-class _LoopThread:
-    """An event loop running in a daemon thread of its own, for one process."""
-
-    def __init__(self, name: str) -> None:
-        self.pid = os.getpid()
-        #: Calls of this process submitted and not yet returned (guarded by the adapter's lock).
-        self.busy = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:  # whatever a provider left open on this loop (async generators) is closed with it
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-    def run(self, make: Callable[[], Coroutine[Any, Any, R]]) -> R:
-        """Run the coroutine ``make()`` on the loop and wait for its outcome."""
-        if threading.current_thread() is self.thread:  # it would wait for itself forever
-            raise StorageError(
-                "ContentStorage was called from its own event loop (by code its provider runs?), "
-                "where it would wait for itself; call it from another thread"
-            )
-        return asyncio.run_coroutine_threadsafe(make(), self.loop).result()
-
-    def stop(self) -> None:
-        """End the loop and its thread."""
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
 
 
 class ContentStorage(Generic[C]):
@@ -103,12 +70,12 @@ class ContentStorage(Generic[C]):
     guards a lookup most likely catches) and a ``StorageError`` (what new
     code catches).
 
-    The adapter runs the provider on a private event loop in a thread it owns,
-    started on first use (and again in a forked child, which does not inherit
-    threads). :meth:`close`, or leaving a ``with`` block, waits for the calls
-    in progress, releases what the provider holds on that loop (its
-    ``cleanup()``) and ends the thread; later calls raise ``StorageError``, and
-    the provider stays usable elsewhere. Calls are safe from any number of threads.
+    The adapter runs on a :class:`~unistore.SyncStorageManager` of its own (its
+    operations are measured as the manager's are). :meth:`close`, or leaving a
+    ``with`` block, waits for the calls in progress and closes the manager (the
+    provider's ``cleanup()``, and its loop thread if it has one); later calls raise
+    ``StorageError``, and the provider stays usable elsewhere. Calls are safe from
+    any number of threads, and a forked child goes on using it.
 
     Raises:
         ValidationError: a bad content type, an unknown URL, or a provider
@@ -157,30 +124,46 @@ class ContentStorage(Generic[C]):
         self._encode = encode
         self._decode = decode
         self._content_id = content_id
+        #: The manager it runs on.
+        self.manager = SyncStorageManager()
+        self.manager.register_provider(content_type, provider)
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # notified when a runner's last call returns
-        self._runner: _LoopThread | None = None
+        self._idle = threading.Condition(self._lock)  # notified when the last call in progress returns
+        self._busy = 0
         self._closed = False
 
     def __repr__(self) -> str:
         return f"ContentStorage({self.provider!r}, content_type={self.content_type!r})"
 
-    def _run(self, make: Callable[[], Coroutine[Any, Any, R]]) -> R:
-        """Run a provider coroutine on the adapter's loop (started now if need be) and wait for it."""
+    def _run(self, call: Callable[[SyncStorageManager], R]) -> R:
+        """``call(manager)``, counted as a call in progress (what :meth:`close` waits for);
+        where an event loop runs in this thread (which the manager refuses), in a thread
+        of its own while this one waits."""
         with self._lock:
             if self._closed:
                 raise StorageError("this ContentStorage is closed")
-            runner = self._runner
-            if runner is None or runner.pid != os.getpid():  # first use, or a forked child (no parent threads)
-                runner = self._runner = _LoopThread(f"unistore-content-{id(self):x}")
-            runner.busy += 1  # close() waits for it: its loop must outlive the call
+            self._busy += 1
         try:
-            return runner.run(make)
+            return _blocking(lambda: call(self.manager), self._own_loop)
         finally:
             with self._lock:
-                runner.busy -= 1
-                if not runner.busy:
+                self._busy -= 1
+                if not self._busy:
                     self._idle.notify_all()
+
+    def _own_loop(self, what: str) -> None:
+        """Refuse ``what`` made from the manager's loop thread (by code the provider runs
+        there): it would wait for itself.
+
+        Raises:
+            StorageError: it was.
+        """
+        runner = self.manager._runner
+        if runner is not None and threading.current_thread() is runner.thread:
+            raise StorageError(
+                f"ContentStorage{what} was called from its own event loop (by code its provider runs?), "
+                "where it would wait for itself; call it from another thread"
+            )
 
     def _key(self, content_id: object) -> str:
         if not isinstance(content_id, UUID):
@@ -197,7 +180,7 @@ class ContentStorage(Generic[C]):
         content_id = self._content_id(content)
         key = self._key(content_id)
         data = content if self._encode is None else self._encode(content)
-        self._run(lambda: self.provider.save(key, data, self.content_type))
+        self._run(lambda manager: manager.save(key, data, self.content_type))
         return content_id
 
     def load(self, content_id: UUID) -> C:
@@ -209,7 +192,7 @@ class ContentStorage(Generic[C]):
         """
         key = self._key(content_id)
         try:
-            item = self._run(lambda: self.provider.load(key, content_type=self.content_type))
+            item = self._run(lambda manager: manager.load(key, self.content_type))
         except ItemNotFoundError as exc:
             raise _not_found(content_id) from exc
         return item.data if self._decode is None else self._decode(item.data)
@@ -222,31 +205,20 @@ class ContentStorage(Generic[C]):
             ValidationError: ``content_id`` is not a UUID.
         """
         key = self._key(content_id)
-        if not self._run(lambda: self.provider.delete(key, content_type=self.content_type)):
+        if not self._run(lambda manager: manager.delete(key, self.content_type)):
             raise _not_found(content_id)
 
     def close(self) -> None:
-        """Wait for the calls in progress, release what the provider holds on the adapter's
-        loop and end its thread; later calls raise :class:`~unistore.errors.StorageError`.
-        Closing twice does nothing."""
+        """Wait for the calls in progress and close the manager (the provider's
+        ``cleanup()``, and the manager's loop thread); later calls raise
+        :class:`~unistore.errors.StorageError`. Closing twice does nothing."""
+        self._own_loop(".close")
         with self._lock:
-            runner = self._runner
-            if runner is not None and threading.current_thread() is runner.thread:
-                raise StorageError(
-                    "ContentStorage.close was called from its own event loop; call it from another thread"
-                )
             if self._closed:
                 return
             self._closed = True
-            self._runner = None
-            if runner is None or runner.pid != os.getpid():  # never started in this process: nothing to release
-                return
-            # A forked child's runner is its own (the check above), so only its own calls are counted.
-            self._idle.wait_for(lambda: not runner.busy)
-        try:
-            runner.run(self.provider.cleanup)
-        finally:
-            runner.stop()
+            self._idle.wait_for(lambda: not self._busy)
+        _blocking(self.manager.close, self._own_loop)
 
     def __enter__(self) -> ContentStorage[C]:
         return self
@@ -265,3 +237,27 @@ def _not_found(content_id: UUID) -> ItemNotFoundError:
 
 
 __all__ = ["DEFAULT_CONTENT_TYPE", "ContentStorage", "content_id_of"]
+
+
+def _blocking(call: Callable[[], R], refuse: Callable[[str], None]) -> R:
+    """``call()``, made in this thread; or, where an event loop runs in it (the sync manager
+    refuses a loop's thread), in a thread of its own while this one waits. ``refuse``
+    raises first if this thread is the manager's own loop (it would wait for itself)."""
+    refuse("")
+    if asyncio._get_running_loop() is None:
+        return call()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # (re-raised in the caller's thread)
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="unistore-content-call")
+    worker.start()
+    worker.join()
+    done, value = outcome[0]
+    if not done:
+        raise value
+    return cast(R, value)
