@@ -22,7 +22,7 @@ import heapq
 import itertools
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from . import ordering
 from .errors import StorageError
 from .index import CompiledQuery
-from .manager import Routing, _label, _perf_counter, rest
+from .manager import Routing, _close, _label, _perf_counter, rest
 from .metrics import MetricsManager
 from .model import StorageItem, StoragePage, StorageQuery, StorageResult, Tags
 from .providers.base import StorageProvider, SyncEngine
@@ -43,12 +43,10 @@ class LoopThread:
 
     Args:
         name: the thread's name.
-        owner: who runs on it, for the error of a call made from the loop itself.
     """
 
-    def __init__(self, name: str, owner: str = "SyncStorageManager") -> None:
+    def __init__(self, name: str) -> None:
         self.pid = os.getpid()
-        self.owner = owner
         #: Calls submitted and not yet returned (what :meth:`stop` waits for), and whether it has begun.
         self.busy = 0
         self.stopping = False
@@ -65,28 +63,16 @@ class LoopThread:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
-    def refuse_its_own_thread(self, what: str) -> None:
-        """Refuse ``what`` (a call) made on the loop's own thread: it would wait for itself.
-
-        Raises:
-            StorageError: it was.
-        """
-        if threading.current_thread() is self.thread:
-            raise StorageError(
-                f"{self.owner}{what} was called from its own event loop (by code its provider runs?), "
-                "where it would wait for itself; call it from another thread"
-            )
-
     def run(self, make: Callable[[], Coroutine[Any, Any, R]]) -> R:
-        """Run the coroutine ``make()`` on the loop and wait for its outcome.
+        """Run the coroutine ``make()`` on the loop and wait for its outcome (never call it
+        from the loop's own thread: it would wait for itself).
 
         Raises:
-            StorageError: called from the loop's own thread.
+            StorageError: the loop began to stop before the call.
         """
-        self.refuse_its_own_thread("")
         with self._idle:
             if self.stopping:
-                raise StorageError(f"{self.owner} was closed as this call began; it reopens on the next")
+                raise StorageError("the SyncStorageManager was closed as this call began; it reopens on the next")
             self.busy += 1
         try:
             return asyncio.run_coroutine_threadsafe(make(), self.loop).result()
@@ -139,35 +125,25 @@ class _OnLoop:
     def count(self, query: StorageQuery | CompiledQuery) -> int:
         return self._loop().run(lambda: self._provider.count(query))
 
-    def search(self, query: StorageQuery | CompiledQuery) -> Iterator[StorageResult[Any]]:
-        return _Results(self._provider.search(query), self._loop())
+    def search(self, query: StorageQuery | CompiledQuery) -> Generator[StorageResult[Any], None, None]:
+        results = self._provider.search(query)
+        loop = self._loop()
+
+        async def following() -> StorageResult[Any]:
+            return await anext(results)
+
+        try:
+            while True:
+                try:
+                    result = loop.run(following)
+                except StopAsyncIteration:
+                    return
+                yield result
+        finally:  # (closed early: the provider's search ends now, on its loop)
+            loop.run(lambda: _close(results))
 
     def close(self) -> None:
         self._loop().run(self._provider.cleanup)
-
-
-class _Results:
-    """An async search's results, each fetched on the loop thread; closing it closes the search."""
-
-    def __init__(self, results: AsyncIterator[StorageResult[Any]], loop: LoopThread) -> None:
-        self._results, self._loop = results, loop
-
-    def __iter__(self) -> _Results:
-        return self
-
-    def __next__(self) -> StorageResult[Any]:
-        try:
-            return self._loop.run(self._next)
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    async def _next(self) -> StorageResult[Any]:
-        return await anext(self._results)
-
-    def close(self) -> None:
-        aclose = getattr(self._results, "aclose", None)
-        if aclose is not None:
-            self._loop.run(aclose)
 
 
 def _outside_a_loop(operation: str) -> None:
@@ -338,9 +314,7 @@ class SyncStorageManager(Routing):
             yield from itertools.islice(merged, compiled.spec.limit)
         finally:  # (a caller that stops early ends each provider's search now)
             for stream in streams:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
+                stream.close()
 
     def page(self, query: StorageQuery, size: int, cursor: str | None = None) -> StoragePage[Any]:
         """As :meth:`UnifiedStorageManager.page <unistore.manager.UnifiedStorageManager.page>`."""

@@ -27,6 +27,7 @@ from unistore import (
     ValidationError,
 )
 from unistore.providers import LmdbStorageProvider, MemoryStorageProvider, RedisStorageProvider
+from unistore.syncmanager import LoopThread
 
 KINDS = ["memory", "lmdb", pytest.param("redis", marks=pytest.mark.redis)]
 
@@ -258,3 +259,12 @@ def test_close_waits_for_a_call_in_flight_on_the_loop_thread() -> None:
         assert saving.result(5).metadata.key == "k"  # (it used to wait forever on a stopped loop)
     assert manager.load("k", "s").data == 1
     manager.close()
+
+
+def test_a_loop_thread_refuses_a_call_begun_as_it_stops() -> None:
+    runner = LoopThread("unistore-test")
+    assert runner.run(lambda: asyncio.sleep(0, "ran")) == "ran"
+    runner.stop()
+    assert not runner.thread.is_alive()
+    with pytest.raises(StorageError, match="closed as this call began"):
+        runner.run(lambda: asyncio.sleep(0))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
@@ -88,7 +88,7 @@ class SyncEngine(Protocol):
 
     def count(self, query: StorageQuery | CompiledQuery) -> int: ...
 
-    def search(self, query: StorageQuery | CompiledQuery) -> Iterator[StorageResult[Any]]: ...
+    def search(self, query: StorageQuery | CompiledQuery) -> Generator[StorageResult[Any], None, None]: ...
 
     def close(self) -> None: ...
 

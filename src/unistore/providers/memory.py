@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -145,7 +145,7 @@ class MemoryEngine:
 
         return read
 
-    def search(self, query: StorageQuery | index.CompiledQuery) -> Iterator[StorageResult[Any]]:
+    def search(self, query: StorageQuery | index.CompiledQuery) -> Generator[StorageResult[Any], None, None]:
         compiled = index.compile_query(query)
         if compiled.spec.order is not None:  # every match by its header, ordered; the results decoded
             matches = index.matching_chunks(ordering.every_match(compiled), self._reader())

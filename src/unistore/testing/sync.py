@@ -6,23 +6,21 @@ Each call runs the manager in a worker thread (the manager refuses a coroutine's
 thread). The manager routes by content type, so every content type the suite uses is
 routed to the one provider; a load or delete that names none (a provider's "any content
 type") asks for the content type the item was last written with through this adapter.
-``restore_many`` and the maintenance methods, which the manager has not, go to the
-provider itself.
+``restore_many`` and ``purge_expired``, which the manager has not, go to the provider
+itself (the suite asks for no other maintenance method).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..index import CompiledQuery, Plan
+from ..index import CompiledQuery
 from ..metrics import MetricsManager
 from ..model import StorageItem, StoragePage, StorageQuery, StorageResult, Tags, validate_key, validate_keys
 from ..providers.base import StorageProvider
-from ..providers.maintenance import CheckReport, Namespace, Usage
 from ..syncmanager import SyncStorageManager
 
 #: The content type asked for a key this adapter never wrote (the provider says it is absent).
@@ -142,27 +140,6 @@ class ThroughSyncManager(StorageProvider[Any]):
 
     async def purge_expired(self) -> int:
         return await self.provider.purge_expired()
-
-    async def check(self, repair: bool = False) -> CheckReport:
-        return await self.provider.check(repair)
-
-    async def usage(self) -> dict[str, Usage]:
-        return await self.provider.usage()
-
-    async def namespaces(self) -> list[Namespace]:
-        return await self.provider.namespaces()
-
-    async def namespace_exists(self) -> bool:
-        return await self.provider.namespace_exists()
-
-    async def drop_namespace(self) -> int:
-        return await self.provider.drop_namespace()
-
-    async def explain(self, query: StorageQuery | CompiledQuery) -> Plan:
-        return await self.provider.explain(query)
-
-    async def backup(self, dest: str | os.PathLike[str], *, compact: bool = False) -> None:
-        await self.provider.backup(dest, compact=compact)
 
     async def cleanup(self) -> None:
         await self._run(self.manager.close)

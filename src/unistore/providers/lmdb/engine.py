@@ -22,7 +22,7 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -650,7 +650,7 @@ class LmdbEngine:
                 break
         return found
 
-    def search(self, query: StorageQuery | index.CompiledQuery) -> Iterator[StorageResult[Any]]:
+    def search(self, query: StorageQuery | index.CompiledQuery) -> Generator[StorageResult[Any], None, None]:
         """The live items that meet every criterion of ``query``."""
         for chunk in self.search_chunks(query):
             yield from chunk
