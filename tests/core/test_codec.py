@@ -146,7 +146,7 @@ async def test_damaged_records_in_a_store_are_named_and_never_block(caplog: pyte
     provider = MemoryStorageProvider()
     await provider.save("good", 1, "t")
     for key in ("bad", "worse"):
-        provider._records[key] = b"\x01garbage"  # what a damaged disk would leave
+        provider.engine._records[key] = b"\x01garbage"  # what a damaged disk would leave
     with pytest.raises(StorageCorruptionError, match="'bad'"):
         await provider.load("bad")
     with caplog.at_level(logging.ERROR, logger="unistore.index"):

@@ -48,7 +48,7 @@ def records(*items: StorageResult[Any]) -> list[tuple[str, bytes]]:
     for one in items:
         provider = MemoryStorageProvider()
         asyncio.run(provider.restore_many([one.item]))
-        found += list(provider._records.items())
+        found += list(provider.engine._records.items())
     return found
 
 

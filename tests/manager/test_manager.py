@@ -115,7 +115,7 @@ class Plain(MemoryStorageProvider):
     """Searches with a plain iterator (ignoring the query: the test stores one item)."""
 
     def search(self, query: StorageQuery | CompiledQuery) -> AsyncIterator[StorageResult[Any]]:
-        return PlainIterator([StorageResult(decode_item(r, k)) for k, r in self._records.items()])
+        return PlainIterator([StorageResult(decode_item(r, k)) for k, r in self.engine._records.items()])
 
 
 def ops(metrics: MetricsManager, operation: str, content_type: str, success: str) -> float:

@@ -566,7 +566,7 @@ def _damage_stored(provider: StorageProvider[Any], key: str, redis_port: int) ->
             raw.set(redis_layout.record_key(prefix, key.encode()), b"garbage")
     else:
         assert isinstance(provider, MemoryStorageProvider) and key in provider.engine._records
-        provider._records[key] = b"garbage"
+        provider.engine._records[key] = b"garbage"
 
 
 def _maker(kind: str, tmp_path: Path, redis_port: int) -> Callable[[str], StorageProvider[Any]]:

@@ -134,7 +134,7 @@ def test_lmdb_and_memory_run_inline_and_redis_on_one_thread_stopped_by_close(tmp
     assert threads() == before
     assert manager.load("k", "r").data == 2  # used again: a loop thread again
     manager.delete_matching(StorageQuery(content_type="r"))
-    manager.close()
+    manager.cleanup()  # (close's other name, the async manager's)
     assert threads() == before
 
 

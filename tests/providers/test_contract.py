@@ -122,7 +122,7 @@ async def test_a_provider_without_maintenance_still_loads_and_says_what_it_lacks
 async def test_a_memory_check_names_a_record_that_does_not_decode_and_repair_drops_it() -> None:
     provider = MemoryStorageProvider()
     await provider.save_many({"a": 1, "b": 2}, "doc")
-    provider._records["b"] = b"\x01 not a record"
+    provider.engine._records["b"] = b"\x01 not a record"
     report = await provider.check()
     assert report.records == 2 and len(report.problems) == 1 and "'b'" in report.problems[0]
     assert (await provider.check(repair=True)).problems == report.problems

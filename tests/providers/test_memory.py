@@ -19,3 +19,11 @@ async def test_purge_removes_only_expired_records_and_changes_no_answer() -> Non
     assert await provider.purge_expired() == 0
     assert sorted([r.item.metadata.key async for r in provider.search(StorageQuery())]) == before == ["later", "never"]
     assert sorted(provider.engine._records) == ["later", "never"]
+
+
+def test_the_engine_underneath_is_the_provider_s_synchronous_face() -> None:
+    provider = MemoryStorageProvider(namespace="jobs")
+    engine = provider.synchronous()
+    assert engine is provider.engine and repr(engine) == "MemoryEngine(namespace='jobs')"
+    engine.save("k", 1, "t")
+    assert provider.engine.load("k").data == 1 and [r.item.data for r in engine.search(StorageQuery())] == [1]

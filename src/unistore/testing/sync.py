@@ -6,16 +6,16 @@ Each call runs the manager in a worker thread (the manager refuses a coroutine's
 thread). The manager routes by content type, so every content type the suite uses is
 routed to the one provider; a load or delete that names none (a provider's "any content
 type") asks for the content type the item was last written with through this adapter.
-``restore_many`` and ``purge_expired``, which the manager has not, go to the provider
-itself (the suite asks for no other maintenance method).
+``purge_expired``, which the manager has not, goes to the provider itself (the suite
+asks for no other maintenance method).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from ..index import CompiledQuery
 from ..metrics import MetricsManager
@@ -35,9 +35,6 @@ class ThroughSyncManager(StorageProvider[Any]):
         self.manager = SyncStorageManager(metrics=MetricsManager())
         self.manager.register_provider(UNWRITTEN, provider)
         self._types: dict[str, str] = {}  # key -> the content type it was last written with
-
-    def __repr__(self) -> str:
-        return f"ThroughSyncManager({self.provider!r})"
 
     async def _run(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(call, *args, **kwargs)
@@ -71,11 +68,6 @@ class ThroughSyncManager(StorageProvider[Any]):
         )
         self._written(saved)
         return saved
-
-    async def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
-        restored = await self.provider.restore_many(items)
-        self._written(items)
-        return restored
 
     async def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
         validate_key(key)
@@ -117,9 +109,10 @@ class ThroughSyncManager(StorageProvider[Any]):
             yield result
 
     async def page(self, query: StorageQuery | CompiledQuery, size: int, cursor: str | None = None) -> StoragePage[Any]:
-        if isinstance(query, CompiledQuery):
-            return await self.provider.page(query, size, cursor)
-        page: StoragePage[Any] = await self._run(self.manager.page, self._query(query), size, cursor)
+        # (the suite pages with a StorageQuery; a manager pages through searches, not this)
+        page: StoragePage[Any] = await self._run(
+            self.manager.page, self._query(cast(StorageQuery, query)), size, cursor
+        )
         return page
 
     async def count(self, query: StorageQuery | CompiledQuery) -> int:
