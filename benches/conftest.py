@@ -19,7 +19,7 @@ import lmdb
 import msgpack
 import pytest
 
-from unistore import MetricsManager, UnifiedStorageManager
+from unistore import MetricsManager, SyncStorageManager, UnifiedStorageManager
 from unistore.cli.bench import RECORD
 from unistore.providers import LmdbStorageProvider
 from unistore.providers.lmdb import LmdbEngine
@@ -79,6 +79,14 @@ def manager(workdir: Path, engine: LmdbEngine) -> UnifiedStorageManager:
     manager = UnifiedStorageManager(metrics=MetricsManager())
     manager.register_provider("user", LmdbStorageProvider(workdir / "unistore", namespace="bench"))
     return manager
+
+
+@pytest.fixture(scope="session")
+def sync_manager(workdir: Path, engine: LmdbEngine) -> Iterator[SyncStorageManager]:
+    """A SyncStorageManager of the LMDB store ``engine`` wrote ``user:1`` to."""
+    with SyncStorageManager(metrics=MetricsManager()) as manager:
+        manager.register_provider("user", LmdbStorageProvider(workdir / "unistore", namespace="bench"))
+        yield manager
 
 
 @pytest.fixture(scope="session")

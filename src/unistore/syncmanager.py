@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from . import ordering
 from .errors import StorageError
 from .index import CompiledQuery
-from .manager import Routing, _close, _label, _perf_counter, rest
+from .manager import Routing, _close, _Instruments, _label, _perf_counter, rest
 from .metrics import MetricsManager
 from .model import StorageItem, StoragePage, StorageQuery, StorageResult, Tags
 from .providers.base import StorageProvider, SyncEngine
@@ -146,13 +146,25 @@ class _OnLoop:
         self._loop().run(self._provider.cleanup)
 
 
+_running_loop = asyncio._get_running_loop
+
+
+def _in_a_coroutine(operation: str) -> StorageError:
+    """The refusal of a call made where an event loop runs (it would block the loop)."""
+    return StorageError(
+        f"SyncStorageManager.{operation} was called from a coroutine, where it would block the event "
+        f"loop: in async code use UnifiedStorageManager (await manager.{operation}(...))"
+    )
+
+
 def _outside_a_loop(operation: str) -> None:
-    """Refuse a call made where an event loop runs (it would block the loop)."""
-    if asyncio._get_running_loop() is not None:
-        raise StorageError(
-            f"SyncStorageManager.{operation} was called from a coroutine, where it would block the event "
-            f"loop: in async code use UnifiedStorageManager (await manager.{operation}(...))"
-        )
+    """Refuse a call made where an event loop runs.
+
+    Raises:
+        StorageError: it was.
+    """
+    if _running_loop() is not None:
+        raise _in_a_coroutine(operation)
 
 
 class SyncStorageManager(Routing):
@@ -173,6 +185,8 @@ class SyncStorageManager(Routing):
         self._engines: dict[int, tuple[StorageProvider[Any], SyncEngine]] = {}
         self._lock = threading.Lock()
         self._runner: LoopThread | None = None
+        #: By (operation, content type): the engine's method and the metrics (see :meth:`_route`).
+        self._routes: dict[tuple[str, str], tuple[Callable[..., Any], _Instruments]] = {}
 
     def _loop(self) -> LoopThread:
         """The loop thread (started now if need be; a forked child starts its own)."""
@@ -204,45 +218,72 @@ class SyncStorageManager(Routing):
         instruments.finish(started, None)
         return result
 
-    def _routed(self, operation: str, content_type: str) -> SyncEngine:
-        _outside_a_loop(operation)
-        return self._engine(self._provider(content_type, operation))
+    def register_provider(self, content_type: str, provider: StorageProvider[Any]) -> None:
+        super().register_provider(content_type, provider)
+        self._routes.clear()
+
+    def _call(self, operation: str, routed: str, /, *args: Any, **kwargs: Any) -> Any:
+        """The engine's ``operation`` for the content type ``routed`` called with ``args``
+        and ``kwargs``, and accounted for: the one path of every operation on one content type."""
+        if _running_loop() is not None:
+            raise _in_a_coroutine(operation)
+        route = self._routes.get((operation, routed)) or self._route(operation, routed)
+        call, instruments = route
+        started = _perf_counter()
+        try:
+            result = call(*args, **kwargs)
+        except BaseException as exc:
+            instruments.finish(started, exc)
+            raise
+        instruments.finish(started, None)
+        return result
+
+    def _route(self, operation: str, content_type: str) -> tuple[Callable[..., Any], _Instruments]:
+        """The engine's method of ``operation`` for ``content_type``, and its metrics (kept
+        for the next call; a registration forgets them).
+
+        Raises:
+            ValidationError: a bad content type.
+            ProviderNotFoundError: none registered (accounted as a failed ``operation``).
+        """
+        engine = self._engine(self._provider(content_type, operation))
+        route = self._routes[operation, content_type] = (
+            getattr(engine, operation),
+            self._instruments_of(operation, content_type),
+        )
+        return route
 
     def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
         """As :meth:`UnifiedStorageManager.save <unistore.manager.UnifiedStorageManager.save>`."""
-        engine = self._routed("save", content_type)
-        return self._measured("save", content_type, lambda: engine.save(key, data, content_type, expires_at, tags))
+        item: StorageItem[Any] = self._call("save", content_type, key, data, content_type, expires_at, tags)
+        return item
 
     def load(self, key: str, content_type: str) -> StorageItem[Any]:
         """As :meth:`UnifiedStorageManager.load <unistore.manager.UnifiedStorageManager.load>`."""
-        engine = self._routed("load", content_type)
-        return self._measured("load", content_type, lambda: engine.load(key, content_type=content_type))
+        item: StorageItem[Any] = self._call("load", content_type, key, content_type=content_type)
+        return item
 
     def delete(self, key: str, content_type: str) -> bool:
         """As :meth:`UnifiedStorageManager.delete <unistore.manager.UnifiedStorageManager.delete>`."""
-        engine = self._routed("delete", content_type)
-        return self._measured("delete", content_type, lambda: engine.delete(key, content_type=content_type))
+        return bool(self._call("delete", content_type, key, content_type=content_type))
 
     def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> list[StorageItem[Any]]:
         """As :meth:`UnifiedStorageManager.save_many <unistore.manager.UnifiedStorageManager.save_many>`."""
-        engine = self._routed("save_many", content_type)
-        return self._measured(
-            "save_many", content_type, lambda: engine.save_many(items, content_type, expires_at, tags)
-        )
+        saved: list[StorageItem[Any]] = self._call("save_many", content_type, items, content_type, expires_at, tags)
+        return saved
 
     def load_many(self, keys: Iterable[str], content_type: str) -> dict[str, StorageItem[Any]]:
         """As :meth:`UnifiedStorageManager.load_many <unistore.manager.UnifiedStorageManager.load_many>`."""
-        engine = self._routed("load_many", content_type)
-        return self._measured("load_many", content_type, lambda: engine.load_many(keys, content_type=content_type))
+        found: dict[str, StorageItem[Any]] = self._call("load_many", content_type, keys, content_type=content_type)
+        return found
 
     def delete_many(self, keys: Iterable[str], content_type: str) -> int:
         """As :meth:`UnifiedStorageManager.delete_many <unistore.manager.UnifiedStorageManager.delete_many>`."""
-        engine = self._routed("delete_many", content_type)
-        return self._measured("delete_many", content_type, lambda: engine.delete_many(keys, content_type=content_type))
+        return int(self._call("delete_many", content_type, keys, content_type=content_type))
 
     def delete_matching(self, query: StorageQuery) -> int:
         """As :meth:`~unistore.manager.UnifiedStorageManager.delete_matching`."""
