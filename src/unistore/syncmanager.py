@@ -227,7 +227,9 @@ class SyncStorageManager(Routing):
         and ``kwargs``, and accounted for: the one path of every operation on one content type."""
         if _running_loop() is not None:
             raise _in_a_coroutine(operation)
-        route = self._routes.get((operation, routed)) or self._route(operation, routed)
+        route = (self._routes.get((operation, routed)) if type(routed) is str else None) or self._route(
+            operation, routed
+        )
         call, instruments = route
         started = _perf_counter()
         try:

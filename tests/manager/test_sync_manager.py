@@ -95,6 +95,9 @@ def test_every_operation_without_await(make: Callable[[], StorageProvider[Any]])
         assert manager.count(StorageQuery()) == 0
         with pytest.raises(ProviderNotFoundError):
             manager.load("a", "nothing here")
+        for bad in (["doc"], 5, ""):
+            with pytest.raises(ValidationError, match="content_type"):
+                manager.load("a", bad)  # type: ignore[arg-type]
     # the async manager's metrics, by the same names and labels
     assert metrics.value("storage_operations", operation="load", content_type="doc", success="true") == 1
     assert metrics.value("storage_operations", operation="load", content_type="doc", success="false") == 1
