@@ -219,6 +219,7 @@ class SyncStorageManager(Routing):
         return result
 
     def register_provider(self, content_type: str, provider: StorageProvider[Any]) -> None:
+        """As :meth:`UnifiedStorageManager.register_provider <unistore.manager.Routing.register_provider>`."""
         super().register_provider(content_type, provider)
         self._routes.clear()
 

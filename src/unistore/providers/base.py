@@ -70,27 +70,37 @@ class SyncEngine(Protocol):
 
     def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
-    ) -> StorageItem[Any]: ...
+    ) -> StorageItem[Any]:
+        """As :meth:`StorageProvider.save`."""
 
-    def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]: ...
+    def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
+        """As :meth:`StorageProvider.load`."""
 
-    def delete(self, key: str, *, content_type: str | None = None) -> bool: ...
+    def delete(self, key: str, *, content_type: str | None = None) -> bool:
+        """As :meth:`StorageProvider.delete`."""
 
     def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
-    ) -> list[StorageItem[Any]]: ...
+    ) -> list[StorageItem[Any]]:
+        """As :meth:`StorageProvider.save_many`."""
 
-    def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]: ...
+    def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
+        """As :meth:`StorageProvider.load_many`."""
 
-    def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int: ...
+    def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+        """As :meth:`StorageProvider.delete_many`."""
 
-    def delete_matching(self, query: StorageQuery | CompiledQuery) -> int: ...
+    def delete_matching(self, query: StorageQuery | CompiledQuery) -> int:
+        """As :meth:`StorageProvider.delete_matching`."""
 
-    def count(self, query: StorageQuery | CompiledQuery) -> int: ...
+    def count(self, query: StorageQuery | CompiledQuery) -> int:
+        """As :meth:`StorageProvider.count`."""
 
-    def search(self, query: StorageQuery | CompiledQuery) -> Generator[StorageResult[Any], None, None]: ...
+    def search(self, query: StorageQuery | CompiledQuery) -> Generator[StorageResult[Any], None, None]:
+        """As :meth:`StorageProvider.search`, yielding (closing the generator ends the search)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """As :meth:`StorageProvider.cleanup`: release what it holds; it may be used again."""
 
 
 class CleanupOnExit(ABC):

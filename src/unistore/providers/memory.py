@@ -68,16 +68,19 @@ class MemoryEngine:
     def save(
         self, key: str, data: Any, content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> StorageItem[Any]:
+        """As :meth:`~unistore.providers.base.StorageProvider.save`."""
         [item] = self._save_all([prepare_save(key, data, content_type, expires_at, tags)])
         return item
 
     def save_many(
         self, items: Mapping[str, Any], content_type: str, expires_at: datetime | None = None, tags: Tags | None = None
     ) -> list[StorageItem[Any]]:
+        """As :meth:`~unistore.providers.base.StorageProvider.save_many`."""
         batch = prepare_many(items, content_type, expires_at, tags)
         return self._save_all([batch.save(index) for index in range(len(batch.keys))])
 
     def restore_many(self, items: Sequence[StorageItem[Any]]) -> int:
+        """As :meth:`~unistore.providers.base.StorageProvider.restore_many`."""
         return len(self._save_all(prepare_restore(items)))
 
     def _save_all(self, prepared: list[PreparedSave]) -> list[StorageItem[Any]]:
@@ -102,18 +105,22 @@ class MemoryEngine:
             return None
 
     def load(self, key: str, *, content_type: str | None = None) -> StorageItem[Any]:
+        """As :meth:`~unistore.providers.base.StorageProvider.load`."""
         validate_key(key)
         return load_item(self._records.get(key), key, content_type, now_micros())
 
     def load_many(self, keys: Iterable[str], *, content_type: str | None = None) -> dict[str, StorageItem[Any]]:
+        """As :meth:`~unistore.providers.base.StorageProvider.load_many`."""
         checked = validate_keys(keys)
         return live_items(checked, map(self._records.get, checked), validate_wanted_type(content_type), now_micros())
 
     def delete(self, key: str, *, content_type: str | None = None) -> bool:
+        """As :meth:`~unistore.providers.base.StorageProvider.delete`."""
         validate_key(key)
         return self._delete_all([key], content_type) == 1
 
     def delete_many(self, keys: Iterable[str], *, content_type: str | None = None) -> int:
+        """As :meth:`~unistore.providers.base.StorageProvider.delete_many`."""
         checked = validate_keys(keys)
         validate_wanted_type(content_type)
         return self._delete_all(checked, content_type)
@@ -146,6 +153,7 @@ class MemoryEngine:
         return read
 
     def search(self, query: StorageQuery | index.CompiledQuery) -> Generator[StorageResult[Any], None, None]:
+        """As :meth:`~unistore.providers.base.StorageProvider.search`, yielding (closing it ends the search)."""
         compiled = index.compile_query(query)
         if compiled.spec.order is not None:  # every match by its header, ordered; the results decoded
             matches = index.matching_chunks(ordering.every_match(compiled), self._reader())
@@ -157,10 +165,12 @@ class MemoryEngine:
                 yield result
 
     def count(self, query: StorageQuery | index.CompiledQuery) -> int:
+        """As :meth:`~unistore.providers.base.StorageProvider.count`."""
         compiled = ordering.unordered(query)
         return sum(len(chunk) for chunk in index.matching_chunks(compiled, self._reader()))
 
     def delete_matching(self, query: StorageQuery | index.CompiledQuery) -> int:
+        """As :meth:`~unistore.providers.base.StorageProvider.delete_matching`."""
         compiled = index.compile_query(query)
         matched = [key for chunk in index.matching_chunks(compiled, self._reader()) for key, _ in chunk]
         for key in matched:
@@ -195,6 +205,7 @@ class MemoryEngine:
         return report
 
     def usage(self) -> dict[str, Usage]:
+        """As :meth:`~unistore.providers.base.StorageProvider.usage`."""
         return tally(self._records.values(), now_micros())
 
     def namespaces(self) -> list[Namespace]:
