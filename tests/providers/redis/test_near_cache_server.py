@@ -129,6 +129,8 @@ async def test_ten_thousand_loads_keep_a_hundred_items(cached: RedisStorageProvi
         for n in range(1000):
             assert await served(cached, f"k{n}") == n
     assert len(tracker.cache) == 100 and tracker.cache.evictions.value >= 9900 - 100
+    one = len(layout.record_key(b"", b"k999")) + 300 + nearcache.ENTRY_OVERHEAD  # (a record is < 300 bytes)
+    assert tracker.cache.size < 100 * one  # the bytes it holds are those of 100 items
 
 
 async def test_a_forked_child_starts_with_an_empty_cache_of_its_own(
@@ -277,9 +279,16 @@ async def test_a_restarted_server_serves_nothing_stale(redis_starter: Any, tmp_p
         process, port = await asyncio.to_thread(redis_starter, tmp_path, port)  # the same port, an empty server
         with pytest.raises(KeyError):  # the record is gone with the server: not served from memory
             await cached.load("k")
-        await cached.save("k", 2, "t")
+        other = RedisStorageProvider(port=port, namespace="restart")  # (another writer: no local drop)
+        await other.save("k", 2, "t")
         await tracking_up(cached)
-        assert await served(cached, "k") == 2
+        assert await served(cached, "k") == 2  # kept once tracking is back...
+        await other.save("k", 3, "t")
+        deadline = time.monotonic() + 0.1
+        while await served(cached, "k") != 3:  # ...and dropped when the other writes again
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        await other.cleanup()
     finally:
         await cached.cleanup()
         process.kill()
@@ -317,6 +326,8 @@ def test_the_near_cache_settings_are_checked(redis_port: int) -> None:
     assert isinstance(provider, RedisStorageProvider)
     assert (provider.near_cache, provider.near_cache_bytes) == (50, 4096)
     assert RedisStorageProvider(port=redis_port).near_cache == 0  # off unless asked for
+    for other in ("rediss://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1,127.0.0.1:2", "rediss+cluster://127.0.0.1:1"):
+        assert open_provider(f"{other}?namespace=x&near_cache=7").near_cache == 7  # type: ignore[attr-defined]
     for bad in ("-1", "many", "1.5"):
         with pytest.raises(ValidationError, match="near_cache must be"):
             open_provider(f"redis://127.0.0.1:{redis_port}/0?near_cache={bad}")
