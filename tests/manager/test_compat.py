@@ -189,6 +189,8 @@ async def test_a_call_from_inside_a_running_event_loop_works(redis_port: int) ->
         content_id = publish(storage, "from async code", "b")
         assert headline(storage, content_id) == "from async code"
         assert (await provider.load(str(content_id))).data["title"] == "from async code"
+        with pytest.raises(ItemNotFoundError):  # (an error of the call's own thread, raised in this one)
+            storage.load(uuid4())
     await provider.cleanup()
 
 
