@@ -96,12 +96,12 @@ class NearCache:
         self._until = [0.0] * parts
         #: Keys with fills in flight: how many, and the seq of their last invalidation.
         self._inflight: dict[bytes, list[int]] = {}
-        metrics = MetricsManager.get_instance()
-        #: Loads served from memory, loads that went to Redis, entries dropped because Redis
-        #: (or this process's own write) changed them, entries dropped for room; items held.
         #: The time (monotonic) from which a load gives the event loop a turn first (see
         #: :meth:`let_pushes_in`).
         self.due = 0.0
+        metrics = MetricsManager.get_instance()
+        #: Loads served from memory, loads that went to Redis, entries dropped because Redis
+        #: (or this process's own write) changed them, entries dropped for room; items held.
         self.hits = metrics.bind_counter("storage_near_cache_hits", namespace=namespace)
         self.misses = metrics.bind_counter("storage_near_cache_misses", namespace=namespace)
         self.invalidations = metrics.bind_counter("storage_near_cache_invalidations", namespace=namespace)

@@ -515,18 +515,22 @@ class RedisStorageProvider(StorageProvider[Any]):
     # -- reads ---------------------------------------------------------------------------
 
     async def _tracking(self, connection: Connection) -> Tracking | None:
-        """The near cache of this event loop and process (the provider has one), started by
-        its first load, which waits for the first attempt to set tracking up (a round trip or
-        two); None on a connection a cleanup closed (the load then fails, saying so)."""
-        if connection.closed:
-            return None
+        """The near cache of this event loop and process (the provider has one), ready for a
+        load: started by the first, which waits for the first attempt to set tracking up (a
+        round trip or two), and given the event loop's turns when they are due (see
+        :meth:`.nearcache.NearCache.let_pushes_in`); None on a connection a cleanup closed
+        (the load then fails, saying so)."""
         tracking: Tracking | None = connection.near  # (closed with its connection, by the connection's closer)
-        if tracking is None:
-            cache = NearCache(self.near_cache, self.near_cache_bytes, len(self._shards), self.namespace)
-            shards = [(shard.number, shard.prefix, shard.slot) for shard in self._shards]
-            tracking = connection.near = Tracking(connection, shards, cache)
-        if not tracking.first.done():
+        if tracking is None or not tracking.first.done():
+            if connection.closed:
+                return None
+            if tracking is None:
+                cache = NearCache(self.near_cache, self.near_cache_bytes, len(self._shards), self.namespace)
+                shards = [(shard.number, shard.prefix, shard.slot) for shard in self._shards]
+                tracking = connection.near = Tracking(connection, shards, cache)
             await asyncio.shield(tracking.first)
+        if time.monotonic() >= tracking.cache.due:
+            await tracking.cache.let_pushes_in()
         return tracking
 
     @contextlib.contextmanager
@@ -550,17 +554,12 @@ class RedisStorageProvider(StorageProvider[Any]):
         shard = self._shard(key_bytes)
         connection = await self._connection()
         record_key = layout.record_key(shard.prefix, key_bytes)
-        tracking: Tracking | None = connection.near
-        if tracking is None or not tracking.first.done():
-            tracking = await self._tracking(connection) if self.near_cache else None
+        tracking = await self._tracking(connection) if self.near_cache else None
         if tracking is None:
             record: Any = await connection.call(shard.slot, "GET", record_key)
             return load_item(record, key, content_type, now_micros())
-        cache = tracking.cache
-        if time.monotonic() >= cache.due:
-            await cache.let_pushes_in()
         now = now_micros()
-        record = cache.get(record_key, shard.number, now)
+        record = tracking.cache.get(record_key, shard.number, now)
         if record is None:
             [record] = await self._records(connection, tracking, shard, [record_key], "GET")
         return load_item(record, key, content_type, now)
@@ -571,20 +570,13 @@ class RedisStorageProvider(StorageProvider[Any]):
         names = list(checked)
         encoded = list(checked.values())
         connection = await self._connection()
-        tracking: Tracking | None = connection.near
-        if tracking is None or not tracking.first.done():
-            tracking = await self._tracking(connection) if self.near_cache else None
+        tracking = await self._tracking(connection) if self.near_cache else None
+        now = now_micros()
         records: list[Any] = [None] * len(names)
         if tracking is not None:
-            cache = tracking.cache
-            if time.monotonic() >= cache.due:
-                await cache.let_pushes_in()
-            now = now_micros()
             for position, key_bytes in enumerate(encoded):
                 shard = self._shard(key_bytes)
-                records[position] = cache.get(layout.record_key(shard.prefix, key_bytes), shard.number, now)
-        else:
-            now = now_micros()
+                records[position] = tracking.cache.get(layout.record_key(shard.prefix, key_bytes), shard.number, now)
         missed = [position for position, record in enumerate(records) if record is None]
         groups = self._by_shard(encoded[position] for position in missed)
         found = await asyncio.gather(
